@@ -1,0 +1,41 @@
+# Set-up and entry points. `make sweep` and `make test` do everything on a fresh Linux machine
+# with Python 3.11 and no GPU.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install sweep run test test-all lint bench clean
+
+# The CPU build of torch goes in first: everything after it sees torch satisfied and pulls no CUDA
+# packages. flyvis is installed without its dependencies (we only read its connectome JSON).
+# The compat editable mode keeps hydra_plugins/ discoverable by Hydra's plugin scanner.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet --no-deps flyvis==1.2.0
+	$(BIN)/pip install --quiet -e ".[dev]" --config-settings editable_mode=compat
+	touch $@
+
+install: $(STAMP)
+
+sweep: install  ## a short default exploration sweep, offline (rules proposer, W&B offline)
+	$(BIN)/python train.py -m hydra/sweeper=llm_ucb experiment=quick_sweep
+
+run: install  ## one run with the default config
+	$(BIN)/python train.py
+
+test: install  ## the test suite (what CI runs)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) outputs/runs outputs/sweeps outputs/cache

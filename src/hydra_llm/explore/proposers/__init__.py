@@ -1,0 +1,1 @@
+"""Proposers turn the exploration state into the next batch of config mutations."""

@@ -1,0 +1,102 @@
+"""The typed interface between simulations, models and evaluation.
+
+A simulation produces two separate objects:
+
+* :class:`Observations`: what an experimenter would record (activity, known input, known graph).
+  This is the *only* thing a LightningModule receives.
+* :class:`GroundTruth`: the hidden parameters (W, tau, V_rest, types, rate constants, ...).
+  Only evaluation reads it.
+
+Keeping them in two types (and never passing GroundTruth to a model constructor or a dataloader)
+makes label leakage impossible by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Recorded data of one simulated network.
+
+    Attributes:
+        activity: (T, N) float32, the recorded state (voltage, signal or concentration) per frame.
+        derivative: (T, N) float32, the training target d(activity)/dt per frame, computed from the
+            recording itself (finite differences), never from the simulator's hidden right-hand side.
+        dt: time step between frames, in the regime's time unit.
+        n_train_frames: frames ``[0, n_train_frames)`` are for training, the rest are held out.
+        edge_index: (2, E) int64 known graph structure (source row 0, target row 1), or None when the
+            structure is unknown and must be learned densely.
+        external_input: (T, N) float32 known input per frame, or None.
+        extras: regime-specific recorded tensors (e.g. a known stoichiometry), never hidden parameters.
+    """
+
+    activity: torch.Tensor
+    derivative: torch.Tensor
+    dt: float
+    n_train_frames: int
+    edge_index: torch.Tensor | None = None
+    external_input: torch.Tensor | None = None
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.activity.shape[0])
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.activity.shape[1])
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Hidden parameters of a simulated network, keyed by name (e.g. ``W`` (N, N), ``tau`` (N,),
+    ``types`` (N,) int64). Only evaluation code may read it."""
+
+    tensors: Mapping[str, torch.Tensor]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.tensors
+
+
+def config_hash(params: Mapping[str, Any], length: int = 16) -> str:
+    """Stable hex digest of a JSON-serialisable mapping (used as the data-cache key)."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+class SimulationDataModule(pl.LightningDataModule):
+    """Base class of the regimes: generate (or load from cache) once, then serve training frames.
+
+    Subclasses implement :meth:`simulate` and :meth:`cache_key_params`; after :meth:`setup`,
+    ``self.observations`` and ``self.ground_truth`` are set.
+    """
+
+    observations: Observations
+    ground_truth: GroundTruth
+
+    def simulate(self) -> tuple[Observations, GroundTruth]:
+        raise NotImplementedError
+
+    def cache_key_params(self) -> dict[str, Any]:
+        """Every parameter that changes the generated data, including the seed."""
+        raise NotImplementedError
+
+    def cache_path(self, cache_dir: str | Path | None) -> Path | None:
+        if cache_dir is None:
+            return None
+        name = f"{type(self).__name__}-{config_hash(self.cache_key_params())}.pt"
+        return Path(cache_dir) / name

@@ -1,0 +1,129 @@
+"""The task function of one run: simulate -> fit -> evaluate -> log -> return metrics.
+
+``run(cfg)`` is what ``train.py`` (and so every sweep child) calls. It returns a small picklable
+dict of floats; richer artefacts (``metrics.json``, ``plots/*.png``, checkpoints) go to the job
+folder. Ground truth goes to evaluation only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The job folder: Hydra's runtime output dir (never the cwd)."""
+    path = Path(cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _run_name(cfg: DictConfig) -> str | None:
+    node = cfg.sweep_node
+    if node.node is None:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    job = HydraConfig.get().job.num if HydraConfig.initialized() else "x"
+    return f"n{node.node}-j{job}"
+
+
+def build_logger(cfg: DictConfig, out: Path):
+    """Instantiate the configured Lightning logger (or None), named and grouped for sweeps."""
+    from hydra.utils import instantiate
+
+    if not cfg.get("logger") or "_target_" not in cfg.logger:
+        return None
+    target = str(cfg.logger._target_)
+    kwargs: dict[str, Any] = {}
+    if target.endswith("WandbLogger"):
+        config = OmegaConf.to_container(cfg, resolve=True)
+        kwargs = {"config": config, "name": _run_name(cfg), "group": cfg.sweep_node.sweep_id, "reinit": "finish_previous"}
+    return instantiate(cfg.logger, **kwargs)
+
+
+def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Plain floats (NaN kept as NaN so the sweeper can mark the node failed)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Simulate, fit, evaluate and log one configuration; return its metrics."""
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+
+    out = output_dir(cfg)
+    datamodule = instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    observations, ground_truth = datamodule.observations, datamodule.ground_truth
+
+    pl.seed_everything(int(cfg.training.seed), workers=True, verbose=False)
+    training = OmegaConf.to_container(cfg.training, resolve=True)
+    model = instantiate(cfg.model, observations=observations, training=training, _recursive_=False)
+
+    logger = build_logger(cfg, out)
+    try:
+        trainer = instantiate(
+            cfg.trainer,
+            logger=logger if logger is not None else False,
+            default_root_dir=str(out),
+            enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)) and not _in_sweep(),
+        )
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule)
+        training_time_min = (time.perf_counter() - start) / 60.0
+
+        evaluate = instantiate(cfg.evaluation, _partial_=True)
+        metrics = dict(evaluate(model=model, observations=observations, ground_truth=ground_truth, out_dir=out))
+        metrics["final_loss"] = float(getattr(model, "final_loss", math.nan))
+        metrics["training_time_min"] = training_time_min
+        metrics = finite_metrics(metrics)
+
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        log.info("metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+        if logger is not None:
+            log_results(logger, metrics, out / "plots")
+        return metrics
+    finally:
+        _finish_wandb()
+
+
+def log_results(logger, metrics: Mapping[str, float], plots_dir: Path) -> None:
+    """Final metrics under ``eval/`` and every plot as an image, for any Lightning logger."""
+    logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
+    if hasattr(logger, "log_image") and plots_dir.is_dir():
+        for png in sorted(plots_dir.glob("*.png")):
+            logger.log_image(key=f"plots/{png.stem}", images=[str(png)])
+    logger.save()
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run so the next in-process job does not reuse it."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
