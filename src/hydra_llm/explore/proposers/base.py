@@ -30,6 +30,7 @@ class ParamSpec:
     log: bool = False
     choices: tuple[Any, ...] = ()
     block_level: bool = False
+    default: Any = None  # the key's value in the composed root config (None when absent)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class UCBRow:
     reward: float
     metrics: dict[str, float]
     mutation: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # the node's config relative to the block root
+    strategy: str = ""
+    status: str = "completed"
 
 
 @dataclass(frozen=True)

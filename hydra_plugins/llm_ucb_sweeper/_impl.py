@@ -1,0 +1,233 @@
+"""The adapter between Hydra and :mod:`hydra_llm.explore`.
+
+It parses the search space, builds each child's override list (search-space values, seeds and
+``sweep_node.*`` metadata), launches batches through whatever ``hydra/launcher`` was chosen with a
+growing ``initial_job_idx``, turns ``JobReturn`` objects into outcomes, and lets the engine handle
+failures (a raising child, a NaN, a launcher that crashes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hydra_llm.explore.engine import (
+    ChildOutcome,
+    ChildSpec,
+    EngineConfig,
+    ExplorationEngine,
+    SweepConfigError,
+)
+from hydra_llm.explore.proposers.base import Proposer
+from hydra_llm.explore.space import format_value, parse_space, to_override_strings
+from hydra_llm.explore.tree import Objective
+
+log = logging.getLogger(__name__)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+class LLMUCBSweeperImpl:
+    """The sweeper's settings and work; ``outer`` is the registered Sweeper (validate_batch_is_legal)."""
+
+    def __init__(self, outer: Any, **settings: Any) -> None:
+        self.outer = outer
+        self.settings = {k: _plain(v) if k != "proposer" else v for k, v in settings.items()}
+        self.returns: list[list[JobReturn]] = []
+        self.space: Any = None
+        self._composed: set[tuple[Any, ...]] = set()
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        self.outer.hydra_context = hydra_context
+        self.outer.config = config
+        self.outer.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        self.config = config
+
+    # ------------------------------------------------------------------ sweep
+    def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
+        s = self.settings
+        config = self.config
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")
+        try:
+            objective = Objective(**dict(s.get("objective") or {}))
+        except (TypeError, ValueError) as err:
+            raise SweepConfigError(f"hydra.sweeper.objective: {err}") from err
+        ucb = dict(s.get("ucb") or {})
+        engine_config = EngineConfig(
+            n_iterations=int(s.get("n_iterations", 12)),
+            n_parallel=int(s.get("n_parallel", 4)),
+            n_iter_block=int(s.get("n_iter_block", 12)),
+            slot_roles=tuple(s.get("slot_roles") or ("exploit", "exploit", "replicate", "replicate")),
+            objective=objective,
+            ucb_formula=str(ucb.get("formula", "ucb1")),
+            ucb_c=float(ucb.get("c", 1.414)),
+            replicate_reward=str(ucb.get("replicate_reward", "mean")),
+            lcb_kappa=float(ucb.get("lcb_kappa", 1.0)),
+            max_failure_rate=float(s.get("max_failure_rate", 0.8)),
+            seed=int(s.get("seed", 0)),
+            memory_max_lines=int(s.get("memory_max_lines", 400)),
+            seed_keys=dict(s.get("seed_keys") or {}),
+            simulation_seed=str(s.get("simulation_seed", "slot")),
+            tree_plot=bool(s.get("tree_plot", True)),
+        )
+        engine_config.check()
+        params = dict(s.get("params") or {})
+        block_params = dict(s.get("block_params") or {})
+        defaults = self._defaults([*params, *block_params])
+        self.space = parse_space(params, block_params, arguments, defaults)
+        proposer = self._proposer(s.get("proposer"))
+        self.seed_keys = engine_config.seed_keys
+        self.metric = objective.metric
+        self.sweep_id = f"{config.hydra.job.name}-{sweep_dir.name}"
+        engine = ExplorationEngine(
+            engine_config,
+            self.space,
+            proposer,
+            self._launch,
+            sweep_dir,
+            check_child=self._check_child,
+            protocol=self._protocol_text(s.get("protocol")),
+            sweep_id=self.sweep_id,
+            name=str(config.hydra.job.name),
+            resume=bool(s.get("resume", False)),
+            proposer_note=getattr(proposer, "choice_note", None)
+            or getattr(proposer, "name", type(proposer).__name__),
+        )
+        self.sweep_id = engine.state.sweep_id  # a resumed sweep keeps its W&B group
+        engine.run()
+        return self.returns
+
+    def _defaults(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Each key's value in the composed root config; a config group gives its selected option."""
+        choices = self.config.hydra.runtime.choices
+        out: dict[str, Any] = {}
+        missing = object()
+        for key in keys:
+            if key in choices:
+                out[key] = choices[key]
+                continue
+            value = OmegaConf.select(self.config, key.lstrip("+"), default=missing)
+            if value is missing and not key.startswith("+"):
+                raise SweepConfigError(
+                    f"hydra.sweeper.params/block_params: {key} is not a key of the composed config "
+                    "(check the spelling, or prefix it with + to add a new key)"
+                )
+            out[key] = None if value is missing else _plain(value)
+        return out
+
+    @staticmethod
+    def _proposer(node: Any) -> Proposer:
+        proposer = instantiate(node) if OmegaConf.is_config(node) or isinstance(node, dict) else node
+        if not isinstance(proposer, Proposer):
+            raise SweepConfigError(
+                f"hydra.sweeper.proposer: {type(proposer).__name__} is not a Proposer; "
+                "allowed: hydra/sweeper/proposer=rules | llm | auto, or a _target_ building a Proposer"
+            )
+        return proposer
+
+    def _protocol_text(self, path: str | None) -> str:
+        if not path:
+            return ""
+        candidate = Path(path)
+        if not candidate.is_absolute():
+            candidate = Path(str(self.config.hydra.runtime.cwd)) / candidate
+        if not candidate.is_file():
+            raise SweepConfigError(f"hydra.sweeper.protocol: {path!r} is not a file (looked at {candidate})")
+        return candidate.read_text(encoding="utf-8")
+
+    # ------------------------------------------------------------------ children
+    def overrides(self, child: ChildSpec) -> list[str]:
+        """The child's Hydra overrides: fixed CLI values, block-level and training values, seeds, metadata."""
+        values = {**child.simulation, **child.overrides, **child.seed_overrides(self.seed_keys)}
+        meta = {
+            "sweep_id": self.sweep_id,
+            "node": child.node_id,
+            "parent": child.parent,
+            "block": child.block,
+            "slot": child.slot,
+            "strategy": child.strategy,
+        }
+        return [
+            *self.space.fixed,
+            *to_override_strings(values),
+            *(f"++sweep_node.{k}={format_value(v)}" for k, v in meta.items()),
+        ]
+
+    def _check_child(self, child: ChildSpec) -> str | None:
+        """Compose the child's config once per override *shape* (Hydra's validate_batch_is_legal).
+
+        Values were already checked against the search space, so a child whose override keys and
+        block-level values were composed before cannot fail differently; composing costs ~0.3 s.
+        """
+        shape = (tuple(sorted(child.overrides)), tuple(sorted(child.simulation.items(), key=str)))
+        if shape in self._composed:
+            return None
+        try:
+            self.outer.validate_batch_is_legal([self.overrides(child)])
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return f"the child config does not compose: {first}"
+        self._composed.add(shape)
+        return None
+
+    def _launch(self, children: Sequence[ChildSpec]) -> list[ChildOutcome]:
+        batch = [self.overrides(c) for c in children]
+        returns = list(self.outer.launcher.launch(batch, initial_job_idx=children[0].job_num))
+        self.returns.append(returns)
+        return [outcome(r, self.metric) for r in returns]
+
+
+def outcome(ret: JobReturn, metric: str) -> ChildOutcome:
+    """A JobReturn as a ChildOutcome (a plain number is the ``metric``); never re-raises."""
+    output_dir = ""
+    if ret.hydra_cfg is not None:
+        output_dir = str(OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default="") or "")
+    plots = tuple(str(p) for p in sorted(Path(output_dir).glob("plots/*.png"))) if output_dir else ()
+    if ret.status != JobStatus.COMPLETED:
+        err = ret._return_value
+        message = (
+            f"{type(err).__name__}: {err}"
+            if isinstance(err, BaseException)
+            else f"job status {ret.status.name}"
+        )
+        return ChildOutcome("failed", error=message[:1000], output_dir=output_dir, plots=plots)
+    value = ret._return_value
+    if isinstance(value, Mapping):
+        metrics = {}
+        for key, item in value.items():
+            number = _as_float(item)
+            if number is not None:
+                metrics[str(key)] = number
+        return ChildOutcome("completed", metrics=metrics, output_dir=output_dir, plots=plots)
+    number = _as_float(value)
+    if number is not None:
+        return ChildOutcome("completed", metrics={metric: number}, output_dir=output_dir, plots=plots)
+    return ChildOutcome(
+        "failed",
+        error=f"task returned {type(value).__name__}; expected a dict of floats or a float",
+        output_dir=output_dir,
+        plots=plots,
+    )
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number

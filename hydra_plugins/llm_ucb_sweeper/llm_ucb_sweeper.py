@@ -1,0 +1,114 @@
+"""Registration of ``hydra/sweeper: llm_ucb`` and its proposers; a thin Sweeper.
+
+Hydra imports this module on every app start, so it imports nothing heavy: the work lives in
+``_impl.py`` (imported in ``setup``) and in ``hydra_llm.explore``.
+"""
+
+# No ``from __future__ import annotations`` here: Hydra's plugin scanner executes this module without
+# registering it in sys.modules, and dataclasses cannot resolve string annotations in that case.
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import MISSING
+
+
+@dataclass
+class ObjectiveConf:
+    metric: str = "connectivity_R2"
+    direction: str = "maximize"  # maximize | minimize | target
+    target: Optional[float] = None  # noqa: UP045 (no PEP 604 here, see above)
+    failure_reward: Optional[float] = None  # noqa: UP045 (no PEP 604 here, see above)  # null: 0.0 for maximize, -1.0 otherwise
+    converged: float = (
+        0.9  # classification thresholds (>= for maximize, <= for minimize, |v-target| <= for target)
+    )
+    partial: float = 0.5
+
+
+@dataclass
+class UCBConf:
+    formula: str = "ucb1"  # ucb1: R + c*sqrt(ln N / (1 + visits)); puct: R + c*sqrt(N) / (1 + visits)
+    c: float = 1.414
+    replicate_reward: str = "mean"  # mean | lcb (mean - kappa*std/sqrt(runs))
+    lcb_kappa: float = 1.0
+
+
+@dataclass
+class RulesProposerConf:
+    _target_: str = "hydra_llm.explore.proposers.rules.RulesProposer"
+    step_factor: float = 2.0
+    probe_factor: float = 10.0
+    n_steps: int = 8
+
+
+@dataclass
+class LLMProposerConf:
+    _target_: str = "hydra_llm.explore.proposers.llm.LLMProposer"
+    model: str = "gpt-4o-mini"
+    base_url: Optional[str] = None  # noqa: UP045
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.2
+    timeout: float = 120.0
+    max_retries: int = 2
+    vision: bool = False
+    structured_output: str = "auto"  # auto | json_schema | json_object | tool | text
+    max_tokens: Optional[int] = None  # noqa: UP045
+    record_dir: str = "${hydra.sweep.dir}/exploration/llm"
+
+
+@dataclass
+class AutoProposerConf(LLMProposerConf):
+    """``llm`` when an endpoint is configured (the API key env var is set, or base_url), else ``rules``."""
+
+    _target_: str = "hydra_llm.explore.proposers.auto.auto_proposer"
+
+
+@dataclass
+class LLMUCBSweeperConf:
+    _target_: str = "hydra_plugins.llm_ucb_sweeper.llm_ucb_sweeper.LLMUCBSweeper"
+    defaults: list[Any] = field(default_factory=lambda: [{"proposer": "auto"}])
+    proposer: Any = MISSING
+    params: dict[str, str] = field(default_factory=dict)  # within-block space, Hydra override grammar
+    block_params: dict[str, str] = field(default_factory=dict)  # simulation keys, only at block boundaries
+    n_iterations: int = 12
+    n_parallel: int = 4
+    n_iter_block: int = 12
+    slot_roles: list[str] = field(default_factory=lambda: ["exploit", "exploit", "replicate", "replicate"])
+    objective: ObjectiveConf = field(default_factory=ObjectiveConf)
+    ucb: UCBConf = field(default_factory=UCBConf)
+    max_failure_rate: float = 0.8
+    resume: bool = False
+    seed: int = 0
+    protocol: Optional[str] = None  # noqa: UP045  # path of the protocol file (e.g. instructions/signal_landscape.md)
+    memory_max_lines: int = 400
+    seed_keys: dict[str, str] = field(
+        default_factory=lambda: {"simulation": "simulation.seed", "training": "training.seed"}
+    )
+    simulation_seed: str = "slot"  # slot: one dataset per slot | iteration: iteration*1000+slot | fixed
+    tree_plot: bool = True
+
+
+_store = ConfigStore.instance()
+_store.store(group="hydra/sweeper", name="llm_ucb", node=LLMUCBSweeperConf, provider="llm_ucb")
+_store.store(group="hydra/sweeper/proposer", name="rules", node=RulesProposerConf, provider="llm_ucb")
+_store.store(group="hydra/sweeper/proposer", name="llm", node=LLMProposerConf, provider="llm_ucb")
+_store.store(group="hydra/sweeper/proposer", name="auto", node=AutoProposerConf, provider="llm_ucb")
+
+
+class LLMUCBSweeper(Sweeper):
+    """Explores the config space as a UCB tree; each batch is proposed by ``proposer``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.kwargs = kwargs
+        self._impl: Any = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:  # noqa: D102
+        from ._impl import LLMUCBSweeperImpl
+
+        self._impl = LLMUCBSweeperImpl(self, **self.kwargs)
+        self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        return self._impl.sweep(arguments)

@@ -1,0 +1,715 @@
+"""The batch loop of an exploration sweep (DESIGN §4), independent of Hydra.
+
+select (UCB over the block) -> propose -> validate (re-ask once with the errors, then the rules
+proposer per slot) -> persist (before launch: the batch's job numbers are consumed) -> launch via a
+callable -> record -> persist the artefacts -> block end (summary, protocol rules, next simulation).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hydra_llm.explore import reports
+from hydra_llm.explore.proposers.base import (
+    ExplorationView,
+    Proposal,
+    Proposer,
+    ProposerReply,
+    SlotResult,
+    UCBRow,
+)
+from hydra_llm.explore.proposers.rules import SLOT_ROLES, RulesProposer
+from hydra_llm.explore.space import SearchSpace, coerce, parse_value
+from hydra_llm.explore.state import (
+    SweepState,
+    atomic_write_text,
+    dump_state,
+    load_state,
+    save_state,
+    state_path,
+)
+from hydra_llm.explore.tree import Node, Objective, describe_mutation, ucb_scores
+
+log = logging.getLogger(__name__)
+SIMULATION_SEED_MODES = ("slot", "iteration", "fixed")
+
+
+class SweepConfigError(ValueError):
+    """Bad sweeper configuration, raised before any child runs."""
+
+
+class SweepFailedError(RuntimeError):
+    """The sweep stopped because too many children failed (the state is saved; resume after fixing)."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Sweep settings (``hydra.sweeper.*`` minus the search space and the proposer)."""
+
+    n_iterations: int = 12
+    n_parallel: int = 4
+    n_iter_block: int = 12
+    slot_roles: tuple[str, ...] = ("exploit", "exploit", "replicate", "replicate")
+    objective: Objective = field(default_factory=Objective)
+    ucb_formula: str = "ucb1"
+    ucb_c: float = 1.414
+    replicate_reward: str = "mean"
+    lcb_kappa: float = 1.0
+    max_failure_rate: float = 0.8
+    seed: int = 0
+    memory_max_lines: int = 400
+    seed_keys: Mapping[str, str] = field(
+        default_factory=lambda: {"simulation": "simulation.seed", "training": "training.seed"}
+    )
+    simulation_seed: str = "slot"
+    tree_plot: bool = True
+    max_reasks: int = 1
+
+    def check(self) -> None:
+        """Raise :class:`SweepConfigError` naming the key and the allowed values."""
+        for key in ("n_iterations", "n_parallel", "n_iter_block"):
+            if int(getattr(self, key)) < 1:
+                raise SweepConfigError(
+                    f"hydra.sweeper.{key}: {getattr(self, key)!r}; allowed: an integer >= 1"
+                )
+        bad = [r for r in self.slot_roles if r not in SLOT_ROLES]
+        if bad or not self.slot_roles:
+            raise SweepConfigError(
+                f"hydra.sweeper.slot_roles: {list(self.slot_roles)!r}; allowed roles: {', '.join(SLOT_ROLES)}"
+            )
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise SweepConfigError(
+                f"hydra.sweeper.max_failure_rate: {self.max_failure_rate!r}; allowed: 0 to 1"
+            )
+        if self.simulation_seed not in SIMULATION_SEED_MODES:
+            raise SweepConfigError(
+                f"hydra.sweeper.simulation_seed: {self.simulation_seed!r}; "
+                f"allowed: {', '.join(SIMULATION_SEED_MODES)}"
+            )
+        unknown = set(self.seed_keys) - {"simulation", "training"}
+        if unknown:
+            raise SweepConfigError(
+                f"hydra.sweeper.seed_keys: {sorted(unknown)}; allowed: simulation, training"
+            )
+        try:
+            ucb_scores([], self.ucb_formula, self.ucb_c, self.replicate_reward)
+        except ValueError as err:
+            raise SweepConfigError(str(err)) from err
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One child to launch: its node identity, its config (relative to the root) and its seeds."""
+
+    node_id: int
+    slot: int
+    block: int
+    parent: int | None
+    strategy: str
+    overrides: dict[str, Any]
+    simulation: dict[str, Any]
+    mutation: dict[str, Any]
+    mutation_text: str
+    seeds: dict[str, int]
+    job_num: int
+    hypothesis: str = ""
+
+    def seed_overrides(self, seed_keys: Mapping[str, str]) -> dict[str, int]:
+        return {seed_keys[k]: v for k, v in self.seeds.items() if k in seed_keys}
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    """What came back from one child. ``metrics`` may hold NaN (the engine marks the node failed)."""
+
+    status: Literal["completed", "failed"]
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    output_dir: str = ""
+    plots: tuple[str, ...] = ()
+
+
+LaunchFn = Callable[[Sequence[ChildSpec]], Sequence[ChildOutcome]]
+CheckFn = Callable[[ChildSpec], str | None]
+
+
+class ExplorationEngine:
+    """Runs (or resumes) one exploration sweep in ``sweep_dir``."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        space: SearchSpace,
+        proposer: Proposer,
+        launch: LaunchFn,
+        sweep_dir: str | Path,
+        *,
+        check_child: CheckFn | None = None,
+        protocol: str = "",
+        sweep_id: str = "sweep",
+        name: str = "sweep",
+        resume: bool = False,
+        proposer_note: str = "",
+        plot: bool | None = None,
+    ) -> None:
+        config.check()
+        self.config = config
+        self.space = space
+        self.proposer = proposer
+        self.rules = proposer if isinstance(proposer, RulesProposer) else RulesProposer()
+        self.launch = launch
+        self.check_child = check_child
+        self.sweep_dir = Path(sweep_dir)
+        self.exploration = self.sweep_dir / "exploration"
+        self.name = name
+        self.resume = resume
+        self.proposer_note = proposer_note or getattr(proposer, "name", type(proposer).__name__)
+        self.plot = config.tree_plot if plot is None else plot
+        self.defaults = {s.key: s.default for s in (*space.params, *space.block_params)}
+        self.state = self._start(sweep_id, protocol)
+
+    # ------------------------------------------------------------------ start / resume
+    def _start(self, sweep_id: str, protocol: str) -> SweepState:
+        path = state_path(self.sweep_dir)
+        if path.exists():
+            if not self.resume:
+                raise SweepConfigError(
+                    f"{path} exists: pass hydra.sweeper.resume=true to continue that sweep, "
+                    "or choose another hydra.sweep.dir"
+                )
+            state = load_state(self.sweep_dir)
+            if state.in_flight:
+                jobs = [c["job_num"] for c in state.in_flight]
+                ids = [c["node_id"] for c in state.in_flight]
+                self._event(
+                    state,
+                    f"resume: batch iters {min(ids)}-{max(ids)} (jobs {min(jobs)}-{max(jobs)}) "
+                    "was in flight; "
+                    "re-proposing it with new job numbers",
+                )
+                state.in_flight = []
+            self._event(
+                state,
+                f"resumed at iteration {state.iteration + 1}, next job {state.next_job_idx}, "
+                f"proposer: {self.proposer_note}",
+            )
+            return state
+        if self.resume:
+            log.warning("hydra.sweeper.resume=true but %s does not exist: starting a fresh sweep", path)
+        state = SweepState(
+            sweep_id=sweep_id, seed=self.config.seed, proposer=self.proposer_note, protocol=protocol
+        )
+        state.search_space = {
+            "params": [asdict(s) for s in self.space.params],
+            "block_params": [asdict(s) for s in self.space.block_params],
+            "fixed": list(self.space.fixed),
+        }
+        self._event(state, f"proposer: {self.proposer_note}")
+        self._event(
+            state, f"sweep {sweep_id}: {self.config.n_iterations} iterations, {self.config.n_parallel} slots"
+        )
+        if protocol:
+            atomic_write_text(self.exploration / "protocol" / "block_001.md", protocol)
+        save_state(self.sweep_dir, state)
+        return state
+
+    def _event(self, state: SweepState, message: str) -> None:
+        state.events.append(message)
+        log.info("[llm_ucb] %s", message)
+        with open(self._log_path(), "a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def _log_path(self) -> Path:
+        self.exploration.mkdir(parents=True, exist_ok=True)
+        return self.exploration / "sweep.log"
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> SweepState:
+        """Run batches until ``n_iterations`` nodes exist; returns the final state."""
+        while (size := self._batch_size()) > 0:
+            self.run_batch(size)
+        self._finish()
+        return self.state
+
+    def _batch_size(self) -> int:
+        done = self.state.iteration
+        left_in_block = self.config.n_iter_block - done % self.config.n_iter_block
+        return max(0, min(self.config.n_parallel, self.config.n_iterations - done, left_in_block))
+
+    def run_batch(self, size: int) -> list[Node]:
+        """Propose, validate, launch and record one batch of ``size`` children."""
+        snapshot = self.state.to_dict()
+        view = self.view(size)
+        reply, proposals = self._ask(view)
+        self._apply_reply(reply, view, proposals)
+        children = self._children(proposals, view)
+        # The pre-launch state is the pre-reply state with the job numbers consumed: a kill now
+        # resumes by re-proposing this batch, never by reusing its job numbers.
+        snapshot["in_flight"] = [asdict(c) for c in children]
+        snapshot["next_job_idx"] = self.state.next_job_idx + len(children)
+        atomic_write_text(state_path(self.sweep_dir), dump_state(snapshot))
+        self.state.next_job_idx += len(children)
+        outcomes = self._launch(children)
+        nodes = [self._record(child, outcome) for child, outcome in zip(children, outcomes, strict=True)]
+        self.state.nodes.extend(nodes)
+        self.state.batches.append([n.id for n in nodes])
+        self.state.iteration = max(n.id for n in nodes)
+        self.persist()
+        self._check_failure_rate()
+        return nodes
+
+    # ------------------------------------------------------------------ view
+    def view(self, size: int) -> ExplorationView:
+        first = self.state.iteration + 1
+        block = (first - 1) // self.config.n_iter_block + 1
+        in_block = (first - 1) % self.config.n_iter_block + 1
+        block_nodes = [n for n in self.state.nodes if n.block == block]
+        scores = ucb_scores(
+            block_nodes,
+            self.config.ucb_formula,
+            self.config.ucb_c,
+            self.config.replicate_reward,
+            self.config.lcb_kappa,
+        )
+        by_id = {n.id: n for n in block_nodes}
+        rows = tuple(
+            UCBRow(
+                node_id=s.node_id,
+                ucb=s.ucb,
+                parent=s.parent,
+                visits=s.visits,
+                reward=s.reward,
+                metrics=dict(by_id[s.node_id].metrics),
+                mutation=by_id[s.node_id].mutation_text,
+                overrides=dict(by_id[s.node_id].overrides),
+                strategy=by_id[s.node_id].strategy,
+                status=by_id[s.node_id].status,
+            )
+            for s in scores
+        )
+        last_ids = self.state.batches[-1] if self.state.batches else []
+        last = tuple(self._slot_result(n) for n in self.state.nodes if n.id in set(last_ids))
+        objective = self.config.objective
+        return ExplorationView(
+            first_iteration=first,
+            n_iterations=self.config.n_iterations,
+            block=block,
+            iter_in_block=in_block,
+            n_iter_block=self.config.n_iter_block,
+            is_block_end=in_block == 1 and first > 1,
+            n_parallel=size,
+            slot_roles=tuple(self.config.slot_roles[i % len(self.config.slot_roles)] for i in range(size)),
+            ucb_table=rows,
+            last_batch=last,
+            search_space=self.space.params,
+            block_search_space=self.space.block_params,
+            current_simulation=dict(self.state.current_simulation),
+            variance_table=reports.render_variance(self.state.nodes, objective) if self.state.nodes else "",
+            memory=self.state.memory,
+            protocol=self.state.protocol,
+            user_input=self._pending_user_input(),
+            objective={
+                "metric": objective.metric,
+                "direction": objective.direction,
+                "target": objective.target,
+                "failure_reward": objective.fail_reward,
+                "converged": objective.converged,
+                "partial": objective.partial,
+            },
+            sweep_seed=self.config.seed,
+        )
+
+    @staticmethod
+    def _slot_result(node: Node) -> SlotResult:
+        return SlotResult(
+            node_id=node.id,
+            parent=node.parent,
+            slot=node.slot,
+            strategy=node.strategy,
+            overrides={**node.simulation, **node.overrides},
+            status=node.status,
+            metrics=dict(node.metrics),
+            reward=node.reward,
+            seeds=dict(node.seeds),
+            job_num=node.job_num,
+            output_dir=node.output_dir,
+            error=node.error,
+            plots=tuple(node.plots),
+        )
+
+    def _pending_user_input(self) -> str:
+        path = self.sweep_dir / "user_input.md"
+        return reports.pending_user_input(path.read_text(encoding="utf-8")) if path.exists() else ""
+
+    # ------------------------------------------------------------------ propose + validate
+    def _ask(self, view: ExplorationView) -> tuple[ProposerReply, list[Proposal]]:
+        """The proposer's reply and one valid proposal per slot (re-ask, then rules fallback per slot)."""
+        record: dict[str, Any] = {
+            "iteration": view.first_iteration,
+            "proposer": self.proposer_note,
+            "calls": [],
+        }
+        reply: ProposerReply | None = None
+        feedback: list[str] | None = None
+        slot_errors: dict[int, list[str]] = {}
+        reply_errors: list[str] = []
+        for attempt in range(1 + self.config.max_reasks):
+            try:
+                reply = self.proposer.propose(view, feedback=feedback)
+            except Exception as err:  # a proposer failure must never stop the sweep
+                self._event(
+                    self.state, f"iter {view.first_iteration}: proposer raised {type(err).__name__}: {err}"
+                )
+                record["calls"].append({"attempt": attempt, "error": f"{type(err).__name__}: {err}"})
+                reply = None
+                break
+            record["calls"].append({"attempt": attempt, "extra": dict(reply.extra)})
+            slot_errors, reply_errors = self._validate(reply, view)
+            if not slot_errors and not reply_errors:
+                break
+            feedback = reply_errors + [
+                f"slot {s}: {e}" for s, errs in sorted(slot_errors.items()) for e in errs
+            ]
+            self._event(self.state, f"iter {view.first_iteration}: rejected proposals: {'; '.join(feedback)}")
+        fallback = self.rules.propose(view) if reply is None or slot_errors or reply_errors else None
+        if reply is None:
+            assert fallback is not None
+            reply = fallback
+            record["fallback"] = "all slots (proposer failed)"
+        proposals = list(reply.proposals[: view.n_parallel])
+        replaced = []
+        for slot in range(view.n_parallel):
+            if slot >= len(proposals) or slot in slot_errors:
+                assert fallback is not None
+                if slot >= len(proposals):
+                    proposals.append(fallback.proposals[slot])
+                else:
+                    proposals[slot] = fallback.proposals[slot]
+                replaced.append(slot)
+        if replaced and reply is not fallback:
+            self._event(
+                self.state, f"iter {view.first_iteration}: slots {replaced} replaced by the rules proposer"
+            )
+            record["fallback"] = f"slots {replaced}"
+        if reply_errors and fallback is not None:
+            reply.next_simulation = fallback.next_simulation
+            record["fallback_next_simulation"] = True
+        self.state.replies.append(record)
+        return reply, proposals
+
+    def _validate(
+        self, reply: ProposerReply, view: ExplorationView
+    ) -> tuple[dict[int, list[str]], list[str]]:
+        """Per-slot errors and reply-level errors (next_simulation)."""
+        block_nodes = {r.node_id for r in view.ucb_table}
+        slot_errors: dict[int, list[str]] = {}
+        if len(reply.proposals) < view.n_parallel:
+            for slot in range(len(reply.proposals), view.n_parallel):
+                slot_errors[slot] = [
+                    f"missing proposal ({len(reply.proposals)} given, {view.n_parallel} needed)"
+                ]
+        simulation = self._next_simulation_of(reply, view)
+        for slot, proposal in enumerate(reply.proposals[: view.n_parallel]):
+            errors = []
+            if proposal.parent is not None and proposal.parent not in block_nodes:
+                allowed = ", ".join(str(i) for i in sorted(block_nodes)) or "none yet"
+                errors.append(
+                    f"parent {proposal.parent!r} is not a node of block {view.block}; "
+                    f"allowed: root (null) or one of [{allowed}]"
+                )
+            overrides = dict(proposal.overrides or {})
+            errors += self.space.validate(
+                overrides, allow_block=view.iter_in_block == 1 and proposal.parent is None
+            )
+            if not errors and self.check_child is not None:
+                child = self._child(proposal, slot, view, simulation)
+                problem = self.check_child(child)
+                if problem:
+                    errors.append(problem)
+            if errors:
+                slot_errors[slot] = errors
+        reply_errors = []
+        if reply.next_simulation and view.is_block_end:
+            for key in reply.next_simulation:
+                spec = self.space.spec(key)
+                if spec is None or not spec.block_level:
+                    allowed = ", ".join(s.key for s in self.space.block_params) or "(none declared)"
+                    reply_errors.append(
+                        f"next_simulation: {key} is not a block-level key; allowed: {allowed}"
+                    )
+            if not reply_errors:
+                reply_errors += [
+                    f"next_simulation: {e}"
+                    for e in self.space.validate(reply.next_simulation, allow_block=True)
+                ]
+        return slot_errors, reply_errors
+
+    def _next_simulation_of(self, reply: ProposerReply, view: ExplorationView) -> dict[str, Any]:
+        if view.is_block_end and reply.next_simulation:
+            try:
+                return {k: parse_value(k, v) for k, v in reply.next_simulation.items()}
+            except ValueError:
+                return dict(self.state.current_simulation)
+        return dict(self.state.current_simulation)
+
+    # ------------------------------------------------------------------ apply reply
+    def _apply_reply(self, reply: ProposerReply, view: ExplorationView, proposals: list[Proposal]) -> None:
+        by_id = {n.id: n for n in self.state.nodes}
+        for obs in reply.observations:
+            node = by_id.get(obs.node_id)
+            if node is not None and obs.node_id in set(self.state.batches[-1] if self.state.batches else []):
+                node.observation = str(obs.observation)
+        for node_id in self.state.batches[-1] if self.state.batches else []:
+            self.state.next_parents[str(node_id)] = proposals[0].parent if proposals else "-"
+        self._set_memory(reply.memory)
+        if view.is_block_end:
+            self._block_end(reply, view)
+        path = self.sweep_dir / "user_input.md"
+        if view.user_input and path.exists():
+            ack = reply.user_input_ack or "received"
+            label = f"batch_{view.first_iteration}-{view.first_iteration + view.n_parallel - 1}"
+            atomic_write_text(
+                path, reports.acknowledge_user_input(path.read_text(encoding="utf-8"), ack, label)
+            )
+            self.state.user_input_acks.append(f"[{label}] {view.user_input} -> {ack}")
+        if reply.extra and self.state.replies:
+            self.state.replies[-1]["extra"] = dict(reply.extra)
+
+    def _set_memory(self, memory: str) -> None:
+        lines = (memory or "").splitlines()
+        cap = self.config.memory_max_lines
+        if len(lines) > cap:
+            lines = lines[: cap - 1] + [f"[memory truncated to {cap} lines by the sweeper]"]
+        self.state.memory = "\n".join(lines) + ("\n" if lines else "")
+
+    def _block_end(self, reply: ProposerReply, view: ExplorationView) -> None:
+        finished = view.block - 1
+        if self.state.memory:
+            atomic_write_text(self.exploration / "memory" / f"block_{finished:03d}.md", self.state.memory)
+        self.state.block_summaries[str(finished)] = reply.block_summary or "(no block summary given)"
+        if reply.protocol_rules:
+            self._edit_protocol(reply.protocol_rules, finished)
+        if reply.next_simulation is not None:
+            self.state.current_simulation = {
+                k: coerce(self.space.spec(k), parse_value(k, v))  # type: ignore[arg-type]
+                for k, v in reply.next_simulation.items()
+            }
+        sim = ", ".join(f"{k}={v}" for k, v in self.state.current_simulation.items()) or "root config"
+        self._event(
+            self.state, f"block {view.block} starts at iteration {view.first_iteration}; simulation: {sim}"
+        )
+        if self.state.protocol:
+            atomic_write_text(
+                self.exploration / "protocol" / f"block_{view.block:03d}.md", self.state.protocol
+            )
+
+    def _edit_protocol(self, rules: str, block: int) -> None:
+        """Replace the protocol's rules section (only between its markers); refused rules are logged."""
+        from hydra_llm.explore.protocol import edit_rules
+
+        completed = [n.id for n in self.state.nodes if n.status == "completed"]
+        try:
+            edit = edit_rules(self.state.protocol, rules, completed)
+        except ValueError as err:  # no (or malformed) rule markers in the protocol
+            self._event(self.state, f"block {block}: protocol edit refused: {err}")
+            return
+        for line, reason in edit.refused:
+            self._event(self.state, f"block {block}: protocol rule refused: {line.strip()[:120]!r}: {reason}")
+        if edit.changed:
+            self.state.protocol = edit.protocol
+            atomic_write_text(self.exploration / "protocol" / f"block_{block:03d}.diff", edit.diff)
+            self._event(self.state, f"block {block}: protocol rules replaced ({len(edit.accepted)} rules)")
+
+    # ------------------------------------------------------------------ children
+    def _children(self, proposals: Sequence[Proposal], view: ExplorationView) -> list[ChildSpec]:
+        simulation = dict(self.state.current_simulation)
+        return [self._child(p, slot, view, simulation) for slot, p in enumerate(proposals)]
+
+    def _child(
+        self, proposal: Proposal, slot: int, view: ExplorationView, simulation: dict[str, Any]
+    ) -> ChildSpec:
+        parent = self.state.node(proposal.parent) if proposal.parent is not None else None
+        base = dict(parent.overrides) if parent else {}
+        sim = dict(parent.simulation) if parent else dict(simulation)
+        before = {**sim, **base}
+        mutation: dict[str, Any] = {}
+        for key, raw in (proposal.overrides or {}).items():
+            spec = self.space.spec(key)
+            assert spec is not None
+            value = coerce(spec, parse_value(key, raw))
+            mutation[key] = value
+            target = sim if spec.block_level else base
+            if value == spec.default:
+                target.pop(key, None)
+            else:
+                target[key] = value
+        node_id = view.first_iteration + slot
+        seeds = {"training": node_id * 1000 + slot + 500}
+        if self.config.simulation_seed == "slot":
+            seeds["simulation"] = self.config.seed * 1000 + slot
+        elif self.config.simulation_seed == "iteration":
+            seeds["simulation"] = node_id * 1000 + slot
+        seeds = {k: v for k, v in seeds.items() if k in self.config.seed_keys}
+        text = describe_mutation(mutation, before, self.defaults)
+        return ChildSpec(
+            node_id=node_id,
+            slot=slot,
+            block=view.block,
+            parent=proposal.parent,
+            strategy=str(proposal.strategy or "exploit"),
+            overrides=base,
+            simulation=sim,
+            mutation=mutation,
+            mutation_text=text if mutation else "",
+            seeds=seeds,
+            job_num=self.state.next_job_idx + slot,
+            hypothesis=str(proposal.hypothesis or ""),
+        )
+
+    def _launch(self, children: Sequence[ChildSpec]) -> list[ChildOutcome]:
+        try:
+            outcomes = list(self.launch(children))
+        except Exception as err:  # a hard crash of the launcher fails the batch, not the sweep
+            detail = " ".join(str(err).split())
+            message = f"launcher error: {type(err).__name__}: {detail[:300]}"
+            self._event(self.state, f"iters {children[0].node_id}-{children[-1].node_id}: {message}")
+            return [ChildOutcome("failed", error=message) for _ in children]
+        if len(outcomes) != len(children):
+            message = f"launcher returned {len(outcomes)} results for {len(children)} jobs"
+            self._event(self.state, message)
+            return [ChildOutcome("failed", error=message) for _ in children]
+        return outcomes
+
+    def _record(self, child: ChildSpec, outcome: ChildOutcome) -> Node:
+        objective = self.config.objective
+        status, error = outcome.status, outcome.error
+        metrics = {k: float(v) for k, v in outcome.metrics.items()}
+        value = metrics.get(objective.metric)
+        if status == "completed" and value is None:
+            status = "failed"
+            error = (
+                f"objective metric {objective.metric} missing from the returned metrics ({sorted(metrics)})"
+            )
+        elif status == "completed" and value is not None and not math.isfinite(value):
+            status, error = "failed", f"objective metric {objective.metric} is {value}"
+        reward = (
+            objective.reward(value) if status == "completed" and value is not None else objective.fail_reward
+        )
+        return Node(
+            id=child.node_id,
+            parent=child.parent,
+            block=child.block,
+            slot=child.slot,
+            strategy=child.strategy,
+            overrides=dict(child.overrides),
+            mutation=dict(child.mutation),
+            simulation=dict(child.simulation),
+            seeds=dict(child.seeds),
+            job_num=child.job_num,
+            status=status,
+            metrics=metrics,
+            reward=reward,
+            output_dir=outcome.output_dir,
+            error=error,
+            plots=list(outcome.plots),
+            hypothesis=child.hypothesis,
+            classification=objective.classify(value) if status == "completed" else "failed",
+            mutation_text=child.mutation_text,
+        )
+
+    def _check_failure_rate(self) -> None:
+        nodes = self.state.nodes
+        failed = [n for n in nodes if n.status == "failed"]
+        if len(nodes) < min(self.config.n_parallel, self.config.n_iterations):
+            return
+        rate = len(failed) / len(nodes)
+        if rate > self.config.max_failure_rate:
+            last = "; ".join(f"node {n.id}: {n.error}" for n in failed[-3:])
+            message = (
+                f"stopping: {len(failed)}/{len(nodes)} children failed ({rate:.0%} > "
+                f"hydra.sweeper.max_failure_rate={self.config.max_failure_rate}). Last errors: {last}. "
+                f"State saved in {state_path(self.sweep_dir)}; "
+                "fix the cause and continue with hydra.sweeper.resume=true"
+            )
+            self._event(self.state, message)
+            raise SweepFailedError(message)
+
+    # ------------------------------------------------------------------ end + persistence
+    def _finish(self) -> None:
+        """Ask for the last batch's observations and final memory (no proposals), then persist."""
+        last = self.state.batches[-1] if self.state.batches else []
+        nodes = [n for n in self.state.nodes if n.id in set(last)]
+        if nodes and any(not n.observation for n in nodes):
+            view = self.view(0)
+            try:
+                reply = self.proposer.propose(view)
+            except Exception as err:
+                self._event(self.state, f"final observations: proposer raised {type(err).__name__}: {err}")
+                reply = self.rules.propose(view)
+            for obs in reply.observations:
+                node = self.state.node(obs.node_id)
+                if node is not None and node.id in set(last):
+                    node.observation = str(obs.observation)
+            if reply.memory:
+                self._set_memory(reply.memory)
+            self.state.replies.append(
+                {"iteration": view.first_iteration, "final": True, "extra": dict(reply.extra)}
+            )
+        best = reports.best_node(self.state.nodes)
+        if best is not None:
+            value = best.metrics.get(self.config.objective.metric)
+            self._event(
+                self.state,
+                f"done: best node {best.id} {self.config.objective.metric}={value} (job {best.job_num})",
+            )
+        self.persist()
+
+    def persist(self) -> None:
+        """Write state.json and every artefact of the sweep folder (atomically, file by file)."""
+        state, objective = self.state, self.config.objective
+        save_state(self.sweep_dir, state)
+        header = f"# Exploration log: {self.name} (sweep {state.sweep_id}, proposer {state.proposer})"
+        atomic_write_text(
+            self.exploration / "analysis.md",
+            reports.render_analysis(
+                state.nodes, state.next_parents, state.block_summaries, self.config.n_iter_block, header
+            ),
+        )
+        atomic_write_text(self.exploration / "memory.md", state.memory)
+        if state.protocol:
+            atomic_write_text(self.exploration / "protocol.md", state.protocol)
+        atomic_write_text(self.exploration / "variance.md", reports.render_variance(state.nodes, objective))
+        block = state.nodes[-1].block if state.nodes else 1
+        block_nodes = [n for n in state.nodes if n.block == block]
+        c = self.config
+        scores = ucb_scores(block_nodes, c.ucb_formula, c.ucb_c, c.replicate_reward, c.lcb_kappa)
+        atomic_write_text(
+            self.exploration / "ucb_scores.txt",
+            reports.render_ucb(
+                scores, {n.id: n for n in block_nodes}, objective, block, c.ucb_formula, c.ucb_c
+            ),
+        )
+        results = reports.optimization_results(state.nodes, objective, self.space.fixed, self.name)
+        import yaml
+
+        atomic_write_text(
+            self.sweep_dir / "optimization_results.yaml", yaml.safe_dump(results, sort_keys=False)
+        )
+        if self.plot and block_nodes:
+            from hydra_llm.explore.tree_plot import plot_tree
+
+            sim = block_nodes[0].simulation
+            title = (
+                f"UCB tree: block {block}, iterations {block_nodes[0].id}-{block_nodes[-1].id} ({self.name})"
+            )
+            path = self.exploration / "tree" / f"ucb_tree_iter_{state.iteration:03d}.png"
+            try:
+                plot_tree(block_nodes, scores, path, title, objective.metric, sim)
+            except Exception as err:  # a picture must never stop the sweep
+                self._event(state, f"tree picture failed: {type(err).__name__}: {err}")

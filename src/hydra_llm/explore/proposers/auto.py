@@ -1,0 +1,33 @@
+"""``auto``: the LLM proposer when an endpoint is configured, else the offline rules proposer."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hydra_llm.explore.proposers.base import Proposer
+from hydra_llm.explore.proposers.rules import RulesProposer
+
+
+def choose(api_key_env: str = "OPENAI_API_KEY", base_url: str | None = None) -> tuple[str, str]:
+    """(``llm`` | ``rules``, why) from the environment and ``base_url`` only (the key is never read out)."""
+    if os.environ.get(api_key_env):
+        return "llm", f"auto: ${api_key_env} is set"
+    if base_url:
+        return "llm", f"auto: base_url={base_url}"
+    return "rules", f"auto: no ${api_key_env} in the environment and no base_url"
+
+
+def auto_proposer(
+    api_key_env: str = "OPENAI_API_KEY", base_url: str | None = None, **llm_kwargs: Any
+) -> Proposer:
+    """Build the chosen proposer; its ``choice_note`` says which and why (logged first by the sweep)."""
+    kind, why = choose(api_key_env, base_url)
+    if kind == "llm":
+        from hydra_llm.explore.proposers.llm import LLMProposer
+
+        proposer: Proposer = LLMProposer(api_key_env=api_key_env, base_url=base_url, **llm_kwargs)
+    else:
+        proposer = RulesProposer()
+    proposer.choice_note = f"{kind} ({why})"  # type: ignore[attr-defined]
+    return proposer

@@ -1,0 +1,195 @@
+"""The ``llm`` proposer: any OpenAI-compatible endpoint, structured and validated.
+
+Per batch it builds the prompt from the exploration view (:mod:`.llm_prompt`), asks the endpoint for
+an :class:`~.llm_schema.LLMReply` through :class:`hydra_llm.llm.LLMClient` (structured-output ladder,
+retries, re-ask on invalid replies), and converts the reply into a :class:`ProposerReply`. When the
+engine calls again with ``feedback`` (validation errors of some proposals), the same conversation
+continues with the errors. When the endpoint gives no usable reply at all, the batch is proposed by
+the fallback proposer (the rules proposer), and the reason is logged and stored in ``extra``.
+
+Sweeper config::
+
+    proposer:
+      _target_: hydra_llm.explore.proposers.llm.LLMProposer
+      model: gpt-4o-mini
+      base_url: null            # or http://localhost:11434/v1 (Ollama), http://HOST:8000/v1 (vLLM) ...
+      api_key_env: OPENAI_API_KEY
+      vision: false
+      record_dir: ${hydra:sweep.dir}/exploration/llm
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra_llm.explore.proposers.base import ExplorationView, Proposer, ProposerReply
+from hydra_llm.explore.proposers.llm_prompt import PromptBuilder, PromptLimits, cap_lines
+from hydra_llm.explore.proposers.llm_schema import LLMReply, check_reply, to_proposer_reply
+from hydra_llm.explore.protocol import RulesPolicy
+from hydra_llm.llm.client import Completion, LLMClient, LLMError, LLMSettings, reask_messages
+
+log = logging.getLogger(__name__)
+
+
+def endpoint_configured(api_key_env: str = "OPENAI_API_KEY", base_url: str | None = None) -> bool:
+    """True when an LLM endpoint is usable: a ``base_url`` is set or the key variable is set."""
+    return bool(base_url) or bool(os.environ.get(api_key_env))
+
+
+class LLMProposer(Proposer):
+    """Proposes each batch with an LLM; falls back to ``fallback`` (rules) when the endpoint fails.
+
+    ``timeout`` is seconds per HTTP request, ``max_retries`` transport retries (429/5xx/timeouts),
+    ``max_reasks`` re-asks of an invalid reply within one call, ``memory_max_lines`` the cap on the
+    working memory, ``min_rule_evidence``/``max_rules``/``max_rules_chars`` the limits on learned rules
+    (told to the model; the engine enforces them with :func:`hydra_llm.explore.protocol.edit_rules`).
+    """
+
+    name = "llm"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        temperature: float = 0.2,
+        timeout: float = 120.0,
+        max_retries: int = 2,
+        max_reasks: int = 1,
+        structured_output: str = "auto",
+        max_tokens: int | None = None,
+        vision: bool = False,
+        record_dir: str | Path | None = None,
+        memory_max_lines: int = 400,
+        min_rule_evidence: int = 3,
+        max_rules: int = 20,
+        max_rules_chars: int = 4000,
+        fallback: Proposer | None = None,
+    ) -> None:
+        self.settings = LLMSettings(
+            model=model,
+            base_url=base_url or None,
+            api_key_env=api_key_env,
+            temperature=temperature,
+            timeout=timeout,
+            max_retries=max_retries,
+            structured_output=structured_output,
+            max_reasks=max_reasks,
+            max_tokens=max_tokens,
+        )
+        self.settings.check()
+        if self.settings.base_url is None and not os.environ.get(api_key_env):
+            raise ValueError(
+                f"llm proposer: environment variable {api_key_env} is unset and no base_url is configured; "
+                "set the variable, point base_url at a local server, or use proposer=rules"
+            )
+        if int(memory_max_lines) < 20:
+            raise ValueError(f"llm proposer: memory_max_lines={memory_max_lines} must be >= 20")
+        self.vision = bool(vision)
+        self.rules_policy = RulesPolicy(int(min_rule_evidence), int(max_rules), int(max_rules_chars))
+        self.builder = PromptBuilder(PromptLimits(memory_lines=int(memory_max_lines)), self.rules_policy)
+        self._record_dir = Path(record_dir) if record_dir else None
+        self._client: LLMClient | None = None
+        self._fallback = fallback
+        self._last: tuple[int, Completion[LLMReply], ProposerReply] | None = None
+
+    # ------------------------------------------------------------------ wiring
+    @property
+    def record_dir(self) -> Path | None:
+        return self._record_dir
+
+    @record_dir.setter
+    def record_dir(self, path: str | Path | None) -> None:
+        """Where prompts and replies are saved (the engine may set it to ``exploration/llm``)."""
+        self._record_dir = Path(path) if path else None
+        self._client = None
+
+    @property
+    def client(self) -> LLMClient:
+        if self._client is None:
+            self._client = LLMClient(self.settings, self._record_dir)
+        return self._client
+
+    @property
+    def fallback(self) -> Proposer:
+        if self._fallback is None:
+            from hydra_llm.explore.proposers.rules import RulesProposer
+
+            self._fallback = RulesProposer()
+        return self._fallback
+
+    # ------------------------------------------------------------------ proposing
+    def propose(self, view: ExplorationView, feedback: list[str] | None = None) -> ProposerReply:
+        previous = self._last if self._last and self._last[0] == view.first_iteration else None
+        if feedback and previous is not None:
+            _, completion, reply = previous
+            messages = reask_messages(completion.messages, completion.raw_text, _feedback_text(feedback))
+            tag = f"iter{view.first_iteration:04d}_feedback"
+        else:
+            messages = self.builder.messages(view, vision=self.vision)
+            tag = f"iter{view.first_iteration:04d}"
+        try:
+            completion = self.client.complete(
+                messages, LLMReply, check=lambda r: check_reply(r, view), tag=tag
+            )
+        except LLMError as err:
+            if feedback and previous is not None:
+                # Keep the first reply's readings and memory; the engine replaces the invalid slots.
+                log.warning("LLM re-ask with validation feedback failed (%s); keeping the first reply", err)
+                kept = previous[2]
+                kept.extra = {**kept.extra, "feedback_failed": str(err)[:500], "feedback_calls": err.calls}
+                return kept
+            return self._fall_back(view, err)
+        reply = self._convert(completion, view)
+        self._last = (view.first_iteration, completion, reply)
+        return reply
+
+    def _convert(self, completion: Completion[LLMReply], view: ExplorationView) -> ProposerReply:
+        redact = self.client.redactor
+        value = LLMReply.model_validate(redact.obj(completion.value.model_dump()))
+        memory = cap_lines(value.memory, self.builder.limits.memory_lines)
+        reply = to_proposer_reply(value, view, memory)
+        extra: dict[str, Any] = {"proposer": "llm", "mode": completion.mode, **_usage(completion.calls)}
+        if memory != value.memory:
+            extra["memory_capped"] = True
+        if value.block_end is not None and not view.is_block_end:
+            extra["ignored_block_end"] = "block_end given outside a block end; ignored"
+        reply.extra = extra
+        return reply
+
+    def _fall_back(self, view: ExplorationView, err: LLMError) -> ProposerReply:
+        reason = self.client.redactor.text(str(err))[:500]
+        log.warning(
+            "LLM proposer gave no usable reply (%s); the %s proposer proposes this batch", reason, "rules"
+        )
+        reply = self.fallback.propose(view, feedback=None)
+        reply.extra = {
+            **reply.extra,
+            "proposer": "llm",
+            "fallback": getattr(self.fallback, "name", "rules"),
+            "fallback_reason": reason,
+            **_usage(err.calls),
+        }
+        return reply
+
+
+def _feedback_text(feedback: list[str]) -> str:
+    return "Some proposals were rejected by the validator:\n" + "\n".join(f"- {line}" for line in feedback)
+
+
+def _usage(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-call records plus totals of tokens and latency."""
+
+    def total(key: str) -> float | int:
+        return sum(c.get(key) or 0 for c in calls)
+
+    return {
+        "calls": calls,
+        "n_calls": len(calls),
+        "prompt_tokens": total("prompt_tokens"),
+        "completion_tokens": total("completion_tokens"),
+        "latency_s": round(float(total("latency_s")), 4),
+    }

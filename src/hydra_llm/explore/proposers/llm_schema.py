@@ -1,0 +1,136 @@
+"""The reply the LLM must send (a pydantic model) and its conversion to a :class:`ProposerReply`.
+
+Everything the sweeper needs is a field: per-slot readings, the next proposals, the new working
+memory and, at a block end, the summary, the new learned-rules section (each rule with the node ids
+that support it) and the next simulation overrides. Nothing is parsed out of free text.
+
+Overrides are a list of ``{key, value}`` pairs rather than a free-form object because strict JSON
+schema (OpenAI, vLLM, llama.cpp) cannot express objects with arbitrary keys.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hydra_llm.explore.proposers.base import (
+    ExplorationView,
+    Proposal,
+    ProposerReply,
+    SlotObservation,
+)
+from hydra_llm.explore.protocol import Rule, render_rules
+
+Value = float | int | bool | str
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # the strict schema still forbids them server-side
+
+
+class OverrideItem(_Strict):
+    key: str = Field(description="Config key exactly as listed in the search space, e.g. training.coeff_W_L1")
+    value: Value = Field(description="One plain value inside the allowed range (never a sweep or a list)")
+
+
+class SlotReading(_Strict):
+    node_id: int = Field(description="Node id of a slot of the last batch")
+    classification: Literal["converged", "partial", "failed"]
+    strategy: str = Field(description="Strategy label the node was run with, or your corrected label")
+    observation: str = Field(description="One line: what this result shows (cite metrics)")
+
+
+class NextProposal(_Strict):
+    slot: int = Field(description="Slot index 0..n_parallel-1; one proposal per slot")
+    parent: int | None = Field(
+        description="Node id to branch from (an existing node), or null for the block root"
+    )
+    overrides: list[OverrideItem] | None = Field(
+        description="Mutation relative to the parent; null or [] re-runs the parent's config (replicate)"
+    )
+    strategy: str = Field(description="exploit, explore, failure-probe, robustness-test, replicate, ...")
+    hypothesis: str = Field(description="One line: what this run tests and what result would refute it")
+
+
+class RuleItem(_Strict):
+    rule: str = Field(description="One line, a condition and an action")
+    evidence: list[int] = Field(
+        description="Ids of completed nodes that support the rule (at least the minimum)"
+    )
+
+
+class BlockEnd(_Strict):
+    summary: str = Field(description="Block summary in the protocol's block-summary format")
+    rules: list[RuleItem] = Field(description="The COMPLETE new learned-rules section (kept rules included)")
+    rules_change: str = Field(
+        description="What you changed in the rules and why, or 'No changes needed: <why>'"
+    )
+    next_simulation: list[OverrideItem] = Field(
+        description="Block-level (simulation) overrides for the next block; [] keeps the current ones"
+    )
+
+
+class LLMReply(_Strict):
+    observations: list[SlotReading] = Field(
+        description="One entry per slot of the last batch ([] at sweep start)"
+    )
+    proposals: list[NextProposal] = Field(description="Exactly n_parallel proposals, one per slot")
+    memory: str = Field(description="The complete new working memory (markdown, within the line limit)")
+    user_input_ack: str | None = Field(
+        default=None, description="If there were pending user instructions: how you acted on them; else null"
+    )
+    block_end: BlockEnd | None = Field(
+        default=None, description="Required when the prompt says BLOCK END; else null"
+    )
+
+
+def check_reply(reply: LLMReply, view: ExplorationView) -> list[str]:
+    """Whole-reply consistency errors (slots, observed nodes, block end); per-key checks are the engine's."""
+    errors: list[str] = []
+    expected = [r.node_id for r in view.last_batch]
+    got = [o.node_id for o in reply.observations]
+    missing = sorted(set(expected) - set(got))
+    unknown = sorted(set(got) - set(expected))
+    if missing:
+        errors.append(f"observations: missing node ids {missing}; give one observation per last-batch node")
+    if unknown:
+        errors.append(f"observations: node ids {unknown} are not in the last batch (expected {expected})")
+    slots = [p.slot for p in reply.proposals]
+    if view.n_parallel and sorted(slots) != list(range(view.n_parallel)):
+        errors.append(
+            f"proposals: need exactly one proposal per slot 0..{view.n_parallel - 1}; got slots {slots}"
+        )
+    for proposal in reply.proposals:
+        keys = [item.key for item in proposal.overrides or []]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            errors.append(f"proposals[slot={proposal.slot}].overrides: key(s) {dupes} given more than once")
+    if view.is_block_end and reply.block_end is None:
+        errors.append("block_end: required at a BLOCK END (summary, rules, rules_change, next_simulation)")
+    return errors
+
+
+def to_proposer_reply(reply: LLMReply, view: ExplorationView, memory: str) -> ProposerReply:
+    """The engine-facing reply. ``memory`` is the (already capped) new working memory."""
+    observations = [
+        SlotObservation(o.node_id, o.observation.strip(), o.classification, o.strategy.strip())
+        for o in reply.observations
+    ]
+    proposals = [
+        Proposal(
+            parent=p.parent,
+            overrides={item.key: item.value for item in p.overrides or []},
+            strategy=p.strategy.strip() or "exploit",
+            hypothesis=p.hypothesis.strip(),
+        )
+        for p in sorted(reply.proposals, key=lambda p: p.slot)
+        if p.slot < view.n_parallel
+    ]
+    out = ProposerReply(observations, proposals, memory, user_input_ack=reply.user_input_ack)
+    if view.is_block_end and reply.block_end is not None:
+        end = reply.block_end
+        out.block_summary = f"{end.summary.strip()}\n\nRules change: {end.rules_change.strip()}"
+        out.protocol_rules = render_rules(Rule(r.rule.strip(), tuple(r.evidence)) for r in end.rules)
+        out.next_simulation = {item.key: item.value for item in end.next_simulation}
+    return out

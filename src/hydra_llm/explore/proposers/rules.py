@@ -1,0 +1,347 @@
+"""The offline ``rules`` proposer: the seeds' strategy table, deterministic for a given sweep seed.
+
+Per slot role (default exploit, exploit, replicate, replicate):
+
+- exploit: the k-th highest-UCB node of the block is the parent; one parameter is mutated on its
+  declared scale (x/÷ ``step_factor`` for log parameters, steps of 1/``n_steps`` of the range for
+  linear ones and integers, another value for choices);
+- failure-probe (first exploit slot after 3 consecutive converged nodes): an extreme step
+  (x/÷ ``probe_factor``, or the range bound) to find where the config breaks;
+- explore (second exploit slot after n_iter_block/4 consecutive converged nodes): the highest-UCB node
+  outside the last n_iter_block/4 nodes, mutating the least-explored parameter;
+- replicate (robustness-test): re-run the best config group with fewer than 3 runs (no mutation).
+
+At a block end it picks the next simulation regime from the block-level space (one key at a time,
+cycling through the keys), and writes observations, memory and block summary from templates.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from hydra_llm.explore.proposers.base import (
+    ExplorationView,
+    ParamSpec,
+    Proposal,
+    Proposer,
+    ProposerReply,
+    SlotObservation,
+    UCBRow,
+)
+from hydra_llm.explore.tree import Objective, config_hash
+
+SLOT_ROLES = ("exploit", "explore", "failure-probe", "replicate")
+_MIN_REPLICATES = 3
+
+
+def objective_from_view(view: ExplorationView) -> Objective:
+    keys = ("metric", "direction", "target", "failure_reward", "converged", "partial")
+    return Objective(**{k: view.objective[k] for k in keys if k in view.objective})
+
+
+class RulesProposer(Proposer):
+    """Deterministic proposer following the seeds' parent-selection table."""
+
+    name = "rules"
+
+    def __init__(self, step_factor: float = 2.0, probe_factor: float = 10.0, n_steps: int = 8) -> None:
+        if step_factor <= 1.0 or probe_factor <= 1.0:
+            raise ValueError("rules proposer: step_factor and probe_factor must be > 1")
+        if n_steps < 1:
+            raise ValueError("rules proposer: n_steps must be >= 1")
+        self.step_factor = float(step_factor)
+        self.probe_factor = float(probe_factor)
+        self.n_steps = int(n_steps)
+
+    # ------------------------------------------------------------------ proposals
+    def propose(self, view: ExplorationView, feedback: list[str] | None = None) -> ProposerReply:
+        objective = objective_from_view(view)
+        rng = random.Random(view.sweep_seed * 1_000_003 + view.first_iteration)
+        rows = list(view.ucb_table)
+        by_id = sorted(rows, key=lambda r: r.node_id)
+        streak = _converged_streak(by_id, objective)
+        window = max(1, view.n_iter_block // 4)
+        proposals: list[Proposal] = []
+        taken: set[tuple[Any, str]] = set()
+        replicated: set[str] = set()
+        exploit_rank = 0
+        for slot in range(view.n_parallel):
+            role = view.slot_roles[slot % len(view.slot_roles)] if view.slot_roles else "exploit"
+            if role == "replicate":
+                proposals.append(self._replicate(rows, view, replicated))
+                continue
+            strategy = role
+            if role == "exploit":
+                if exploit_rank == 0 and streak >= 3:
+                    strategy = "failure-probe"
+                elif exploit_rank == 1 and streak >= window:
+                    strategy = "explore"
+                rank = exploit_rank
+                exploit_rank += 1
+            else:
+                rank = 0
+            parent = self._parent(rows, by_id, strategy, rank, window)
+            proposals.append(self._mutate(view, parent, strategy, rng, taken, by_id))
+        observations = [self._observe(result, objective, view) for result in view.last_batch]
+        reply = ProposerReply(
+            observations=observations, proposals=proposals, memory=self._memory(view, objective)
+        )
+        if view.is_block_end:
+            reply.block_summary = self._block_summary(view, objective)
+            reply.next_simulation = self._next_simulation(view)
+        if view.user_input.strip():
+            reply.user_input_ack = "recorded; the rules proposer does not interpret free-text instructions"
+        return reply
+
+    def _parent(
+        self, rows: Sequence[UCBRow], by_id: Sequence[UCBRow], strategy: str, rank: int, window: int
+    ) -> UCBRow | None:
+        if not rows:
+            return None
+        if strategy == "explore":
+            recent = {r.node_id for r in by_id[-window:]}
+            older = [r for r in rows if r.node_id not in recent]
+            if older:
+                return older[0]
+        return rows[rank % len(rows)]
+
+    def _replicate(self, rows: Sequence[UCBRow], view: ExplorationView, replicated: set[str]) -> Proposal:
+        """Re-run the best config group that has fewer than 3 runs (else the best group)."""
+        groups: dict[str, list[UCBRow]] = {}
+        for row in sorted(rows, key=lambda r: r.node_id):
+            groups.setdefault(config_hash(row.overrides, view.current_simulation), []).append(row)
+        ranked = sorted(groups.items(), key=lambda item: (-item[1][0].reward, item[1][0].node_id))
+        candidates = [g for g in ranked if len(g[1]) < _MIN_REPLICATES and g[0] not in replicated]
+        candidates = candidates or [g for g in ranked if g[0] not in replicated] or ranked
+        if not candidates:
+            return Proposal(
+                parent=None, overrides={}, strategy="baseline", hypothesis="baseline of the block root"
+            )
+        key, members = candidates[0]
+        replicated.add(key)
+        node = members[0]
+        return Proposal(
+            parent=node.node_id,
+            overrides={},
+            strategy="robustness-test",
+            hypothesis=f"re-run Node {node.node_id}'s config ({len(members)} run(s) so far) for its variance",
+        )
+
+    def _mutate(
+        self,
+        view: ExplorationView,
+        parent: UCBRow | None,
+        strategy: str,
+        rng: random.Random,
+        taken: set[tuple[Any, str]],
+        by_id: Sequence[UCBRow],
+    ) -> Proposal:
+        parent_id = parent.node_id if parent else None
+        config = dict(parent.overrides) if parent else {}
+        specs = list(view.search_space)
+        if not specs:
+            return Proposal(
+                parent=parent_id, overrides={}, strategy="robustness-test", hypothesis="empty search space"
+            )
+        # Never re-propose a configuration the block already ran (that is a replicate's job).
+        seen = {config_hash(r.overrides, {}) for r in by_id} | {h for p, h in taken if p == "config"}
+        for _ in range(2 * len(specs)):
+            key = self._pick_key(specs, parent, strategy, rng, taken, by_id)
+            spec = next(s for s in specs if s.key == key)
+            current = config.get(key, spec.default)
+            value = self.mutate_value(spec, current, rng, extreme=strategy == "failure-probe")
+            candidate = {k: v for k, v in {**config, key: value}.items() if v != _default(specs, k)}
+            taken.add((parent_id, key))
+            if config_hash(candidate, {}) not in seen:
+                break
+        taken.add(("config", config_hash(candidate, {})))
+        what = (
+            "push to an extreme to find the failure boundary"
+            if strategy == "failure-probe"
+            else "one-step move"
+        )
+        return Proposal(
+            parent=parent_id,
+            overrides={key: value},
+            strategy=strategy,
+            hypothesis=f"{what}: {key} {_fmt(current)} -> {_fmt(value)} from "
+            + (f"Node {parent_id}" if parent_id is not None else "the block root"),
+        )
+
+    def _pick_key(
+        self,
+        specs: Sequence[ParamSpec],
+        parent: UCBRow | None,
+        strategy: str,
+        rng: random.Random,
+        taken: set[tuple[Any, str]],
+        by_id: Sequence[UCBRow],
+    ) -> str:
+        parent_id = parent.node_id if parent else None
+        keys = [s.key for s in specs]
+        rng.shuffle(keys)
+        counts = {k: sum(1 for r in by_id if r.mutation.startswith(k + ":")) for k in keys}
+        last_key = parent.mutation.split(":", 1)[0] if parent and parent.mutation else None
+        free = [k for k in keys if (parent_id, k) not in taken] or keys
+        if strategy == "explore":
+            return min(free, key=lambda k: counts[k])
+        fresh = [k for k in free if k != last_key] or free
+        return fresh[0]
+
+    def mutate_value(self, spec: ParamSpec, current: Any, rng: random.Random, extreme: bool = False) -> Any:
+        """A new value for ``spec`` one step (or, ``extreme``, a probe) away from ``current``."""
+        if spec.kind == "choice":
+            others = [c for c in spec.choices if c != current] or list(spec.choices)
+            return others[-1] if extreme else rng.choice(others)
+        assert spec.low is not None and spec.high is not None
+        low, high = spec.low, spec.high
+        cur = _clip(float(current), low, high) if isinstance(current, int | float) else _middle(spec)
+        up = rng.random() < 0.5
+        candidates = []
+        for direction in (up, not up):
+            if extreme and not spec.log:
+                new = high if direction else low
+            elif spec.log:
+                factor = self.probe_factor if extreme else self.step_factor
+                new = cur * factor if direction else cur / factor
+            else:
+                step = (high - low) / self.n_steps
+                new = cur + step if direction else cur - step
+            new = _clip(new, low, high)
+            if spec.kind == "int":
+                new = int(round(new)) if new != cur else int(new)
+                if new == int(round(cur)):
+                    new = int(round(cur)) + (1 if direction else -1)
+                    new = int(_clip(new, low, high))
+            candidates.append(new)
+        for new in candidates:
+            if not math.isclose(float(new), cur, rel_tol=1e-12):
+                return _round_sig(new) if spec.kind == "float" else new
+        return candidates[0]
+
+    # ------------------------------------------------------------------ texts
+    def _observe(self, result: Any, objective: Objective, view: ExplorationView) -> SlotObservation:
+        metric = objective.metric
+        if result.status == "failed":
+            text = (
+                f"failed: {result.error or 'no error summary'}; one failure is not evidence, keep exploring"
+            )
+            return SlotObservation(result.node_id, text, "failed", result.strategy)
+        value = result.metrics.get(metric, math.nan)
+        label = objective.classify(value)
+        parent_row = next((r for r in view.ucb_table if r.node_id == result.parent), None)
+        delta = ""
+        if parent_row is not None and metric in parent_row.metrics:
+            delta = f", {value - parent_row.metrics[metric]:+.3f} vs parent Node {result.parent}"
+        change = ", ".join(f"{k}={_fmt(v)}" for k, v in result.overrides.items()) or "root config"
+        text = f"{metric}={value:.4f} ({label}{delta}); config {change}"
+        return SlotObservation(result.node_id, text, label, result.strategy)
+
+    def _memory(self, view: ExplorationView, objective: Objective) -> str:
+        metric = objective.metric
+        rows = sorted(
+            view.ucb_table, key=lambda r: -r.metrics.get(metric, -math.inf) if r.metrics else math.inf
+        )
+        best = rows[0] if rows and rows[0].metrics else None
+        sim = (
+            ", ".join(f"{k}={_fmt(v)}" for k, v in view.current_simulation.items())
+            or "root simulation config"
+        )
+        lines = [
+            "# Working memory (rules proposer)",
+            "",
+            "## Knowledge Base",
+            f"- Objective: {objective.direction} {metric}"
+            + (f" (target {objective.target})" if objective.target is not None else ""),
+            "- Established principles: none (the rules proposer records results, infers no principles)",
+            "",
+            "## Variance Estimates",
+            view.variance_table.strip() or "(no completed runs yet)",
+            "",
+            "## Current Block",
+            f"- Block {view.block}, next iteration {view.first_iteration}/{view.n_iterations}, "
+            f"position {view.iter_in_block}/{view.n_iter_block} in block"
+            if view.n_parallel
+            else f"- Sweep finished after {view.first_iteration - 1} iterations (block {view.block})",
+            f"- Simulation: {sim}",
+        ]
+        if best is not None:
+            config = ", ".join(f"{k}={_fmt(v)}" for k, v in best.overrides.items()) or "root config"
+            lines.append(
+                f"- Best so far in block: Node {best.node_id} {metric}={best.metrics[metric]:.4f} ({config})"
+            )
+        lines += ["", "## Emerging Observations"]
+        for result in view.last_batch:
+            value = result.metrics.get(metric)
+            shown = (
+                f"{metric}={value:.4f}" if value is not None and result.status == "completed" else "failed"
+            )
+            lines.append(f"- Node {result.node_id} ({result.strategy}): {shown}")
+        return "\n".join(lines) + "\n"
+
+    def _block_summary(self, view: ExplorationView, objective: Objective) -> str:
+        nodes = list(view.last_batch)
+        metric = objective.metric
+        done = [n for n in nodes if n.status == "completed" and metric in n.metrics]
+        sim = (
+            ", ".join(f"{k}={_fmt(v)}" for k, v in view.current_simulation.items())
+            or "root simulation config"
+        )
+        if not done:
+            return f"Simulation: {sim}\nNo completed runs in the block's last batch.\nNo protocol changes."
+        best = max(done, key=lambda n: objective.reward(n.metrics[metric]))
+        config = ", ".join(f"{k}={_fmt(v)}" for k, v in best.overrides.items()) or "root config"
+        return (
+            f"Simulation: {sim}\n"
+            f"Best {metric} in the last batch: {best.metrics[metric]:.4f} at Node {best.node_id} ({config})\n"
+            f"Converged: {'Yes' if objective.classify(best.metrics[metric]) == 'converged' else 'No'}\n"
+            "Protocol: no changes (the rules proposer never edits the rules section)."
+        )
+
+    def _next_simulation(self, view: ExplorationView) -> dict[str, Any] | None:
+        specs = list(view.block_search_space)
+        if not specs:
+            return None
+        spec = specs[(view.block - 2) % len(specs)]
+        nxt = dict(view.current_simulation)
+        current = nxt.get(spec.key, spec.default)
+        if spec.kind == "choice":
+            choices = list(spec.choices)
+            index = choices.index(current) if current in choices else -1
+            nxt[spec.key] = choices[(index + 1) % len(choices)]
+        else:
+            nxt[spec.key] = self.mutate_value(spec, current, random.Random(view.sweep_seed + view.block))
+        return nxt
+
+
+def _default(specs: Sequence[ParamSpec], key: str) -> Any:
+    return next((s.default for s in specs if s.key == key), None)
+
+
+def _converged_streak(by_id: Sequence[UCBRow], objective: Objective) -> int:
+    streak = 0
+    for row in reversed(by_id):
+        if row.status != "completed" or objective.classify(row.metrics.get(objective.metric)) != "converged":
+            break
+        streak += 1
+    return streak
+
+
+def _clip(x: float, low: float, high: float) -> float:
+    return min(max(x, low), high)
+
+
+def _middle(spec: ParamSpec) -> float:
+    assert spec.low is not None and spec.high is not None
+    return math.sqrt(spec.low * spec.high) if spec.log else (spec.low + spec.high) / 2
+
+
+def _round_sig(x: float, digits: int = 6) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,226 @@
+"""The exploration tree: nodes, rewards, replicate groups and UCB scores (DESIGN §5).
+
+A node is one child run. Its ``overrides`` are its training config relative to the block root and
+``simulation`` the block-level overrides in force; replicates (same config, other seeds) share a
+``config_hash``. UCB scores are computed over the nodes of one block only: the tree restarts at the
+root at every block boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Direction = Literal["maximize", "minimize", "target"]
+UCB_FORMULAS = ("ucb1", "puct")
+REPLICATE_REWARDS = ("mean", "lcb")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the sweep optimises and how a run is classified.
+
+    ``converged`` / ``partial`` are thresholds on the metric: ``>=`` for maximize, ``<=`` for minimize,
+    and tolerances on ``|value - target|`` for target. ``failure_reward`` is the reward of a failed
+    node (default 0.0 for maximize, -1.0 otherwise: set it for your metric's scale).
+    """
+
+    metric: str = "connectivity_R2"
+    direction: Direction = "maximize"
+    target: float | None = None
+    failure_reward: float | None = None
+    converged: float = 0.9
+    partial: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("maximize", "minimize", "target"):
+            raise ValueError(
+                f"objective.direction: {self.direction!r} is not allowed; allowed: maximize, minimize, target"
+            )
+        if self.direction == "target" and self.target is None:
+            raise ValueError("objective.target: required when objective.direction=target (e.g. 1.0)")
+
+    @property
+    def fail_reward(self) -> float:
+        if self.failure_reward is not None:
+            return float(self.failure_reward)
+        return 0.0 if self.direction == "maximize" else -1.0
+
+    def reward(self, value: float) -> float:
+        """Higher is better, whatever the direction."""
+        if self.direction == "maximize":
+            return float(value)
+        if self.direction == "minimize":
+            return -float(value)
+        assert self.target is not None
+        return -abs(float(value) - float(self.target))
+
+    def classify(self, value: float | None) -> str:
+        """``converged`` / ``partial`` / ``failed`` for a metric value (None or NaN is failed)."""
+        if value is None or not math.isfinite(value):
+            return "failed"
+        if self.direction == "maximize":
+            passes = [value >= self.converged, value >= self.partial]
+        elif self.direction == "minimize":
+            passes = [value <= self.converged, value <= self.partial]
+        else:
+            assert self.target is not None
+            gap = abs(value - self.target)
+            passes = [gap <= self.converged, gap <= self.partial]
+        return "converged" if passes[0] else "partial" if passes[1] else "failed"
+
+
+@dataclass
+class Node:
+    """One child run in the exploration tree. ``iteration`` equals ``id`` (the seeds' Iter N)."""
+
+    id: int
+    parent: int | None
+    block: int
+    slot: int
+    strategy: str
+    overrides: dict[str, Any]  # training config relative to the block root (cumulative)
+    mutation: dict[str, Any]  # the change relative to the parent ({} for a replicate / baseline)
+    simulation: dict[str, Any]  # block-level overrides in force
+    seeds: dict[str, int]
+    job_num: int
+    status: Literal["completed", "failed"] = "completed"
+    metrics: dict[str, float] = field(default_factory=dict)
+    reward: float = 0.0
+    output_dir: str = ""
+    error: str | None = None
+    plots: list[str] = field(default_factory=list)
+    hypothesis: str = ""
+    observation: str = ""
+    classification: str = ""
+    mutation_text: str = ""
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.overrides, self.simulation)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Node:
+        return cls(**dict(data))
+
+
+def config_hash(overrides: Mapping[str, Any], simulation: Mapping[str, Any]) -> str:
+    """A short stable id of a configuration (seeds and sweep metadata are never part of it)."""
+    payload = json.dumps({"o": dict(overrides), "s": dict(simulation)}, sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:8]
+
+
+def descendant_counts(nodes: Sequence[Node]) -> dict[int, int]:
+    """Number of descendants of each node among ``nodes`` (children always have larger ids)."""
+    counts = {n.id: 0 for n in nodes}
+    parent_of = {n.id: n.parent for n in nodes}
+    for node in sorted(nodes, key=lambda n: n.id, reverse=True):
+        parent = parent_of[node.id]
+        if parent in counts:
+            counts[parent] += counts[node.id] + 1
+    return counts
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Replicate statistics of one config group for one metric (std with ddof=1; 0 for one run)."""
+
+    runs: int
+    mean: float
+    std: float
+
+    @property
+    def cv(self) -> float:
+        return abs(self.std / self.mean) if self.mean not in (0.0,) and math.isfinite(self.mean) else math.nan
+
+
+def stats(values: Iterable[float]) -> GroupStats:
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n == 0:
+        return GroupStats(0, math.nan, math.nan)
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    return GroupStats(n, mean, std)
+
+
+def group_rewards(nodes: Sequence[Node]) -> dict[str, list[float]]:
+    """Rewards of every config group among ``nodes`` (failed runs count with their failure reward)."""
+    groups: dict[str, list[float]] = {}
+    for node in nodes:
+        groups.setdefault(node.config_hash, []).append(node.reward)
+    return groups
+
+
+@dataclass(frozen=True)
+class UCBScore:
+    node_id: int
+    ucb: float
+    parent: int | None
+    visits: int
+    reward: float  # the R used: group mean (or LCB) of the node's config group
+
+
+def ucb_scores(
+    nodes: Sequence[Node],
+    formula: str = "ucb1",
+    c: float = 1.414,
+    replicate_reward: str = "mean",
+    lcb_kappa: float = 1.0,
+) -> list[UCBScore]:
+    """UCB of every node of one block, sorted by UCB descending (ties: lower id first).
+
+    visits = 1 + descendants within ``nodes``; N_total = len(nodes);
+    ucb1: R + c*sqrt(ln N_total / (1 + visits)); puct: R + c*sqrt(N_total) / (1 + visits).
+    R is the mean reward of the node's replicate group, or mean - kappa*std/sqrt(runs) for ``lcb``.
+    """
+    if formula not in UCB_FORMULAS:
+        raise ValueError(f"ucb.formula: {formula!r} is not allowed; allowed: {', '.join(UCB_FORMULAS)}")
+    if replicate_reward not in REPLICATE_REWARDS:
+        raise ValueError(
+            f"ucb.replicate_reward: {replicate_reward!r} is not allowed; "
+            f"allowed: {', '.join(REPLICATE_REWARDS)}"
+        )
+    if not nodes:
+        return []
+    n_total = len(nodes)
+    counts = descendant_counts(nodes)
+    group_r: dict[str, float] = {}
+    for key, rewards in group_rewards(nodes).items():
+        s = stats(rewards)
+        group_r[key] = s.mean - (lcb_kappa * s.std / math.sqrt(s.runs) if replicate_reward == "lcb" else 0.0)
+    scores = []
+    for node in nodes:
+        visits = 1 + counts[node.id]
+        r = group_r[node.config_hash]
+        if formula == "ucb1":
+            bonus = c * math.sqrt(math.log(n_total) / (1 + visits))
+        else:
+            bonus = c * math.sqrt(n_total) / (1 + visits)
+        scores.append(UCBScore(node.id, r + bonus, node.parent, visits, r))
+    scores.sort(key=lambda s: (-s.ucb, s.node_id))
+    return scores
+
+
+def describe_mutation(
+    mutation: Mapping[str, Any], parent_config: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> str:
+    """``key: old -> new`` for each mutated key (old from the parent, else the root default)."""
+    parts = []
+    for key, new in mutation.items():
+        old = parent_config.get(key, defaults.get(key))
+        parts.append(f"{key}: {_short(old)} -> {_short(new)}")
+    return "; ".join(parts)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

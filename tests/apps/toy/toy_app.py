@@ -1,0 +1,54 @@
+"""A toy Hydra app for sweeper tests: a deterministic score with optional failure injection."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+
+def score(lr: float, width: int, act: str, regime: str, sim_seed: int, train_seed: int) -> float:
+    """Peaks at lr=1e-3, width=8, act=relu; small seed-dependent jitter (deterministic)."""
+    value = 1.0 - 0.08 * (math.log10(lr) + 3.0) ** 2 - 0.004 * (width - 8) ** 2
+    value -= 0.0 if act == "relu" else 0.05
+    value -= 0.0 if regime == "smooth" else 0.1
+    return value + 0.01 * (((sim_seed * 7919 + train_seed * 104729) % 97) / 97.0 - 0.5)
+
+
+def run(cfg: DictConfig):
+    b = cfg.behaviour
+    job = HydraConfig.get().job.num if HydraConfig.initialized() else -1
+    out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(".")
+    if b.kill_at_job is not None and job == b.kill_at_job and not Path(b.kill_marker).exists():
+        Path(b.kill_marker).write_text(str(job))
+        os.kill(os.getpid(), signal.SIGKILL)
+    if b.sleep:
+        time.sleep(float(b.sleep))
+    lr, width = float(cfg.training.lr), int(cfg.training.width)
+    if (b.exit_if_lr_above is not None and lr > b.exit_if_lr_above) or job == b.exit_at_job:
+        os._exit(3)
+    if b.raise_if_lr_above is not None and lr > b.raise_if_lr_above:
+        raise ValueError(f"lr {lr} too large for the toy task")
+    if b.return_text:
+        return "not a number"
+    value = score(lr, width, cfg.training.act, cfg.simulation.regime, cfg.simulation.seed, cfg.training.seed)
+    if b.nan_if_width is not None and width == b.nan_if_width:
+        value = math.nan
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    (out / "plots" / "activity.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return {"score": value, "lr": lr, "width": float(width)}
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig):
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

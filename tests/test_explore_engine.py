@@ -1,0 +1,285 @@
+"""The batch loop without Hydra: blocks, validation and fallback, failures, persistence and resume."""
+
+import json
+import math
+
+import pytest
+
+from hydra_llm.explore.engine import (
+    ChildOutcome,
+    EngineConfig,
+    ExplorationEngine,
+    SweepConfigError,
+    SweepFailedError,
+)
+from hydra_llm.explore.proposers.base import Proposal, Proposer, ProposerReply
+from hydra_llm.explore.proposers.rules import RulesProposer
+from hydra_llm.explore.protocol import RULES_BEGIN, RULES_END
+from hydra_llm.explore.space import parse_space
+from hydra_llm.explore.state import load_state
+from hydra_llm.explore.tree import Objective
+
+PARAMS = {"training.lr": "tag(log, interval(1e-5, 1e-1))", "training.width": "range(1, 17)"}
+BLOCK = {"simulation.regime": "choice(smooth, rough)"}
+DEFAULTS = {"training.lr": 0.01, "training.width": 4, "simulation.regime": "smooth"}
+PROTOCOL = f"# Protocol\nIntro kept.\n{RULES_BEGIN}\n- old rule\n{RULES_END}\nTail kept.\n"
+
+
+def toy_score(spec):
+    lr = spec.overrides.get("training.lr", 0.01)
+    width = spec.overrides.get("training.width", 4)
+    regime = spec.simulation.get("simulation.regime", "smooth")
+    value = (
+        1.0 - 0.08 * (math.log10(lr) + 3) ** 2 - 0.004 * (width - 8) ** 2 - (0.1 if regime == "rough" else 0)
+    )
+    return value + 0.001 * (spec.seeds["training"] % 7)
+
+
+class ToyLauncher:
+    """Stands in for a Hydra launcher: runs each child's toy score, records what it launched."""
+
+    def __init__(self, fail_when=None, crash_on_batch=None, interrupt_on_batch=None):
+        self.batches = []
+        self.fail_when = fail_when
+        self.crash_on_batch = crash_on_batch
+        self.interrupt_on_batch = interrupt_on_batch
+
+    def __call__(self, children):
+        self.batches.append(list(children))
+        if self.interrupt_on_batch == len(self.batches):
+            raise KeyboardInterrupt("killed inside a batch")
+        if self.crash_on_batch == len(self.batches):
+            raise RuntimeError("TerminatedWorkerError: a worker died")
+        out = []
+        for child in children:
+            if self.fail_when and self.fail_when(child):
+                out.append(ChildOutcome("failed", error="ValueError: boom", output_dir=f"/x/{child.job_num}"))
+            else:
+                out.append(
+                    ChildOutcome("completed", {"r2": toy_score(child)}, output_dir=f"/x/{child.job_num}")
+                )
+        return out
+
+
+def make(tmp_path, proposer=None, launcher=None, resume=False, **overrides):
+    settings = dict(
+        n_iterations=8, n_parallel=4, n_iter_block=4, objective=Objective(metric="r2"), tree_plot=False
+    )
+    settings.update(overrides)
+    space = parse_space(PARAMS, BLOCK, [], DEFAULTS)
+    return ExplorationEngine(
+        EngineConfig(**settings),
+        space,
+        proposer or RulesProposer(),
+        launcher or ToyLauncher(),
+        tmp_path,
+        protocol=PROTOCOL,
+        resume=resume,
+    )
+
+
+def comparable(nodes):
+    return [
+        (n.id, n.parent, n.block, n.slot, n.strategy, n.overrides, n.simulation, n.seeds, n.status, n.metrics)
+        for n in nodes
+    ]
+
+
+def test_blocks_reset_tree_and_change_simulation(tmp_path):
+    engine = make(tmp_path, n_iterations=10)
+    state = engine.run()
+    assert [len(b) for b in state.batches] == [4, 4, 2]
+    assert [n.block for n in state.nodes] == [1] * 4 + [2] * 4 + [3] * 2
+    for n in state.nodes:  # parents never cross a block boundary
+        assert n.parent is None or state.node(n.parent).block == n.block
+    assert all(n.parent is None for n in state.nodes if n.id in (5, 9))
+    assert {n.simulation.get("simulation.regime", "smooth") for n in state.nodes if n.block == 2} == {"rough"}
+    assert set(state.block_summaries) == {"1", "2"}
+    ex = tmp_path / "exploration"
+    assert (ex / "protocol" / "block_001.md").exists() and (ex / "protocol" / "block_003.md").exists()
+    assert (ex / "memory" / "block_001.md").exists() and (ex / "memory" / "block_002.md").exists()
+    analysis = (ex / "analysis.md").read_text()
+    assert analysis.count("## Iter ") == 10 and analysis.count("## Simulation Block") == 2
+    assert "Node: id=5, parent=root" in analysis and "Next: parent=" in analysis
+    ucb = (ex / "ucb_scores.txt").read_text()
+    assert "block 3" in ucb and ucb.count("Node ") == 2
+    results = (tmp_path / "optimization_results.yaml").read_text()
+    assert "best_job_num" in results and "best_output_dir" in results
+    assert all(n.observation for n in state.nodes)  # the last batch got its observations at the end
+
+
+def test_seeds_are_forced_per_slot(tmp_path):
+    state = make(tmp_path, n_iterations=4).run()
+    assert [n.seeds for n in state.nodes] == [
+        {"training": i * 1000 + s + 500, "simulation": s} for i, s in zip(range(1, 5), range(4), strict=True)
+    ]
+    state2 = make(tmp_path / "b", n_iterations=4, simulation_seed="iteration").run()
+    assert state2.nodes[2].seeds["simulation"] == 3 * 1000 + 2
+
+
+class Scripted(Proposer):
+    """A proposer whose replies are given by the test (the engine must validate them)."""
+
+    name = "scripted"
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.feedback = []
+        self.views = []
+
+    def propose(self, view, feedback=None):
+        self.views.append(view)
+        self.feedback.append(feedback)
+        reply = self.replies.pop(0) if self.replies else RulesProposer().propose(view)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def bad_reply():
+    return ProposerReply(
+        observations=[],
+        proposals=[
+            Proposal(None, {"training.unknown": 1}, "exploit"),
+            Proposal(None, {"training.lr": 5.0}, "exploit"),
+            Proposal(None, {"training.seed": 3}, "exploit"),
+            Proposal(42, {}, "replicate"),
+        ],
+        memory="scripted memory",
+        extra={"tokens": 123},
+    )
+
+
+def good_reply():
+    return ProposerReply(
+        observations=[],
+        proposals=[Proposal(None, {"training.lr": 0.002}, "exploit", "h")]
+        + [Proposal(None, {}, "baseline")] * 3,
+        memory="good memory",
+    )
+
+
+def test_invalid_proposals_are_reasked_with_messages(tmp_path):
+    proposer = Scripted([bad_reply(), good_reply()])
+    launcher = ToyLauncher()
+    engine = make(tmp_path, proposer, launcher, n_iterations=4)
+    engine.run()
+    feedback = proposer.feedback[1]
+    assert any("training.unknown" in f and "not an explorable key" in f for f in feedback)
+    assert any("training.lr" in f and "out of range" in f for f in feedback)
+    assert any("training.seed" in f and "seeds" in f for f in feedback)
+    assert any("parent 42" in f for f in feedback)
+    assert launcher.batches[0][0].overrides == {"training.lr": 0.002}
+    assert proposer.views[2].memory == "good memory\n"  # the final call saw the accepted memory
+
+
+def test_still_invalid_slots_fall_back_to_rules(tmp_path):
+    proposer = Scripted([bad_reply(), bad_reply()])
+    launcher = ToyLauncher()
+    engine = make(tmp_path, proposer, launcher, n_iterations=4)
+    engine.run()
+    launched = launcher.batches[0]
+    assert all(set(c.mutation) <= {"training.lr", "training.width"} for c in launched)
+    assert all(c.parent is None for c in launched)
+    assert any("replaced by the rules proposer" in e for e in engine.state.events)
+    assert engine.state.replies[0]["calls"][0]["extra"] == {"tokens": 123}
+    assert engine.state.replies[0]["fallback"] == "slots [0, 1, 2, 3]"
+
+
+def test_proposer_exception_uses_rules(tmp_path):
+    engine = make(tmp_path, Scripted([RuntimeError("endpoint down")]), n_iterations=4)
+    state = engine.run()
+    assert len(state.nodes) == 4 and any("endpoint down" in e for e in state.events)
+
+
+def test_launcher_crash_fails_batch_and_sweep_goes_on(tmp_path):
+    engine = make(tmp_path, launcher=ToyLauncher(crash_on_batch=1), n_iterations=8, max_failure_rate=1.0)
+    state = engine.run()
+    first = state.nodes[:4]
+    assert all(n.status == "failed" and "TerminatedWorkerError" in n.error for n in first)
+    assert all(n.status == "completed" for n in state.nodes[4:])
+
+
+def test_nan_and_missing_metric_fail_the_node(tmp_path):
+    class NaNLauncher(ToyLauncher):
+        def __call__(self, children):
+            out = super().__call__(children)
+            out[0] = ChildOutcome("completed", {"r2": math.nan})
+            out[1] = ChildOutcome("completed", {"other": 1.0})
+            return out
+
+    state = make(tmp_path, launcher=NaNLauncher(), n_iterations=4).run()
+    assert state.nodes[0].status == "failed" and "nan" in state.nodes[0].error
+    assert state.nodes[1].status == "failed" and "missing" in state.nodes[1].error
+    assert state.nodes[0].reward == 0.0 and state.nodes[2].status == "completed"
+
+
+def test_max_failure_rate_stops_a_sweep_that_only_fails(tmp_path):
+    engine = make(tmp_path, launcher=ToyLauncher(fail_when=lambda c: True), n_iterations=12)
+    with pytest.raises(SweepFailedError, match="4/4 children failed.*max_failure_rate=0.8.*resume=true"):
+        engine.run()
+    assert len(load_state(tmp_path).nodes) == 4
+
+
+def test_protocol_rules_replaced_only_between_markers(tmp_path):
+    block_end = RulesProposer()
+
+    class RuleEditor(Proposer):
+        name = "editor"
+
+        def propose(self, view, feedback=None):
+            reply = block_end.propose(view, feedback)
+            if view.is_block_end:
+                reply.protocol_rules = "- new rule [evidence: 1, 2, 3]\n- single-run rule [evidence: 2]"
+            return reply
+
+    state = make(tmp_path, RuleEditor(), n_iterations=8).run()
+    new = f"# Protocol\nIntro kept.\n{RULES_BEGIN}\n- new rule [evidence: 1, 2, 3]\n{RULES_END}\nTail kept.\n"
+    assert state.protocol == new
+    assert any("single-run rule" in e and "refused" in e for e in state.events)
+    assert (tmp_path / "exploration" / "protocol" / "block_001.diff").read_text().count("+- new rule") == 1
+    assert (tmp_path / "exploration" / "protocol.md").read_text() == state.protocol
+    assert "old rule" in (tmp_path / "exploration" / "protocol" / "block_001.md").read_text()
+
+
+def test_user_input_reaches_proposer_and_is_acknowledged(tmp_path):
+    (tmp_path / "user_input.md").write_text("# User input\n\n## Pending\nTry larger widths.\n")
+    proposer = Scripted([])
+    make(tmp_path, proposer, n_iterations=8).run()
+    assert proposer.views[0].user_input == "Try larger widths."
+    assert proposer.views[1].user_input == ""
+    text = (tmp_path / "user_input.md").read_text()
+    assert "[ACK batch_1-4] Try larger widths." in text
+    assert text.split("## Acknowledged")[0].split("## Pending")[1].strip() == ""
+
+
+def test_kill_inside_batch_then_resume_matches_uninterrupted(tmp_path):
+    reference = make(tmp_path / "ref", n_iterations=12).run()
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path / "k", launcher=ToyLauncher(interrupt_on_batch=2), n_iterations=12).run()
+    killed = load_state(tmp_path / "k")
+    assert len(killed.nodes) == 4 and [c["job_num"] for c in killed.in_flight] == [4, 5, 6, 7]
+    resumed = make(tmp_path / "k", resume=True, n_iterations=12).run()
+    assert comparable(resumed.nodes) == comparable(reference.nodes)
+    jobs = [n.job_num for n in resumed.nodes]
+    assert jobs == [0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15] and len(set(jobs)) == 12
+    saved = json.loads((tmp_path / "k" / "exploration" / "state.json").read_text())
+    assert saved["next_job_idx"] == 16 and saved["in_flight"] == []
+
+
+def test_stop_between_batches_then_extend(tmp_path):
+    make(tmp_path, n_iterations=4).run()
+    with pytest.raises(SweepConfigError, match="resume=true"):
+        make(tmp_path, n_iterations=8)
+    state = make(tmp_path, resume=True, n_iterations=8).run()
+    assert [n.job_num for n in state.nodes] == list(range(8))
+    assert comparable(state.nodes) == comparable(make(tmp_path / "ref", n_iterations=8).run().nodes)
+
+
+def test_bad_engine_settings_name_key():
+    with pytest.raises(SweepConfigError, match="slot_roles.*exploit, explore"):
+        EngineConfig(slot_roles=("exploit", "greedy")).check()
+    with pytest.raises(SweepConfigError, match="n_parallel"):
+        EngineConfig(n_parallel=0).check()
+    with pytest.raises(SweepConfigError, match="simulation_seed.*slot, iteration, fixed"):
+        EngineConfig(simulation_seed="random").check()

@@ -1,0 +1,132 @@
+"""The offline rules proposer: deterministic, one parameter at a time on its scale, the strategy table."""
+
+import math
+import random
+
+import pytest
+
+from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec, UCBRow
+from hydra_llm.explore.proposers.rules import RulesProposer
+
+SPACE = (
+    ParamSpec("training.lr", "float", 1e-5, 1e-1, log=True, default=1e-3),
+    ParamSpec("training.width", "int", 1, 16, default=4),
+    ParamSpec("training.act", "choice", choices=("relu", "tanh", "gelu"), default="relu"),
+)
+BLOCK = (
+    ParamSpec("simulation.regime", "choice", choices=("smooth", "rough"), block_level=True, default="smooth"),
+)
+
+
+def view(
+    rows=(),
+    first=1,
+    block=1,
+    is_block_end=False,
+    seed=0,
+    roles=("exploit", "exploit", "replicate", "replicate"),
+):
+    return ExplorationView(
+        first_iteration=first,
+        n_iterations=24,
+        block=block,
+        iter_in_block=1 if is_block_end else first,
+        n_iter_block=12,
+        is_block_end=is_block_end,
+        n_parallel=len(roles),
+        slot_roles=roles,
+        ucb_table=tuple(rows),
+        last_batch=(),
+        search_space=SPACE,
+        block_search_space=BLOCK,
+        current_simulation={},
+        variance_table="",
+        memory="",
+        protocol="",
+        user_input="",
+        objective={"metric": "r2", "direction": "maximize", "converged": 0.9, "partial": 0.5},
+        sweep_seed=seed,
+    )
+
+
+def row(i, ucb, r2, parent=None, overrides=None, mutation=""):
+    return UCBRow(i, ucb, parent, 1, r2, {"r2": r2}, mutation, overrides or {}, "exploit", "completed")
+
+
+def test_deterministic_for_a_seed_and_varies_with_it():
+    rows = [row(1, 1.5, 0.7, overrides={"training.lr": 0.002}), row(2, 1.2, 0.6)]
+    a = RulesProposer().propose(view(rows, first=3, seed=7)).proposals
+    b = RulesProposer().propose(view(rows, first=3, seed=7)).proposals
+    assert [(p.parent, p.overrides, p.strategy) for p in a] == [
+        (p.parent, p.overrides, p.strategy) for p in b
+    ]
+    others = [RulesProposer().propose(view(rows, first=3, seed=s)).proposals for s in range(8)]
+    assert len({str([(p.parent, p.overrides) for p in o]) for o in others}) > 1
+
+
+def test_start_of_sweep_exploits_root_and_replicates_baseline():
+    reply = RulesProposer().propose(view())
+    strategies = [p.strategy for p in reply.proposals]
+    assert strategies == ["exploit", "exploit", "baseline", "baseline"]
+    assert all(p.parent is None for p in reply.proposals)
+    assert all(len(p.overrides) == 1 for p in reply.proposals[:2])
+    assert reply.proposals[2].overrides == {} and reply.memory.startswith("# Working memory")
+
+
+def test_exploit_parents_follow_ucb_rank_and_mutate_one_key():
+    rows = [row(5, 2.0, 0.7, overrides={"training.lr": 0.004}), row(3, 1.0, 0.6)]
+    reply = RulesProposer().propose(view(rows, first=7))
+    exploit = reply.proposals[:2]
+    assert [p.parent for p in exploit] == [5, 3]
+    assert all(len(p.overrides) == 1 for p in exploit)
+    replicate = reply.proposals[2:]
+    assert {p.strategy for p in replicate} == {"robustness-test"} and all(
+        p.overrides == {} for p in replicate
+    )
+    assert {p.parent for p in replicate} == {5, 3}
+
+
+def test_mutation_scales():
+    rules, rng = RulesProposer(step_factor=2.0, probe_factor=10.0), random.Random(0)
+    lr = rules.mutate_value(SPACE[0], 1e-3, rng)
+    assert lr == pytest.approx(2e-3) or lr == pytest.approx(5e-4)
+    assert rules.mutate_value(SPACE[0], 1e-3, rng, extreme=True) in (pytest.approx(1e-2), pytest.approx(1e-4))
+    assert rules.mutate_value(SPACE[0], 1e-1, rng) == pytest.approx(5e-2)  # clipped side flips direction
+    width = rules.mutate_value(SPACE[1], 4, rng)
+    assert isinstance(width, int) and abs(width - 4) == 2  # (16-1)/8 rounds to a step of 2
+    assert rules.mutate_value(SPACE[2], "relu", rng) in ("tanh", "gelu")
+
+
+def test_failure_probe_after_three_converged_and_explore_after_window():
+    rows = [row(i, 3.0 - 0.1 * i, 0.95, overrides={"training.lr": 1e-3 * i}) for i in range(1, 5)]
+    reply = RulesProposer().propose(view(rows, first=5))
+    assert reply.proposals[0].strategy == "failure-probe"
+    assert reply.proposals[1].strategy == "explore"
+    # explore takes the best node outside the last n_iter_block/4 = 3 nodes
+    assert reply.proposals[1].parent == 1
+    probe = reply.proposals[0]
+    ((key, value),) = probe.overrides.items()
+    if key == "training.lr":
+        old = rows[0].overrides["training.lr"]
+        assert math.isclose(value / old, 10) or math.isclose(old / value, 10)
+
+
+def test_block_end_picks_next_simulation_and_summary():
+    rows = [row(1, 1.0, 0.7)]
+    reply = RulesProposer().propose(view(rows, first=13, block=2, is_block_end=True))
+    assert reply.next_simulation == {"simulation.regime": "rough"}
+    assert reply.block_summary is not None and reply.protocol_rules is None
+
+
+def test_exploit_never_reproposes_an_existing_config():
+    rows = [
+        row(1, 2.0, 0.8),
+        row(2, 1.5, 0.7, parent=1, overrides={"training.lr": 2e-3}),
+        row(3, 1.4, 0.6, parent=1, overrides={"training.lr": 5e-4}),
+    ]
+    existing = [r.overrides for r in rows]
+    for seed in range(20):
+        reply = RulesProposer().propose(view(rows, first=4, seed=seed, roles=("exploit", "exploit")))
+        for p in reply.proposals:
+            parent = next(r for r in rows if r.node_id == p.parent)
+            assert {**parent.overrides, **p.overrides} not in existing, (seed, p)

@@ -1,0 +1,122 @@
+"""UCB scores, rewards, replicate groups and classification against hand-computed values."""
+
+import copy
+import math
+
+import pytest
+
+from hydra_llm.explore.tree import Node, Objective, config_hash, descendant_counts, ucb_scores
+
+
+def node(i, parent, reward, overrides=None, block=1, status="completed"):
+    return Node(
+        id=i,
+        parent=parent,
+        block=block,
+        slot=0,
+        strategy="exploit",
+        overrides=overrides if overrides is not None else {"lr": i},
+        mutation={},
+        simulation={},
+        seeds={"training": i},
+        job_num=i - 1,
+        status=status,
+        reward=reward,
+    )
+
+
+# Tree: 1 (root child) -> 2 -> 4 ; 1 -> 3 ; 5 (root child)
+TREE = [node(1, None, 0.5), node(2, 1, 0.7), node(3, 1, 0.2), node(4, 2, 0.9), node(5, None, 0.4)]
+
+
+def test_descendants():
+    assert descendant_counts(TREE) == {1: 3, 2: 1, 3: 0, 4: 0, 5: 0}
+
+
+def test_ucb1_matches_hand_computation():
+    scores = {s.node_id: s for s in ucb_scores(TREE, "ucb1", c=1.414)}
+    n = 5
+    # visits = 1 + descendants
+    assert scores[1].visits == 4 and scores[2].visits == 2 and scores[4].visits == 1
+    assert scores[1].ucb == pytest.approx(0.5 + 1.414 * math.sqrt(math.log(n) / 5))
+    assert scores[2].ucb == pytest.approx(0.7 + 1.414 * math.sqrt(math.log(n) / 3))
+    assert scores[4].ucb == pytest.approx(0.9 + 1.414 * math.sqrt(math.log(n) / 2))
+    # by hand: 0.9 + 1.414*sqrt(ln 5 / 2) = 0.9 + 1.414*0.8971
+    assert scores[4].ucb == pytest.approx(2.1685, abs=1e-3)
+
+
+def test_puct_matches_hand_computation():
+    scores = {s.node_id: s for s in ucb_scores(TREE, "puct", c=1.0)}
+    assert scores[1].ucb == pytest.approx(0.5 + math.sqrt(5) / 5)
+    assert scores[3].ucb == pytest.approx(0.2 + math.sqrt(5) / 2)
+    # the original's committed example: N=1, c=1.0, R2=0.032 -> UCB=0.532 (visits 1)
+    single = ucb_scores([node(1, None, 0.032)], "puct", c=1.0)
+    assert single[0].ucb == pytest.approx(0.532)
+
+
+def test_sorted_descending_and_single_node_ucb1():
+    scores = ucb_scores(TREE, "ucb1")
+    assert [s.ucb for s in scores] == sorted((s.ucb for s in scores), reverse=True)
+    # ln(1) = 0: a lone node's UCB is its reward
+    assert ucb_scores([node(1, None, 0.3)], "ucb1")[0].ucb == pytest.approx(0.3)
+
+
+def test_replicates_share_group_mean_and_lcb():
+    same = {"lr": 0.1}
+    nodes = [node(1, None, 0.8, same), node(2, 1, 0.6, same), node(3, 1, 0.9, {"lr": 0.2})]
+    mean = {s.node_id: s.reward for s in ucb_scores(nodes, "ucb1", replicate_reward="mean")}
+    assert mean[1] == pytest.approx(0.7) and mean[2] == pytest.approx(0.7) and mean[3] == pytest.approx(0.9)
+    lcb = {s.node_id: s.reward for s in ucb_scores(nodes, "ucb1", replicate_reward="lcb", lcb_kappa=1.0)}
+    std = math.sqrt(((0.8 - 0.7) ** 2 + (0.6 - 0.7) ** 2) / 1)
+    assert lcb[1] == pytest.approx(0.7 - std / math.sqrt(2))
+    assert lcb[3] == pytest.approx(0.9)
+
+
+def test_config_hash_ignores_seeds_and_order():
+    assert config_hash({"a": 1, "b": 2}, {}) == config_hash({"b": 2, "a": 1}, {})
+    assert config_hash({"a": 1}, {}) != config_hash({"a": 1}, {"sim": "x"})
+    a, b = node(1, None, 0.1, {"x": 1}), node(2, None, 0.1, {"x": 1})
+    b.seeds = {"training": 999}
+    assert a.config_hash == b.config_hash
+
+
+def test_bad_formula_names_allowed_values():
+    with pytest.raises(ValueError, match="ucb.formula.*ucb1, puct"):
+        ucb_scores(TREE, "ucb2")
+    with pytest.raises(ValueError, match="replicate_reward.*mean, lcb"):
+        ucb_scores(TREE, "ucb1", replicate_reward="median")
+
+
+def test_objective_directions_and_classes():
+    up = Objective(metric="r2", converged=0.9, partial=0.5)
+    assert up.reward(0.7) == 0.7 and up.classify(0.95) == "converged" and up.classify(0.6) == "partial"
+    assert up.classify(0.1) == "failed" and up.classify(math.nan) == "failed" and up.fail_reward == 0.0
+    down = Objective(metric="loss", direction="minimize", converged=0.01, partial=0.1, failure_reward=-5)
+    assert down.reward(0.2) == -0.2 and down.classify(0.005) == "converged" and down.fail_reward == -5
+    target = Objective(metric="slope", direction="target", target=1.0, converged=0.1, partial=0.5)
+    assert target.reward(0.7) == pytest.approx(-0.3) and target.classify(1.05) == "converged"
+    assert target.classify(0.6) == "partial" and target.classify(3.0) == "failed"
+    with pytest.raises(ValueError, match="objective.direction.*maximize, minimize, target"):
+        Objective(direction="up")
+    with pytest.raises(ValueError, match="objective.target"):
+        Objective(direction="target")
+
+
+def test_tree_layout_depth_and_centring():
+    from hydra_llm.explore.tree_plot import layout
+
+    pos = layout(TREE)
+    assert {i: pos[i][0] for i in pos} == {1: 1, 2: 2, 3: 2, 4: 3, 5: 1}
+    assert pos[1][1] == (pos[2][1] + pos[3][1]) / 2  # a parent sits between its children
+    assert len({pos[i][1] for i in (4, 3, 5)}) == 3  # leaves get their own rows
+
+
+def test_tree_picture_is_written(tmp_path):
+    from hydra_llm.explore.tree_plot import plot_tree
+
+    tree = copy.deepcopy(TREE)
+    for n, cls in zip(tree, ["partial", "converged", "failed", "converged", "partial"], strict=True):
+        n.classification = cls
+        n.metrics = {"r2": n.reward}
+    path = plot_tree(tree, ucb_scores(tree), tmp_path / "t.png", "UCB tree: block 1", "r2", {"sim.k": 1})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000

@@ -1,0 +1,227 @@
+"""The llm_ucb plugin through Hydra: discovery, in-process and CLI sweeps (basic, joblib), kill + resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ROOT / "tests" / "apps" / "toy" / "toy_app.py"
+SPACE = (
+    '+hydra.sweeper.params={training.lr:"tag(log,interval(1e-5,1e-1))",'
+    'training.width:"range(1,17)",training.act:"choice(relu,tanh)"}'
+)
+BASE = [
+    "hydra/sweeper=llm_ucb",
+    "hydra/sweeper/proposer=rules",
+    "hydra.sweeper.objective.metric=score",
+    "hydra.sweeper.tree_plot=false",
+]
+
+
+def load(sweep_dir):
+    return json.loads((Path(sweep_dir) / "exploration" / "state.json").read_text())
+
+
+def comparable(nodes):
+    keys = (
+        "id",
+        "parent",
+        "block",
+        "slot",
+        "strategy",
+        "overrides",
+        "simulation",
+        "seeds",
+        "status",
+        "metrics",
+    )
+    return [{k: n[k] for k in keys} for n in nodes]
+
+
+def cli(sweep_dir, *overrides, check=True, timeout=240, space=SPACE, base=BASE, env=None):
+    env = dict(env or os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
+    cmd = [sys.executable, str(TOY), "-m", *base, space, f"hydra.sweep.dir={sweep_dir}", *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_discovered_and_import_light():
+    names = [cls.__name__ for cls in Plugins.instance().discover(Sweeper)]
+    assert "LLMUCBSweeper" in names
+    code = (
+        "import sys, hydra_plugins.llm_ucb_sweeper.llm_ucb_sweeper; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'matplotlib', 'openai', 'wandb', 'lightning', 'hydra_llm', 'numpy'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_in_process_sweep_records_raise_and_nan(hydra_sweep_runner, tmp_path):
+    sys.path.insert(0, str(TOY.parent))
+    try:
+        import toy_app
+    finally:
+        sys.path.remove(str(TOY.parent))
+    sweep = hydra_sweep_runner(
+        calling_file=str(TOY),
+        calling_module=None,
+        task_function=toy_app.run,
+        config_path="conf",
+        config_name="config",
+        overrides=[
+            *BASE,
+            SPACE,
+            "hydra.sweeper.n_iterations=8",
+            "hydra.sweeper.max_failure_rate=1.0",
+            "behaviour.raise_if_lr_above=0.015",
+            "behaviour.nan_if_width=6",
+        ],
+        temp_dir=str(tmp_path),
+    )
+    with sweep:  # the runner deletes the sweep folder on exit: check everything inside
+        returns = sweep.returns
+        assert [len(batch) for batch in returns] == [4, 4]
+        state = load(tmp_path)
+        nodes = state["nodes"]
+        assert [n["job_num"] for n in nodes] == list(range(8))
+        raised = [n for n in nodes if n["status"] == "failed" and "ValueError: lr" in (n["error"] or "")]
+        nan = [n for n in nodes if n["status"] == "failed" and "is nan" in (n["error"] or "")]
+        assert raised and nan, [(n["overrides"], n["error"]) for n in nodes]
+        assert all(n["overrides"].get("training.lr", 0.01) > 0.015 for n in raised)
+        assert all({**n["overrides"]}.get("training.width") == 6 for n in nan)
+        done = [n for n in nodes if n["status"] == "completed"]
+        assert done and all(n["output_dir"].startswith(str(tmp_path)) for n in done)
+        assert all(n["plots"] and n["plots"][0].endswith("plots/activity.png") for n in done)
+        # each child was told its node and seeds (W&B grouping reads sweep_node.*)
+        child = yaml.safe_load((tmp_path / "1" / ".hydra" / "config.yaml").read_text())
+        assert child["sweep_node"]["node"] == 2 and child["sweep_node"]["slot"] == 1
+        assert child["sweep_node"]["sweep_id"] == state["sweep_id"]
+        assert child["training"]["seed"] == 2 * 1000 + 1 + 500 and child["simulation"]["seed"] == 1
+        results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+        best = max(done, key=lambda n: n["metrics"]["score"])
+        assert results["best_node"] == best["id"] and results["best_job_num"] == best["job_num"]
+        assert results["best_value"] == pytest.approx(best["metrics"]["score"])
+        for name in ("analysis.md", "memory.md", "ucb_scores.txt", "variance.md"):
+            assert (tmp_path / "exploration" / name).stat().st_size > 0
+        assert (tmp_path / "multirun.yaml").exists()
+
+
+def test_cli_kill_inside_batch_then_resume(tmp_path):
+    reference = tmp_path / "ref"
+    cli(reference, "hydra.sweeper.n_iterations=12")
+    killed = tmp_path / "killed"
+    marker = tmp_path / "killed.marker"
+    kill = ["behaviour.kill_at_job=5", f"behaviour.kill_marker={marker}"]
+    proc = cli(killed, "hydra.sweeper.n_iterations=12", *kill, check=False)
+    assert proc.returncode == -signal.SIGKILL
+    state = load(killed)
+    assert len(state["nodes"]) == 4 and [c["job_num"] for c in state["in_flight"]] == [4, 5, 6, 7]
+    assert comparable(state["nodes"]) == comparable(load(reference)["nodes"][:4])
+    proc = cli(killed, "hydra.sweeper.n_iterations=12", "hydra.sweeper.resume=true", *kill, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = load(killed)
+    assert comparable(state["nodes"]) == comparable(load(reference)["nodes"])
+    jobs = [n["job_num"] for n in state["nodes"]]
+    assert jobs == [0, 1, 2, 3, *range(8, 16)]
+    assert "re-proposing" in (killed / "exploration" / "sweep.log").read_text()
+
+
+def test_cli_between_batches_resume_extends(tmp_path):
+    cli(tmp_path, "hydra.sweeper.n_iterations=4")
+    proc = cli(tmp_path, "hydra.sweeper.n_iterations=8", check=False)
+    assert proc.returncode != 0 and "hydra.sweeper.resume=true" in proc.stderr
+    cli(tmp_path, "hydra.sweeper.n_iterations=8", "hydra.sweeper.resume=true")
+    assert [n["job_num"] for n in load(tmp_path)["nodes"]] == list(range(8))
+
+
+def test_cli_joblib_raise_nan_and_hard_crash(tmp_path):
+    proc = cli(
+        tmp_path,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_iterations=8",
+        "hydra.sweeper.max_failure_rate=1.0",
+        "behaviour.raise_if_lr_above=0.015",
+        "behaviour.nan_if_width=6",
+        "behaviour.exit_at_job=5",
+    )
+    assert proc.returncode == 0
+    nodes = load(tmp_path)["nodes"]
+    errors = [n["error"] or "" for n in nodes]
+    # batch 1 (rules, seed 0): node 1 sets width=6 (NaN), node 2 lr=0.02 (raises), 3-4 run the root config
+    assert "is nan" in errors[0] and errors[1].startswith("ValueError: lr 0.02")
+    assert [n["status"] for n in nodes[2:4]] == ["completed", "completed"]
+    # job 5 calls os._exit in a loky worker: the whole batch comes back as failed, the sweep goes on
+    assert all("launcher error: TerminatedWorkerError" in e for e in errors[4:])
+    assert len(load(tmp_path)["batches"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ('+hydra.sweeper.params={training.seed:"range(1,5)"}', "training.seed: cannot be explored: seeds"),
+        (
+            '+hydra.sweeper.params={training.nope:"choice(1,2)"}',
+            "training.nope is not a key of the composed config",
+        ),
+        ("hydra.sweeper.objective.direction=up", "objective.direction: 'up' is not allowed"),
+        ("hydra.sweeper.slot_roles=[exploit,greedy]", "slot_roles"),
+        (
+            "hydra.sweeper.protocol=instructions/none.md",
+            "hydra.sweeper.protocol: 'instructions/none.md' is not a file",
+        ),
+    ],
+)
+def test_cli_bad_settings_fail_before_any_child(tmp_path, override, message):
+    space = override if override.startswith("+hydra.sweeper.params") else SPACE
+    proc = cli(
+        tmp_path, override if space == SPACE else "hydra.sweeper.n_iterations=4", check=False, space=space
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "0").exists()
+
+
+def test_auto_proposer_says_which_it_chose(tmp_path):
+    auto = [o for o in BASE if not o.startswith("hydra/sweeper/proposer")]
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    cli(tmp_path / "offline", "hydra.sweeper.n_iterations=4", base=auto, env=env)
+    first = (tmp_path / "offline" / "exploration" / "sweep.log").read_text().splitlines()[0]
+    assert first.endswith("proposer: rules (auto: no $OPENAI_API_KEY in the environment and no base_url)")
+    # an endpoint that refuses connections: auto picks llm, the sweep still completes (rules fallback)
+    env["OPENAI_API_KEY"] = "sk-test-not-a-real-key"
+    endpoint = [
+        "hydra.sweeper.proposer.base_url=http://127.0.0.1:9/v1",
+        "hydra.sweeper.proposer.max_retries=0",
+    ]
+    cli(tmp_path / "llm", "hydra.sweeper.n_iterations=4", *endpoint, base=auto, env=env)
+    log = (tmp_path / "llm" / "exploration" / "sweep.log").read_text()
+    assert log.splitlines()[0].endswith("proposer: llm (auto: $OPENAI_API_KEY is set)")
+    assert len(load(tmp_path / "llm")["nodes"]) == 4
+    assert "sk-test-not-a-real-key" not in (tmp_path / "llm" / "exploration" / "state.json").read_text()
+
+
+def test_non_number_return_is_a_failed_node(tmp_path):
+    cli(
+        tmp_path,
+        "hydra.sweeper.n_iterations=4",
+        "hydra.sweeper.max_failure_rate=1.0",
+        "behaviour.return_text=true",
+    )
+    nodes = load(tmp_path)["nodes"]
+    assert [n["status"] for n in nodes] == ["failed"] * 4
+    assert all(n["error"] == "task returned str; expected a dict of floats or a float" for n in nodes)
+    proc = cli(tmp_path / "stop", "hydra.sweeper.n_iterations=8", "behaviour.return_text=true", check=False)
+    assert proc.returncode != 0 and "4/4 children failed" in proc.stderr
+    assert len(load(tmp_path / "stop")["nodes"]) == 4  # stopped after the first batch, state kept
