@@ -1,0 +1,340 @@
+"""An OpenAI-compatible chat client that returns validated pydantic objects.
+
+One :class:`LLMClient` lives for a whole sweep. It
+
+- reads the API key from ``os.environ[api_key_env]`` only, and never stores or logs it;
+- detects once which structured-output mode the endpoint accepts (the ladder in
+  :mod:`hydra_llm.llm.structured`), steps down when the server rejects a mode, and caches the result
+  (in memory, and in ``capabilities.json`` of the record folder so that a resumed sweep reuses it);
+- lets the ``openai`` client retry 429 / 5xx / timeouts (``max_retries``, honouring ``Retry-After``);
+- re-asks with the validation error when a reply does not validate (``max_reasks`` times);
+- records every request and reply, redacted, and returns per-call token usage and latency.
+
+Endpoints (``base_url``):
+
+=================  =============================================  ===================================
+server             base_url                                       structured output it accepts
+=================  =============================================  ===================================
+OpenAI             (unset) or ``https://api.openai.com/v1``       json_schema (strict)
+vLLM               ``http://HOST:8000/v1``                        json_schema; tool needs a parser flag
+Ollama             ``http://localhost:11434/v1``                  json_schema (>= 0.5)
+llama.cpp server   ``http://localhost:8080/v1``                   json_schema
+llama-cpp-python   ``http://localhost:8000/v1``                   json_object (+schema), forced tool
+=================  =============================================  ===================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import openai
+import pydantic
+
+from hydra_llm.llm.record import CallRecorder
+from hydra_llm.llm.redact import Redactor
+from hydra_llm.llm.structured import (
+    LADDER,
+    Mode,
+    ReplyFormatError,
+    payload_text,
+    request_kwargs,
+    schema_instructions,
+    validate,
+)
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+STRUCTURED_OUTPUT_CHOICES = ("auto", *LADDER)
+# Words in a server's error body that say it rejected the *format* of the request, per mode.
+_REJECTION_WORDS: dict[Mode, tuple[str, ...]] = {
+    "json_schema": ("response_format", "json_schema", "schema"),
+    "json_object": ("response_format", "json_object"),
+    "tool": ("tool",),
+    "text": (),
+}
+_REJECTION_STATUSES = {400, 404, 415, 422, 500, 501}
+# Key used when the endpoint needs none (a local server); the openai client insists on one.
+_NO_KEY = "no-key-needed"
+
+
+class LLMError(RuntimeError):
+    """The endpoint gave no usable reply. ``calls`` holds the per-call records (redacted)."""
+
+    def __init__(self, message: str, calls: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.calls = calls or []
+
+
+class LLMUnavailable(LLMError):
+    """Connection, timeout, authentication or server errors that survived the retries."""
+
+
+class LLMReplyInvalid(LLMError):
+    """Replies kept failing validation after the re-asks."""
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """Everything that selects and tunes an endpoint; contains no secret (only the key's env name).
+
+    ``timeout`` is seconds per HTTP request; ``max_retries`` the openai client's transport retries;
+    ``max_reasks`` how often an invalid reply is sent back with its validation error.
+    """
+
+    model: str
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.2
+    timeout: float = 120.0
+    max_retries: int = 2
+    structured_output: str = "auto"
+    max_reasks: int = 1
+    max_tokens: int | None = None
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the key and the allowed values for any bad setting."""
+        if not self.model or not isinstance(self.model, str):
+            raise ValueError("llm.model must be a non-empty model name (e.g. 'gpt-4o-mini', 'qwen2.5:7b')")
+        if self.structured_output not in STRUCTURED_OUTPUT_CHOICES:
+            raise ValueError(
+                f"llm.structured_output={self.structured_output!r} is not allowed; "
+                f"allowed: {', '.join(STRUCTURED_OUTPUT_CHOICES)}"
+            )
+        if not (0.0 <= float(self.temperature) <= 2.0):
+            raise ValueError(f"llm.temperature={self.temperature} must be within [0, 2]")
+        if float(self.timeout) <= 0:
+            raise ValueError(f"llm.timeout={self.timeout} must be > 0 seconds")
+        if int(self.max_retries) < 0 or int(self.max_reasks) < 0:
+            raise ValueError("llm.max_retries and llm.max_reasks must be >= 0")
+        if not self.api_key_env or not str(self.api_key_env).replace("_", "").isalnum():
+            raise ValueError(
+                f"llm.api_key_env={self.api_key_env!r} must be the NAME of an environment variable "
+                "(e.g. OPENAI_API_KEY), never the key itself"
+            )
+        if self.base_url is not None and not str(self.base_url).startswith(("http://", "https://")):
+            raise ValueError(f"llm.base_url={self.base_url!r} must start with http:// or https://")
+
+
+@dataclass
+class Completion(Generic[M]):
+    """A validated reply: the object, the mode that produced it, the raw payload and the call records."""
+
+    value: M
+    mode: Mode
+    raw_text: str
+    messages: list[dict[str, Any]]  # the conversation that produced it (for a follow-up re-ask)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+class LLMClient:
+    """Structured chat completions against one OpenAI-compatible endpoint (see module docstring)."""
+
+    def __init__(self, settings: LLMSettings, record_dir: str | Path | None = None) -> None:
+        settings.check()
+        self.settings = settings
+        key = os.environ.get(settings.api_key_env)
+        if not key and settings.base_url is None:
+            raise ValueError(
+                f"no API key: environment variable {settings.api_key_env} is unset and no base_url is "
+                "configured; set the variable, or point llm.base_url at a local server"
+            )
+        self.redactor = Redactor([key])
+        self.recorder = CallRecorder(record_dir, self.redactor) if record_dir is not None else None
+        self._client = openai.OpenAI(
+            api_key=key or _NO_KEY,
+            base_url=settings.base_url,
+            timeout=float(settings.timeout),
+            max_retries=int(settings.max_retries),
+        )
+        self._rejected: dict[str, str] = {}
+        self._mode: Mode = self._initial_mode()
+
+    # ----------------------------------------------------------------- capability cache
+    @property
+    def mode(self) -> Mode:
+        """The structured-output mode in use (after any step-down)."""
+        return self._mode
+
+    def _cache_path(self) -> Path | None:
+        return self.recorder.directory / "capabilities.json" if self.recorder else None
+
+    def _initial_mode(self) -> Mode:
+        if self.settings.structured_output != "auto":
+            return self.settings.structured_output  # type: ignore[return-value]
+        path = self._cache_path()
+        if path is not None and path.exists():
+            try:
+                cached = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                cached = {}
+            same = (cached.get("base_url"), cached.get("model")) == (
+                self.settings.base_url,
+                self.settings.model,
+            )
+            if same and cached.get("mode") in LADDER:
+                self._rejected = dict(cached.get("rejected", {}))
+                return cached["mode"]
+        return LADDER[0]
+
+    def _save_capabilities(self) -> None:
+        path = self._cache_path()
+        if path is None:
+            return
+        data = {
+            "base_url": self.settings.base_url,
+            "model": self.settings.model,
+            "mode": self._mode,
+            "rejected": self._rejected,
+        }
+        path.write_text(json.dumps(self.redactor.obj(data), indent=2) + "\n")
+
+    def _step_down(self, reason: str) -> bool:
+        """Move to the next ladder mode after a rejection; False when there is none (or it is pinned)."""
+        if self.settings.structured_output != "auto" or self._mode == LADDER[-1]:
+            return False
+        old = self._mode
+        self._rejected[old] = reason[:300]
+        self._mode = LADDER[LADDER.index(old) + 1]
+        log.warning("LLM endpoint rejected structured output mode %r; using %r from now on", old, self._mode)
+        self._save_capabilities()
+        return True
+
+    @staticmethod
+    def _is_rejection(err: openai.APIStatusError, mode: Mode) -> bool:
+        if err.status_code not in _REJECTION_STATUSES:
+            return False
+        body = f"{err.message} {json.dumps(err.body, default=str) if err.body is not None else ''}".lower()
+        return any(word in body for word in _REJECTION_WORDS[mode])
+
+    # ----------------------------------------------------------------- calls
+    def complete(
+        self,
+        messages: list[dict[str, Any]],
+        model: type[M],
+        *,
+        check: Any = None,
+        tag: str = "call",
+    ) -> Completion[M]:
+        """Ask for one ``model`` object; re-ask on invalid replies; raise :class:`LLMError` if none comes.
+
+        ``messages`` are chat messages (content may be a list of parts with images). ``check`` is an
+        optional ``callable(value) -> list[str]`` of further errors that also trigger a re-ask.
+        """
+        conversation = [dict(m) for m in messages]
+        calls: list[dict[str, Any]] = []
+        reasks = 0
+        while True:
+            mode = self._mode
+            sent = self._with_schema_prompt(conversation, model, mode)
+            record: dict[str, Any] = {"tag": tag, "mode": mode, "reask": reasks}
+            start = time.perf_counter()
+            try:
+                response = self._client.chat.completions.create(
+                    model=self.settings.model,
+                    messages=sent,
+                    temperature=float(self.settings.temperature),
+                    **({"max_tokens": self.settings.max_tokens} if self.settings.max_tokens else {}),
+                    **request_kwargs(mode, model),
+                )
+            except openai.APIStatusError as err:
+                record.update(self._error_record(err, start))
+                self._record(record, sent, mode, model, error=err)
+                calls.append(record)
+                if self._is_rejection(err, mode) and self._step_down(self.redactor.text(str(err))):
+                    continue
+                raise LLMUnavailable(f"endpoint error: {record['error']}", calls) from None
+            except (openai.APIConnectionError, openai.APIResponseValidationError) as err:
+                record.update(self._error_record(err, start))
+                self._record(record, sent, mode, model, error=err)
+                calls.append(record)
+                raise LLMUnavailable(f"endpoint unreachable: {record['error']}", calls) from None
+            record.update(self._usage_record(response, start))
+            self._record(record, sent, mode, model, response=response)
+            calls.append(record)
+            text = ""
+            try:
+                if not response.choices:
+                    raise ReplyFormatError("the reply had no choices; a JSON object is required")
+                message = response.choices[0].message
+                text = payload_text(message, mode)
+                value = validate(model, text)
+                errors = list(check(value)) if check is not None else []
+                if errors:
+                    raise ReplyFormatError(
+                        "the reply is inconsistent:\n" + "\n".join(f"- {e}" for e in errors)
+                    )
+            except ReplyFormatError as err:
+                record["status"] = "invalid"
+                record["error"] = self.redactor.text(str(err))[:2000]
+                if reasks >= int(self.settings.max_reasks):
+                    raise LLMReplyInvalid(
+                        f"invalid reply after {reasks} re-ask(s): {record['error']}", calls
+                    ) from None
+                reasks += 1
+                conversation = reask_messages(conversation, text, str(err))
+                continue
+            record["status"] = "ok"
+            return Completion(value, mode, text, conversation, calls)
+
+    def _with_schema_prompt(
+        self, messages: list[dict[str, Any]], model: type[pydantic.BaseModel], mode: Mode
+    ) -> list[dict[str, Any]]:
+        """Modes without server-side schema get the schema as an extra system message."""
+        if mode not in ("json_object", "text"):
+            return messages
+        return [*messages, {"role": "system", "content": schema_instructions(model)}]
+
+    def _error_record(self, err: Exception, start: float) -> dict[str, Any]:
+        status = getattr(err, "status_code", None)
+        return {
+            "status": "error",
+            "http_status": status,
+            "error": self.redactor.text(f"{type(err).__name__}: {err}")[:1000],
+            "latency_s": round(time.perf_counter() - start, 4),
+        }
+
+    @staticmethod
+    def _usage_record(response: Any, start: float) -> dict[str, Any]:
+        usage = getattr(response, "usage", None)
+        return {
+            "latency_s": round(time.perf_counter() - start, 4),
+            "prompt_tokens": getattr(usage, "prompt_tokens", None),
+            "completion_tokens": getattr(usage, "completion_tokens", None),
+            "total_tokens": getattr(usage, "total_tokens", None),
+        }
+
+    def _record(
+        self, record: dict[str, Any], sent: list[dict[str, Any]], mode: Mode, model: type, **kw: Any
+    ) -> None:
+        if self.recorder is None:
+            return
+        request = {
+            "model": self.settings.model,
+            "base_url": self.settings.base_url,
+            "mode": mode,
+            "messages": sent,
+        }
+        request["structured_output"] = request_kwargs(mode, model)
+        record["file"] = self.recorder.save(record["tag"], request, **kw)
+
+
+def reask_messages(conversation: list[dict[str, Any]], reply_text: str, error: str) -> list[dict[str, Any]]:
+    """The conversation extended by the invalid reply and a request to fix it (reply capped at 20k chars)."""
+    follow = (
+        "Your previous reply was rejected:\n"
+        f"{error}\n"
+        "Send the complete reply again as ONE JSON object that fixes these problems."
+    )
+    extra: list[dict[str, Any]] = []
+    if reply_text.strip():
+        extra.append({"role": "assistant", "content": reply_text[:20000]})
+    extra.append({"role": "user", "content": follow})
+    return [*conversation, *extra]

@@ -1,0 +1,308 @@
+"""The LLM proposer against the fake server, without the sweeper: prompt, reply conversion, fallbacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec, SlotResult, UCBRow
+from hydra_llm.explore.proposers.llm import LLMProposer, endpoint_configured
+from hydra_llm.explore.proposers.llm_prompt import BLOCK_END_MARKER, PromptBuilder, cap_lines, read_trajectory
+from tests.fake_openai import FakeError, FakeOpenAIServer, FakeReply
+
+SECRET = "sk-test-proposer-SECRET-42"
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c6300010000000500010d0a2db40000000049454e44ae426082"
+)
+
+
+def make_view(
+    tmp_path: Path, *, block_end: bool = False, user_input: str = "", plots: bool = False
+) -> ExplorationView:
+    out = tmp_path / "7"
+    out.mkdir(exist_ok=True)
+    (out / "r2_trajectory.csv").write_text(
+        "step,connectivity_R2,phase\n100,0.5,W\n200,0.93,W\n300,0.88,V_rest\n"
+    )
+    plot_paths: tuple[str, ...] = ()
+    if plots:
+        (out / "plots").mkdir(exist_ok=True)
+        (out / "plots" / "w.png").write_bytes(PNG)
+        plot_paths = (str(out / "plots" / "w.png"),)
+    lr = ParamSpec("training.learning_rate_W_start", "float", 1e-4, 1e-2, log=True, default=1e-3)
+    l1 = ParamSpec("training.coeff_W_L1", "float", 1e-6, 1e-3, log=True, default=1e-5)
+    sim = ParamSpec("simulation.n_frames", "int", 1000, 8000, block_level=True, default=2000)
+    results = (
+        SlotResult(
+            7,
+            5,
+            0,
+            "exploit",
+            {"training.coeff_W_L1": 1e-4},
+            "completed",
+            {"connectivity_R2": 0.88},
+            0.88,
+            {"simulation.seed": 7000, "training.seed": 7500},
+            6,
+            str(out),
+            plots=plot_paths,
+        ),
+        SlotResult(
+            8,
+            5,
+            1,
+            "explore",
+            {"training.learning_rate_W_start": 5e-3},
+            "failed",
+            {},
+            0.0,
+            {"simulation.seed": 8001, "training.seed": 8501},
+            7,
+            str(tmp_path / "8"),
+            error="Traceback ...\nFloatingPointError: loss is NaN",
+        ),
+    )
+    rows = (
+        UCBRow(
+            7,
+            1.9,
+            5,
+            1,
+            0.88,
+            {"connectivity_R2": 0.88},
+            "training.coeff_W_L1: 1e-05 -> 0.0001",
+            {"training.coeff_W_L1": 1e-4},
+        ),
+        UCBRow(5, 1.5, None, 3, 0.8, {"connectivity_R2": 0.8}, "none", {}),
+        UCBRow(
+            8,
+            1.2,
+            5,
+            1,
+            0.0,
+            {},
+            "training.learning_rate_W_start: 0.001 -> 0.005",
+            {"training.learning_rate_W_start": 5e-3},
+            status="failed",
+        ),
+    )
+    return ExplorationView(
+        first_iteration=9,
+        n_iterations=24,
+        block=1,
+        iter_in_block=9 if not block_end else 1,
+        n_iter_block=8,
+        is_block_end=block_end,
+        n_parallel=2,
+        slot_roles=("exploit", "replicate"),
+        ucb_table=rows,
+        last_batch=results,
+        search_space=(lr, l1),
+        block_search_space=(sim,),
+        current_simulation={},
+        variance_table="| Config | Runs |\n|---|---|\n| abc | 3 |",
+        memory="# Memory\nline\n",
+        protocol="# Protocol\n<!-- RULES:BEGIN -->\n<!-- RULES:END -->\n",
+        user_input=user_input,
+        objective={"metric": "connectivity_R2", "direction": "maximize"},
+        sweep_seed=0,
+    )
+
+
+def good_reply(block_end: bool = False, **changes) -> dict:
+    reply = {
+        "observations": [
+            {"node_id": 7, "classification": "partial", "strategy": "exploit", "observation": "L1 up helps"},
+            {"node_id": 8, "classification": "failed", "strategy": "explore", "observation": "lr_W 5e-3 NaN"},
+        ],
+        "proposals": [
+            {
+                "slot": 0,
+                "parent": 7,
+                "overrides": [{"key": "training.coeff_W_L1", "value": 2e-4}],
+                "strategy": "exploit",
+                "hypothesis": "more L1 sharpens W",
+            },
+            {
+                "slot": 1,
+                "parent": 7,
+                "overrides": None,
+                "strategy": "replicate",
+                "hypothesis": "0.88 reproduces",
+            },
+        ],
+        "memory": "# Memory\n- L1 1e-4 gives 0.88 (node 7)\n",
+        "user_input_ack": None,
+        "block_end": None,
+    }
+    if block_end:
+        reply["block_end"] = {
+            "summary": "Best R2 0.88 at node 7",
+            "rules": [{"rule": "If lr_W >= 5e-3 then halve it", "evidence": [5, 7, 8]}],
+            "rules_change": "added an lr ceiling",
+            "next_simulation": [{"key": "simulation.n_frames", "value": 4000}],
+        }
+    reply.update(changes)
+    return reply
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def proposer(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRA_LLM_TEST_KEY", SECRET)
+    return LLMProposer(
+        model="fake",
+        base_url=server.base_url,
+        api_key_env="HYDRA_LLM_TEST_KEY",
+        record_dir=tmp_path / "llm",
+        max_retries=1,
+    )
+
+
+def test_prompt_holds_every_part_of_the_view(tmp_path):
+    view = make_view(tmp_path, block_end=True, user_input="Try lower L1 please")
+    text = PromptBuilder().user_text(view)
+    for expected in [
+        "Batch iterations 9-10 / 24",
+        "block 1, iteration 1/8",
+        BLOCK_END_MARKER,
+        "# Protocol",
+        "Node 7: UCB=1.900, parent=5, visits=1",
+        "Seeds: simulation.seed=7000, training.seed=7500",
+        "Config diff vs parent: training.coeff_W_L1: 1e-05 -> 0.0001",
+        "status FAILED",
+        "FloatingPointError: loss is NaN",
+        "R2 trajectory: peak=0.93 at step 200 (phase W), final=0.88, trend=decaying",
+        "| abc | 3 |",
+        "training.learning_rate_W_start: float in [0.0001, 0.01] log scale (root value 0.001)",
+        "Block-level (simulation) keys, allowed NOW",
+        "PENDING USER INSTRUCTIONS",
+        "Try lower L1 please",
+    ]:
+        assert expected in text, expected
+    mid_block = PromptBuilder().user_text(make_view(tmp_path))
+    assert BLOCK_END_MARKER not in mid_block and "NOT allowed now" in mid_block
+    assert "PENDING USER" not in mid_block
+
+
+def test_memory_and_prompt_parts_are_bounded(tmp_path):
+    long = "\n".join(f"line {i}" for i in range(2000))
+    capped = cap_lines(long, 400)
+    assert len(capped.splitlines()) == 400 and "line 0" in capped and "line 1999" in capped
+    view = make_view(tmp_path)
+    view = type(view)(**{**view.__dict__, "memory": long, "protocol": "x" * 100_000})
+    text = PromptBuilder().user_text(view)
+    assert len(text) < 40_000 and "lines elided" in text and "characters cut" in text
+
+
+def test_trajectory_absent_or_malformed_gives_none(tmp_path):
+    assert read_trajectory(str(tmp_path)) is None
+    (tmp_path / "r2_trajectory.csv").write_text("step,loss\n1,2\n")
+    assert read_trajectory(str(tmp_path)) is None
+
+
+def test_good_reply_becomes_a_proposer_reply(server, proposer, tmp_path):
+    server.push(FakeReply(good_reply(), prompt_tokens=1000, completion_tokens=200))
+    reply = proposer.propose(make_view(tmp_path))
+    assert [o.node_id for o in reply.observations] == [7, 8]
+    assert reply.observations[1].classification == "failed"
+    assert reply.proposals[0].overrides == {"training.coeff_W_L1": 2e-4} and reply.proposals[0].parent == 7
+    assert reply.proposals[1].overrides == {} and reply.proposals[1].strategy == "replicate"
+    assert (
+        reply.memory.startswith("# Memory") and reply.block_summary is None and reply.protocol_rules is None
+    )
+    assert reply.extra["mode"] == "json_schema" and reply.extra["prompt_tokens"] == 1000
+    assert reply.extra["n_calls"] == 1 and reply.extra["latency_s"] >= 0
+
+
+def test_block_end_reply_carries_summary_rules_and_simulation(server, proposer, tmp_path):
+    server.push(FakeReply(good_reply(block_end=True)))
+    reply = proposer.propose(make_view(tmp_path, block_end=True))
+    assert "Best R2 0.88" in reply.block_summary and "added an lr ceiling" in reply.block_summary
+    assert reply.protocol_rules == "- If lr_W >= 5e-3 then halve it [evidence: 5, 7, 8]\n"
+    assert reply.next_simulation == {"simulation.n_frames": 4000}
+
+
+def test_missing_block_end_or_wrong_slots_are_reasked(server, proposer, tmp_path):
+    wrong = good_reply()
+    wrong["proposals"] = wrong["proposals"][:1]
+    server.push(FakeReply(wrong), FakeReply(good_reply(block_end=True)))
+    reply = proposer.propose(make_view(tmp_path, block_end=True))
+    assert len(reply.proposals) == 2 and reply.next_simulation == {"simulation.n_frames": 4000}
+    reask = server.requests[1].text()
+    assert "one proposal per slot 0..1" in reask and "block_end: required" in reask
+
+
+def test_feedback_continues_the_conversation(server, proposer, tmp_path):
+    view = make_view(tmp_path)
+    server.push(FakeReply(good_reply()), FakeReply(good_reply()))
+    proposer.propose(view)
+    proposer.propose(view, feedback=["slot 0: training.coeff_W_L1: 5 is out of range"])
+    last = server.requests[-1].body["messages"]
+    assert last[-2]["role"] == "assistant" and "out of range" in last[-1]["content"]
+    assert len(last) == 4  # system, user, the first reply, the feedback
+
+
+def test_unusable_endpoint_falls_back_to_rules(server, proposer, tmp_path):
+    server.push(*[FakeError(500)] * 3)
+    reply = proposer.propose(make_view(tmp_path))
+    assert reply.extra["fallback"] == "rules" and "endpoint error" in reply.extra["fallback_reason"]
+    assert len(reply.proposals) == 2 and reply.extra["n_calls"] == 1
+
+
+def test_vision_sends_images_and_records_without_them(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRA_LLM_TEST_KEY", SECRET)
+    proposer = LLMProposer(
+        model="fake",
+        base_url=server.base_url,
+        api_key_env="HYDRA_LLM_TEST_KEY",
+        record_dir=tmp_path / "llm",
+        vision=True,
+    )
+    server.push(FakeReply(good_reply()))
+    proposer.propose(make_view(tmp_path, plots=True))
+    (url,) = server.requests[0].images()
+    assert url.startswith("data:image/png;base64,")
+    saved = "".join(p.read_text() for p in (tmp_path / "llm").glob("0*.json"))
+    assert "base64 omitted" in saved and "iVBOR" not in saved
+
+
+def test_echoed_key_is_redacted_from_reply_and_records(server, proposer, tmp_path):
+    def echo(req):
+        leaked = req.headers["authorization"]
+        return FakeReply(good_reply(memory=f"# Memory\nheader was {leaked} and key {SECRET}\n"))
+
+    server.push(echo)
+    reply = proposer.propose(make_view(tmp_path))
+    assert SECRET not in reply.memory and "[REDACTED]" in reply.memory
+    for path in (tmp_path / "llm").iterdir():
+        assert SECRET not in path.read_text()
+    assert SECRET not in json.dumps(reply.extra)
+
+
+def test_bad_configuration_is_refused_before_any_call(monkeypatch):
+    monkeypatch.delenv("HYDRA_LLM_ABSENT", raising=False)
+    with pytest.raises(ValueError, match="HYDRA_LLM_ABSENT is unset"):
+        LLMProposer(model="gpt-4o-mini", api_key_env="HYDRA_LLM_ABSENT")
+    with pytest.raises(ValueError, match="structured_output"):
+        LLMProposer(model="m", base_url="http://127.0.0.1:1/v1", structured_output="yaml")
+    assert endpoint_configured("HYDRA_LLM_ABSENT", "http://x/v1") and not endpoint_configured(
+        "HYDRA_LLM_ABSENT"
+    )
+
+
+def test_final_call_without_slots_accepts_observations_only(server, proposer, tmp_path):
+    view = make_view(tmp_path)
+    view = type(view)(**{**view.__dict__, "n_parallel": 0, "slot_roles": ()})
+    server.push(FakeReply(good_reply()))  # stray proposals are dropped, not re-asked
+    reply = proposer.propose(view)
+    assert reply.proposals == [] and len(reply.observations) == 2 and len(server.requests) == 1
+    assert ">>> SWEEP END <<<" in server.requests[0].text()
