@@ -1,0 +1,191 @@
+"""Metabolism regime benchmark: phase-1 rate constants and phase-2 homeostasis, per seed and strategy.
+
+    python bench/bench_metabolism.py                       # 4 seeds, every phase-2 strategy (long)
+    python bench/bench_metabolism.py --seeds 0 --strategies residual --quick
+
+For each simulation seed it trains phase 1 with conf/training/metabolism_phase1.yaml (the default
+network of conf/simulation/metabolism_homeostasis.yaml), then phase 2 from that phase-1 model with each
+strategy (overrides of conf/training/metabolism_phase2.yaml), and prints one table row per run. It also
+times the vectorised reaction term against a per-reaction loop (median of repeats, same run).
+Prints the machine load with every timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from hydra_llm.evaluation.metabolism import evaluate  # noqa: E402
+from hydra_llm.models.metabolism_gnn import MetabolismGNN  # noqa: E402
+from hydra_llm.simulation.metabolism import MetabolismDataModule  # noqa: E402
+
+# phase-2 strategies: overrides of conf/training/metabolism_phase2.yaml (the seeds' numbering)
+ROLLOUT = {"residual_supervision_weight": 0.0, "rollout_loss_weight": 1.0}
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "residual": {},  # S1 alone: the preset
+    "residual+rollout": {"rollout_loss_weight": 1.0},  # S1 + end-to-end rollouts
+    "residual+embedding_aux": {"coeff_embedding_aux": 0.1},  # S1 + S3
+    "rollout_only": ROLLOUT,  # the seeds' baseline: rollouts, no residual
+    "amplification": {**ROLLOUT, "amplification_factor": 50.0},  # S2
+    "curriculum": {**ROLLOUT, "rollout_curriculum": True},  # S4
+    "warmup": {**ROLLOUT, "lr_schedule": "warmup_decay", "learning_rate_node": 0.05},  # S5
+    "multi_scale": {**ROLLOUT, "multi_scale_rollout": True},  # S6
+    "accumulation": {**ROLLOUT, "gradient_accumulation": 4},  # S7
+    "separate": {**ROLLOUT, "separate_loss_components": True},  # S8
+    "offset_penalty": {**ROLLOUT, "coeff_offset_penalty": 0.1},
+}
+
+
+def load_yaml(name: str) -> dict[str, Any]:
+    data = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / name), resolve=False)
+    data.pop("defaults", None)
+    return data
+
+
+def load() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def time_reaction_term(model: MetabolismGNN, conc: torch.Tensor, repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of the vectorised reaction term and of a per-reaction loop computing the same."""
+    order = model.edge_order
+    S = model.stoichiometry.detach()
+
+    def loop() -> torch.Tensor:
+        out = torch.zeros_like(conc)
+        for j in range(model.n_reactions):
+            mask = model.edge_rxn == j
+            g = model.substrate_function(conc[:, model.edge_met[mask]], order[mask].expand(len(conc), -1))
+            out += (10.0 ** model.log_k[j] * g.prod(1)).unsqueeze(1) * S[:, j]
+        return out
+
+    def measure(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with torch.no_grad():
+                fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    return measure(lambda: model.reaction_term(conc)), measure(loop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument(
+        "--strategy-seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seeds that run every strategy (others: residual)",
+    )
+    parser.add_argument(
+        "--strategy-aug",
+        type=float,
+        default=20,
+        help="phase-2 data_augmentation_loop of the strategy comparison",
+    )
+    parser.add_argument("--quick", action="store_true", help="a tenth of the phase-1 and phase-2 budgets")
+    parser.add_argument("--phase2-aug", type=float, default=None, help="phase-2 data_augmentation_loop")
+    parser.add_argument("--out", default=str(REPO / "outputs" / "bench_metabolism"))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    sim_cfg = load_yaml("simulation/metabolism_homeostasis.yaml")["simulation"]
+    sim_cfg.pop("_target_")
+    model_cfg = load_yaml("model/metabolism_gnn.yaml")
+    model_cfg.pop("_target_")
+    phase1 = load_yaml("training/metabolism_phase1.yaml")
+    phase2 = load_yaml("training/metabolism_phase2.yaml")
+    phase2.pop("phase1_cache_dir")
+    if args.quick:
+        phase1["data_augmentation_loop"] = phase1["data_augmentation_loop"] / 10
+        phase2["data_augmentation_loop"] = phase2["data_augmentation_loop"] / 10
+    if args.phase2_aug is not None:
+        phase2["data_augmentation_loop"] = args.phase2_aug
+    out = Path(args.out)
+    print(f"# bench_metabolism  {' '.join(sys.argv[1:])}  threads={args.threads}  {load()}")
+
+    print("\n## phase 1 (rate constants)")
+    print(
+        "| seed | steps | rate_constants_R2 | trimmed_R2 | outliers | R2_identity | alpha | minutes | load |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    checkpoints: dict[int, Path] = {}
+    data: dict[int, Any] = {}
+    for seed in args.seeds:
+        dm = MetabolismDataModule(**{**sim_cfg, "seed": seed}, cache_dir=out / "cache")
+        dm.setup()
+        obs, gt = dm.observations, dm.ground_truth
+        data[seed] = (obs, gt)
+        torch.manual_seed(phase1["seed"])
+        model = MetabolismGNN(obs, training=phase1, **model_cfg)
+        steps = model.steps_per_epoch() * int(phase1["n_epochs"])
+        start = time.perf_counter()
+        model.fit_steps(steps)
+        minutes = (time.perf_counter() - start) / 60
+        m = evaluate(model, obs, gt, out / f"seed{seed}" / "phase1", make_plots=True)
+        checkpoints[seed] = out / f"seed{seed}" / "metabolism_phase1.pt"
+        model.save_phase_checkpoint(checkpoints[seed])
+        print(
+            f"| {seed} | {steps} | {m['rate_constants_R2']:.3f} | {m['rate_constants_trimmed_R2']:.3f} | "
+            f"{int(m['rate_constants_n_outliers'])} | {m['rate_constants_R2_identity']:.3f} | "
+            f"{m['alpha']:.3f} | {minutes:.2f} | {load()} |",
+            flush=True,
+        )
+
+    obs, _ = data[args.seeds[0]]
+    timing_model = MetabolismGNN(obs, training=phase1, **model_cfg)
+    fast, slow = time_reaction_term(timing_model, obs.activity[:8])
+    print(
+        f"\nreaction term, batch 8: vectorised {fast * 1e3:.2f} ms, per-reaction loop {slow * 1e3:.2f} ms, "
+        f"ratio {slow / fast:.1f}x (median of 5; {load()})"
+    )
+
+    print("\n## phase 2 (homeostasis; reactions frozen)")
+    print(
+        "| seed | strategy | steps | avg_slope_ratio | slope_ratio_0 | slope_ratio_1 | offset_ratio_0 | "
+        "offset_ratio_1 | embedding_cluster_acc | n_clusters | silhouette | minutes | load |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for seed in args.seeds:
+        obs, gt = data[seed]
+        runs = [("residual", phase2["data_augmentation_loop"])]
+        if seed in args.strategy_seeds:
+            runs += [(name, args.strategy_aug) for name in args.strategies]
+        for name, aug in runs:
+            training = {**phase2, **STRATEGIES[name], "data_augmentation_loop": aug}
+            training["phase1_checkpoint"] = str(checkpoints[seed])
+            torch.manual_seed(training["seed"])
+            model = MetabolismGNN(obs, training=training, **model_cfg)
+            steps = model.steps_per_epoch() * int(training["n_epochs"])
+            start = time.perf_counter()
+            model.fit_steps(steps)
+            minutes = (time.perf_counter() - start) / 60
+            m = evaluate(model, obs, gt, out / f"seed{seed}" / name, make_plots=True)
+            print(
+                f"| {seed} | {name} | {steps} | {m['avg_slope_ratio']:.3f} | {m['slope_ratio_0']:.3f} | "
+                f"{m['slope_ratio_1']:.3f} | {m['offset_ratio_0']:.3f} | {m['offset_ratio_1']:.3f} | "
+                f"{m['embedding_cluster_acc']:.2f} | {int(m['embedding_n_clusters'])} | "
+                f"{m['embedding_silhouette']:.2f} | {minutes:.2f} | {load()} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""The metabolism regime: a bipartite metabolite-reaction network with mass-action kinetics and
+per-type homeostasis.
+
+True dynamics of metabolite ``i`` (concentration ``c_i``, arbitrary units; time in the regime's unit)::
+
+    dc_i/dt = sum_j S_ij v_j  -  lambda_t(i) (c_i - b_t(i)(t))
+    v_j     = k_j prod_{m in substrates(j)} c_m ** order_mj              (mass action)
+
+``S = products - substrates`` is the net stoichiometry (N, R); ``order`` (N, R) holds the substrate
+orders. Every reaction conserves the number of molecules (total substrate order equals total product
+stoichiometry), so reactions only move mass around; homeostasis is the only exchange with the outside.
+
+"Autocatalytic cycles" are cyclic chains ``m_0 -> m_1 -> ... -> m_0`` in which each step is
+catalysed by its own product: ``m_i + m_{i+1} -> 2 m_{i+1}``. Overlapping cycles give sustained,
+high-rank oscillations (a generalised rock-paper-scissors system) instead of a quick relaxation to
+equilibrium. The remaining reactions are random molecule-conserving reactions of at most
+``max_metabolites_per_reaction`` distinct metabolites.
+
+Integration is explicit Euler at ``delta_t``; the recorded derivative is the forward finite
+difference of the recording, so one-step targets are exact up to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
+
+log = logging.getLogger(__name__)
+
+EPS_CONCENTRATION = 1e-8
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"simulation.{key}: {message}")
+
+
+def build_reaction_network(
+    n_metabolites: int,
+    n_reactions: int,
+    max_metabolites_per_reaction: int,
+    cycle_fraction: float,
+    cycle_length: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the network.
+
+    Returns:
+        order: (N, R) int64 substrate orders (>= 0).
+        produced: (N, R) int64 product stoichiometries (>= 0). Net stoichiometry is ``produced - order``.
+    """
+    order = np.zeros((n_metabolites, n_reactions), dtype=np.int64)
+    produced = np.zeros_like(order)
+
+    n_cycles = int(round(cycle_fraction * n_reactions)) // cycle_length
+    n_cycle_rxn = n_cycles * cycle_length
+    if n_cycles:
+        members = _distinct_pair_cycles(n_cycles, cycle_length, n_metabolites, rng)
+        source = members.reshape(-1)
+        target = np.roll(members, -1, axis=1).reshape(-1)
+        rxn = np.arange(n_cycle_rxn)
+        order[source, rxn] = 1
+        order[target, rxn] = 1
+        produced[target, rxn] = 2
+
+    n_random = n_reactions - n_cycle_rxn
+    if n_random:
+        picks = np.argsort(rng.random((n_random, n_metabolites)), axis=1)[:, :max_metabolites_per_reaction]
+        max_sub = max(1, max_metabolites_per_reaction // 2)
+        n_sub = rng.integers(1, max_sub + 1, size=n_random)
+        for r in range(n_random):  # one-off generation of a handful of reactions, not a hot path
+            rxn = n_cycle_rxn + r
+            subs = picks[r, : n_sub[r]]
+            sub_order = rng.integers(1, 3, size=subs.size)
+            total = int(sub_order.sum())
+            n_prod = int(min(rng.integers(1, 3), total, max_metabolites_per_reaction - subs.size))
+            prods = picks[r, subs.size : subs.size + n_prod]
+            # split `total` molecules over the products, each getting at least one
+            split = np.ones(n_prod, dtype=np.int64)
+            extra = rng.multinomial(total - n_prod, np.full(n_prod, 1.0 / n_prod))
+            order[subs, rxn] = sub_order
+            produced[prods, rxn] = split + extra
+    return order, produced
+
+
+def _distinct_pair_cycles(
+    n_cycles: int, cycle_length: int, n_metabolites: int, rng: np.random.Generator, max_tries: int = 1000
+) -> np.ndarray:
+    """(n_cycles, cycle_length) metabolite cycles in which no unordered pair of consecutive members
+    appears twice. Two reactions on the same pair would have proportional rate laws and
+    (anti-)parallel stoichiometry, so only a combination of their rate constants could be recovered."""
+    used: set[tuple[int, int]] = set()
+    cycles = np.empty((n_cycles, cycle_length), dtype=np.int64)
+    for c in range(n_cycles):  # one-off generation; rejection keeps every pair unique
+        for _ in range(max_tries):
+            members = rng.choice(n_metabolites, size=cycle_length, replace=False)
+            pairs = {
+                tuple(sorted((int(a), int(b)))) for a, b in zip(members, np.roll(members, -1), strict=True)
+            }
+            if len(pairs) == cycle_length and not pairs & used:
+                used |= pairs
+                cycles[c] = members
+                break
+        else:
+            raise ValueError(
+                "simulation.n_reactions: cannot place that many cycle reactions on distinct metabolite "
+                "pairs; lower n_reactions or cycle_fraction, or raise n_metabolites"
+            )
+    return cycles
+
+
+def mass_action_rates(conc: torch.Tensor, order: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Reaction rates v (B, R) from concentrations (B, N), substrate orders (N, R) and rate constants (R,).
+
+    Computed in log space: ``log v = log k + order^T log c``.
+    """
+    log_c = torch.log(conc.clamp_min(EPS_CONCENTRATION))
+    return k * torch.exp(log_c @ order)
+
+
+def flux_limit(rates: torch.Tensor, conc: torch.Tensor, order: torch.Tensor, dt: float) -> torch.Tensor:
+    """Scale rates (B, R) so that no metabolite is consumed below zero within one step of ``dt``."""
+    consumption = dt * rates @ order.T  # (B, N)
+    ratio = torch.where(consumption > conc, conc / consumption.clamp_min(1e-30), torch.ones_like(conc))
+    # per reaction, the tightest ratio over its substrates
+    is_sub = order > 0  # (N, R)
+    masked = torch.where(is_sub.unsqueeze(0), ratio.unsqueeze(-1), torch.ones(1, dtype=rates.dtype))
+    return rates * masked.amin(dim=1)
+
+
+def baseline_at(time: float, baseline: torch.Tensor, amplitude: float, period: float) -> torch.Tensor:
+    """Homeostatic baseline per metabolite (N,) at ``time``: ``b (1 + A sin(2 pi t / P))``."""
+    if amplitude == 0.0:
+        return baseline
+    return baseline * (1.0 + amplitude * math.sin(2.0 * math.pi * time / period))
+
+
+class _FrameRange(Dataset):
+    """Frame indices ``0 .. n_valid - 1``."""
+
+    def __init__(self, n_valid: int) -> None:
+        self.n_valid = n_valid
+
+    def __len__(self) -> int:
+        return self.n_valid
+
+    def __getitem__(self, idx: int) -> int:
+        return idx
+
+
+class MetabolismDataModule(SimulationDataModule):
+    """Simulate (or load from cache) the metabolic network; serve random start frames.
+
+    Training frames are served as start indices (int64 batches); the model reads the frames (and the
+    following ``window`` frames for rollouts) from its own copy of the Observations. The model sets the
+    batch size, the number of steps per epoch and the window through :meth:`configure_sampling`
+    before the dataloader is requested (its ``setup`` hook).
+    """
+
+    def __init__(
+        self,
+        n_metabolites: int = 100,
+        n_metabolite_types: int = 2,
+        n_reactions: int = 256,
+        max_metabolites_per_reaction: int = 4,
+        cycle_fraction: float = 1.0,
+        cycle_length: int = 3,
+        use_mass_action: bool = True,
+        log_k_min: float = -2.0,
+        log_k_max: float = -1.0,
+        concentration_min: float = 1.0,
+        concentration_max: float = 9.0,
+        n_frames: int = 2880,
+        delta_t: float = 0.1,
+        train_fraction: float = 0.8,
+        homeostatic_lambda_per_type: Sequence[float] = (0.001, 0.002),
+        homeostatic_baseline_per_type: Sequence[float] = (4.0, 6.0),
+        circadian_amplitude: float = 0.0,
+        circadian_period: float = 240.0,
+        flux_limit: bool = False,
+        stoichiometry_known: bool = True,
+        seed: int = 0,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        _check(n_metabolites >= 2, "n_metabolites", f"must be >= 2, got {n_metabolites}")
+        _check(
+            1 <= n_metabolite_types <= n_metabolites,
+            "n_metabolite_types",
+            f"must be in [1, n_metabolites={n_metabolites}], got {n_metabolite_types}",
+        )
+        _check(n_reactions >= 1, "n_reactions", f"must be >= 1, got {n_reactions}")
+        _check(
+            2 <= max_metabolites_per_reaction <= n_metabolites,
+            "max_metabolites_per_reaction",
+            f"must be in [2, n_metabolites], got {max_metabolites_per_reaction}",
+        )
+        _check(0.0 <= cycle_fraction <= 1.0, "cycle_fraction", f"must be in [0, 1], got {cycle_fraction}")
+        _check(
+            2 <= cycle_length <= n_metabolites,
+            "cycle_length",
+            f"must be in [2, n_metabolites], got {cycle_length}",
+        )
+        _check(
+            use_mass_action,
+            "use_mass_action",
+            "only true is implemented (mass-action kinetics); allowed values: [true]",
+        )
+        _check(log_k_min <= log_k_max, "log_k_min", f"must be <= log_k_max ({log_k_min} > {log_k_max})")
+        _check(
+            0.0 < concentration_min <= concentration_max,
+            "concentration_min",
+            f"need 0 < concentration_min <= concentration_max, got {concentration_min}, {concentration_max}",
+        )
+        _check(n_frames >= 4, "n_frames", f"must be >= 4, got {n_frames}")
+        _check(delta_t > 0, "delta_t", f"must be > 0, got {delta_t}")
+        _check(0.0 < train_fraction <= 1.0, "train_fraction", f"must be in (0, 1], got {train_fraction}")
+        for key, values in (
+            ("homeostatic_lambda_per_type", homeostatic_lambda_per_type),
+            ("homeostatic_baseline_per_type", homeostatic_baseline_per_type),
+        ):
+            _check(
+                len(values) == n_metabolite_types,
+                key,
+                f"needs one value per type (n_metabolite_types={n_metabolite_types}), got {list(values)}",
+            )
+        _check(circadian_period > 0, "circadian_period", f"must be > 0, got {circadian_period}")
+
+        self.n_metabolites = int(n_metabolites)
+        self.n_metabolite_types = int(n_metabolite_types)
+        self.n_reactions = int(n_reactions)
+        self.max_metabolites_per_reaction = int(max_metabolites_per_reaction)
+        self.cycle_fraction = float(cycle_fraction)
+        self.cycle_length = int(cycle_length)
+        self.log_k_min = float(log_k_min)
+        self.log_k_max = float(log_k_max)
+        self.concentration_min = float(concentration_min)
+        self.concentration_max = float(concentration_max)
+        self.n_frames = int(n_frames)
+        self.delta_t = float(delta_t)
+        self.train_fraction = float(train_fraction)
+        self.homeostatic_lambda_per_type = [float(v) for v in homeostatic_lambda_per_type]
+        self.homeostatic_baseline_per_type = [float(v) for v in homeostatic_baseline_per_type]
+        self.circadian_amplitude = float(circadian_amplitude)
+        self.circadian_period = float(circadian_period)
+        self.flux_limit = bool(flux_limit)
+        self.stoichiometry_known = bool(stoichiometry_known)
+        self.seed = int(seed)
+        self.cache_dir = cache_dir
+        self._sampling = {"batch_size": 8, "steps_per_epoch": 100, "window": 1, "seed": 0}
+
+    # ----------------------------------------------------------------- cache
+    def cache_key_params(self) -> dict[str, Any]:
+        keys = [
+            "n_metabolites",
+            "n_metabolite_types",
+            "n_reactions",
+            "max_metabolites_per_reaction",
+            "cycle_fraction",
+            "cycle_length",
+            "log_k_min",
+            "log_k_max",
+            "concentration_min",
+            "concentration_max",
+            "n_frames",
+            "delta_t",
+            "train_fraction",
+            "homeostatic_lambda_per_type",
+            "homeostatic_baseline_per_type",
+            "circadian_amplitude",
+            "circadian_period",
+            "flux_limit",
+            "stoichiometry_known",
+            "seed",
+        ]
+        return {"regime": "metabolism", "version": 1, **{k: getattr(self, k) for k in keys}}
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "observations"):
+            return
+        path = self.cache_path(self.cache_dir)
+        if path is not None and path.exists():
+            blob = torch.load(path, weights_only=False)
+            self.observations, self.ground_truth = blob["observations"], blob["ground_truth"]
+            return
+        self.observations, self.ground_truth = self.simulate()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"observations": self.observations, "ground_truth": self.ground_truth}, tmp)
+            tmp.replace(path)
+
+    # ------------------------------------------------------------ simulation
+    def simulate(self) -> tuple[Observations, GroundTruth]:
+        rng = np.random.default_rng(self.seed)
+        n, n_types = self.n_metabolites, self.n_metabolite_types
+        order_np, produced_np = build_reaction_network(
+            n,
+            self.n_reactions,
+            self.max_metabolites_per_reaction,
+            self.cycle_fraction,
+            self.cycle_length,
+            rng,
+        )
+        types_np = rng.permutation(np.arange(n) % n_types)
+        log_k_np = rng.uniform(self.log_k_min, self.log_k_max, size=self.n_reactions)
+        c0_np = rng.uniform(self.concentration_min, self.concentration_max, size=n)
+
+        f64 = torch.float64
+        order = torch.as_tensor(order_np, dtype=f64)
+        stoich = torch.as_tensor(produced_np - order_np, dtype=f64)
+        types = torch.as_tensor(types_np, dtype=torch.int64)
+        k = torch.as_tensor(10.0**log_k_np, dtype=f64)
+        lam_t = torch.tensor(self.homeostatic_lambda_per_type, dtype=f64)
+        base_t = torch.tensor(self.homeostatic_baseline_per_type, dtype=f64)
+        lam, base = lam_t[types], base_t[types]
+
+        traj = torch.empty(self.n_frames, n, dtype=f64)
+        conc = torch.as_tensor(c0_np, dtype=f64).unsqueeze(0)
+        dt = self.delta_t
+        for t in range(self.n_frames):  # time stepping is inherently sequential
+            traj[t] = conc[0]
+            rates = mass_action_rates(conc, order, k)
+            if self.flux_limit:
+                rates = flux_limit(rates, conc, order, dt)
+            b = baseline_at(t * dt, base, self.circadian_amplitude, self.circadian_period)
+            dcdt = rates @ stoich.T - lam * (conc - b)
+            conc = (conc + dt * dcdt).clamp_min(0.0)
+        _check(
+            bool(torch.isfinite(traj).all()),
+            "delta_t",
+            "the simulation diverged (non-finite concentrations); lower delta_t or log_k_max",
+        )
+
+        activity = traj.to(torch.float32)
+        derivative = torch.zeros_like(traj)
+        derivative[:-1] = (traj[1:] - traj[:-1]) / dt
+        derivative[-1] = derivative[-2]
+        # the last frame has no successor; keep it out of training
+        n_train = max(2, min(self.n_frames - 1, int(self.train_fraction * self.n_frames)))
+        extras: dict[str, torch.Tensor] = {}
+        if self.stoichiometry_known:
+            extras = {
+                "stoichiometry": stoich.to(torch.float32),
+                "substrate_order": order.to(torch.float32),
+            }
+        obs = Observations(
+            activity=activity,
+            derivative=derivative.to(torch.float32),
+            dt=dt,
+            n_train_frames=n_train,
+            edge_index=None,
+            extras=extras,
+        )
+        gt = GroundTruth(
+            tensors={
+                "log_k": torch.as_tensor(log_k_np, dtype=torch.float32),
+                "stoichiometry": stoich.to(torch.float32),
+                "substrate_order": order.to(torch.float32),
+                "types": types,
+                "homeostatic_lambda": lam.to(torch.float32),
+                "homeostatic_baseline": base.to(torch.float32),
+                "homeostatic_lambda_per_type": lam_t.to(torch.float32),
+                "homeostatic_baseline_per_type": base_t.to(torch.float32),
+            },
+            meta={
+                "circadian_amplitude": self.circadian_amplitude,
+                "circadian_period": self.circadian_period,
+                "flux_limit": self.flux_limit,
+            },
+        )
+        log.info(
+            "metabolism: %d metabolites, %d reactions, %d frames; activity range [%.3g, %.3g]",
+            n,
+            self.n_reactions,
+            self.n_frames,
+            float(activity.min()),
+            float(activity.max()),
+        )
+        return obs, gt
+
+    # ------------------------------------------------------------- sampling
+    def configure_sampling(self, batch_size: int, steps_per_epoch: int, window: int, seed: int = 0) -> None:
+        """Set how training frames are drawn: ``steps_per_epoch`` batches of ``batch_size`` start frames,
+        each followed by at least ``window`` recorded frames inside the training range."""
+        _check(batch_size >= 1, "batch_size", f"must be >= 1, got {batch_size}")
+        _check(steps_per_epoch >= 1, "steps_per_epoch", f"must be >= 1, got {steps_per_epoch}")
+        self._sampling = {
+            "batch_size": int(batch_size),
+            "steps_per_epoch": int(steps_per_epoch),
+            "window": int(window),
+            "seed": int(seed),
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        s = self._sampling
+        n_valid = self.observations.n_train_frames - int(s["window"])
+        _check(
+            n_valid >= 1,
+            "n_frames",
+            f"too few training frames ({self.observations.n_train_frames}) for a rollout of {s['window']}",
+        )
+        # sampling with replacement; a seeded generator makes every epoch a new, reproducible draw
+        generator = torch.Generator().manual_seed(int(s["seed"]))
+        sampler = RandomSampler(
+            _FrameRange(n_valid),
+            replacement=True,
+            num_samples=s["batch_size"] * s["steps_per_epoch"],
+            generator=generator,
+        )
+        return DataLoader(_FrameRange(n_valid), batch_size=s["batch_size"], sampler=sampler, num_workers=0)
