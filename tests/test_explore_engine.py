@@ -14,7 +14,7 @@ from hydra_llm.explore.engine import (
 )
 from hydra_llm.explore.proposers.base import Proposal, Proposer, ProposerReply
 from hydra_llm.explore.proposers.rules import RulesProposer
-from hydra_llm.explore.protocol import RULES_BEGIN, RULES_END
+from hydra_llm.explore.protocol import RULES_BEGIN, RULES_END, RulesPolicy, split_protocol
 from hydra_llm.explore.space import parse_space
 from hydra_llm.explore.state import load_state
 from hydra_llm.explore.tree import Objective
@@ -61,7 +61,7 @@ class ToyLauncher:
         return out
 
 
-def make(tmp_path, proposer=None, launcher=None, resume=False, **overrides):
+def make(tmp_path, proposer=None, launcher=None, resume=False, check_child=None, **overrides):
     settings = dict(
         n_iterations=8, n_parallel=4, n_iter_block=4, objective=Objective(metric="r2"), tree_plot=False
     )
@@ -73,6 +73,7 @@ def make(tmp_path, proposer=None, launcher=None, resume=False, **overrides):
         proposer or RulesProposer(),
         launcher or ToyLauncher(),
         tmp_path,
+        check_child=check_child,
         protocol=PROTOCOL,
         resume=resume,
     )
@@ -283,3 +284,136 @@ def test_bad_engine_settings_name_key():
         EngineConfig(n_parallel=0).check()
     with pytest.raises(SweepConfigError, match="simulation_seed.*slot, iteration, fixed"):
         EngineConfig(simulation_seed="random").check()
+
+
+HORIZONS = {"training.horizon": [4, 16, 32, 64]}
+
+
+def test_slot_params_are_forced_recorded_hashed_and_never_proposed(tmp_path):
+    sneaky = ProposerReply(
+        observations=[],
+        proposals=[Proposal(None, {"training.horizon": 8, "training.lr": 0.002}, "exploit")]
+        + [Proposal(None, {}, "baseline")] * 3,
+        memory="m",
+    )
+    proposer = Scripted([sneaky])
+    launcher = ToyLauncher()
+    state = make(tmp_path, proposer, launcher, n_iterations=8, slot_params=HORIZONS).run()
+    assert proposer.feedback[1] == [
+        "slot 0: training.horizon: fixed per slot by hydra.sweeper.slot_params "
+        "(slot 0=4, slot 1=16, slot 2=32, slot 3=64) and never proposed; "
+        "the sweeper sets it for every child of the slot"
+    ]
+    assert proposer.views[0].slot_params == {"training.horizon": (4, 16, 32, 64)}
+    launched = [c for batch in launcher.batches for c in batch]
+    assert len(launched) == 8
+    assert all(c.overrides["training.horizon"] == HORIZONS["training.horizon"][c.slot] for c in launched)
+    assert all("training.horizon" not in n.mutation for n in state.nodes)
+    assert [n.overrides["training.horizon"] for n in state.nodes] == [4, 16, 32, 64] * 2
+    # Batch 1's slots 2 and 3 both run the block root: the same config without slot_params, two
+    # configs with them (their horizons differ), so they are not replicates of each other.
+    plain = make(tmp_path / "plain", n_iterations=4).run()
+    assert plain.nodes[2].config_hash == plain.nodes[3].config_hash
+    assert state.nodes[2].overrides == {"training.horizon": 32} and state.nodes[2].mutation == {}
+    assert state.nodes[2].config_hash != state.nodes[3].config_hash
+    saved = json.loads((tmp_path / "exploration" / "state.json").read_text())
+    assert saved["search_space"]["slot_params"] == HORIZONS
+    assert "training.horizon=32" in (tmp_path / "exploration" / "analysis.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("slot_params", "message"),
+    [
+        (
+            {"training.horizon": [4, 16, 32]},
+            r"slot_params.training.horizon: 3 value\(s\) \[4, 16, 32\] for n_parallel=4; "
+            r"allowed: a list of exactly 4 values",
+        ),
+        ({"training.horizon": 4}, r"slot_params.training.horizon: 4 is not a list"),
+        ({"training.lr": [0.1] * 4}, "slot_params.training.lr: also declared in params/block_params"),
+        ({"training.seed": [1, 2, 3, 4]}, "slot_params.training.seed: seeds, hydra.* and sweep_node.*"),
+    ],
+)
+def test_bad_slot_params_fail_before_anything_is_written(tmp_path, slot_params, message):
+    with pytest.raises(SweepConfigError, match=message):
+        make(tmp_path, slot_params=slot_params)
+    assert not (tmp_path / "exploration").exists()
+
+
+def test_slot_params_compose_check_runs_per_slot_at_start(tmp_path):
+    checked = []
+
+    def check(child):
+        checked.append((child.slot, dict(child.overrides)))
+        if child.overrides.get("training.horizon") == 64:
+            return "the child config does not compose: horizon 64 is too long"
+        return None
+
+    with pytest.raises(SweepConfigError, match=r"slot_params \(slot 3\): the child config does not compose"):
+        make(tmp_path, check_child=check, slot_params=HORIZONS)
+    assert checked == [(s, {"training.horizon": h}) for s, h in enumerate([4, 16, 32, 64])]
+    assert not (tmp_path / "exploration").exists()
+
+
+def test_block_end_view_shows_the_finished_block_and_rules_may_cite_any_block(tmp_path):
+    class BlockEndEditor(Proposer):
+        name = "editor"
+        rules_policy = RulesPolicy(min_evidence=3, max_rules=1)  # the engine enforces the proposer's policy
+
+        def __init__(self):
+            self.views = []
+
+        def propose(self, view, feedback=None):
+            self.views.append(view)
+            reply = RulesProposer().propose(view, feedback)
+            if view.is_block_end and view.block == 3:
+                reply.protocol_rules = (
+                    "- cites block one only [evidence: 1, 2, 3]\n- a second rule [evidence: 5, 6, 7]\n"
+                )
+            return reply
+
+    editor = BlockEndEditor()
+    engine = make(tmp_path, editor, n_iterations=12, n_parallel=2)
+    state = engine.run()
+    views = {v.first_iteration: v for v in editor.views if v.n_parallel}
+    assert sorted(views) == [1, 3, 5, 7, 9, 11]
+    for first, block_end in ((1, False), (3, False), (5, True), (7, False), (9, True), (11, False)):
+        assert views[first].is_block_end is block_end
+        assert (views[first].finished_block != ()) is block_end
+    for first, finished in ((5, [1, 2, 3, 4]), (9, [5, 6, 7, 8])):
+        view = views[first]
+        assert view.ucb_table == () and sorted(r.node_id for r in view.finished_block) == finished
+        ucbs = [r.ucb for r in view.finished_block]
+        assert ucbs == sorted(ucbs, reverse=True)
+        by_id = {n.id: n for n in state.nodes}
+        assert all(r.metrics == by_id[r.node_id].metrics for r in view.finished_block)
+    # Block 3's edit cites block 1 (not in the view's tables): accepted; the 2nd rule exceeds max_rules=1.
+    assert split_protocol(state.protocol)[1] == "- cites block one only [evidence: 1, 2, 3]\n"
+    assert any("a second rule" in e and "limited to 1 rules" in e for e in state.events)
+
+
+def test_engine_config_from_plain_settings():
+    assert EngineConfig.from_settings({}) == EngineConfig()
+    config = EngineConfig.from_settings(
+        {
+            "n_parallel": 2,
+            "seed_keys": {},  # an explicit empty mapping: the sweeper sets no seeds
+            "ucb": {"formula": "puct", "c": 2.0},
+            "objective": {"metric": "s", "direction": "target", "target": 1.0, "partial_band": [0.3, 3.0]},
+            "slot_params": {"training.horizon": [4, 16]},
+            "proposer": {"_target_": "ignored here"},
+        }
+    )
+    assert (config.n_parallel, dict(config.seed_keys), config.ucb_formula, config.ucb_c) == (
+        2,
+        {},
+        "puct",
+        2.0,
+    )
+    assert config.objective.partial_band == (0.3, 3.0) and config.slot_values(1) == {"training.horizon": 16}
+    with pytest.raises(SweepConfigError, match=r"hydra.sweeper.objective: objective.target: required"):
+        EngineConfig.from_settings({"objective": {"direction": "target"}})
+    with pytest.raises(SweepConfigError, match=r"hydra.sweeper.objective: .*unexpected keyword.*'goal'"):
+        EngineConfig.from_settings({"objective": {"goal": 1}})
+    with pytest.raises(SweepConfigError, match=r"slot_params.training.horizon: 1 value\(s\)"):
+        EngineConfig.from_settings({"n_parallel": 2, "slot_params": {"training.horizon": [4]}})

@@ -118,6 +118,16 @@ def test_block_end_picks_next_simulation_and_summary():
     assert reply.block_summary is not None and reply.protocol_rules is None
 
 
+def test_block_summary_covers_the_whole_finished_block():
+    import dataclasses
+
+    finished = (row(3, 1.9, 0.6), row(1, 1.5, 0.93, overrides={"training.lr": 0.002}), row(2, 1.1, 0.4))
+    block_end = dataclasses.replace(view((), first=13, block=2, is_block_end=True), finished_block=finished)
+    summary = RulesProposer().propose(block_end).block_summary
+    assert "Best r2 in block 1: 0.9300 at Node 1 (training.lr=0.002)" in summary
+    assert "Converged: Yes" in summary
+
+
 def test_exploit_never_reproposes_an_existing_config():
     rows = [
         row(1, 2.0, 0.8),
@@ -130,3 +140,22 @@ def test_exploit_never_reproposes_an_existing_config():
         for p in reply.proposals:
             parent = next(r for r in rows if r.node_id == p.parent)
             assert {**parent.overrides, **p.overrides} not in existing, (seed, p)
+
+
+def test_replicates_stay_in_the_slot_whose_fixed_values_they_ran_with():
+    import dataclasses
+
+    h = "training.horizon"
+    rows = [
+        row(1, 1.9, 0.9, overrides={h: 4}),
+        row(2, 1.5, 0.7, overrides={h: 16}),
+        row(3, 1.2, 0.5, overrides={h: 32, "training.lr": 0.002}),
+    ]
+    roles = ("replicate", "replicate", "replicate", "replicate")
+    plain = RulesProposer().propose(view(rows, first=4, roles=roles))
+    assert [p.parent for p in plain.proposals][:3] == [1, 2, 3]  # best groups first, any slot
+    fixed = dataclasses.replace(view(rows, first=4, roles=roles), slot_params={h: (4, 16, 32, 64)})
+    reply = RulesProposer().propose(fixed)
+    # slot s re-runs the best node that ran with slot s's horizon; slot 3 (64) has none: best overall
+    assert [p.parent for p in reply.proposals] == [1, 2, 3, 1]
+    assert all(p.overrides == {} for p in reply.proposals)

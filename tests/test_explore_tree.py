@@ -102,6 +102,62 @@ def test_objective_directions_and_classes():
         Objective(direction="target")
 
 
+def test_objective_bands_override_the_symmetric_thresholds():
+    # the homeostasis protocol: converged 0.8 .. 1.2, partial 0.3 .. 0.8 or 1.2 .. 3.0, failed outside
+    bands = Objective(
+        metric="avg_slope_ratio",
+        direction="target",
+        target=1.0,
+        converged_band=[0.8, 1.2],
+        partial_band=[0.3, 3.0],
+    )
+    values = [0.29, 0.3, 0.79, 0.8, 1.0, 1.2, 1.21, 2.5, 3.0, 3.01, math.nan]
+    assert [bands.classify(v) for v in values] == [
+        "failed",
+        "partial",
+        "partial",
+        "converged",
+        "converged",
+        "converged",
+        "partial",
+        "partial",
+        "partial",
+        "failed",
+        "failed",
+    ]
+    assert bands.converged_band == (0.8, 1.2) and bands.reward(2.5) == pytest.approx(-1.5)
+    assert bands.describe_classes().startswith("converged: 0.8 <= avg_slope_ratio <= 1.2; partial: 0.3")
+    # the symmetric form (|v - 1| <= 0.7) would call 2.5 failed and 0.29 partial
+    symmetric = Objective(metric="s", direction="target", target=1.0, converged=0.2, partial=0.7)
+    assert symmetric.classify(2.5) == "failed" and symmetric.classify(0.3) == "partial"
+    # one band alone: the other class keeps its threshold
+    only = Objective(metric="r2", converged=0.9, partial=0.5, converged_band=(0.85, 0.95))
+    assert [only.classify(v) for v in (0.97, 0.9, 0.6, 0.4)] == ["partial", "converged", "partial", "failed"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"converged_band": [1.2, 0.8]},
+            r"objective.converged_band: \[1.2, 0.8\] is not allowed; allowed: finite",
+        ),
+        (
+            {"partial_band": [0.3]},
+            r"objective.partial_band: \[0.3\] is not allowed; allowed: null or \[low, high\]",
+        ),
+        ({"partial_band": ["a", 1]}, "objective.partial_band"),
+        (
+            {"converged_band": [0.8, 1.2], "partial_band": [0.9, 3.0]},
+            r"objective.partial_band: \[0.9, 3.0\] must contain objective.converged_band \[0.8, 1.2\]",
+        ),
+    ],
+)
+def test_objective_bad_bands_name_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Objective(metric="s", direction="target", target=1.0, **kwargs)
+
+
 def test_tree_layout_depth_and_centring():
     from hydra_llm.explore.tree_plot import layout
 

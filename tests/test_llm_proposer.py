@@ -193,6 +193,37 @@ def test_prompt_holds_every_part_of_the_view(tmp_path):
     assert "PENDING USER" not in mid_block
 
 
+def test_block_end_prompt_lists_the_finished_block_slot_params_and_classes(tmp_path):
+    import dataclasses
+
+    from hydra_llm.explore.tree import Objective
+
+    base = make_view(tmp_path, block_end=True)
+    finished = base.ucb_table  # at a real block end the UCB table is the new, empty block
+    objective = Objective("avg_slope_ratio", "target", 1.0, converged_band=(0.8, 1.2), partial_band=(0.3, 3))
+    view = dataclasses.replace(
+        base,
+        ucb_table=(),
+        finished_block=finished,
+        slot_params={"training.homeostasis_time_step": (4, 16)},
+        objective={**base.objective, "classes": objective.describe_classes()},
+    )
+    builder = PromptBuilder()
+    text = builder.user_text(view)
+    position = text.split("## Study protocol")[0]
+    assert BLOCK_END_MARKER in position
+    assert "### Finished block 0 (final UCB table; rule evidence may cite any completed node" in position
+    assert "Node 7: UCB=1.900, parent=5, visits=1" in position and "status=failed" in position
+    assert "(empty: this block has no nodes yet; use parent=null)" in text
+    # the last batch's parents are found in the finished block: a real diff, not 'unknown parent'
+    assert "Config diff vs parent: training.coeff_W_L1: 1e-05 -> 0.0001" in text
+    assert "- training.homeostasis_time_step: slot 0=4, slot 1=16" in text.split("## Search space")[1]
+    system = builder.system_text(view)
+    assert "Classification of a run: converged: 0.8 <= avg_slope_ratio <= 1.2; partial: 0.3" in system
+    # outside a block end there is no finished block section
+    assert "### Finished block" not in builder.user_text(make_view(tmp_path))
+
+
 def test_memory_and_prompt_parts_are_bounded(tmp_path):
     long = "\n".join(f"line {i}" for i in range(2000))
     capped = cap_lines(long, 400)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from hydra_llm.explore.protocol import split_protocol
-from tests.fake_openai import FakeError, FakeOpenAIServer, FakeReply, SweepResponder
+from tests.fake_openai import FakeError, FakeOpenAIServer, FakeReply, SweepResponder, prompt_facts
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "tests" / "apps" / "llm_toy" / "llm_toy_app.py"
@@ -250,3 +250,42 @@ def test_ladder_is_detected_once_per_sweep(tmp_path, rejects):
     assert cached["mode"] == expected
     state = json.loads((sweep_dir / "exploration" / "state.json").read_text())
     assert len(state["nodes"]) == 6 and not math.isnan(state["nodes"][0]["reward"])
+
+
+def test_block_end_rules_cite_the_finished_block_within_the_configured_limits(tmp_path):
+    """At the block end the prompt's UCB table is the new, empty block and the last batch is nodes 3-4;
+    nodes 1-2 are visible only in the finished block's table, and a rule may cite them."""
+
+    def block_end_rules(reply, facts):
+        reply["block_end"]["rules"] = [
+            {"rule": "lr near 1e-3 -> keep it", "evidence": [1, 2, 3, 4]},
+            {"rule": "a second rule -> refused by max_rules", "evidence": [1, 2, 3, 4]},
+            {"rule": "a weak rule -> refused", "evidence": [2, 3, 4]},
+        ]
+        return FakeReply(reply)
+
+    sweep_dir = tmp_path / "sweep"
+    with FakeOpenAIServer(default=SweepResponder({2: block_end_rules})) as server:
+        # LLMProposer's limits are plain sweeper fields: no '+' needed
+        run_sweep(
+            server,
+            sweep_dir,
+            "hydra.sweeper.proposer.max_rules=1",
+            "hydra.sweeper.proposer.min_rule_evidence=4",
+            "hydra.sweeper.proposer.memory_max_lines=50",
+        )
+    assert_sweep_sane(sweep_dir)
+    block_end = server.requests[2]
+    facts = prompt_facts(block_end)
+    assert facts.block_end and facts.last_batch == [3, 4] and facts.completed == [1, 2, 3, 4]
+    position = block_end.text().split("## Study protocol")[0]
+    assert "### Finished block 1" in position
+    assert all(f"Node {i}: UCB=" in position for i in (1, 2, 3, 4))
+    assert "(empty: this block has no nodes yet" in block_end.text()
+    system = block_end.body["messages"][0]["content"]
+    assert "citing >= 4 ids" in system and "at most 1 rules" in system and "at most 50 lines" in system
+    protocol = (sweep_dir / "exploration" / "protocol.md").read_text()
+    assert split_protocol(protocol)[1] == "- lr near 1e-3 -> keep it [evidence: 1, 2, 3, 4]\n"
+    log = (sweep_dir / "exploration" / "sweep.log").read_text()
+    assert "a second rule" in log and "limited to 1 rules" in log
+    assert "a weak rule" in log and "at least 4 distinct completed nodes" in log

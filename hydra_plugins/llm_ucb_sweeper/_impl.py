@@ -8,11 +8,14 @@ failures (a raising child, a NaN, a launcher that crashes).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
@@ -27,7 +30,6 @@ from hydra_llm.explore.engine import (
 )
 from hydra_llm.explore.proposers.base import Proposer
 from hydra_llm.explore.space import format_value, parse_space, to_override_strings
-from hydra_llm.explore.tree import Objective
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class LLMUCBSweeperImpl:
         self.outer.hydra_context = hydra_context
         self.outer.config = config
         self.outer.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
+            hydra_context=hydra_context, task_function=RecordingTask(task_function), config=config
         )
         self.config = config
 
@@ -61,29 +63,8 @@ class LLMUCBSweeperImpl:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(config, sweep_dir / "multirun.yaml")
-        try:
-            objective = Objective(**dict(s.get("objective") or {}))
-        except (TypeError, ValueError) as err:
-            raise SweepConfigError(f"hydra.sweeper.objective: {err}") from err
-        ucb = dict(s.get("ucb") or {})
-        engine_config = EngineConfig(
-            n_iterations=int(s.get("n_iterations", 12)),
-            n_parallel=int(s.get("n_parallel", 4)),
-            n_iter_block=int(s.get("n_iter_block", 12)),
-            slot_roles=tuple(s.get("slot_roles") or ("exploit", "exploit", "replicate", "replicate")),
-            objective=objective,
-            ucb_formula=str(ucb.get("formula", "ucb1")),
-            ucb_c=float(ucb.get("c", 1.414)),
-            replicate_reward=str(ucb.get("replicate_reward", "mean")),
-            lcb_kappa=float(ucb.get("lcb_kappa", 1.0)),
-            max_failure_rate=float(s.get("max_failure_rate", 0.8)),
-            seed=int(s.get("seed", 0)),
-            memory_max_lines=int(s.get("memory_max_lines", 400)),
-            seed_keys=dict(s.get("seed_keys") or {}),
-            simulation_seed=str(s.get("simulation_seed", "slot")),
-            tree_plot=bool(s.get("tree_plot", True)),
-        )
-        engine_config.check()
+        engine_config = EngineConfig.from_settings(s)
+        objective = engine_config.objective
         params = dict(s.get("params") or {})
         block_params = dict(s.get("block_params") or {})
         defaults = self._defaults([*params, *block_params])
@@ -185,9 +166,95 @@ class LLMUCBSweeperImpl:
 
     def _launch(self, children: Sequence[ChildSpec]) -> list[ChildOutcome]:
         batch = [self.overrides(c) for c in children]
-        returns = list(self.outer.launcher.launch(batch, initial_job_idx=children[0].job_num))
+        try:
+            returns = list(self.outer.launcher.launch(batch, initial_job_idx=children[0].job_num))
+        except Exception as err:
+            # A hard crash (a killed worker, a SLURM time or memory limit) takes the whole launch()
+            # down; the children that finished left their result on disk, so only the others fail.
+            return self._recover(children, err)
         self.returns.append(returns)
         return [outcome(r, self.metric) for r in returns]
+
+    def _recover(self, children: Sequence[ChildSpec], err: Exception) -> list[ChildOutcome]:
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        reason = " ".join(f"{type(err).__name__}: {err}".split())
+        outcomes = []
+        for child in children:
+            recorded = read_result(sweep_dir, child.job_num, self.metric)
+            if recorded is None:
+                recorded = ChildOutcome("failed", error=f"launcher error: {reason}"[:1000])
+            outcomes.append(recorded)
+        kept = sum(o.status == "completed" for o in outcomes)
+        log.warning("launch() raised (%s); %d of %d children recovered", reason[:200], kept, len(children))
+        return outcomes
+
+
+RESULTS_DIR = "exploration/results"
+
+
+class RecordingTask:
+    """The user's task function, plus a record of its return value (or error) per job number.
+
+    The record lands in ``<sweep dir>/exploration/results/<job_num>.json`` from inside the child, so
+    the sweeper can tell which children finished when ``launcher.launch()`` itself raises.
+    """
+
+    def __init__(self, task_function: Any) -> None:
+        self.task_function = task_function
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        try:
+            value = self.task_function(cfg)
+        except BaseException as err:
+            _write_result({"status": "failed", "error": f"{type(err).__name__}: {err}"[:1000]})
+            raise
+        _write_result({"status": "completed", "value": _jsonable(value)})
+        return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): number for k, v in value.items() if (number := _as_float(v)) is not None}
+    number = _as_float(value)
+    return number if number is not None else repr(value)[:200]
+
+
+def _write_result(record: dict[str, Any]) -> None:
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = Path(str(hydra_cfg.sweep.dir)) / RESULTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    record["output_dir"] = str(hydra_cfg.runtime.output_dir)
+    tmp = folder / f".{hydra_cfg.job.num}.json.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, folder / f"{hydra_cfg.job.num}.json")
+
+
+def read_result(sweep_dir: Path, job_num: int, metric: str) -> ChildOutcome | None:
+    """The outcome a child recorded for itself, or None when it left no record (it never finished)."""
+    path = sweep_dir / RESULTS_DIR / f"{job_num}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    output_dir = str(record.get("output_dir", ""))
+    plots = tuple(str(p) for p in sorted(Path(output_dir).glob("plots/*.png"))) if output_dir else ()
+    if record.get("status") != "completed":
+        return ChildOutcome(
+            "failed", error=str(record.get("error", "failed")), output_dir=output_dir, plots=plots
+        )
+    value = record.get("value")
+    metrics = value if isinstance(value, dict) else {metric: value}
+    if not all(isinstance(v, int | float) for v in metrics.values()):
+        return ChildOutcome(
+            "failed",
+            error=f"task returned {value!r}; expected a dict of floats or a float",
+            output_dir=output_dir,
+        )
+    return ChildOutcome(
+        "completed", metrics={k: float(v) for k, v in metrics.items()}, output_dir=output_dir, plots=plots
+    )
 
 
 def outcome(ret: JobReturn, metric: str) -> ChildOutcome:

@@ -24,6 +24,10 @@ class ObjectiveConf:
         0.9  # classification thresholds (>= for maximize, <= for minimize, |v-target| <= for target)
     )
     partial: float = 0.5
+    # Explicit [low, high] bands on the metric value; when set they replace converged / partial
+    # (e.g. target 1.0 with an asymmetric partial band: converged_band [0.8, 1.2], partial_band [0.3, 3.0]).
+    converged_band: Optional[list[float]] = None  # noqa: UP045
+    partial_band: Optional[list[float]] = None  # noqa: UP045
 
 
 @dataclass
@@ -52,9 +56,14 @@ class LLMProposerConf:
     timeout: float = 120.0
     max_retries: int = 2
     vision: bool = False
+    max_reasks: int = 1  # re-asks of an invalid reply within one call (the engine re-asks once more)
     structured_output: str = "auto"  # auto | json_schema | json_object | tool | text
     max_tokens: Optional[int] = None  # noqa: UP045
     record_dir: str = "${hydra.sweep.dir}/exploration/llm"
+    memory_max_lines: int = 400  # working-memory cap told to (and enforced on) the model
+    min_rule_evidence: int = 3  # completed nodes a learned rule must cite
+    max_rules: int = 20  # learned rules kept in the protocol
+    max_rules_chars: int = 4000  # characters of the learned-rules section
 
 
 @dataclass
@@ -86,6 +95,10 @@ class LLMUCBSweeperConf:
         default_factory=lambda: {"simulation": "simulation.seed", "training": "training.seed"}
     )
     simulation_seed: str = "slot"  # slot: one dataset per slot | iteration: iteration*1000+slot | fixed
+    # Values fixed per slot (key -> one value per slot, n_parallel of them), forced on every child of the
+    # slot like its seeds, never proposed, part of the replicate config hash. E.g.
+    # {training.homeostasis_time_step: [4, 16, 32, 64]}.
+    slot_params: dict[str, list[Any]] = field(default_factory=dict)
     tree_plot: bool = True
 
 

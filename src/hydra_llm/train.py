@@ -54,8 +54,41 @@ def build_logger(cfg: DictConfig, out: Path):
     kwargs: dict[str, Any] = {}
     if target.endswith("WandbLogger"):
         config = OmegaConf.to_container(cfg, resolve=True)
-        kwargs = {"config": config, "name": _run_name(cfg), "group": cfg.sweep_node.sweep_id, "reinit": "finish_previous"}
-    return instantiate(cfg.logger, **kwargs)
+        kwargs = {
+            "config": config,
+            "name": _run_name(cfg),
+            "group": cfg.sweep_node.sweep_id,
+            "reinit": "finish_previous",
+        }
+    # Through a partial: instantiate(cfg, config=...) would clash with instantiate's own `config` argument.
+    return instantiate(cfg.logger, _partial_=True)(**kwargs)
+
+
+def threads_for_child(num_threads: int | None) -> int | None:
+    """Torch CPU threads for this job, so parallel children do not oversubscribe the cores.
+
+    An explicit ``num_threads`` wins. Otherwise, under the joblib launcher each of ``n_jobs``
+    children gets ``cores // n_jobs`` threads, under submitit the job's ``cpus_per_task``; a plain run
+    keeps torch's default (None).
+    """
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if num_threads is not None:
+        return max(1, int(num_threads))
+    if not HydraConfig.initialized() or "launcher" not in HydraConfig.get():
+        return None
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", ""))
+    cores = len(os.sched_getaffinity(0))
+    if "Joblib" in target:
+        n_jobs = int(launcher.get("n_jobs") or -1)
+        n_jobs = cores if n_jobs < 0 else n_jobs
+        return max(1, cores // max(1, n_jobs))
+    if "Submitit" in target and launcher.get("cpus_per_task"):
+        return max(1, int(launcher.cpus_per_task))
+    return None
 
 
 def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -72,9 +105,14 @@ def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Simulate, fit, evaluate and log one configuration; return its metrics."""
     import lightning.pytorch as pl
+    import torch
     from hydra.utils import instantiate
 
     out = output_dir(cfg)
+    threads = threads_for_child(cfg.get("num_threads"))
+    if threads is not None:
+        torch.set_num_threads(threads)
+        log.info("torch threads: %d", threads)
     datamodule = instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -82,12 +120,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     pl.seed_everything(int(cfg.training.seed), workers=True, verbose=False)
     training = OmegaConf.to_container(cfg.training, resolve=True)
-    model = instantiate(cfg.model, observations=observations, training=training, _recursive_=False)
+    # _convert_="object": without it Hydra turns the Observations dataclass into a DictConfig.
+    model = instantiate(
+        cfg.model, observations=observations, training=training, _recursive_=False, _convert_="object"
+    )
 
     logger = build_logger(cfg, out)
     try:
         trainer = instantiate(
             cfg.trainer,
+            callbacks=evaluation_callbacks(cfg, observations, ground_truth, out),
             logger=logger if logger is not None else False,
             default_root_dir=str(out),
             enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)) and not _in_sweep(),
@@ -96,8 +138,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule)
         training_time_min = (time.perf_counter() - start) / 60.0
 
-        evaluate = instantiate(cfg.evaluation, _partial_=True)
-        metrics = dict(evaluate(model=model, observations=observations, ground_truth=ground_truth, out_dir=out))
+        evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
+        evaluation.pop("callbacks", None)  # built before fit, see evaluation_callbacks
+        evaluate = instantiate(evaluation, _partial_=True)
+        metrics = dict(
+            evaluate(model=model, observations=observations, ground_truth=ground_truth, out_dir=out)
+        )
         metrics["final_loss"] = float(getattr(model, "final_loss", math.nan))
         metrics["training_time_min"] = training_time_min
         metrics = finite_metrics(metrics)
@@ -109,6 +155,23 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return metrics
     finally:
         _finish_wandb()
+
+
+def evaluation_callbacks(cfg: DictConfig, observations, ground_truth, out: Path) -> list:
+    """Lightning callbacks that evaluate during training (e.g. the R2 trajectory log).
+
+    They are evaluation code: they hold the ground truth, the model never sees it. Each entry of
+    ``evaluation.callbacks`` is a partial target called with the observations, ground truth and folder.
+    """
+    from hydra.utils import instantiate
+
+    factories = cfg.evaluation.get("callbacks") or []
+    return [
+        instantiate(factory, _partial_=True)(
+            observations=observations, ground_truth=ground_truth, out_dir=out
+        )
+        for factory in factories
+    ]
 
 
 def log_results(logger, metrics: Mapping[str, float], plots_dir: Path) -> None:

@@ -50,7 +50,12 @@ class SweepFailedError(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Sweep settings (``hydra.sweeper.*`` minus the search space and the proposer)."""
+    """Sweep settings (``hydra.sweeper.*`` minus the search space and the proposer).
+
+    ``slot_params`` maps a config key to one value per slot (``n_parallel`` values): every child of
+    slot ``s`` gets ``values[s]``, forced like its seeds but part of its config (and replicate hash);
+    a proposal may never set such a key.
+    """
 
     n_iterations: int = 12
     n_parallel: int = 4
@@ -70,6 +75,38 @@ class EngineConfig:
     simulation_seed: str = "slot"
     tree_plot: bool = True
     max_reasks: int = 1
+    slot_params: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # key -> one value per slot
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> EngineConfig:
+        """Build from plain ``hydra.sweeper.*`` settings (missing keys keep their defaults); checked."""
+        s = settings
+        try:
+            objective = Objective(**dict(s.get("objective") or {}))
+        except (TypeError, ValueError) as err:
+            raise SweepConfigError(f"hydra.sweeper.objective: {err}") from err
+        ucb = dict(s.get("ucb") or {})
+        default = cls()
+        config = cls(
+            n_iterations=int(s.get("n_iterations", default.n_iterations)),
+            n_parallel=int(s.get("n_parallel", default.n_parallel)),
+            n_iter_block=int(s.get("n_iter_block", default.n_iter_block)),
+            slot_roles=tuple(s.get("slot_roles") or default.slot_roles),
+            objective=objective,
+            ucb_formula=str(ucb.get("formula", default.ucb_formula)),
+            ucb_c=float(ucb.get("c", default.ucb_c)),
+            replicate_reward=str(ucb.get("replicate_reward", default.replicate_reward)),
+            lcb_kappa=float(ucb.get("lcb_kappa", default.lcb_kappa)),
+            max_failure_rate=float(s.get("max_failure_rate", default.max_failure_rate)),
+            seed=int(s.get("seed", default.seed)),
+            memory_max_lines=int(s.get("memory_max_lines", default.memory_max_lines)),
+            seed_keys=dict(default.seed_keys if s.get("seed_keys") is None else s["seed_keys"]),
+            simulation_seed=str(s.get("simulation_seed", default.simulation_seed)),
+            tree_plot=bool(s.get("tree_plot", default.tree_plot)),
+            slot_params=dict(s.get("slot_params") or {}),
+        )
+        config.check()
+        return config
 
     def check(self) -> None:
         """Raise :class:`SweepConfigError` naming the key and the allowed values."""
@@ -101,6 +138,31 @@ class EngineConfig:
             ucb_scores([], self.ucb_formula, self.ucb_c, self.replicate_reward)
         except ValueError as err:
             raise SweepConfigError(str(err)) from err
+        self._check_slot_params()
+
+    def _check_slot_params(self) -> None:
+        managed = set(self.seed_keys.values())
+        for key, values in self.slot_params.items():
+            name = f"hydra.sweeper.slot_params.{key}"
+            if key in managed or key.startswith(("hydra.", "sweep_node.")):
+                raise SweepConfigError(
+                    f"{name}: seeds, hydra.* and sweep_node.* are set by the sweeper; "
+                    "allowed: any other key of the config"
+                )
+            if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+                raise SweepConfigError(
+                    f"{name}: {values!r} is not a list; allowed: a list of n_parallel={self.n_parallel} "
+                    "values, one per slot"
+                )
+            if len(values) != self.n_parallel:
+                raise SweepConfigError(
+                    f"{name}: {len(values)} value(s) {list(values)!r} for n_parallel={self.n_parallel}; "
+                    f"allowed: a list of exactly {self.n_parallel} values, one per slot"
+                )
+
+    def slot_values(self, slot: int) -> dict[str, Any]:
+        """The values ``slot_params`` fixes for ``slot`` (0-based)."""
+        return {key: values[slot] for key, values in self.slot_params.items()}
 
 
 @dataclass(frozen=True)
@@ -172,9 +234,38 @@ class ExplorationEngine:
         self.proposer_note = proposer_note or getattr(proposer, "name", type(proposer).__name__)
         self.plot = config.tree_plot if plot is None else plot
         self.defaults = {s.key: s.default for s in (*space.params, *space.block_params)}
+        self._check_slot_params()
         self.state = self._start(sweep_id, protocol)
 
     # ------------------------------------------------------------------ start / resume
+    def _check_slot_params(self) -> None:
+        """Slot keys are not explorable, and each slot's values compose (before anything runs)."""
+        for key in self.config.slot_params:
+            if self.space.spec(key) is not None:
+                raise SweepConfigError(
+                    f"hydra.sweeper.slot_params.{key}: also declared in params/block_params; "
+                    "a key is either fixed per slot or explored, not both"
+                )
+        if not self.config.slot_params or self.check_child is None:
+            return
+        for slot in range(self.config.n_parallel):
+            probe = ChildSpec(
+                node_id=0,
+                slot=slot,
+                block=1,
+                parent=None,
+                strategy="slot-params-check",
+                overrides=self.config.slot_values(slot),
+                simulation={},
+                mutation={},
+                mutation_text="",
+                seeds={},
+                job_num=-1,
+            )
+            problem = self.check_child(probe)
+            if problem:
+                raise SweepConfigError(f"hydra.sweeper.slot_params (slot {slot}): {problem}")
+
     def _start(self, sweep_id: str, protocol: str) -> SweepState:
         path = state_path(self.sweep_dir)
         if path.exists():
@@ -209,6 +300,7 @@ class ExplorationEngine:
             "params": [asdict(s) for s in self.space.params],
             "block_params": [asdict(s) for s in self.space.block_params],
             "fixed": list(self.space.fixed),
+            "slot_params": {k: list(v) for k, v in self.config.slot_params.items()},
         }
         self._event(state, f"proposer: {self.proposer_note}")
         self._event(
@@ -269,30 +361,7 @@ class ExplorationEngine:
         first = self.state.iteration + 1
         block = (first - 1) // self.config.n_iter_block + 1
         in_block = (first - 1) % self.config.n_iter_block + 1
-        block_nodes = [n for n in self.state.nodes if n.block == block]
-        scores = ucb_scores(
-            block_nodes,
-            self.config.ucb_formula,
-            self.config.ucb_c,
-            self.config.replicate_reward,
-            self.config.lcb_kappa,
-        )
-        by_id = {n.id: n for n in block_nodes}
-        rows = tuple(
-            UCBRow(
-                node_id=s.node_id,
-                ucb=s.ucb,
-                parent=s.parent,
-                visits=s.visits,
-                reward=s.reward,
-                metrics=dict(by_id[s.node_id].metrics),
-                mutation=by_id[s.node_id].mutation_text,
-                overrides=dict(by_id[s.node_id].overrides),
-                strategy=by_id[s.node_id].strategy,
-                status=by_id[s.node_id].status,
-            )
-            for s in scores
-        )
+        is_block_end = in_block == 1 and first > 1
         last_ids = self.state.batches[-1] if self.state.batches else []
         last = tuple(self._slot_result(n) for n in self.state.nodes if n.id in set(last_ids))
         objective = self.config.objective
@@ -302,10 +371,10 @@ class ExplorationEngine:
             block=block,
             iter_in_block=in_block,
             n_iter_block=self.config.n_iter_block,
-            is_block_end=in_block == 1 and first > 1,
+            is_block_end=is_block_end,
             n_parallel=size,
             slot_roles=tuple(self.config.slot_roles[i % len(self.config.slot_roles)] for i in range(size)),
-            ucb_table=rows,
+            ucb_table=self._ucb_rows(block),
             last_batch=last,
             search_space=self.space.params,
             block_search_space=self.space.block_params,
@@ -321,8 +390,35 @@ class ExplorationEngine:
                 "failure_reward": objective.fail_reward,
                 "converged": objective.converged,
                 "partial": objective.partial,
+                "converged_band": objective.converged_band,
+                "partial_band": objective.partial_band,
+                "classes": objective.describe_classes(),
             },
             sweep_seed=self.config.seed,
+            finished_block=self._ucb_rows(block - 1) if is_block_end else (),
+            slot_params={k: tuple(v) for k, v in self.config.slot_params.items()},
+        )
+
+    def _ucb_rows(self, block: int) -> tuple[UCBRow, ...]:
+        """The UCB table of ``block`` (best first); empty for a block without nodes."""
+        block_nodes = [n for n in self.state.nodes if n.block == block]
+        c = self.config
+        scores = ucb_scores(block_nodes, c.ucb_formula, c.ucb_c, c.replicate_reward, c.lcb_kappa)
+        by_id = {n.id: n for n in block_nodes}
+        return tuple(
+            UCBRow(
+                node_id=s.node_id,
+                ucb=s.ucb,
+                parent=s.parent,
+                visits=s.visits,
+                reward=s.reward,
+                metrics=dict(by_id[s.node_id].metrics),
+                mutation=by_id[s.node_id].mutation_text,
+                overrides=dict(by_id[s.node_id].overrides),
+                strategy=by_id[s.node_id].strategy,
+                status=by_id[s.node_id].status,
+            )
+            for s in scores
         )
 
     @staticmethod
@@ -424,6 +520,13 @@ class ExplorationEngine:
                     f"allowed: root (null) or one of [{allowed}]"
                 )
             overrides = dict(proposal.overrides or {})
+            for key in [k for k in overrides if k in self.config.slot_params]:
+                del overrides[key]
+                values = ", ".join(f"slot {i}={v}" for i, v in enumerate(self.config.slot_params[key]))
+                errors.append(
+                    f"{key}: fixed per slot by hydra.sweeper.slot_params ({values}) and never proposed; "
+                    "the sweeper sets it for every child of the slot"
+                )
             errors += self.space.validate(
                 overrides, allow_block=view.iter_in_block == 1 and proposal.parent is None
             )
@@ -513,9 +616,11 @@ class ExplorationEngine:
         """Replace the protocol's rules section (only between its markers); refused rules are logged."""
         from hydra_llm.explore.protocol import edit_rules
 
+        # Evidence may cite any completed node of the sweep (every block), not only the view's table.
         completed = [n.id for n in self.state.nodes if n.status == "completed"]
+        policy = getattr(self.proposer, "rules_policy", None)
         try:
-            edit = edit_rules(self.state.protocol, rules, completed)
+            edit = edit_rules(self.state.protocol, rules, completed, policy)
         except ValueError as err:  # no (or malformed) rule markers in the protocol
             self._event(self.state, f"block {block}: protocol edit refused: {err}")
             return
@@ -549,6 +654,8 @@ class ExplorationEngine:
                 target.pop(key, None)
             else:
                 target[key] = value
+        # Forced like the seeds, but part of the config (and of its replicate hash).
+        base.update(self.config.slot_values(slot))
         node_id = view.first_iteration + slot
         seeds = {"training": node_id * 1000 + slot + 500}
         if self.config.simulation_seed == "slot":

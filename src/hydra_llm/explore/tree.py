@@ -25,8 +25,10 @@ class Objective:
     """What the sweep optimises and how a run is classified.
 
     ``converged`` / ``partial`` are thresholds on the metric: ``>=`` for maximize, ``<=`` for minimize,
-    and tolerances on ``|value - target|`` for target. ``failure_reward`` is the reward of a failed
-    node (default 0.0 for maximize, -1.0 otherwise: set it for your metric's scale).
+    and tolerances on ``|value - target|`` for target. ``converged_band`` / ``partial_band``
+    (``(low, high)`` on the metric value, bounds included) replace the matching threshold when set,
+    e.g. an asymmetric band around a target. ``failure_reward`` is the reward of a failed node
+    (default 0.0 for maximize, -1.0 otherwise: set it for your metric's scale).
     """
 
     metric: str = "connectivity_R2"
@@ -35,6 +37,8 @@ class Objective:
     failure_reward: float | None = None
     converged: float = 0.9
     partial: float = 0.5
+    converged_band: tuple[float, float] | None = None
+    partial_band: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in ("maximize", "minimize", "target"):
@@ -43,6 +47,13 @@ class Objective:
             )
         if self.direction == "target" and self.target is None:
             raise ValueError("objective.target: required when objective.direction=target (e.g. 1.0)")
+        for name in ("converged_band", "partial_band"):
+            object.__setattr__(self, name, _band(name, getattr(self, name)))
+        inner, outer = self.converged_band, self.partial_band
+        if inner is not None and outer is not None and not outer[0] <= inner[0] <= inner[1] <= outer[1]:
+            raise ValueError(
+                f"objective.partial_band: {list(outer)} must contain objective.converged_band {list(inner)}"
+            )
 
     @property
     def fail_reward(self) -> float:
@@ -71,7 +82,26 @@ class Objective:
             assert self.target is not None
             gap = abs(value - self.target)
             passes = [gap <= self.converged, gap <= self.partial]
+        for i, band in enumerate((self.converged_band, self.partial_band)):
+            if band is not None:
+                passes[i] = band[0] <= value <= band[1]
         return "converged" if passes[0] else "partial" if passes[1] else "failed"
+
+    def describe_classes(self) -> str:
+        """The classification rule in words, e.g. ``converged: 0.8 <= v <= 1.2; partial: ...``."""
+        sign = {"maximize": ">=", "minimize": "<="}.get(self.direction)
+        parts = []
+        for name, band, threshold in (
+            ("converged", self.converged_band, self.converged),
+            ("partial", self.partial_band, self.partial),
+        ):
+            if band is not None:
+                parts.append(f"{name}: {band[0]:g} <= {self.metric} <= {band[1]:g}")
+            elif sign is not None:
+                parts.append(f"{name}: {self.metric} {sign} {threshold:g}")
+            else:
+                parts.append(f"{name}: |{self.metric} - {self.target:g}| <= {threshold:g}")
+        return "; ".join(parts) + "; failed: otherwise, NaN or a crashed run"
 
 
 @dataclass
@@ -115,6 +145,21 @@ def config_hash(overrides: Mapping[str, Any], simulation: Mapping[str, Any]) -> 
     """A short stable id of a configuration (seeds and sweep metadata are never part of it)."""
     payload = json.dumps({"o": dict(overrides), "s": dict(simulation)}, sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:8]
+
+
+def _band(name: str, value: Any) -> tuple[float, float] | None:
+    """``value`` as a ``(low, high)`` pair of finite floats, or None (raises naming ``name``)."""
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"objective.{name}: {value!r} is not allowed; allowed: null or [low, high] (two numbers)"
+        ) from None
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ValueError(f"objective.{name}: {[low, high]} is not allowed; allowed: finite low <= high")
+    return (low, high)
 
 
 def descendant_counts(nodes: Sequence[Node]) -> dict[int, int]:

@@ -42,7 +42,7 @@ def run(cfg: DictConfig):
         value = math.nan
     (out / "plots").mkdir(parents=True, exist_ok=True)
     (out / "plots" / "activity.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    return {"score": value, "lr": lr, "width": float(width)}
+    return {"score": value, "lr": lr, "width": float(width), "horizon": float(cfg.training.horizon)}
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

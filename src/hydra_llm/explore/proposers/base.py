@@ -89,6 +89,12 @@ class ExplorationView:
     user_input: str  # pending human instructions ('' when none)
     objective: dict[str, Any]  # metric, direction, target
     sweep_seed: int
+    # At a block end: the finished block's nodes (sorted by their final UCB), the evidence a learned
+    # rule may cite; ``ucb_table`` is then the new, empty block. Empty otherwise.
+    finished_block: tuple[UCBRow, ...] = ()
+    # Keys the sweeper fixes per slot (``hydra.sweeper.slot_params``): key -> one value per slot.
+    # They are part of every node's config and may never be proposed.
+    slot_params: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 @dataclass

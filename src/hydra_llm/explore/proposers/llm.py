@@ -16,6 +16,9 @@ Sweeper config::
       api_key_env: OPENAI_API_KEY
       vision: false
       record_dir: ${hydra:sweep.dir}/exploration/llm
+      max_reasks: 1             # structured_output, max_tokens, memory_max_lines, min_rule_evidence,
+      max_rules: 20             # max_rules_chars: every constructor argument is a field of
+                                # LLMProposerConf (hydra/sweeper/proposer=llm), set without '+'
 """
 
 from __future__ import annotations

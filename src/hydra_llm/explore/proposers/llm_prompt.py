@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec, SlotResult
+from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec, SlotResult, UCBRow
 from hydra_llm.explore.protocol import RulesPolicy
 
 BLOCK_END_MARKER = ">>> BLOCK END <<<"
@@ -151,7 +151,7 @@ _SYSTEM = """\
 You are the proposer of an exploration sweep that trains graph neural networks to recover the
 hidden parameters of simulated networks. Each batch you read the results, keep a working memory,
 and propose the next {n} runs (one per slot), each with a one-line hypothesis.
-Objective: {goal}. Follow the study protocol in the user message.
+Objective: {goal}. Follow the study protocol in the user message.{classes}
 
 Reply with ONE JSON object with the fields observations, proposals, memory, user_input_ack,
 block_end. Hard constraints (a violating proposal is rejected and replaced):
@@ -164,9 +164,11 @@ block_end. Hard constraints (a violating proposal is rejected and replaced):
 - block-level (simulation) keys only in block_end.next_simulation, and only at a BLOCK END.
 - memory: the complete new working memory, at most {memory_lines} lines (longer is cut).
 - block_end (only when the prompt says BLOCK END, else null): summary; the COMPLETE new list of
-  learned rules, each citing >= {min_evidence} ids of completed nodes that support it (rules
-  citing fewer are refused), at most {max_rules} rules of at most {max_rule_chars} characters;
+  learned rules, each citing >= {min_evidence} ids of completed nodes that support it (any
+  completed node of the sweep, e.g. from the finished block's table; rules citing fewer are
+  refused), at most {max_rules} rules of at most {max_rule_chars} characters;
   rules_change (what changed and why); next_simulation.
+- keys fixed per slot (listed under the search space) are set by the sweeper: never propose them.
 - user_input_ack: when there are pending user instructions, say how you acted on them.
 """
 
@@ -194,7 +196,9 @@ class PromptBuilder:
         goal = f"{objective.get('direction', 'maximize')} {objective.get('metric', '?')}"
         if objective.get("target") is not None:
             goal += f" (target {fmt(objective['target'])})"
+        classes = f"\nClassification of a run: {objective['classes']}." if objective.get("classes") else ""
         return _SYSTEM.format(
+            classes=classes,
             n=view.n_parallel,
             last_slot=view.n_parallel - 1,
             goal=goal,
@@ -251,21 +255,32 @@ class PromptBuilder:
                 "rules_change, next_simulation). The new block restarts the tree at the root "
                 "(parent=null)."
             )
+            if view.finished_block:
+                lines += [
+                    "",
+                    f"### Finished block {view.block - 1} (final UCB table; rule evidence may cite any "
+                    "completed node listed here or in earlier blocks)",
+                    self._rows(view.finished_block, view),
+                ]
         return "## Position\n" + "\n".join(lines)
 
     def _ucb(self, view: ExplorationView) -> str:
         if not view.ucb_table:
             return "(empty: this block has no nodes yet; use parent=null)"
+        return self._rows(view.ucb_table, view)
+
+    def _rows(self, table: tuple[UCBRow, ...], view: ExplorationView) -> str:
+        """``Node N: UCB=...`` lines of a UCB table, best first, capped at ``limits.ucb_rows``."""
         metric = view.objective.get("metric", "reward")
         rows = []
-        for row in view.ucb_table[: self.limits.ucb_rows]:
+        for row in table[: self.limits.ucb_rows]:
             value = row.metrics.get(metric, row.reward)
             parent = "root" if row.parent is None else row.parent
             rows.append(
                 f"Node {row.node_id}: UCB={row.ucb:.3f}, parent={parent}, visits={row.visits}, "
                 f"{metric}={fmt(value)}, status={row.status}, Mutation={row.mutation or 'none'}"
             )
-        hidden = len(view.ucb_table) - self.limits.ucb_rows
+        hidden = len(table) - self.limits.ucb_rows
         if hidden > 0:
             rows.append(f"[... {hidden} lower-UCB nodes not shown ...]")
         return "\n".join(rows)
@@ -273,7 +288,7 @@ class PromptBuilder:
     def _parent_overrides(self, result: SlotResult, view: ExplorationView) -> Mapping[str, Any] | None:
         if result.parent is None:
             return {}
-        for row in view.ucb_table:
+        for row in (*view.ucb_table, *view.finished_block):
             if row.node_id == result.parent:
                 return row.overrides
         for other in view.last_batch:
@@ -319,6 +334,15 @@ class PromptBuilder:
             when = "allowed NOW in block_end.next_simulation" if view.is_block_end else "NOT allowed now"
             lines.append(f"Block-level (simulation) keys, {when}:")
             lines += [describe_spec(s) for s in view.block_search_space]
+        if view.slot_params:
+            lines.append(
+                "Fixed per slot by the sweeper (part of each node's config; NEVER propose these). A "
+                "proposal in slot s runs with slot s's values: replicate a node in the slot it ran in:"
+            )
+            lines += [
+                f"- {key}: " + ", ".join(f"slot {i}={fmt(v)}" for i, v in enumerate(values))
+                for key, values in view.slot_params.items()
+            ]
         lines.append("Current simulation overrides: " + format_overrides(view.current_simulation))
         return "\n".join(lines)
 

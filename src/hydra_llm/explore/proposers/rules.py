@@ -38,7 +38,16 @@ _MIN_REPLICATES = 3
 
 
 def objective_from_view(view: ExplorationView) -> Objective:
-    keys = ("metric", "direction", "target", "failure_reward", "converged", "partial")
+    keys = (
+        "metric",
+        "direction",
+        "target",
+        "failure_reward",
+        "converged",
+        "partial",
+        "converged_band",
+        "partial_band",
+    )
     return Objective(**{k: view.objective[k] for k in keys if k in view.objective})
 
 
@@ -71,7 +80,7 @@ class RulesProposer(Proposer):
         for slot in range(view.n_parallel):
             role = view.slot_roles[slot % len(view.slot_roles)] if view.slot_roles else "exploit"
             if role == "replicate":
-                proposals.append(self._replicate(rows, view, replicated))
+                proposals.append(self._replicate(rows, view, replicated, slot))
                 continue
             strategy = role
             if role == "exploit":
@@ -108,10 +117,18 @@ class RulesProposer(Proposer):
                 return older[0]
         return rows[rank % len(rows)]
 
-    def _replicate(self, rows: Sequence[UCBRow], view: ExplorationView, replicated: set[str]) -> Proposal:
-        """Re-run the best config group that has fewer than 3 runs (else the best group)."""
+    def _replicate(
+        self, rows: Sequence[UCBRow], view: ExplorationView, replicated: set[str], slot: int
+    ) -> Proposal:
+        """Re-run the best config group that has fewer than 3 runs (else the best group).
+
+        With per-slot values (``view.slot_params``) only nodes that ran with this slot's values can be
+        replicated here (elsewhere the sweeper would change those values); the others when none did.
+        """
+        fixed = {key: values[slot] for key, values in view.slot_params.items() if slot < len(values)}
+        same_slot = [r for r in rows if all(r.overrides.get(k) == v for k, v in fixed.items())]
         groups: dict[str, list[UCBRow]] = {}
-        for row in sorted(rows, key=lambda r: r.node_id):
+        for row in sorted(same_slot or rows, key=lambda r: r.node_id):
             groups.setdefault(config_hash(row.overrides, view.current_simulation), []).append(row)
         ranked = sorted(groups.items(), key=lambda item: (-item[1][0].reward, item[1][0].node_id))
         candidates = [g for g in ranked if len(g[1]) < _MIN_REPLICATES and g[0] not in replicated]
@@ -283,7 +300,9 @@ class RulesProposer(Proposer):
         return "\n".join(lines) + "\n"
 
     def _block_summary(self, view: ExplorationView, objective: Objective) -> str:
-        nodes = list(view.last_batch)
+        # The finished block's whole table when the engine gives it, else its last batch only.
+        nodes: Sequence[UCBRow | Any] = view.finished_block or view.last_batch
+        scope = f"block {view.block - 1}" if view.finished_block else "the last batch"
         metric = objective.metric
         done = [n for n in nodes if n.status == "completed" and metric in n.metrics]
         sim = (
@@ -291,12 +310,12 @@ class RulesProposer(Proposer):
             or "root simulation config"
         )
         if not done:
-            return f"Simulation: {sim}\nNo completed runs in the block's last batch.\nNo protocol changes."
-        best = max(done, key=lambda n: objective.reward(n.metrics[metric]))
+            return f"Simulation: {sim}\nNo completed runs in {scope}.\nNo protocol changes."
+        best = max(done, key=lambda n: (objective.reward(n.metrics[metric]), -n.node_id))
         config = ", ".join(f"{k}={_fmt(v)}" for k, v in best.overrides.items()) or "root config"
         return (
             f"Simulation: {sim}\n"
-            f"Best {metric} in the last batch: {best.metrics[metric]:.4f} at Node {best.node_id} ({config})\n"
+            f"Best {metric} in {scope}: {best.metrics[metric]:.4f} at Node {best.node_id} ({config})\n"
             f"Converged: {'Yes' if objective.classify(best.metrics[metric]) == 'converged' else 'No'}\n"
             "Protocol: no changes (the rules proposer never edits the rules section)."
         )

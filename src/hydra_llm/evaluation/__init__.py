@@ -1,0 +1,1 @@
+"""Metrics and plots. Evaluation is the only code that reads GroundTruth."""

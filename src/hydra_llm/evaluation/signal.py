@@ -1,0 +1,191 @@
+"""Evaluation of a trained signal GNN against the hidden ground truth.
+
+Metrics (all floats, see :func:`evaluate`):
+
+* ``connectivity_R2`` / ``connectivity_R2_identity`` / ``connectivity_slope``: the corrected W vs
+  the true W over all N^2 entries (the original's convention); the same with suffix ``_edges`` on
+  the true edges only (the honest number for sparse W).
+* ``tau_R2`` (+ ``_identity``), ``s_R2``: read out from the learned phi.
+* ``cluster_accuracy``: k-means of the embeddings (k = number of true types), Hungarian matching.
+* ``test_R2``, ``test_pearson``: an Euler rollout of the model (no noise) from the first held-out
+  frame over ``rollout_frames`` frames vs the recording (R2 against each neuron's temporal mean,
+  pooled; Pearson per neuron, Fisher-pooled); ``test_one_step_R2``: the predicted
+  derivative on every held-out frame.
+
+Corrected W. The model can only learn ``W_ij g_i psi_true(u_j)`` as ``W_learned_ij psi_j(u_j)``:
+a learned psi that is ``c_j`` times the true link tanh is compensated by ``W_learned_ij = g_i
+W_ij / c_j``. We therefore fit ``psi_j(u) ~ c_j tanh(u) + d_j`` on the recorded range (see
+:func:`value_grid`) and report ``W*_ij = W_learned_ij c_j / g_i`` with the true gain g_i of the
+target neuron (a per-row scale the model cannot separate from W). No constant is hard-coded.
+
+tau read-out. The true ``phi(u) = -u/tau + s tanh(u)``; fitting ``phi_i(u) ~ alpha_i u + beta_i
+tanh(u) + gamma_i`` on the recorded range gives ``tau_i = -1/alpha_i`` (clipped to
+``[0, 100 * max(true tau)]`` only to keep a flat phi finite) and ``s_i = beta_i``. A plain linear fit
+(the original's) would mix the tanh slope into 1/tau.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hydra_llm.evaluation import plots
+from hydra_llm.evaluation.metrics import (
+    cluster_accuracy,
+    euler_rollout,
+    fisher_mean,
+    kmeans_labels,
+    pearson_per_column,
+    r2_identity,
+    r2_slope,
+    r2_temporal,
+)
+from hydra_llm.simulation.base import GroundTruth, Observations
+
+GRID_POINTS = 200
+
+
+def value_grid(
+    activity: torch.Tensor, n_neurons: int, low_q: float = 0.01, high_q: float = 0.99
+) -> torch.Tensor:
+    """Grid (GRID_POINTS, N) over the [low_q, high_q] quantiles of all recorded values (T, N).
+
+    One common range for every neuron: a neuron that stays in one saturated branch of tanh has a
+    range on which u, tanh(u) and 1 are nearly collinear, so per-neuron ranges give ill-posed fits.
+    The learned functions are shared across neurons (through the embeddings), so they are trained
+    on the population's range.
+    """
+    flat = activity.reshape(-1)
+    if flat.numel() > 1_000_000:  # torch.quantile's input limit; a strided subsample is enough
+        flat = flat[:: flat.numel() // 1_000_000 + 1]
+    lo, hi = torch.quantile(flat, low_q), torch.quantile(flat, high_q)
+    hi = torch.maximum(hi, lo + 1e-6)
+    return (
+        (lo + torch.linspace(0.0, 1.0, GRID_POINTS) * (hi - lo))[:, None].expand(-1, n_neurons).contiguous()
+    )
+
+
+def fit_basis(grid: torch.Tensor, values: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
+    """Per-column least squares ``values[:, i] ~ sum_k coef[k, i] basis[k][:, i]`` -> coef (K, N)."""
+    design = torch.stack(basis, dim=-1).permute(1, 0, 2).double()  # (N, G, K)
+    target = values.T.double().unsqueeze(-1)  # (N, G, 1)
+    return torch.linalg.lstsq(design, target).solution.squeeze(-1).T
+
+
+@torch.no_grad()
+def corrected_W(model, grid: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corrected W* (N, N) and the per-source psi scale c (N,), see the module docstring."""
+    psi = model.psi_of(grid)
+    coef = fit_basis(grid, psi, [torch.tanh(grid), torch.ones_like(grid)])
+    scale = coef[0].float()
+    return model.learned_W().detach() * scale[None, :] / gain[:, None], scale
+
+
+@torch.no_grad()
+def read_out_phi(model, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tau (N,) and s (N,) from the learned phi on ``grid`` (G, N)."""
+    phi = model.phi_of(grid)
+    coef = fit_basis(grid, phi, [grid, torch.tanh(grid), torch.ones_like(grid)])
+    alpha, beta = coef[0], coef[1]
+    tau = torch.where(alpha < 0, -1.0 / alpha.clamp(max=-1e-12), torch.full_like(alpha, float("inf")))
+    return tau.float(), beta.float()
+
+
+def connectivity_metrics(
+    W_true: torch.Tensor, W_star: torch.Tensor, edge_index: torch.Tensor
+) -> dict[str, float]:
+    """Slope-fit and identity R2 of W* vs W on all N^2 entries and on the true edges."""
+    edges = (edge_index[1], edge_index[0])
+    r2_all, slope_all = r2_slope(W_true, W_star)
+    r2_e, slope_e = r2_slope(W_true[edges], W_star[edges])
+    return {
+        "connectivity_R2": r2_all,
+        "connectivity_R2_identity": r2_identity(W_true, W_star),
+        "connectivity_slope": slope_all,
+        "connectivity_R2_edges": r2_e,
+        "connectivity_R2_identity_edges": r2_identity(W_true[edges], W_star[edges]),
+        "connectivity_slope_edges": slope_e,
+    }
+
+
+@torch.no_grad()
+def rollout_metrics(model, observations: Observations, rollout_frames: int) -> tuple[dict[str, float], dict]:
+    """Rollout and one-step scores on the held-out frames, plus the arrays for the plot."""
+    start = observations.n_train_frames
+    n_steps = min(int(rollout_frames), observations.n_frames - start)
+    recorded = observations.activity[start : start + n_steps]
+    predicted = euler_rollout(model, recorded[0], n_steps, observations.dt)
+    one_step = model(observations.activity[start:])
+    metrics = {
+        "test_R2": r2_temporal(recorded, predicted),
+        "test_pearson": fisher_mean(pearson_per_column(recorded, predicted)),
+        "test_one_step_R2": r2_identity(observations.derivative[start:], one_step),
+    }
+    return metrics, {"recorded": recorded.numpy(), "predicted": predicted.numpy()}
+
+
+def evaluate(
+    model,
+    observations: Observations,
+    ground_truth: GroundTruth,
+    out_dir: str | Path,
+    rollout_frames: int = 200,
+    make_plots: bool = True,
+    cluster_seed: int = 0,
+) -> dict[str, float]:
+    """All signal metrics as a dict of floats; figures in ``out_dir/plots`` when ``make_plots``."""
+    if int(rollout_frames) < 2:
+        raise ValueError(f"evaluation.rollout_frames={rollout_frames!r}: must be >= 2")
+    model = model.cpu().eval()
+    train_activity = observations.activity[: observations.n_train_frames]
+    grid = value_grid(train_activity, observations.n_neurons)
+    types = ground_truth["types"]
+    n_types = int(ground_truth.meta.get("n_neuron_types", int(types.max()) + 1))
+
+    W_star, _ = corrected_W(model, grid, ground_truth["gain"])
+    metrics = connectivity_metrics(ground_truth["W"], W_star, ground_truth["edge_index"])
+
+    tau_hat, s_hat = read_out_phi(model, grid)
+    tau_true = ground_truth["tau"]
+    tau_hat = tau_hat.clamp(0.0, 100.0 * float(tau_true.max()))
+    metrics["tau_R2"], metrics["tau_slope"] = r2_slope(tau_true, tau_hat)
+    metrics["tau_R2_identity"] = r2_identity(tau_true, tau_hat)
+    metrics["s_R2"], _ = r2_slope(ground_truth["s"], s_hat)
+
+    embeddings = model.a.detach().cpu()
+    if n_types > 1:
+        labels = kmeans_labels(embeddings, n_types, seed=cluster_seed)
+        metrics["cluster_accuracy"] = cluster_accuracy(types, labels)
+    else:
+        metrics["cluster_accuracy"] = 1.0
+
+    test, arrays = rollout_metrics(model, observations, rollout_frames)
+    metrics.update(test)
+
+    if make_plots:
+        folder = Path(out_dir) / "plots"
+        with torch.no_grad():
+            phi, psi = model.phi_of(grid), model.psi_of(grid)
+        t_np = types.numpy()
+        plots.plot_activity(
+            observations.activity.numpy(),
+            observations.dt,
+            folder / "activity.png",
+            split=observations.n_train_frames,
+        )
+        plots.plot_scatter(
+            ground_truth["W"].numpy(),
+            W_star.numpy(),
+            folder / "connectivity.png",
+            "W",
+            f"R2={metrics['connectivity_R2']:.3f}  identity R2={metrics['connectivity_R2_identity']:.3f}",
+        )
+        plots.plot_scatter(
+            tau_true.numpy(), tau_hat.numpy(), folder / "tau.png", "tau", f"R2={metrics['tau_R2']:.3f}"
+        )
+        plots.plot_functions(grid.numpy(), phi.numpy(), t_np, folder / "phi_per_type.png", "phi(u, a_i)")
+        plots.plot_functions(grid.numpy(), psi.numpy(), t_np, folder / "psi_per_type.png", "psi(u, a_j)")
+        plots.plot_embeddings(embeddings.numpy(), t_np, folder / "embeddings.png")
+        plots.plot_rollout(arrays["recorded"], arrays["predicted"], observations.dt, folder / "rollout.png")
+    return {key: float(value) for key, value in metrics.items()}

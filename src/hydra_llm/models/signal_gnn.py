@@ -1,0 +1,248 @@
+"""Signal GNN: ``du_i/dt = phi(u_i, a_i) + sum_j W_ij psi(u_j, a_j)``.
+
+* ``W``: learnable connectivity, dense (N, N) with a fixed zero diagonal when the graph is unknown,
+  or one weight per known edge when ``Observations.edge_index`` is given.
+* ``phi`` (update) and ``psi`` (edge) MLPs take ``[u / xnorm, a]``; ``a_i`` are per-neuron
+  embeddings of size ``embedding_dim`` that must discover the neuron types (types are never given).
+* ``psi`` is evaluated once per neuron and frame and aggregated with a matrix product
+  (:mod:`hydra_llm.models.layers`).
+
+Loss per step, on a batch of ``batch_size`` random training frames (u, du/dt)::
+
+    mean((pred - du/dt)^2)                              prediction (units of du/dt squared)
+    + coeff_W_L1     * sum |W|                          sparsity of the learned weights
+    + coeff_edge_diff * mean(relu(psi(u) - psi(u + d))) psi non-decreasing, d = 0.05 * xnorm,
+                                                        on every (frame, neuron) of the batch
+    + coeff_edge_norm * mean_j (psi(2 xnorm, a_j) - 1)^2 fixes the W <-> psi scale (gauge)
+    + coeff_phi_zero  * mean_i phi(0, a_i)^2             phi(0) = 0, fixes the phi <-> psi offset
+
+All terms are computed on every step with their full coefficients (no annealing). ``xnorm`` is the
+standard deviation of the training activity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from hydra_llm.models.layers import EdgeGraph, aggregate_dense, aggregate_edges
+from hydra_llm.models.mlp import MLP
+from hydra_llm.simulation.base import Observations
+from hydra_llm.simulation.frames import FrameSampling, iterations_per_epoch
+
+LEARNING_RATES = ("learning_rate_W_start", "learning_rate_start", "learning_rate_embedding_start")
+COEFFICIENTS = ("coeff_W_L1", "coeff_edge_diff", "coeff_edge_norm", "coeff_phi_zero")
+SCHEDULE = ("data_augmentation_loop", "batch_size", "n_epochs", "seed")
+W_LAYOUTS = ("auto", "dense", "edges")
+
+
+def validate_training(training: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the training keys this model reads; raise ValueError naming the first bad key."""
+    missing = [k for k in (*LEARNING_RATES, *COEFFICIENTS, *SCHEDULE) if k not in training]
+    if missing:
+        raise ValueError(f"training.{missing[0]} is missing (the signal GNN needs {missing})")
+    for key in LEARNING_RATES:
+        value = float(training[key])
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"training.{key}={training[key]!r}: must be a finite float > 0")
+    for key in COEFFICIENTS:
+        value = float(training[key])
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"training.{key}={training[key]!r}: must be a finite float >= 0")
+    if int(training["batch_size"]) < 1:
+        raise ValueError(f"training.batch_size={training['batch_size']!r}: must be >= 1")
+    if not float(training["data_augmentation_loop"]) > 0:
+        raise ValueError(
+            f"training.data_augmentation_loop={training['data_augmentation_loop']!r}: must be > 0"
+        )
+    if int(training["n_epochs"]) < 1:
+        raise ValueError(f"training.n_epochs={training['n_epochs']!r}: must be >= 1")
+    return dict(training)
+
+
+class SignalGNN(pl.LightningModule):
+    """The signal-regime GNN as a LightningModule (receives Observations only)."""
+
+    # Lets a caller check cfg.training before simulating: get_class(target).check_training(training).
+    check_training = staticmethod(validate_training)
+
+    def __init__(
+        self,
+        observations: Observations,
+        training: Mapping[str, Any],
+        embedding_dim: int = 2,
+        hidden_dim: int = 64,
+        n_layers: int = 3,
+        hidden_dim_update: int = 64,
+        n_layers_update: int = 3,
+        activation: str = "relu",
+        w_layout: str = "auto",
+        w_init_std: float = 0.0,
+        cpu_threads: int | None = 1,
+    ) -> None:
+        super().__init__()
+        if not isinstance(observations, Observations):
+            raise TypeError(f"observations must be an Observations, got {type(observations).__name__}")
+        if w_layout not in W_LAYOUTS:
+            raise ValueError(f"model.w_layout={w_layout!r}: must be one of {list(W_LAYOUTS)}")
+        if cpu_threads is not None and int(cpu_threads) < 1:
+            raise ValueError(f"model.cpu_threads={cpu_threads!r}: must be >= 1 or null")
+        if int(embedding_dim) < 1:
+            raise ValueError(f"model.embedding_dim={embedding_dim!r}: must be >= 1")
+        if w_layout == "edges" and observations.edge_index is None:
+            raise ValueError("model.w_layout='edges' needs a known graph (simulation.structure_known=true)")
+        self.training_cfg = validate_training(training)
+        self.save_hyperparameters(
+            {
+                "embedding_dim": embedding_dim,
+                "hidden_dim": hidden_dim,
+                "n_layers": n_layers,
+                "hidden_dim_update": hidden_dim_update,
+                "n_layers_update": n_layers_update,
+                "activation": activation,
+                "w_layout": w_layout,
+                "w_init_std": w_init_std,
+                **self.training_cfg,
+            }
+        )
+        n = observations.n_neurons
+        self.n_neurons = n
+        self.n_frames = observations.n_frames
+        train = observations.activity[: observations.n_train_frames]
+        # Scales of u and du/dt (a silent network would give 0: fall back to 1 instead of dividing by 0).
+        self.xnorm = float(train.std()) or 1.0
+        self.ynorm = float(observations.derivative[: observations.n_train_frames].std()) or 1.0
+
+        generator = torch.Generator().manual_seed(int(self.training_cfg["seed"]))
+        self.use_edges = w_layout == "edges" or (w_layout == "auto" and observations.edge_index is not None)
+        if self.use_edges:
+            self.graph = EdgeGraph(observations.edge_index, n)
+            # W[e] is the weight of edge_index[:, e], in the graph's (target, source) order.
+            self.register_buffer("edge_index", self.graph.edge_index)
+            n_weights: tuple[int, ...] = (self.edge_index.shape[1],)
+        else:
+            self.register_buffer("offdiag", 1.0 - torch.eye(n))
+            n_weights = (n, n)
+        self.W = nn.Parameter(torch.randn(n_weights, generator=generator) * float(w_init_std))
+        self.a = nn.Parameter(torch.ones(n, int(embedding_dim)))
+        self.phi = MLP(1 + int(embedding_dim), 1, int(hidden_dim_update), int(n_layers_update), activation)
+        self.psi = MLP(1 + int(embedding_dim), 1, int(hidden_dim), int(n_layers), activation)
+        self.final_loss = math.nan
+        self._epoch_losses: list[torch.Tensor] = []
+        self.cpu_threads = None if cpu_threads is None else int(cpu_threads)
+        self._threads_before: int | None = None
+
+    # ----------------------------------------------------------------- the learned functions
+
+    def _features(self, u: torch.Tensor) -> torch.Tensor:
+        """``u`` (B, N) -> MLP inputs (B, N, 1 + emb) = [u / xnorm, a]."""
+        a = self.a.expand(u.shape[0], -1, -1)
+        return torch.cat([(u / self.xnorm).unsqueeze(-1), a], dim=-1)
+
+    def phi_of(self, u: torch.Tensor) -> torch.Tensor:
+        """phi(u_i, a_i) for ``u`` (B, N) -> (B, N), in units of du/dt."""
+        return self.phi(self._features(u)).squeeze(-1) * self.ynorm
+
+    def psi_of(self, u: torch.Tensor) -> torch.Tensor:
+        """psi(u_j, a_j) for ``u`` (B, N) -> (B, N), dimensionless (normalised to 1 at 2 xnorm)."""
+        return self.psi(self._features(u)).squeeze(-1)
+
+    def learned_W(self) -> torch.Tensor:
+        """The effective connectivity (N, N), target x source, zero where no edge is modelled."""
+        if self.use_edges:
+            dense = torch.zeros(self.n_neurons, self.n_neurons, dtype=self.W.dtype, device=self.W.device)
+            return dense.index_put((self.edge_index[1], self.edge_index[0]), self.W)
+        return self.W * self.offdiag
+
+    def aggregate(self, psi: torch.Tensor) -> torch.Tensor:
+        """sum_j W_ij psi_j for ``psi`` (B, N) -> (B, N)."""
+        if self.use_edges:
+            return aggregate_edges(psi, self.W, self.graph.to(psi.device))
+        return aggregate_dense(psi, self.W * self.offdiag)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Predicted du/dt (B, N) for states ``u`` (B, N)."""
+        return self.phi_of(u) + self.aggregate(self.psi_of(u))
+
+    # ----------------------------------------------------------------- training
+
+    @property
+    def frame_sampling(self) -> FrameSampling:
+        """Batch size and the seeds' iteration count per epoch, read by the DataModule."""
+        batch_size = int(self.training_cfg["batch_size"])
+        n_iter = iterations_per_epoch(
+            self.n_frames, float(self.training_cfg["data_augmentation_loop"]), batch_size
+        )
+        return FrameSampling(
+            batch_size=batch_size, batches_per_epoch=n_iter, seed=int(self.training_cfg["seed"])
+        )
+
+    def losses(self, u: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every loss term (already weighted) for a batch ``u``, ``target`` (B, N)."""
+        cfg = self.training_cfg
+        b = u.shape[0]
+        # One psi call for u, u + d (monotonicity) and the anchor row; one phi call for u and u = 0.
+        anchor = torch.full_like(u[:1], 2.0 * self.xnorm)
+        psi_all = self.psi_of(torch.cat([u, u + 0.05 * self.xnorm, anchor], dim=0))
+        phi_all = self.phi_of(torch.cat([u, torch.zeros_like(u[:1])], dim=0))
+        psi_u = psi_all[:b]
+        pred = phi_all[:b] + self.aggregate(psi_u)
+        terms = {"prediction": torch.mean((pred - target) ** 2)}
+        if cfg["coeff_W_L1"] > 0:
+            terms["W_L1"] = cfg["coeff_W_L1"] * self.W.abs().sum()
+        if cfg["coeff_edge_diff"] > 0:
+            terms["edge_diff"] = cfg["coeff_edge_diff"] * torch.relu(psi_u - psi_all[b : 2 * b]).mean()
+        if cfg["coeff_edge_norm"] > 0:
+            terms["edge_norm"] = cfg["coeff_edge_norm"] * ((psi_all[2 * b] - 1.0) ** 2).mean()
+        if cfg["coeff_phi_zero"] > 0:
+            terms["phi_zero"] = cfg["coeff_phi_zero"] * (phi_all[b] ** 2).mean()
+        return terms
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        terms = self.losses(batch["activity"], batch["derivative"])
+        loss = torch.stack(list(terms.values())).sum()
+        self._epoch_losses.append(terms["prediction"].detach())
+        if batch_idx % 200 == 0:
+            self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False)
+            self.log("loss", loss.detach(), prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_losses:
+            # final_loss: mean prediction loss over the last tenth of the epoch.
+            tail = self._epoch_losses[-max(1, len(self._epoch_losses) // 10) :]
+            self.final_loss = float(torch.stack(tail).mean())
+            self.log("train/epoch_prediction_loss", self.final_loss)
+        self._epoch_losses = []
+
+    def on_fit_start(self) -> None:
+        # The per-step tensors are tiny: on a shared CPU, several intra-op threads cost more in
+        # synchronisation than they save (measured: 9.3 min vs 2.6 min for the default run).
+        if self.cpu_threads is not None and self.device.type == "cpu":
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(self.cpu_threads)
+
+    def on_fit_end(self) -> None:
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam with three parameter groups: W, the MLPs, the embeddings (each its own lr)."""
+        cfg = self.training_cfg
+        groups = [
+            {"name": "W", "params": [self.W], "lr": float(cfg["learning_rate_W_start"])},
+            {
+                "name": "mlp",
+                "params": [*self.phi.parameters(), *self.psi.parameters()],
+                "lr": float(cfg["learning_rate_start"]),
+            },
+            {"name": "embedding", "params": [self.a], "lr": float(cfg["learning_rate_embedding_start"])},
+        ]
+        # fused: one kernel for all parameters, several times faster than the per-tensor loop on CPU.
+        return torch.optim.Adam(groups, fused=True)

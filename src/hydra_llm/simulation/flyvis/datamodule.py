@@ -1,0 +1,297 @@
+"""``simulation=flyvis_synthetic`` / ``flyvis_davis``: the fly visual system regime as a DataModule.
+
+One run simulates three recordings from the grey steady state:
+
+* training frames ``[0, n_train_frames)`` with process noise ``noise_model_level``;
+* held-out frames (same stimulus source, new clips or held-out videos), recorded without process
+  noise like the original's test phase;
+* an out-of-distribution recording (stimulus families never used in training), also noise-free,
+  in ``Observations.extras['ood_activity']`` / ``['ood_external_input']``.
+
+The model gets voltages, their finite-difference derivative, the known photoreceptor input and the
+connectome's edge list; W, tau, V_rest and cell types stay in :class:`GroundTruth`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
+from hydra_llm.simulation.flyvis import davis as davis_io
+from hydra_llm.simulation.flyvis.connectome import FLYVIS_JSON_SHA256, Connectome, build_connectome
+from hydra_llm.simulation.flyvis.dynamics import FlyvisODE
+from hydra_llm.simulation.flyvis.parameters import (
+    PARAMETER_MODES,
+    FlyvisParameters,
+    flyvis_init,
+    load_checkpoint,
+    random_trained_like,
+)
+from hydra_llm.simulation.flyvis.stimuli import check_families, synthetic_sequence
+from hydra_llm.simulation.frames import FrameSampling, frame_loader
+
+log = logging.getLogger(__name__)
+STIMULUS_SOURCES = ("synthetic", "davis")
+
+
+def finite_difference(voltages: np.ndarray, dt: float) -> np.ndarray:
+    """(T, N) forward difference (V[t+1] - V[t]) / dt; the last frame repeats the previous one."""
+    d = np.empty_like(voltages)
+    d[:-1] = (voltages[1:] - voltages[:-1]) / dt
+    d[-1] = d[-2] if len(voltages) > 1 else 0.0
+    return d
+
+
+class FlyvisDataModule(SimulationDataModule):
+    """The flyvis regime. Sizes: N neurons (13,741 at extent 8), E edges, C columns, T frames."""
+
+    def __init__(
+        self,
+        connectome: Mapping[str, Any],
+        parameters: Mapping[str, Any],
+        stimulus: Mapping[str, Any],
+        n_frames: int = 4000,
+        test_fraction: float = 0.2,
+        n_ood_frames: int = 500,
+        delta_t: float = 0.02,
+        noise_model_level: float = 0.05,
+        measurement_noise_level: float = 0.0,
+        clamp_tau: bool = True,
+        warmup_s: float = 2.0,
+        seed: int = 42,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.connectome_cfg = dict(connectome)
+        self.parameters_cfg = dict(parameters)
+        self.stimulus_cfg = dict(stimulus)
+        self.n_frames = int(n_frames)
+        self.test_fraction = float(test_fraction)
+        self.n_ood_frames = int(n_ood_frames)
+        self.delta_t = float(delta_t)
+        self.noise_model_level = float(noise_model_level)
+        self.measurement_noise_level = float(measurement_noise_level)
+        self.clamp_tau = bool(clamp_tau)
+        self.warmup_s = float(warmup_s)
+        self.seed = int(seed)
+        self.cache_dir = cache_dir
+        self._validate()
+
+    # ------------------------------------------------------------------ configuration
+    def _validate(self) -> None:
+        """Every bad value raises here, before anything is simulated."""
+        mode = self.parameters_cfg.get("mode", "random_trained_like")
+        if mode not in PARAMETER_MODES:
+            raise ValueError(f"simulation.parameters.mode={mode!r}; allowed: {list(PARAMETER_MODES)}")
+        if mode == "checkpoint" and not Path(str(self.parameters_cfg.get("checkpoint_path"))).is_file():
+            raise FileNotFoundError(
+                f"simulation.parameters.checkpoint_path={self.parameters_cfg.get('checkpoint_path')!r} "
+                "is not a file"
+            )
+        source = self.connectome_cfg.get("source", "flyvis")
+        if source not in ("flyvis", "file", "synthetic"):
+            raise ValueError(
+                f"simulation.connectome.source={source!r}; allowed: ['flyvis', 'file', 'synthetic']"
+            )
+        stim = self.stimulus_cfg.get("source", "synthetic")
+        if stim not in STIMULUS_SOURCES:
+            raise ValueError(f"simulation.stimulus.source={stim!r}; allowed: {list(STIMULUS_SOURCES)}")
+        train = check_families(
+            self.stimulus_cfg.get("families", ["moving_edge"]), "simulation.stimulus.families"
+        )
+        ood = check_families(
+            self.stimulus_cfg.get("ood_families", ["pink_noise"]), "simulation.stimulus.ood_families"
+        )
+        if stim == "synthetic" and set(train) & set(ood):
+            raise ValueError(
+                f"simulation.stimulus.ood_families {ood} overlap the training families {train}; "
+                "the out-of-distribution test needs families never seen in training"
+            )
+        if stim == "davis":
+            davis_io.find_root(self.stimulus_cfg.get("davis_root"))
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"simulation.test_fraction={self.test_fraction}; allowed: 0 < value < 1")
+        if self.n_frames < 10:
+            raise ValueError(f"simulation.n_frames={self.n_frames}; need >= 10")
+        if self.delta_t <= 0 or self.noise_model_level < 0 or self.measurement_noise_level < 0:
+            raise ValueError("simulation.delta_t must be > 0 and the noise levels >= 0")
+
+    def cache_key_params(self) -> dict[str, Any]:
+        params = {
+            "regime": "flyvis",
+            "version": 1,
+            "connectome": self.connectome_cfg,
+            "parameters": self.parameters_cfg,
+            "stimulus": self.stimulus_cfg,
+            "n_frames": self.n_frames,
+            "test_fraction": self.test_fraction,
+            "n_ood_frames": self.n_ood_frames,
+            "delta_t": self.delta_t,
+            "noise_model_level": self.noise_model_level,
+            "measurement_noise_level": self.measurement_noise_level,
+            "clamp_tau": self.clamp_tau,
+            "warmup_s": self.warmup_s,
+            "seed": self.seed,
+        }
+        if self.connectome_cfg.get("source", "flyvis") == "flyvis":
+            params["flyvis_sha256"] = FLYVIS_JSON_SHA256
+        if self.stimulus_cfg.get("source") == "davis":
+            root = davis_io.find_root(self.stimulus_cfg.get("davis_root"))
+            params["davis_root"] = str(root.resolve())
+            params["davis_videos"] = [
+                (v.name, len(list(v.glob("*.jpg")))) for v in davis_io.list_videos(root)
+            ]
+        return params
+
+    # ------------------------------------------------------------------ generation
+    def build_connectome(self) -> Connectome:
+        cfg = self.connectome_cfg
+        return build_connectome(
+            cfg.get("source", "flyvis"), int(cfg.get("extent", 8)), cfg.get("path"), int(cfg.get("seed", 0))
+        )
+
+    def build_parameters(self, connectome: Connectome) -> FlyvisParameters:
+        cfg = {k: v for k, v in self.parameters_cfg.items() if k not in ("mode", "checkpoint_path")}
+        mode = self.parameters_cfg.get("mode", "random_trained_like")
+        if mode == "flyvis_init":
+            return flyvis_init(connectome, seed=self.seed)
+        if mode == "checkpoint":
+            return load_checkpoint(self.parameters_cfg["checkpoint_path"], connectome)
+        cfg.setdefault("probe_noise", self.noise_model_level)
+        return random_trained_like(connectome, self.seed, self.delta_t, self.clamp_tau, **cfg)
+
+    def stimuli(
+        self, connectome: Connectome, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Column movies (T, C) for the training, held-out and out-of-distribution recordings."""
+        cfg, columns, dt = self.stimulus_cfg, connectome.columns, self.delta_t
+        n_test = max(2, int(round(self.test_fraction * self.n_frames)))
+        n_train = self.n_frames - n_test
+        clip_s = tuple(cfg.get("clip_s", (0.5, 2.0)))
+        ood = synthetic_sequence(
+            columns, self.n_ood_frames, dt, cfg.get("ood_families", ["pink_noise"]), rng, clip_s
+        )
+        if cfg.get("source", "synthetic") == "synthetic":
+            families = cfg.get("families")
+            train = synthetic_sequence(columns, n_train, dt, families, rng, clip_s)
+            test = synthetic_sequence(columns, n_test, dt, families, rng, clip_s)
+            return train, test, ood
+        root = davis_io.find_root(cfg.get("davis_root"))
+        train_videos, test_videos = davis_io.split_videos(
+            davis_io.list_videos(root), float(cfg.get("video_test_fraction", 0.2)), self.seed
+        )
+        kwargs = {
+            "rotations": list(cfg.get("rotations", [0, 1, 2, 3])),
+            "flips": list(cfg.get("flips", [False, True])),
+            "max_clip_frames": int(cfg.get("max_clip_frames", 80)),
+            "fps": float(cfg.get("fps", 24.0)),
+            "kernel_px": int(cfg.get("kernel_px", 13)),
+            "crop": float(cfg.get("crop", 0.6)),
+            "cache_dir": self.cache_dir,
+        }
+        train = davis_io.davis_sequence(train_videos, columns, n_train, dt, rng, **kwargs)
+        test = davis_io.davis_sequence(test_videos, columns, n_test, dt, rng, **kwargs)
+        return train, test, ood
+
+    def simulate(self) -> tuple[Observations, GroundTruth]:
+        rng = np.random.default_rng(self.seed)
+        connectome = self.build_connectome()
+        params = self.build_parameters(connectome)
+        weights = params.edge_weights(connectome)
+        tau, V_rest = params.neuron_tau(connectome), params.neuron_V_rest(connectome)
+        ode = FlyvisODE.build(connectome, weights, tau, V_rest, self.delta_t, self.clamp_tau)
+        train_stim, test_stim, ood_stim = self.stimuli(connectome, rng)
+        V0 = ode.steady_state(self.warmup_s)
+
+        recordings = []
+        for stim, noise in ((train_stim, self.noise_model_level), (test_stim, 0.0), (ood_stim, 0.0)):
+            voltages, _ = ode.run(stim, V0, noise, rng)
+            if not np.all(np.isfinite(voltages)):
+                raise FloatingPointError(
+                    "flyvis simulation diverged; lower the weight scale or use clamp_tau"
+                )
+            if self.measurement_noise_level > 0:
+                voltages = voltages + self.measurement_noise_level * rng.standard_normal(
+                    voltages.shape
+                ).astype(np.float32)
+            recordings.append((voltages, finite_difference(voltages, self.delta_t), ode.input_movie(stim)))
+        (v_tr, d_tr, e_tr), (v_te, d_te, e_te), (v_ood, _, e_ood) = recordings
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a))
+
+        observations = Observations(
+            activity=t(np.concatenate([v_tr, v_te])),
+            derivative=t(np.concatenate([d_tr, d_te])),
+            dt=self.delta_t,
+            n_train_frames=int(v_tr.shape[0]),
+            edge_index=torch.from_numpy(np.stack([connectome.edge_src, connectome.edge_tgt])).long(),
+            external_input=t(np.concatenate([e_tr, e_te])),
+            extras={"ood_activity": t(v_ood), "ood_external_input": t(e_ood)},
+        )
+        ground_truth = GroundTruth(
+            tensors={
+                "W": t(weights.astype(np.float32)),
+                "tau": t(ode.tau_eff.astype(np.float32)),
+                "tau_raw": t(tau.astype(np.float32)),
+                "V_rest": t(V_rest.astype(np.float32)),
+                "types": t(connectome.node_type),
+            },
+            meta={
+                "W_layout": "edges (aligned with Observations.edge_index)",
+                "type_names": list(connectome.type_names),
+                "gain": params.gain,
+                "n_neurons": connectome.n_neurons,
+                "n_edges": connectome.n_edges,
+            },
+        )
+        return observations, ground_truth
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        if getattr(self, "observations", None) is not None:
+            return
+        path = self.cache_path(self.cache_dir)
+        if path is not None and path.is_file():
+            blob = torch.load(path, map_location="cpu", weights_only=False)
+            self.observations, self.ground_truth = blob["observations"], blob["ground_truth"]
+            log.info("flyvis data loaded from cache %s", path)
+            return
+        self.observations, self.ground_truth = self.simulate()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"observations": self.observations, "ground_truth": self.ground_truth}, tmp)
+            tmp.replace(path)
+
+    def train_dataloader(self):
+        """Random batches of training frames: ``activity``, ``derivative``, ``external_input`` (B, N)
+        and ``frame``.
+
+        The attached module's ``frame_sampling`` sets batch size and steps; its ``frame_window`` (frames
+        needed after a start, for rollout training) shortens the range starts are drawn from.
+        """
+        sampling = FrameSampling(batch_size=4, batches_per_epoch=100, seed=self.seed)
+        window = 1
+        module = self.trainer.lightning_module if getattr(self, "trainer", None) is not None else None
+        if module is not None:
+            sampling = getattr(module, "frame_sampling", sampling)
+            window = int(getattr(module, "frame_window", 1))
+        obs = self.observations
+        n_starts = obs.n_train_frames - window + 1 if window > 1 else obs.n_train_frames
+        if n_starts < 1:
+            raise ValueError(
+                f"training.time_step={window} leaves no start frame in {obs.n_train_frames} training frames"
+            )
+        tensors = {
+            "activity": obs.activity,
+            "derivative": obs.derivative,
+            "external_input": obs.external_input,
+        }
+        return frame_loader(tensors, n_starts, sampling)

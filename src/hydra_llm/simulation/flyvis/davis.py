@@ -1,0 +1,185 @@
+"""DAVIS-2017-like natural videos, rendered onto the hex column lattice.
+
+Layout: ``<root>/JPEGImages/480p/<video>/*.jpg`` (any DAVIS-like folder works, e.g. YouTube-VOS),
+``root`` from ``simulation.stimulus.davis_root`` or the ``DATAVIS_ROOT`` environment variable.
+Per frame: RGB -> luminance (0.299, 0.587, 0.114) in [0, 1]; centre crop; an optional 90-degree
+rotation and mirror flip (augmented copies); resize so the lattice fits; mean over a
+``kernel_px`` x ``kernel_px`` box at every column centre (integral image, no loops over columns).
+Videos are resampled from ``fps`` to 1/dt by holding each frame (piecewise constant). The split is
+80/20 **by source video**, so augmented copies of one video never straddle train and test. Rendered
+clips are cached as ``.npy`` keyed by the video's files and the rendering settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hydra_llm.simulation.base import config_hash
+from hydra_llm.simulation.flyvis.stimuli import column_positions
+
+ENV_VAR = "DATAVIS_ROOT"
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def find_root(root: str | os.PathLike | None) -> Path:
+    """The DAVIS folder from the config or ``DATAVIS_ROOT``; a clear error when it is missing."""
+    chosen = root if root not in (None, "") else os.environ.get(ENV_VAR)
+    hint = (
+        "put a DAVIS-2017-like folder at <root>/JPEGImages/480p/<video>/*.jpg and set "
+        f"simulation.stimulus.davis_root=<root> or {ENV_VAR}=<root>; to run offline without videos use "
+        "simulation=flyvis_synthetic"
+    )
+    if chosen is None:
+        raise FileNotFoundError(
+            f"no DAVIS folder configured (simulation.stimulus.davis_root / {ENV_VAR}); {hint}"
+        )
+    frames_dir = Path(chosen) / "JPEGImages" / "480p"
+    if not frames_dir.is_dir():
+        raise FileNotFoundError(f"DAVIS folder {frames_dir} does not exist; {hint}")
+    return Path(chosen)
+
+
+def list_videos(root: Path) -> list[Path]:
+    """Video folders that hold at least two JPEGs, sorted by name."""
+    frames_dir = root / "JPEGImages" / "480p"
+    videos = [d for d in sorted(frames_dir.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) >= 2]
+    if not videos:
+        raise FileNotFoundError(f"no video folder with >= 2 .jpg frames under {frames_dir}")
+    return videos
+
+
+def split_videos(videos: list[Path], test_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Shuffle source videos with ``seed`` and hold out ``test_fraction`` of them (at least one each)."""
+    if len(videos) < 2:
+        raise ValueError(f"DAVIS needs >= 2 videos for a train/test split by video, found {len(videos)}")
+    order = np.random.default_rng(seed).permutation(len(videos))
+    n_test = min(len(videos) - 1, max(1, int(round(test_fraction * len(videos)))))
+    test = sorted(videos[i] for i in order[:n_test])
+    train = sorted(videos[i] for i in order[n_test:])
+    return train, test
+
+
+def lattice_pixels(columns: np.ndarray, kernel_px: int) -> tuple[np.ndarray, int]:
+    """Pixel centres (C, 2) as (row, col) of the columns on a square frame, and the frame size."""
+    pos = column_positions(columns) * kernel_px
+    half = int(np.ceil(np.abs(pos).max() + kernel_px))
+    size = 2 * half + 1
+    rows = np.rint(half - pos[:, 1]).astype(np.int64)
+    cols = np.rint(half + pos[:, 0]).astype(np.int64)
+    return np.stack([rows, cols], axis=1), size
+
+
+def box_sample(frames: np.ndarray, centres: np.ndarray, kernel_px: int) -> np.ndarray:
+    """(T, C) mean over the kernel box around each centre of frames (T, H, W), via an integral image."""
+    t, h, w = frames.shape
+    integral = np.zeros((t, h + 1, w + 1))
+    integral[:, 1:, 1:] = frames.cumsum(axis=1).cumsum(axis=2)
+    lo = kernel_px // 2
+    r0 = np.clip(centres[:, 0] - lo, 0, h)
+    r1 = np.clip(centres[:, 0] - lo + kernel_px, 0, h)
+    c0 = np.clip(centres[:, 1] - lo, 0, w)
+    c1 = np.clip(centres[:, 1] - lo + kernel_px, 0, w)
+    total = integral[:, r1, c1] - integral[:, r0, c1] - integral[:, r1, c0] + integral[:, r0, c0]
+    return total / np.maximum((r1 - r0) * (c1 - c0), 1)
+
+
+def load_luminance(path: Path, crop: float, size: int, rotation: int, flip: bool) -> np.ndarray:
+    """(size, size) luminance in [0, 1] of one JPEG after centre crop, rotation (k*90 deg), flip, resize."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
+    lum = rgb @ LUMA
+    h, w = lum.shape
+    ch, cw = max(1, int(round(h * crop))), max(1, int(round(w * crop)))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    lum = np.rot90(lum[top : top + ch, left : left + cw], k=rotation)
+    if flip:
+        lum = lum[:, ::-1]
+    resized = Image.fromarray(np.ascontiguousarray(lum).astype(np.float32), mode="F").resize(
+        (size, size), Image.BILINEAR
+    )
+    return np.clip(np.asarray(resized, dtype=np.float64), 0.0, 1.0)
+
+
+def resample(movie: np.ndarray, fps: float, dt: float) -> np.ndarray:
+    """Hold each source frame: (T_src, C) at ``fps`` -> (T, C) at 1/dt."""
+    n_out = max(1, int(np.floor(movie.shape[0] / fps / dt)))
+    index = np.minimum(np.floor(np.arange(n_out) * dt * fps).astype(np.int64), movie.shape[0] - 1)
+    return movie[index]
+
+
+def render_video(
+    video: Path,
+    columns: np.ndarray,
+    dt: float,
+    fps: float = 24.0,
+    kernel_px: int = 13,
+    crop: float = 0.6,
+    rotation: int = 0,
+    flip: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """(T, C) float32 column luminance of one (augmented) video at 1/dt, cached when ``cache_dir`` is set."""
+    files = sorted(video.glob("*.jpg"))
+    key = config_hash(
+        {
+            "video": str(video.resolve()),
+            "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+            "columns": columns.tolist(),
+            "dt": dt,
+            "fps": fps,
+            "kernel_px": kernel_px,
+            "crop": crop,
+            "rotation": rotation,
+            "flip": flip,
+        }
+    )
+    cache = Path(cache_dir) / "davis" / f"{video.name}-{key}.npy" if cache_dir is not None else None
+    if cache is not None and cache.is_file():
+        return np.load(cache)
+    centres, size = lattice_pixels(columns, kernel_px)
+    frames = np.stack([load_luminance(f, crop, size, rotation, flip) for f in files])
+    movie = resample(box_sample(frames, centres, kernel_px), fps, dt).astype(np.float32)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, movie)
+    return movie
+
+
+def augmentations(rotations: list[int], flips: list[bool]) -> list[tuple[int, bool]]:
+    for r in rotations:
+        if r not in (0, 1, 2, 3):
+            raise ValueError(f"simulation.stimulus.rotations has {r}; allowed: 0, 1, 2, 3 (quarter turns)")
+    return [(r, f) for r in rotations for f in flips]
+
+
+def davis_sequence(
+    videos: list[Path],
+    columns: np.ndarray,
+    n_frames: int,
+    dt: float,
+    rng: np.random.Generator,
+    rotations: list[int],
+    flips: list[bool],
+    max_clip_frames: int = 80,
+    **render_kwargs,
+) -> np.ndarray:
+    """(n_frames, C): shuffled clips (<= ``max_clip_frames``) of the videos' augmented copies, repeated
+    as needed."""
+    variants = [(v, r, f) for v in videos for r, f in augmentations(rotations, flips)]
+    clips, total = [], 0
+    while total < n_frames:
+        for i in rng.permutation(len(variants)):
+            video, rotation, flip = variants[i]
+            movie = render_video(video, columns, dt, rotation=rotation, flip=flip, **render_kwargs)
+            start = int(rng.integers(0, max(1, movie.shape[0] - max_clip_frames + 1)))
+            clip = movie[start : start + max_clip_frames]
+            clips.append(clip)
+            total += clip.shape[0]
+            if total >= n_frames:
+                break
+    return np.concatenate(clips)[:n_frames]

@@ -1,0 +1,208 @@
+"""Ground-truth parameters of the fly visual system model: per-type tau and V_rest, per-pair strength.
+
+Every parameter is shared the way flyvis shares it: ``tau`` and ``V_rest`` per cell type (65),
+the synaptic strength ``alpha`` per (source type, target type) pair (604 values) and the synapse
+count ``N`` per (pair, du, dv) group (2,355 values). Edge e weighs ``sign(pair) * N(group) * alpha(pair)``.
+
+Modes (``simulation.parameters.mode``):
+
+* ``flyvis_init``: flyvis's initialisation rule: tau = 0.05 s, V_rest ~ N(0.5, 0.05) per type,
+  alpha = 0.01 / <N>_pair so each pair's mean |w| is 0.01.
+* ``random_trained_like``: tau, V_rest and alpha drawn in the ranges of trained flyvis models, then
+  rescaled until a flicker probe keeps the activity bounded (see :func:`random_trained_like`).
+* ``checkpoint``: a flyvis checkpoint file (torch zip with a ``network`` dict) at a user path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hydra_llm.simulation.flyvis.connectome import Connectome
+
+PARAMETER_MODES = ("flyvis_init", "random_trained_like", "checkpoint")
+
+
+@dataclass(frozen=True)
+class FlyvisParameters:
+    """Shared parameters; arrays are float64. tau in seconds, V_rest in the model's voltage unit."""
+
+    tau_type: np.ndarray  # (n_types,)
+    V_rest_type: np.ndarray  # (n_types,)
+    pair_strength: np.ndarray  # (P,) alpha >= 0
+    group_syn_count: np.ndarray  # (G,) N, synapses per (pair, du, dv)
+    gain: float = 1.0  # the rescaling accepted by the stability probe (1 when none)
+
+    def edge_weights(self, connectome: Connectome) -> np.ndarray:
+        """(E,) float64 w_e = sign(pair) * N(group) * alpha(pair)."""
+        pair, group = connectome.edge_pair, connectome.edge_group
+        return connectome.pair_sign[pair] * self.group_syn_count[group] * self.pair_strength[pair]
+
+    def neuron_tau(self, connectome: Connectome) -> np.ndarray:
+        return self.tau_type[connectome.node_type]
+
+    def neuron_V_rest(self, connectome: Connectome) -> np.ndarray:
+        return self.V_rest_type[connectome.node_type]
+
+
+def mean_pair_syn_count(connectome: Connectome) -> np.ndarray:
+    """(P,) mean synapse count over the realised edges of each pair."""
+    n_syn = connectome.edge_n_syn
+    total = np.bincount(connectome.edge_pair, weights=n_syn, minlength=connectome.n_pairs)
+    count = np.bincount(connectome.edge_pair, minlength=connectome.n_pairs)
+    return total / np.maximum(count, 1)
+
+
+def flyvis_init(connectome: Connectome, seed: int = 0) -> FlyvisParameters:
+    """flyvis's initial parameters (reproducible, stable, weak activity)."""
+    rng = np.random.default_rng(seed)
+    return FlyvisParameters(
+        tau_type=np.full(connectome.n_types, 0.05),
+        V_rest_type=rng.normal(0.5, 0.05, size=connectome.n_types),
+        pair_strength=0.01 / mean_pair_syn_count(connectome),
+        group_syn_count=connectome.group_n_syn.copy(),
+    )
+
+
+def draw_trained_like(
+    connectome: Connectome,
+    rng: np.random.Generator,
+    dt: float,
+    fast_fraction: float,
+    tau_max: float,
+    V_rest_range: tuple[float, float],
+    median_abs_weight: float,
+    log_sigma: float,
+    zero_fraction: float,
+) -> FlyvisParameters:
+    """One unscaled draw in the ranges of trained flyvis models.
+
+    tau: a ``fast_fraction`` of types just below dt (trained models put 51/65 types there), the rest
+    log-uniform in [dt, tau_max]. V_rest: uniform in ``V_rest_range``. Per-pair mean |w|: log-normal
+    with the given median and log-sd, a ``zero_fraction`` of pairs switched off.
+    """
+    n_types = connectome.n_types
+    fast = rng.random(n_types) < fast_fraction
+    tau = np.where(
+        fast,
+        rng.uniform(0.97 * dt, dt, size=n_types),
+        np.exp(rng.uniform(np.log(dt), np.log(tau_max), size=n_types)),
+    )
+    V_rest = rng.uniform(*V_rest_range, size=n_types)
+    mean_abs_w = median_abs_weight * np.exp(log_sigma * rng.standard_normal(connectome.n_pairs))
+    mean_abs_w[rng.random(connectome.n_pairs) < zero_fraction] = 0.0
+    return FlyvisParameters(
+        tau_type=tau,
+        V_rest_type=V_rest,
+        pair_strength=mean_abs_w / mean_pair_syn_count(connectome),
+        group_syn_count=connectome.group_n_syn.copy(),
+    )
+
+
+def scaled(params: FlyvisParameters, factor: float) -> FlyvisParameters:
+    return FlyvisParameters(
+        tau_type=params.tau_type,
+        V_rest_type=params.V_rest_type,
+        pair_strength=params.pair_strength * factor,
+        group_syn_count=params.group_syn_count,
+        gain=params.gain * factor,
+    )
+
+
+def load_checkpoint(path: str | Path, connectome: Connectome) -> FlyvisParameters:
+    """Parameters from a flyvis checkpoint: a torch file whose ``network`` dict holds ``nodes_bias``
+    (65), ``nodes_time_const`` (65), ``edges_syn_strength`` (604) and ``edges_syn_count`` (2,355, log
+    of the mean count), in JSON / first-appearance order (the order of our compiler's pairs and groups)."""
+    import torch
+
+    file = Path(path) if path is not None else None
+    if file is None or not file.is_file():
+        raise FileNotFoundError(
+            f"simulation.parameters.checkpoint_path={path!r} is not a file; point it to a flyvis checkpoint "
+            "(e.g. <results>/flow/0000/000/chkpts/chkpt_00000) or use parameters.mode=random_trained_like"
+        )
+    blob = torch.load(file, map_location="cpu", weights_only=True)
+    state = blob.get("network", blob)
+    expected = {
+        "nodes_bias": connectome.n_types,
+        "nodes_time_const": connectome.n_types,
+        "edges_syn_strength": connectome.n_pairs,
+        "edges_syn_count": connectome.n_groups,
+    }
+    for key, size in expected.items():
+        if key not in state:
+            raise ValueError(f"checkpoint {file}: missing {key!r} (need {sorted(expected)})")
+        if int(state[key].numel()) != size:
+            raise ValueError(
+                f"checkpoint {file}: {key} has {state[key].numel()} values, the connectome needs {size}"
+            )
+
+    def arr(key: str) -> np.ndarray:
+        return state[key].detach().double().numpy().reshape(-1)
+
+    return FlyvisParameters(
+        tau_type=arr("nodes_time_const"),
+        V_rest_type=arr("nodes_bias"),
+        pair_strength=np.clip(arr("edges_syn_strength"), 0.0, None),
+        group_syn_count=np.exp(arr("edges_syn_count")),
+    )
+
+
+def random_trained_like(
+    connectome: Connectome,
+    seed: int,
+    dt: float,
+    clamp_tau: bool = True,
+    fast_fraction: float = 0.78,
+    tau_max: float = 0.3,
+    V_rest_range: tuple[float, float] = (0.0, 0.8),
+    median_abs_weight: float = 0.03,
+    log_sigma: float = 1.0,
+    zero_fraction: float = 0.04,
+    max_abs_voltage: float = 20.0,
+    shrink: float = 0.7,
+    max_tries: int = 12,
+    probe_steps: int = 500,
+    probe_noise: float = 0.0,
+) -> FlyvisParameters:
+    """A trained-like draw, scaled by ``shrink`` until the flicker probe (with the run's process noise
+    ``probe_noise``) stays below ``max_abs_voltage``.
+
+    Trained flyvis weights diverge at about 2x their scale, so an unchecked random draw can blow up;
+    the accepted factor is kept in ``gain``.
+    """
+    from hydra_llm.simulation.flyvis.dynamics import FlyvisODE, flicker_probe
+
+    rng = np.random.default_rng(seed)
+    params = draw_trained_like(
+        connectome,
+        rng,
+        dt,
+        fast_fraction,
+        tau_max,
+        tuple(V_rest_range),
+        median_abs_weight,
+        log_sigma,
+        zero_fraction,
+    )
+    n_columns = len(connectome.columns)
+    for _ in range(max_tries):
+        ode = FlyvisODE.build(
+            connectome,
+            params.edge_weights(connectome),
+            params.neuron_tau(connectome),
+            params.neuron_V_rest(connectome),
+            dt,
+            clamp_tau,
+        )
+        peak = flicker_probe(ode, n_columns, probe_steps, np.random.default_rng(seed + 1), probe_noise)
+        if peak <= max_abs_voltage:
+            return params
+        params = scaled(params, shrink)
+    raise RuntimeError(
+        f"random_trained_like: activity stayed above {max_abs_voltage} after {max_tries} rescalings "
+        f"by {shrink}; "
+        "lower simulation.parameters.median_abs_weight"
+    )

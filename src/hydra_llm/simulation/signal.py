@@ -1,0 +1,336 @@
+"""Signal regime (NeuralGraph's PDE_N2): N neurons of K types on a random connectome.
+
+Dynamics of neuron ``i`` of type ``k = type(i)`` (time in the regime's unit, ``u`` dimensionless)::
+
+    du_i/dt = -u_i / tau_k + s_k * tanh(u_i) + g_k * sum_j W_ij tanh(u_j)
+
+integrated with explicit Euler at step ``delta_t``. Process noise: each step adds
+``noise_model_level * sqrt(delta_t) * xi`` with ``xi ~ N(0, 1)`` per neuron, i.e.
+``noise_model_level`` is the diffusion coefficient sigma of the SDE ``du = f(u) dt + sigma dB``, so
+the noise does not change with ``delta_t``. (The original added ``level * xi`` per step, unscaled.)
+
+Connectivity ``W`` (N, N), ``W_ij`` = weight from source ``j`` to target ``i``:
+
+* ``chaotic``: ``W_ij ~ N(0, 1/N)``;
+* ``low_rank``: ``W = U V / sqrt(r N)`` with ``U`` (N, r), ``V`` (r, N) standard normal;
+* ``Dale_law``: magnitudes kept, a random ``Dale_law_factor`` fraction of presynaptic neurons
+  (columns) excitatory, the rest inhibitory;
+* ``connectivity_filling_factor`` f: each off-diagonal entry is kept with probability f;
+* the diagonal is always zero. The true edge set (non-zero entries) is recorded in the ground truth.
+
+The first ``burn_in_frames`` steps are simulated and discarded. ``n_frames + 1`` states are then
+recorded; ``activity`` holds the first ``n_frames`` and the training target ``derivative`` is the
+forward difference of the recording, ``(u[t+1] - u[t]) / delta_t``, which with Euler equals
+``f(u[t]) + noise/delta_t`` exactly. Frames ``[0, n_train_frames)`` (the first
+``1 - test_fraction``) are for training; the rest are held out for the rollout test.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
+from hydra_llm.simulation.frames import FrameSampling, frame_loader
+
+# CSR products are what we rely on; torch flags them as beta on every first use.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+CONNECTIVITY_TYPES = ("chaotic", "low_rank")
+
+# The paper's Fig. 2 table (tau in {0.5, 1}, s in {1, 2}); one row [tau, s] per type, ordered so
+# that the first 2 or 3 rows already differ in both tau and s.
+DEFAULT_TYPE_PARAMS = ((0.5, 1.0), (1.0, 2.0), (0.5, 2.0), (1.0, 1.0))
+
+
+def _require(condition: bool, key: str, value: Any, rule: str) -> None:
+    if not condition:
+        raise ValueError(f"simulation.{key}={value!r}: {rule}")
+
+
+class SignalDataModule(SimulationDataModule):
+    """Simulates (or loads from ``cache_dir``) the signal regime and serves training frames.
+
+    All arguments are validated in the constructor, before any simulation. ``neuron_type_params``
+    rows are ``[tau, s]``; the first ``n_neuron_types`` rows are used. ``gain`` is g, one float for
+    all types or a list with one value per type.
+    """
+
+    def __init__(
+        self,
+        n_neurons: int = 100,
+        n_neuron_types: int = 4,
+        n_frames: int = 10_000,
+        delta_t: float = 0.01,
+        connectivity_type: str = "chaotic",
+        connectivity_filling_factor: float = 1.0,
+        connectivity_rank: int = 20,
+        Dale_law: bool = False,
+        Dale_law_factor: float = 0.5,
+        noise_model_level: float = 0.0,
+        gain: float | Sequence[float] = 10.0,
+        neuron_type_params: Sequence[Sequence[float]] = DEFAULT_TYPE_PARAMS,
+        burn_in_frames: int = 1000,
+        test_fraction: float = 0.2,
+        structure_known: bool = False,
+        seed: int = 0,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        _require(int(n_neurons) > 0, "n_neurons", n_neurons, "must be > 0")
+        _require(
+            1 <= int(n_neuron_types) <= int(n_neurons),
+            "n_neuron_types",
+            n_neuron_types,
+            f"must be in [1, n_neurons={n_neurons}]",
+        )
+        _require(int(n_frames) >= 10, "n_frames", n_frames, "must be >= 10")
+        _require(float(delta_t) > 0 and math.isfinite(float(delta_t)), "delta_t", delta_t, "must be > 0")
+        _require(
+            connectivity_type in CONNECTIVITY_TYPES,
+            "connectivity_type",
+            connectivity_type,
+            f"must be one of {list(CONNECTIVITY_TYPES)}",
+        )
+        _require(
+            0.0 < float(connectivity_filling_factor) <= 1.0,
+            "connectivity_filling_factor",
+            connectivity_filling_factor,
+            "must be in (0, 1]",
+        )
+        if connectivity_type == "low_rank":
+            _require(
+                1 <= int(connectivity_rank) <= int(n_neurons),
+                "connectivity_rank",
+                connectivity_rank,
+                f"must be in [1, n_neurons={n_neurons}]",
+            )
+        _require(
+            0.0 <= float(Dale_law_factor) <= 1.0, "Dale_law_factor", Dale_law_factor, "must be in [0, 1]"
+        )
+        _require(float(noise_model_level) >= 0, "noise_model_level", noise_model_level, "must be >= 0")
+        _require(int(burn_in_frames) >= 0, "burn_in_frames", burn_in_frames, "must be >= 0")
+        _require(0.0 < float(test_fraction) < 1.0, "test_fraction", test_fraction, "must be in (0, 1)")
+        rows = [list(map(float, row)) for row in neuron_type_params]
+        _require(
+            len(rows) >= int(n_neuron_types) and all(len(row) == 2 for row in rows),
+            "neuron_type_params",
+            neuron_type_params,
+            f"must hold at least n_neuron_types={n_neuron_types} rows [tau, s]",
+        )
+        _require(
+            all(row[0] > 0 for row in rows), "neuron_type_params", neuron_type_params, "every tau must be > 0"
+        )
+        gains = (
+            [float(gain)] * int(n_neuron_types) if isinstance(gain, int | float) else [float(g) for g in gain]
+        )
+        _require(
+            len(gains) >= int(n_neuron_types),
+            "gain",
+            gain,
+            f"must be a float or a list of >= {n_neuron_types} floats",
+        )
+
+        self.n_neurons = int(n_neurons)
+        self.n_neuron_types = int(n_neuron_types)
+        self.n_frames = int(n_frames)
+        self.delta_t = float(delta_t)
+        self.connectivity_type = str(connectivity_type)
+        self.connectivity_filling_factor = float(connectivity_filling_factor)
+        self.connectivity_rank = int(connectivity_rank)
+        self.Dale_law = bool(Dale_law)
+        self.Dale_law_factor = float(Dale_law_factor)
+        self.noise_model_level = float(noise_model_level)
+        self.gains = gains[: self.n_neuron_types]
+        self.type_params = rows[: self.n_neuron_types]
+        self.burn_in_frames = int(burn_in_frames)
+        self.test_fraction = float(test_fraction)
+        self.structure_known = bool(structure_known)
+        self.seed = int(seed)
+        self.cache_dir = cache_dir
+        self.default_sampling = FrameSampling(batch_size=8, batches_per_epoch=100, seed=self.seed)
+
+    # ----------------------------------------------------------------- data generation
+
+    def cache_key_params(self) -> dict[str, Any]:
+        return {
+            "regime": "signal",
+            "version": 1,
+            "n_neurons": self.n_neurons,
+            "n_neuron_types": self.n_neuron_types,
+            "n_frames": self.n_frames,
+            "delta_t": self.delta_t,
+            "connectivity_type": self.connectivity_type,
+            "connectivity_filling_factor": self.connectivity_filling_factor,
+            "connectivity_rank": self.connectivity_rank if self.connectivity_type == "low_rank" else None,
+            "Dale_law": self.Dale_law,
+            "Dale_law_factor": self.Dale_law_factor if self.Dale_law else None,
+            "noise_model_level": self.noise_model_level,
+            "gains": self.gains,
+            "type_params": self.type_params,
+            "burn_in_frames": self.burn_in_frames,
+            "test_fraction": self.test_fraction,
+            "structure_known": self.structure_known,
+            "seed": self.seed,
+        }
+
+    def simulate(self) -> tuple[Observations, GroundTruth]:
+        """Draw the network, integrate it, and split the result into Observations and GroundTruth."""
+        gen = torch.Generator().manual_seed(self.seed)
+        n = self.n_neurons
+        types = torch.arange(n) % self.n_neuron_types
+        types = types[torch.randperm(n, generator=gen)]
+        params = torch.tensor(self.type_params, dtype=torch.float64)
+        tau, s = params[types, 0], params[types, 1]
+        g = torch.tensor(self.gains, dtype=torch.float64)[types]
+        W = self.connectivity(gen)
+        states = integrate(
+            W, tau, s, g, self.delta_t, self.n_frames + 1, self.burn_in_frames, self.noise_model_level, gen
+        )
+        derivative = (states[1:] - states[:-1]) / self.delta_t
+        edge_index = edge_index_of(W)
+        n_train = int(round(self.n_frames * (1.0 - self.test_fraction)))
+        observations = Observations(
+            activity=states[:-1].float().contiguous(),
+            derivative=derivative.float().contiguous(),
+            dt=self.delta_t,
+            n_train_frames=n_train,
+            edge_index=edge_index.clone() if self.structure_known else None,
+        )
+        truth = GroundTruth(
+            tensors={
+                "W": W.float(),
+                "tau": tau.float(),
+                "s": s.float(),
+                "gain": g.float(),
+                "types": types.long(),
+                "edge_index": edge_index,
+            },
+            meta={"regime": "signal", "n_neuron_types": self.n_neuron_types, "link": "tanh"},
+        )
+        return observations, truth
+
+    def connectivity(self, gen: torch.Generator) -> torch.Tensor:
+        """The true W (N, N) float64 with a zero diagonal, drawn from ``gen``."""
+        n = self.n_neurons
+        if self.connectivity_type == "chaotic":
+            W = torch.randn(n, n, generator=gen, dtype=torch.float64) / math.sqrt(n)
+        else:
+            r = self.connectivity_rank
+            U = torch.randn(n, r, generator=gen, dtype=torch.float64)
+            V = torch.randn(r, n, generator=gen, dtype=torch.float64)
+            W = U @ V / math.sqrt(r * n)
+        if self.Dale_law:
+            excitatory = torch.rand(n, generator=gen, dtype=torch.float64) < self.Dale_law_factor
+            W = W.abs() * torch.where(excitatory, 1.0, -1.0).to(W.dtype)[None, :]
+        if self.connectivity_filling_factor < 1.0:
+            W = W * (torch.rand(n, n, generator=gen, dtype=torch.float64) < self.connectivity_filling_factor)
+        W.fill_diagonal_(0.0)
+        return W
+
+    # ----------------------------------------------------------------- Lightning hooks
+
+    def prepare_data(self) -> None:
+        """Simulate once and write the cache (no-op when the cache file exists)."""
+        path = self.cache_path(self.cache_dir)
+        if path is not None and not path.exists():
+            self._store(path, *self.simulate())
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load from the cache (or simulate in memory); idempotent."""
+        if getattr(self, "observations", None) is not None:
+            return
+        path = self.cache_path(self.cache_dir)
+        if path is not None and path.exists():
+            self.observations, self.ground_truth = self._load(path)
+            return
+        self.observations, self.ground_truth = self.simulate()
+        if path is not None:
+            self._store(path, self.observations, self.ground_truth)
+
+    def train_dataloader(self):
+        """Batches of training frames (Observations only): keys ``activity``, ``derivative``, ``frame``.
+
+        The attached LightningModule's ``frame_sampling`` sets the batch size and iteration count.
+        """
+        sampling = self.default_sampling
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.lightning_module is not None:
+            sampling = getattr(trainer.lightning_module, "frame_sampling", sampling)
+        obs = self.observations
+        return frame_loader(
+            {"activity": obs.activity, "derivative": obs.derivative}, obs.n_train_frames, sampling
+        )
+
+    # ----------------------------------------------------------------- cache
+
+    @staticmethod
+    def _store(path: Path, observations: Observations, truth: GroundTruth) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {
+            "observations": {
+                "activity": observations.activity,
+                "derivative": observations.derivative,
+                "dt": observations.dt,
+                "n_train_frames": observations.n_train_frames,
+                "edge_index": observations.edge_index,
+            },
+            "ground_truth": {"tensors": dict(truth.tensors), "meta": dict(truth.meta)},
+        }
+        # Write then rename, so a concurrent sweep child never reads a half-written file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _load(path: Path) -> tuple[Observations, GroundTruth]:
+        blob = torch.load(path, weights_only=False)
+        return Observations(**blob["observations"]), GroundTruth(**blob["ground_truth"])
+
+
+def integrate(
+    W: torch.Tensor,
+    tau: torch.Tensor,
+    s: torch.Tensor,
+    g: torch.Tensor,
+    dt: float,
+    n_record: int,
+    n_burn_in: int,
+    noise_level: float,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """Explicit Euler of the signal ODE; returns the ``n_record`` states after ``n_burn_in`` steps.
+
+    Shapes: ``W`` (N, N); ``tau``, ``s``, ``g`` (N,). Returns (n_record, N) float64. A sparse W
+    (filling factor below 1/4) is multiplied as CSR, a dense one as a dense matrix.
+    """
+    n = W.shape[0]
+    density = float((W != 0).sum()) / max(1, n * n)
+    W_op = W.to_sparse_csr() if density < 0.25 else W
+    u = torch.randn(n, generator=gen, dtype=torch.float64)
+    inv_tau = 1.0 / tau
+    noise_std = noise_level * math.sqrt(dt)
+    out = torch.empty(n_record, n, dtype=torch.float64)
+    for step in range(n_burn_in + n_record):
+        if step >= n_burn_in:
+            out[step - n_burn_in] = u
+        phi_u = torch.tanh(u)
+        du = -u * inv_tau + s * phi_u + g * (W_op @ phi_u)
+        u = u + dt * du
+        if noise_std > 0:
+            u = u + noise_std * torch.randn(n, generator=gen, dtype=torch.float64)
+    return out
+
+
+def edge_index_of(W: torch.Tensor) -> torch.Tensor:
+    """(2, E) int64 edges of the non-zero entries of W: row 0 source ``j``, row 1 target ``i``."""
+    target, source = torch.nonzero(W, as_tuple=True)
+    return torch.stack([source, target]).long()

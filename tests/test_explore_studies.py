@@ -1,0 +1,48 @@
+"""The shipped study configs build a valid engine configuration (slot params, objective classes)."""
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from hydra_llm.explore.engine import EngineConfig
+from hydra_llm.explore.space import parse_space
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def sweeper_settings(experiment: str, *overrides: str) -> tuple[dict, object]:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True
+        )
+    settings = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
+    settings.pop("proposer", None)
+    return settings, cfg
+
+
+def test_homeostasis_study_fixes_the_rollout_length_per_slot_with_the_protocol_classes():
+    settings, cfg = sweeper_settings("homeostasis_phase2")
+    config = EngineConfig.from_settings(settings)
+    assert dict(config.slot_params) == {"training.homeostasis_time_step": [4, 16, 32, 64]}
+    assert [config.slot_values(s) for s in range(4)] == [
+        {"training.homeostasis_time_step": h} for h in (4, 16, 32, 64)
+    ]
+    space = parse_space(settings["params"], settings["block_params"])
+    assert space.spec("training.homeostasis_time_step") is None  # fixed per slot, never explored
+    assert OmegaConf.select(cfg, "training.homeostasis_time_step") is not None  # the key exists
+    # instructions/homeostasis_phase2.md: converged 0.8 .. 1.2, partial 0.3 .. 0.8 or 1.2 .. 3.0
+    objective = config.objective
+    classes = [objective.classify(v) for v in (0.1, 0.3, 0.5, 0.8, 1.0, 1.2, 2.0, 3.0, 3.5)]
+    assert classes == ["failed"] + ["partial"] * 2 + ["converged"] * 3 + ["partial"] * 2 + ["failed"]
+
+
+def test_every_study_builds_an_engine_config():
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+        settings, _ = sweeper_settings(path.stem)
+        if not str(settings.get("_target_", "")).endswith("LLMUCBSweeper"):
+            continue  # a study without an exploration sweep
+        config = EngineConfig.from_settings(settings)
+        assert config.n_parallel >= 1 and config.objective.metric, path.stem
+        for values in config.slot_params.values():
+            assert len(values) == config.n_parallel, path.stem

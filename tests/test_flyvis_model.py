@@ -1,0 +1,211 @@
+"""Flyvis GNN (node-wise vs per-edge oracle, training strategies) and the flyvis metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+
+from hydra_llm.evaluation.flyvis import ConnectivityR2Log, corrected_weights, evaluate
+from hydra_llm.models.flyvis_gnn import FlyvisGNN, aggregate_source_messages
+from hydra_llm.simulation.flyvis import FlyvisDataModule
+
+ROOT = Path(__file__).parents[1]
+TINY = Path(__file__).parent / "data" / "flyvis_tiny_connectome.json"
+TRAINING = yaml.safe_load((ROOT / "conf" / "training" / "flyvis.yaml").read_text())
+FAMS = ["moving_edge", "moving_bar", "grating", "flash", "white_noise", "blank"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.set_num_threads(1)
+    dm = FlyvisDataModule(
+        connectome={"source": "file", "path": str(TINY), "extent": 1},
+        parameters={"mode": "random_trained_like"},
+        stimulus={"source": "synthetic", "families": FAMS, "ood_families": ["pink_noise"]},
+        n_frames=600,
+        n_ood_frames=60,
+        noise_model_level=0.0,
+    )
+    dm.setup()
+    return dm
+
+
+def training(**overrides):
+    return {**TRAINING, "max_steps_per_epoch": 40, **overrides}
+
+
+def fit(dm, model, callbacks=()):
+    trainer = pl.Trainer(
+        max_epochs=int(model.training_cfg["n_epochs"]),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+    )
+    trainer.fit(model, datamodule=dm)
+    return trainer
+
+
+def test_node_wise_messages_equal_the_per_edge_oracle(data):
+    torch.manual_seed(0)
+    obs = data.observations
+    node = FlyvisGNN(obs, training(), hidden_dim=16, hidden_dim_update=16)
+    edge = FlyvisGNN(obs, training(), hidden_dim=16, hidden_dim_update=16, aggregation="edge")
+    edge.load_state_dict(node.state_dict())
+    with torch.no_grad():
+        node.a.normal_()
+        edge.a.copy_(node.a)
+    v, inp = obs.activity[:5], obs.external_input[:5]
+    out_node, out_edge = node(v, inp), edge(v, inp)
+    assert torch.allclose(out_node, out_edge, rtol=1e-5, atol=1e-5)
+    out_node.square().sum().backward()
+    out_edge.square().sum().backward()
+    for (name, p), q in zip(node.named_parameters(), edge.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5), name
+
+
+def test_aggregation_is_the_sparse_sum():
+    psi = torch.tensor([[1.0, 2.0, 3.0]])
+    edge_index = torch.tensor([[0, 1, 2, 2], [1, 2, 0, 1]])
+    msg = aggregate_source_messages(psi, torch.tensor([10.0, 100.0, 1000.0, 1.0]), edge_index)
+    assert msg.tolist() == [[3000.0, 13.0, 200.0]]
+
+
+@pytest.mark.parametrize(
+    ("model_kw", "train_kw", "message"),
+    [
+        ({"w_init_mode": "ones"}, {}, "allowed: \\['zeros', 'randn', 'randn_scaled'\\]"),
+        ({"aggregation": "dense"}, {}, "model.aggregation"),
+        ({}, {"coeff_W_L1": -1.0}, "training.coeff_W_L1"),
+        ({}, {"learning_rate_W_start": 0.0}, "training.learning_rate_W_start"),
+        ({}, {"alternate_vrest_ratio": 1.0}, "alternate_vrest_ratio"),
+    ],
+)
+def test_bad_options_name_the_key(data, model_kw, train_kw, message):
+    with pytest.raises(ValueError, match=message):
+        FlyvisGNN(data.observations, training(**train_kw), **model_kw)
+
+
+def test_training_lowers_the_loss_and_sets_final_loss(data):
+    torch.manual_seed(0)
+    model = FlyvisGNN(
+        data.observations, training(max_steps_per_epoch=150), hidden_dim=32, hidden_dim_update=32
+    )
+    obs = data.observations
+    v, dv, inp = obs.activity[:400], obs.derivative[:400], obs.external_input[:400]
+    before = float(model.one_step_losses(v, dv, inp)["prediction"])
+    fit(data, model)
+    after = float(model.one_step_losses(v, dv, inp)["prediction"])
+    assert after < 0.5 * before
+    assert abs(model.final_loss - after) < 0.5 * before
+
+
+def test_annealing_is_active_from_the_first_step(data):
+    coefficients = {"coeff_W_L2": 1e-6, "coeff_g_phi_weight_L1": 0.1, "coeff_f_theta_weight_L1": 0.01}
+    model = FlyvisGNN(data.observations, training(**coefficients))
+    assert 0.0 < model.anneal() < 1.0  # the original's 1 - exp(-0.5 * epoch) is 0 at epoch 0
+    assert FlyvisGNN(data.observations, training(regul_annealing_rate=0.0)).anneal() == 1.0
+    terms = model.one_step_losses(
+        data.observations.activity[:4], data.observations.derivative[:4], data.observations.external_input[:4]
+    )
+    assert {"W_L1", "W_L2", "g_phi_diff", "g_phi_norm", "g_phi_weight_L1", "f_theta_weight_L1"} <= set(terms)
+    assert terms["W_L2"] > 0  # not gated by W_L1
+
+
+def test_alternate_training_phases_rates_and_r2_log(data, tmp_path):
+    cfg = training(alternate_training=True, n_alternations=2, alternate_vrest_ratio=0.5, alternate_lr_W=1e-7)
+    model = FlyvisGNN(data.observations, cfg, hidden_dim=16, hidden_dim_update=16)
+    assert [model.phase_at(s) for s in (0, 9, 10, 19, 20, 39)] == [
+        "W",
+        "W",
+        "V_rest",
+        "V_rest",
+        "W",
+        "V_rest",
+    ]
+    w_phase, v_phase = model.phase_learning_rates("W"), model.phase_learning_rates("V_rest")
+    assert w_phase["W"] == cfg["learning_rate_W_start"] and v_phase["W"] == 1e-7
+    assert v_phase["g_phi"] == pytest.approx(cfg["learning_rate_start"] * cfg["alternate_lr_ratio"])
+    assert w_phase["f_theta"] == pytest.approx(cfg["learning_rate_start"] * cfg["alternate_lr_ratio"])
+    log = ConnectivityR2Log(data.observations, data.ground_truth, tmp_path, every_n_steps=5)
+    fit(data, model, [log])
+    lines = (tmp_path / "connectivity_r2.log").read_text().splitlines()
+    assert lines[0] == "epoch,iteration,connectivity_r2,phase"
+    rows = [line.split(",") for line in lines[1:]]
+    assert len(rows) == 8 and {r[3] for r in rows} == {"W", "V_rest"}
+    assert all(0.0 <= float(r[2]) <= 1.0 for r in rows)
+
+
+def test_recurrent_training_unrolls_time_step(data):
+    cfg = training(recurrent_training=True, time_step=4, noise_recurrent_level=0.01, max_steps_per_epoch=10)
+    model = FlyvisGNN(data.observations, cfg, hidden_dim=16, hidden_dim_update=16)
+    assert model.frame_window == 5
+    loss = model.rollout_losses(torch.tensor([0, model.n_train_frames - 5]))
+    assert torch.isfinite(torch.stack(list(loss.values()))).all()
+    fit(data, model)
+    assert model.final_loss == model.final_loss  # not NaN
+
+
+class TrueModel(torch.nn.Module):
+    """The simulator's own equations in the GNN's interface: psi = relu, f = (-v + V_rest + msg + I) / tau."""
+
+    def __init__(self, obs, gt, n_types):
+        super().__init__()
+        self.W = torch.nn.Parameter(gt["W"].clone())
+        self.a = torch.nn.Parameter(torch.nn.functional.one_hot(gt["types"], n_types).float())
+        self.tau, self.V_rest, self.edge_index = gt["tau"], gt["V_rest"], obs.edge_index
+        self.n_neurons, self.dt, self.phase = obs.n_neurons, obs.dt, "joint"
+
+    def psi(self, v):
+        return torch.relu(v)
+
+    def messages(self, v):
+        return aggregate_source_messages(self.psi(v), self.W, self.edge_index)
+
+    def f(self, v, msg, inp):
+        return (-v + self.V_rest + msg + inp) / self.tau
+
+    def rollout(self, v0, inputs):
+        out, v = [], v0
+        for t in range(inputs.shape[0]):
+            out.append(v)
+            v = v + self.dt * self.f(v[None], self.messages(v[None]), inputs[t][None])[0]
+        return torch.stack(out)
+
+
+def test_metrics_recover_the_truth_from_the_true_model(data, tmp_path):
+    obs, gt = data.observations, data.ground_truth
+    oracle = TrueModel(obs, gt, n_types=5)
+    corrected = corrected_weights(oracle, obs)
+    assert torch.allclose(corrected["W_star"], gt["W"], atol=1e-3)
+    metrics = evaluate(oracle, obs, gt, tmp_path, rollout_frames=50, cluster_n_components=5)
+    assert metrics["connectivity_R2"] > 0.999 and abs(metrics["connectivity_slope"] - 1) < 1e-2
+    assert metrics["connectivity_R2_identity"] > 0.999 and metrics["connectivity_R2_visible"] > 0.999
+    assert metrics["tau_R2"] > 0.999 and metrics["V_rest_R2"] > 0.999
+    assert metrics["test_pearson"] > 0.99 and metrics["test_R2"] > 0.99
+    assert metrics["test_pearson_ood"] > 0.99
+    assert metrics["cluster_accuracy"] > 0.8
+    for name in ("W_scatter", "tau_scatter", "V_rest_scatter", "embeddings", "activity", "rollout_test"):
+        assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000
+
+
+def test_metrics_of_an_untrained_model_are_poor(data, tmp_path):
+    torch.manual_seed(0)
+    model = FlyvisGNN(data.observations, training(), hidden_dim=16, hidden_dim_update=16)
+    metrics = evaluate(
+        model,
+        data.observations,
+        data.ground_truth,
+        tmp_path,
+        rollout_frames=50,
+        cluster_n_components=5,
+        make_plots=False,
+    )
+    assert metrics["connectivity_R2"] < 0.5
+    assert set(json.loads(json.dumps(metrics))) >= {"tau_R2", "V_rest_R2", "cluster_accuracy", "test_R2"}

@@ -1,0 +1,184 @@
+"""Parameters, dynamics, stimuli and the DataModule of the flyvis regime (tiny connectomes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hydra_llm.simulation.flyvis import FlyvisDataModule
+from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
+from hydra_llm.simulation.flyvis.dynamics import FlyvisODE
+from hydra_llm.simulation.flyvis.parameters import flyvis_init, load_checkpoint, random_trained_like
+from hydra_llm.simulation.flyvis.stimuli import FAMILIES, column_positions, synthetic_sequence
+
+TINY = Path(__file__).parent / "data" / "flyvis_tiny_connectome.json"
+FAMS = ["moving_edge", "moving_bar", "grating", "flash", "white_noise", "blank"]
+
+
+def tiny(extent: int = 1):
+    return compile_connectome(json.loads(TINY.read_text()), extent)
+
+
+def datamodule(tmp_path=None, **overrides) -> FlyvisDataModule:
+    kwargs = {
+        "connectome": {"source": "file", "path": str(TINY), "extent": 1},
+        "parameters": {"mode": "random_trained_like"},
+        "stimulus": {"source": "synthetic", "families": FAMS, "ood_families": ["pink_noise"]},
+        "n_frames": 200,
+        "n_ood_frames": 50,
+        "noise_model_level": 0.0,
+        "cache_dir": str(tmp_path) if tmp_path is not None else None,
+    }
+    kwargs.update(overrides)
+    return FlyvisDataModule(**kwargs)
+
+
+def test_flyvis_init_gives_mean_abs_weight_001_per_pair():
+    c = compile_connectome(load_spec(), 1)
+    p = flyvis_init(c, seed=0)
+    w = np.abs(p.edge_weights(c))
+    per_pair = np.bincount(c.edge_pair, weights=w) / np.bincount(c.edge_pair)
+    assert np.allclose(per_pair, 0.01)
+    assert np.all(p.tau_type == 0.05) and abs(p.V_rest_type.mean() - 0.5) < 0.03
+
+
+def test_random_trained_like_is_bounded_and_in_range():
+    c = compile_connectome(load_spec(), 1)
+    p = random_trained_like(c, seed=1, dt=0.02, median_abs_weight=0.3)  # too strong: must be shrunk
+    assert p.gain < 1.0
+    assert np.all((p.tau_type >= 0.97 * 0.02 - 1e-12) & (p.tau_type <= 0.3))
+    assert np.all((p.V_rest_type >= 0) & (p.V_rest_type <= 0.8))
+    again = random_trained_like(c, seed=1, dt=0.02, median_abs_weight=0.3)
+    assert np.array_equal(p.pair_strength, again.pair_strength)
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    c = tiny()
+    rng = np.random.default_rng(0)
+    state = {
+        "nodes_bias": torch.tensor(rng.uniform(0, 1, c.n_types)),
+        "nodes_time_const": torch.tensor(rng.uniform(0.02, 0.2, c.n_types)),
+        "edges_syn_strength": torch.tensor(rng.uniform(0, 0.1, c.n_pairs)),
+        "edges_syn_count": torch.tensor(np.log(c.group_n_syn)),
+    }
+    path = tmp_path / "chkpt_00000"
+    torch.save({"network": state}, path)
+    p = load_checkpoint(path, c)
+    expected = c.pair_sign[c.edge_pair] * c.edge_n_syn * state["edges_syn_strength"].numpy()[c.edge_pair]
+    assert np.allclose(p.edge_weights(c), expected)
+    torch.save({"network": {**state, "edges_syn_strength": torch.zeros(3)}}, path)
+    with pytest.raises(ValueError, match="edges_syn_strength has 3 values"):
+        load_checkpoint(path, c)
+    with pytest.raises(FileNotFoundError, match="checkpoint_path"):
+        load_checkpoint(tmp_path / "nope", c)
+
+
+def test_rate_matches_dense_formula_and_input_reaches_photoreceptors_only():
+    c = tiny()
+    rng = np.random.default_rng(0)
+    w, tau, vr = (
+        rng.normal(0, 0.5, c.n_edges),
+        rng.uniform(0.005, 0.1, c.n_neurons),
+        rng.uniform(0, 1, c.n_neurons),
+    )
+    ode = FlyvisODE.build(c, w, tau, vr, dt=0.02, clamp_tau=True)
+    V, frame = rng.normal(0, 1, c.n_neurons).astype(np.float32), rng.random(7).astype(np.float32)
+    dense = np.zeros((c.n_neurons, c.n_neurons))
+    np.add.at(dense, (c.edge_tgt, c.edge_src), w)
+    e = np.where(c.input_mask, frame[c.node_column], 0.0)
+    expected = (-V + vr + dense @ np.maximum(V, 0) + e) / np.maximum(tau, 0.02)
+    assert np.allclose(ode.rate(V, frame), expected, rtol=1e-4, atol=1e-4)
+    movie = ode.input_movie(frame[None])[0]
+    assert np.array_equal(movie != 0, c.input_mask & (frame[c.node_column] != 0))
+    # the same luminance for every photoreceptor type of a column
+    for col in range(7):
+        assert len(set(movie[c.input_mask & (c.node_column == col)].tolist())) == 1
+    raw = FlyvisODE.build(c, w, tau, vr, dt=0.02, clamp_tau=False)
+    assert np.allclose(raw.tau_eff, tau) and np.all(ode.tau_eff >= 0.02)
+
+
+def test_euler_run_matches_rate_and_noise_is_seeded():
+    c = tiny()
+    p = random_trained_like(c, seed=0, dt=0.02)
+    ode = FlyvisODE.build(c, p.edge_weights(c), p.neuron_tau(c), p.neuron_V_rest(c), 0.02)
+    stim = np.random.default_rng(1).random((5, 7), dtype=np.float32)
+    V0 = ode.steady_state(10.0)
+    assert np.abs(ode.rate(V0, np.full(7, 0.5, np.float32))).max() < 1e-3  # grey steady state
+    out, _ = ode.run(stim, V0)
+    assert np.allclose(out[1], out[0] + 0.02 * ode.rate(out[0], stim[0]), atol=1e-5)
+    a, _ = ode.run(stim, V0, 0.05, np.random.default_rng(3))
+    b, _ = ode.run(stim, V0, 0.05, np.random.default_rng(3))
+    assert np.array_equal(a, b) and not np.allclose(a, out)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_stimulus_families_are_valid_movies(family):
+    cols = compile_connectome(json.loads(TINY.read_text()), 2).columns
+    movie = FAMILIES[family](column_positions(cols), 60, 0.02, np.random.default_rng(0))
+    assert movie.shape == (60, len(cols))
+    assert movie.min() >= 0.0 and movie.max() <= 1.0
+    if family in ("moving_edge", "moving_bar", "grating", "white_noise", "pink_noise"):
+        assert movie.std(axis=0).max() > 0.05  # something moves
+
+
+def test_synthetic_sequence_mixes_and_rejects_unknown_family():
+    cols = tiny().columns
+    seq = synthetic_sequence(cols, 500, 0.02, FAMS, np.random.default_rng(0))
+    assert seq.shape == (500, 7) and seq.dtype == np.float32
+    with pytest.raises(ValueError, match="allowed values"):
+        synthetic_sequence(cols, 10, 0.02, ["sintel"], np.random.default_rng(0))
+
+
+def test_datamodule_separates_observations_and_ground_truth(tmp_path):
+    dm = datamodule(tmp_path)
+    dm.setup()
+    obs, gt = dm.observations, dm.ground_truth
+    assert obs.activity.shape == (200, 29) and obs.n_train_frames == 160
+    assert obs.edge_index.shape == (2, 43) and obs.external_input.shape == (200, 29)
+    assert obs.extras["ood_activity"].shape == (50, 29)
+    assert gt["W"].shape == (43,) and gt["types"].shape == (29,)
+    fields = {f.name for f in dataclasses.fields(obs)} | set(obs.extras)
+    assert not fields & {"W", "tau", "V_rest", "types"}
+    d = (obs.activity[1:160] - obs.activity[:159]) / obs.dt
+    assert torch.allclose(obs.derivative[:159], d, atol=1e-3)
+    # noise-free voltages follow the true ODE exactly
+    c = dm.build_connectome()
+    ode = FlyvisODE.build(c, gt["W"].double().numpy(), gt["tau_raw"].numpy(), gt["V_rest"].numpy(), 0.02)
+    lum = obs.external_input[10, torch.from_numpy(np.flatnonzero(c.input_mask))].numpy()
+    frame = np.zeros(7, np.float32)
+    frame[c.node_column[c.input_mask]] = lum
+    assert np.allclose(obs.derivative[10].numpy(), ode.rate(obs.activity[10].numpy(), frame), atol=1e-3)
+
+
+def test_datamodule_cache_is_reused_and_keyed_by_seed(tmp_path):
+    first = datamodule(tmp_path)
+    first.setup()
+    files = list(tmp_path.glob("*.pt"))
+    assert len(files) == 1
+    second = datamodule(tmp_path)
+    second.setup()
+    assert torch.equal(first.observations.activity, second.observations.activity)
+    other = datamodule(tmp_path, seed=7)
+    other.setup()
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    assert not torch.equal(first.observations.activity, other.observations.activity)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"parameters": {"mode": "trained"}}, "allowed: \\['flyvis_init'"),
+        ({"stimulus": {"source": "sintel"}}, "allowed: \\['synthetic', 'davis'\\]"),
+        ({"stimulus": {"source": "synthetic", "families": FAMS, "ood_families": ["grating"]}}, "overlap"),
+        ({"test_fraction": 1.5}, "test_fraction"),
+        ({"parameters": {"mode": "checkpoint", "checkpoint_path": "/nowhere"}}, "checkpoint_path"),
+    ],
+)
+def test_bad_config_fails_before_simulating(overrides, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        datamodule(**overrides)

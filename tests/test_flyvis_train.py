@@ -1,0 +1,75 @@
+"""`python train.py simulation=flyvis_synthetic` end to end on the tiny connectome (composed in-process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from hydra_llm.train import run
+
+ROOT = Path(__file__).parents[1]
+TINY = Path(__file__).parent / "data" / "flyvis_tiny_connectome.json"
+
+
+def compose_flyvis(tmp_path: Path, *extra: str):
+    overrides = [
+        "simulation=flyvis_synthetic",
+        "simulation.connectome.source=file",
+        f"simulation.connectome.path={TINY}",
+        "simulation.connectome.extent=1",
+        "simulation.n_frames=300",
+        "simulation.n_ood_frames=50",
+        "training.max_steps_per_epoch=30",
+        "evaluation.rollout_frames=40",
+        "evaluation.cluster_n_components=5",
+        "evaluation.callbacks.0.every_n_steps=10",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        f"paths.output_dir={tmp_path / 'job'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        *extra,
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def test_simulation_config_selects_the_flyvis_model_training_and_evaluation(tmp_path):
+    cfg = compose_flyvis(tmp_path)
+    assert cfg.model._target_.endswith("FlyvisGNN")
+    assert cfg.evaluation._target_ == "hydra_llm.evaluation.flyvis.evaluate"
+    assert "coeff_g_phi_diff" in cfg.training
+    assert cfg.simulation.connectome.extent == 1
+
+
+def test_train_run_writes_metrics_plots_and_r2_log(tmp_path):
+    metrics = run(compose_flyvis(tmp_path))
+    job = tmp_path / "job"
+    stored = json.loads((job / "metrics.json").read_text())
+    for key in (
+        "connectivity_R2",
+        "tau_R2",
+        "V_rest_R2",
+        "cluster_accuracy",
+        "test_R2",
+        "test_pearson",
+        "test_pearson_ood",
+        "final_loss",
+        "training_time_min",
+    ):
+        assert key in metrics and key in stored
+    assert (job / "plots" / "W_scatter.png").is_file()
+    log = job / "connectivity_r2.log"
+    if log.is_file():  # written when train.run passes evaluation.callbacks to the Trainer
+        assert log.read_text().splitlines()[0] == "epoch,iteration,connectivity_r2,phase"
+    assert len(list((tmp_path / "cache").glob("FlyvisDataModule-*.pt"))) == 1
+
+
+def test_davis_without_folder_fails_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATAVIS_ROOT", raising=False)
+    cfg = compose_flyvis(tmp_path, "simulation=flyvis_davis")
+    with pytest.raises(Exception, match="JPEGImages/480p.*flyvis_synthetic") as info:
+        run(cfg)
+    assert isinstance(info.value, FileNotFoundError) or isinstance(info.value.__cause__, FileNotFoundError)
