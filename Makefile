@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 
 # The CPU build of torch goes in first: everything after it sees torch satisfied and pulls no CUDA
 # packages. flyvis is installed without its dependencies (we only read its connectome JSON).
-# The compat editable mode keeps hydra_plugins/ discoverable by Hydra's plugin scanner.
+# The compat editable mode keeps src/hydra_plugins/ discoverable by Hydra's plugin scanner (the default
+# PEP 660 editable mode hides it from pkgutil).
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0

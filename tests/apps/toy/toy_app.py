@@ -30,6 +30,8 @@ def run(cfg: DictConfig):
         os.kill(os.getpid(), signal.SIGKILL)
     if b.sleep:
         time.sleep(float(b.sleep))
+    if b.sleep_at_job is not None and job == b.sleep_at_job:
+        time.sleep(float(b.sleep_at_job_s))
     lr, width = float(cfg.training.lr), int(cfg.training.width)
     if (b.exit_if_lr_above is not None and lr > b.exit_if_lr_above) or job == b.exit_at_job:
         os._exit(3)
