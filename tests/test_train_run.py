@@ -112,3 +112,17 @@ def test_default_run_reaches_the_issue_gates(tmp_path):
     assert metrics["connectivity_R2"] >= 0.95
     assert metrics["tau_R2"] >= 0.9
     assert metrics["cluster_accuracy"] >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.learning_rate_W_start=-1", "training.learning_rate_W_start=-1: must be a finite float > 0"),
+        ("training.batch_size=0", "training.batch_size=0: must be an integer >= 1"),
+        ("simulation.connectivity_filling_factor=1.5", "simulation.connectivity_filling_factor=1.5"),
+    ],
+)
+def test_bad_settings_fail_before_anything_is_simulated(tmp_path, override, message):
+    with pytest.raises(Exception, match=message.replace("[", r"\[").replace("+", r"\+")):
+        tiny_run(tmp_path, "logger=none", override)
+    assert not any((tmp_path / "cache").glob("*"))  # nothing simulated, nothing cached

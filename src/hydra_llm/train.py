@@ -91,6 +91,15 @@ def threads_for_child(num_threads: int | None) -> int | None:
     return None
 
 
+def check_training(cfg: DictConfig, training: dict[str, Any]) -> None:
+    """Run the model class's own ``check_training`` (if it has one) on the training settings."""
+    from hydra.utils import get_class
+
+    check = getattr(get_class(cfg.model._target_), "check_training", None)
+    if check is not None:
+        check(training)
+
+
 def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Plain floats (NaN kept as NaN so the sweeper can mark the node failed)."""
     out: dict[str, float] = {}
@@ -113,13 +122,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if threads is not None:
         torch.set_num_threads(threads)
         log.info("torch threads: %d", threads)
+    training = OmegaConf.to_container(cfg.training, resolve=True)
+    check_training(cfg, training)  # a bad training value fails before the simulation runs
     datamodule = instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
     datamodule.prepare_data()
     datamodule.setup("fit")
     observations, ground_truth = datamodule.observations, datamodule.ground_truth
 
     pl.seed_everything(int(cfg.training.seed), workers=True, verbose=False)
-    training = OmegaConf.to_container(cfg.training, resolve=True)
     # _convert_="object": without it Hydra turns the Observations dataclass into a DictConfig.
     model = instantiate(
         cfg.model, observations=observations, training=training, _recursive_=False, _convert_="object"

@@ -42,6 +42,13 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from hydra_llm.models.checks import (
+    check_augmentation,
+    check_coefficients,
+    check_counts,
+    check_rates,
+    require_keys,
+)
 from hydra_llm.models.layers import EdgeMessagePassing
 from hydra_llm.models.mlp import MLP
 from hydra_llm.simulation.base import Observations
@@ -83,24 +90,15 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 def validate_training(training: Mapping[str, Any]) -> dict[str, Any]:
     """Fill optional keys and check the ones this model reads; ValueError names the bad key."""
     cfg = {**TRAINING_DEFAULTS, **dict(training)}
-    missing = [k for k in (*LEARNING_RATES, *COEFFICIENTS, *SCHEDULE) if k not in cfg]
-    if missing:
-        raise ValueError(f"training.{missing[0]} is missing (the flyvis GNN needs {missing})")
-    for key in LEARNING_RATES:
-        if not (float(cfg[key]) > 0 and math.isfinite(float(cfg[key]))):
-            raise ValueError(f"training.{key}={cfg[key]!r}: must be a finite float > 0")
-    for key in COEFFICIENTS:
-        if not (float(cfg[key]) >= 0 and math.isfinite(float(cfg[key]))):
-            raise ValueError(f"training.{key}={cfg[key]!r}: must be a finite float >= 0")
-    for key in ("batch_size", "n_epochs", "n_alternations", "time_step"):
-        if int(cfg[key]) < 1:
-            raise ValueError(f"training.{key}={cfg[key]!r}: must be an integer >= 1")
+    require_keys(cfg, (*LEARNING_RATES, *COEFFICIENTS, *SCHEDULE), "flyvis GNN")
+    check_rates(cfg, LEARNING_RATES)
+    check_coefficients(cfg, COEFFICIENTS)
+    check_counts(cfg, ("batch_size", "n_epochs", "n_alternations", "time_step"))
     if not 0.0 < float(cfg["alternate_vrest_ratio"]) < 1.0:
         raise ValueError(
             f"training.alternate_vrest_ratio={cfg['alternate_vrest_ratio']!r}: must be in (0, 1)"
         )
-    if not float(cfg["data_augmentation_loop"]) > 0:
-        raise ValueError(f"training.data_augmentation_loop={cfg['data_augmentation_loop']!r}: must be > 0")
+    check_augmentation(cfg)
     return cfg
 
 
@@ -118,6 +116,9 @@ def aggregate_source_messages(
 
 class FlyvisGNN(pl.LightningModule):
     """Learns W (E,), g_phi, f_theta and embeddings a (N, embedding_dim) from voltages (T, N)."""
+
+    # Lets train.run check cfg.training before simulating.
+    check_training = staticmethod(validate_training)
 
     def __init__(
         self,

@@ -30,6 +30,13 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from hydra_llm.models.checks import (
+    check_augmentation,
+    check_coefficients,
+    check_counts,
+    check_rates,
+    require_keys,
+)
 from hydra_llm.models.layers import EdgeGraph, aggregate_dense, aggregate_edges
 from hydra_llm.models.mlp import MLP
 from hydra_llm.simulation.base import Observations
@@ -43,25 +50,11 @@ W_LAYOUTS = ("auto", "dense", "edges")
 
 def validate_training(training: Mapping[str, Any]) -> dict[str, Any]:
     """Check the training keys this model reads; raise ValueError naming the first bad key."""
-    missing = [k for k in (*LEARNING_RATES, *COEFFICIENTS, *SCHEDULE) if k not in training]
-    if missing:
-        raise ValueError(f"training.{missing[0]} is missing (the signal GNN needs {missing})")
-    for key in LEARNING_RATES:
-        value = float(training[key])
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"training.{key}={training[key]!r}: must be a finite float > 0")
-    for key in COEFFICIENTS:
-        value = float(training[key])
-        if not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"training.{key}={training[key]!r}: must be a finite float >= 0")
-    if int(training["batch_size"]) < 1:
-        raise ValueError(f"training.batch_size={training['batch_size']!r}: must be >= 1")
-    if not float(training["data_augmentation_loop"]) > 0:
-        raise ValueError(
-            f"training.data_augmentation_loop={training['data_augmentation_loop']!r}: must be > 0"
-        )
-    if int(training["n_epochs"]) < 1:
-        raise ValueError(f"training.n_epochs={training['n_epochs']!r}: must be >= 1")
+    require_keys(training, (*LEARNING_RATES, *COEFFICIENTS, *SCHEDULE), "signal GNN")
+    check_rates(training, LEARNING_RATES)
+    check_coefficients(training, COEFFICIENTS)
+    check_counts(training, ("batch_size", "n_epochs"))
+    check_augmentation(training)
     return dict(training)
 
 
