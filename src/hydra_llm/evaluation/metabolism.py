@@ -13,7 +13,9 @@
   is the mean |MLP_node| over the training recording.
 * Embeddings: DBSCAN on the standardised embeddings, Hungarian matching to the true types
   (``embedding_cluster_acc``; DBSCAN noise points count as errors), ``embedding_n_clusters`` and
-  ``embedding_silhouette`` (0 when fewer than two clusters are found).
+  ``embedding_silhouette`` (0 when fewer than two clusters are found). A second, label-free check that
+  does not depend on DBSCAN's eps: k-means with k in 2..6 picked by the silhouette (the smallest k
+  within 0.02 of the best): ``embedding_cluster_acc_kmeans``, ``embedding_n_clusters_kmeans``.
 """
 
 from __future__ import annotations
@@ -106,6 +108,37 @@ def embedding_metrics(
     }, labels
 
 
+def kmeans_embedding_metrics(
+    embedding: np.ndarray, types: np.ndarray, max_k: int = 6, tolerance: float = 0.02
+) -> dict[str, float]:
+    """k-means on the standardised embeddings (N, d), k in 2..max_k chosen without labels: the smallest
+    k whose silhouette is within ``tolerance`` of the best."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    x = embedding - embedding.mean(0)
+    scale = x.std(0)
+    x = x / np.where(scale > 0, scale, 1.0)
+    scored: list[tuple[float, np.ndarray]] = []
+    for k in range(2, min(max_k, len(x) - 1) + 1):
+        labels = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(x)
+        if len(set(labels.tolist())) >= 2:
+            scored.append((float(silhouette_score(x, labels)), labels))
+    # parsimony: the smallest k within `tolerance` of the best silhouette (splitting a tight cluster
+    # in two changes the silhouette by almost nothing)
+    top = max((score for score, _ in scored), default=None)
+    best = next(((sc, lab) for sc, lab in scored if sc >= top - tolerance), None) if top is not None else None
+    if best is None:  # all embeddings identical: one cluster
+        return {
+            "embedding_cluster_acc_kmeans": cluster_accuracy(types, np.zeros_like(types)),
+            "embedding_n_clusters_kmeans": 1.0,
+        }
+    return {
+        "embedding_cluster_acc_kmeans": cluster_accuracy(types, best[1]),
+        "embedding_n_clusters_kmeans": float(len(set(best[1].tolist()))),
+    }
+
+
 def evaluate(
     model: Any,
     observations: Observations,
@@ -150,6 +183,7 @@ def evaluate(
     embedding = model.embedding.detach().cpu().numpy().astype(np.float64)
     emb_metrics, labels = embedding_metrics(embedding, types, dbscan_eps, dbscan_min_samples)
     metrics.update(emb_metrics)
+    metrics.update(kmeans_embedding_metrics(embedding, types))
 
     if "stoichiometry" in ground_truth and isinstance(model.stoichiometry, torch.nn.Parameter):
         true_s = ground_truth["stoichiometry"].cpu().numpy()

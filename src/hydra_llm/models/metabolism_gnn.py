@@ -23,6 +23,13 @@ Training (manual optimisation, so strategies can shape every step):
   ``phase1`` sub-config and cached under ``phase1_cache_dir``, keyed by the data and that config),
   keeps its reactions frozen and fits MLP_node and the embeddings from scratch. The seeds' strategies
   are options; see ``conf/training/metabolism_phase2.yaml``.
+* Conservation laws: every reaction conserves the combinations ``w^T c`` with ``w^T S = 0`` (the left
+  null space of the observed S, several dimensions on the default network), so ``w^T dc/dt`` is the
+  homeostasis term alone and carries none of phase 1's reaction error, which on the default network is
+  ~3x the homeostatic signal per metabolite. ``conservation_loss_weight`` trains on it by SGD;
+  ``node_target_weight`` (with ``node_form: affine``) solves it exactly for a per-metabolite slope and
+  offset and regresses ``MLP_node(a_i)`` on that solution. Slopes are identified this way; offsets are
+  only partly (the conserved combinations of them), so offset ratios stay off.
 
 After ``fit`` the module writes ``metabolism_phase{1,2}.pt`` in the Trainer's ``default_root_dir``.
 """
@@ -54,6 +61,7 @@ AGGREGATIONS = ("mul", "add")
 LOSS_NORMALISATIONS = ("global", "per_metabolite")
 REACTION_ARCH_KEYS = ("hidden_dim_sub", "n_layers_sub", "activation_sub", "substrate_input", "aggr_type")
 SUBSTRATE_INPUTS = ("log", "linear")
+NODE_FORMS = ("mlp", "affine")
 SUB_LOG_FLOOR = 1e-4  # concentrations below this count as this for the log-input substrate MLP
 
 
@@ -61,14 +69,16 @@ def _fail(key: str, message: str) -> None:
     raise ValueError(f"{key}: {message}")
 
 
-def make_mlp(n_in: int, hidden: int, n_layers: int, activation: str = "tanh") -> nn.Sequential:
-    """``n_layers`` linear layers (n_in -> hidden -> ... -> 1) with ``activation`` between them."""
+def make_mlp(
+    n_in: int, hidden: int, n_layers: int, activation: str = "tanh", n_out: int = 1
+) -> nn.Sequential:
+    """``n_layers`` linear layers (n_in -> hidden -> ... -> n_out) with ``activation`` between them."""
     acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU}
     if activation not in acts:
         _fail("model.activation", f"unknown {activation!r}; allowed values: {sorted(acts)}")
     if n_layers < 1:
         _fail("model.n_layers", f"must be >= 1, got {n_layers}")
-    dims = [n_in] + [hidden] * (n_layers - 1) + [1]
+    dims = [n_in] + [hidden] * (n_layers - 1) + [n_out]
     layers: list[nn.Module] = []
     for i in range(n_layers):
         layers.append(nn.Linear(dims[i], dims[i + 1]))
@@ -140,6 +150,10 @@ PHASE2_DEFAULTS: dict[str, Any] = {
     "rollout_lengths": [4, 16, 32, 64],
     "separate_loss_components": False,
     "coeff_offset_penalty": 0.0,
+    "conservation_loss_weight": 0.0,
+    "node_target_weight": 0.0,
+    "node_target_offset_weight": 0.1,
+    "node_target_ridge": 1e-11,
 }
 
 
@@ -171,10 +185,11 @@ def training_options(training: Mapping[str, Any] | None) -> dict[str, Any]:
             _fail("training.amplification_factor", f"must be >= 1, got {opts['amplification_factor']}")
         if not opts["rollout_lengths"] or min(int(v) for v in opts["rollout_lengths"]) < 1:
             _fail("training.rollout_lengths", f"needs positive lengths, got {opts['rollout_lengths']}")
-        if float(opts["rollout_loss_weight"]) <= 0 and float(opts["residual_supervision_weight"]) <= 0:
+        data_terms = ("rollout_loss_weight", "residual_supervision_weight", "conservation_loss_weight")
+        if all(float(opts[key]) <= 0 for key in data_terms):
             _fail(
                 "training.rollout_loss_weight",
-                "phase 2 needs rollout_loss_weight > 0 or residual_supervision_weight > 0 (no data term)",
+                f"phase 2 needs one of {list(data_terms)} > 0 (no data term)",
             )
         if opts["phase1_checkpoint"] is None and opts["phase1"] is None:
             _fail(
@@ -214,6 +229,9 @@ class MetabolismGNN(pl.LightningModule):
         hidden_dim_sub, n_layers_sub: MLP_sub width and number of linear layers.
         hidden_dim_node, n_layers_node: MLP_node width and number of linear layers.
         embedding_dim: size of the per-metabolite embedding a_i.
+        node_form: ``mlp``: MLP_node(c, a) is a free function of both; ``affine``: MLP_node(a) gives a
+            slope and an offset and the node term is ``slope(a) * c / c_scale + offset(a)`` (a homeostasis
+            term with less freedom: linear in the metabolite's own concentration).
         aggr_type: ``mul`` (log-space product) or ``add``.
         log_k_init: (low, high) of the uniform initialisation of log10 k.
     """
@@ -227,6 +245,7 @@ class MetabolismGNN(pl.LightningModule):
         hidden_dim_node: int = 32,
         n_layers_node: int = 2,
         embedding_dim: int = 2,
+        node_form: str = "mlp",
         aggr_type: str = "mul",
         activation: str = "tanh",
         activation_sub: str = "silu",
@@ -238,6 +257,8 @@ class MetabolismGNN(pl.LightningModule):
             _fail(
                 "model.substrate_input", f"got {substrate_input!r}; allowed values: {list(SUBSTRATE_INPUTS)}"
             )
+        if node_form not in NODE_FORMS:
+            _fail("model.node_form", f"got {node_form!r}; allowed values: {list(NODE_FORMS)}")
         if aggr_type not in AGGREGATIONS:
             _fail("model.aggr_type", f"got {aggr_type!r}; allowed values: {list(AGGREGATIONS)}")
         extras = observations.extras
@@ -254,6 +275,7 @@ class MetabolismGNN(pl.LightningModule):
             "hidden_dim_node": int(hidden_dim_node),
             "n_layers_node": int(n_layers_node),
             "embedding_dim": int(embedding_dim),
+            "node_form": node_form,
             "aggr_type": aggr_type,
             "activation": activation,
             "activation_sub": activation_sub,
@@ -292,7 +314,11 @@ class MetabolismGNN(pl.LightningModule):
         low, high = self.arch["log_k_init"]
         self.log_k = nn.Parameter(torch.empty(n_rxn).uniform_(low, high))
         self.MLP_sub = make_mlp(2, hidden_dim_sub, n_layers_sub, activation_sub)
-        self.MLP_node = make_mlp(1 + embedding_dim, hidden_dim_node, n_layers_node, activation)
+        self.node_form = node_form
+        if node_form == "mlp":
+            self.MLP_node = make_mlp(1 + embedding_dim, hidden_dim_node, n_layers_node, activation)
+        else:
+            self.MLP_node = make_mlp(embedding_dim, hidden_dim_node, n_layers_node, activation, n_out=2)
         # zero output layer only: the node term starts at 0 but its hidden layers still get gradient
         nn.init.zeros_(self.MLP_node[-1].weight)
         nn.init.zeros_(self.MLP_node[-1].bias)
@@ -308,9 +334,22 @@ class MetabolismGNN(pl.LightningModule):
         self._step = 0
         self._total_steps = 1
         self._rng = random.Random(int(self.opts["seed"]))
+        # left null space of the observed S (N, n_laws): conserved combinations w^T c that reactions
+        # cannot change, so w^T dc/dt is homeostasis alone, whatever the error of the learned reactions
+        self.register_buffer("conservation_basis", conservation_basis(stoich), persistent=False)
         if self.opts["phase"] == 2:
+            if float(self.opts["node_target_weight"]) > 0 and node_form != "affine":
+                _fail(
+                    "training.node_target_weight", "needs model.node_form: affine; allowed values: [affine]"
+                )
             self._load_phase1(observations)
             self._residual_scale = self._residual_std()
+            projected = self.derivative[: self.n_train_frames] @ self.conservation_basis
+            self._conservation_scale = (
+                float(projected.pow(2).mean().clamp_min(1e-30)) if projected.numel() else 1.0
+            )
+            if float(self.opts["node_target_weight"]) > 0:
+                self.register_buffer("node_targets", self.affine_node_targets(), persistent=False)
 
     # ------------------------------------------------------------------------------- forward
     def log_substrate_function(self, conc: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -345,6 +384,9 @@ class MetabolismGNN(pl.LightningModule):
     def node_function(self, conc: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Raw MLP_node(c_i, a_i) (B, N) for concentrations (B, N); ``embedding`` (N, d) defaults to a."""
         emb = self.embedding if embedding is None else embedding
+        if self.node_form == "affine":
+            slope_offset = self.MLP_node(emb)  # (N, 2), per metabolite
+            return slope_offset[:, 0] * (conc / self.c_scale) + slope_offset[:, 1]
         x = torch.cat([(conc / self.c_scale).unsqueeze(-1), emb.expand(conc.shape[0], -1, -1)], dim=-1)
         return self.MLP_node(x).squeeze(-1)
 
@@ -626,11 +668,24 @@ class MetabolismGNN(pl.LightningModule):
             states = self.rollout(conc, steps, detach_reactions=bool(o["separate_loss_components"]))
             err = (states[-1] - window[-1]) / (self.dt * steps)
             losses["rollout"] = o["rollout_loss_weight"] * err.pow(2).mean() / scale
-        if o["residual_supervision_weight"] > 0:
+        # with node targets the residual and conservation terms are already solved exactly (in the targets)
+        direct = o["node_target_weight"] <= 0
+        if direct and o["residual_supervision_weight"] > 0:
             with torch.no_grad():
                 residual = self.derivative[starts] - self.reaction_term(conc)
             err = self.homeostasis_term(conc) - residual
             losses["residual"] = o["residual_supervision_weight"] * err.pow(2).mean() / scale
+        if direct and o["conservation_loss_weight"] > 0 and self.conservation_basis.shape[1] > 0:
+            # w^T S = 0: the projection of (dc/dt - node) needs no reaction term, so phase-1 errors vanish
+            err = (self.derivative[starts] - self.homeostasis_term(conc)) @ self.conservation_basis
+            losses["conservation"] = (
+                o["conservation_loss_weight"] * err.pow(2).mean() / self._conservation_scale
+            )
+        if o["node_target_weight"] > 0:
+            slope_offset = self.MLP_node(self.embedding)
+            err = (slope_offset - self.node_targets[0]) / self.node_targets[1]
+            weight = torch.tensor([1.0, float(o["node_target_offset_weight"])], device=err.device)
+            losses["node_target"] = o["node_target_weight"] * (err.pow(2) * weight).mean()
         if o["coeff_offset_penalty"] > 0:
             # the per-metabolite constant part of the node output over the batch frames
             losses["offset"] = (
@@ -640,6 +695,53 @@ class MetabolismGNN(pl.LightningModule):
             losses["embedding_aux"] = o["coeff_embedding_aux"] * self.embedding_aux_loss()
         losses.update(self._regularisers(conc) if o["coeff_MLP_node_L1"] > 0 else {})
         return losses
+
+    @torch.no_grad()
+    def affine_node_targets(self) -> torch.Tensor:
+        """Exact minimiser of the phase-2 data terms over free per-metabolite affine node terms.
+
+        With ``h_i(c) = theta_i c / c_scale + beta_i`` the conservation and residual losses are linear
+        least squares in the 2N unknowns (theta, beta), solved here over all training frames (normal
+        equations, a tiny relative ridge). Conservation rows (``w^T (dc/dt - h) = 0``) carry no phase-1
+        error and pin the slopes; residual rows fill in what the conserved combinations leave free
+        (most offsets). Returns (2, N, 2): targets [(theta, beta) per metabolite] and their scales.
+        """
+        o = self.opts
+        n, t = self.n_metabolites, self.n_train_frames
+        conc = self.activity[:t].double() / self.c_scale
+        dcdt = self.derivative[:t].double()
+        W = self.conservation_basis.double()
+        gram = torch.zeros(2 * n, 2 * n, dtype=torch.float64, device=conc.device)
+        rhs = torch.zeros(2 * n, dtype=torch.float64, device=conc.device)
+        w_c = float(o["conservation_loss_weight"]) / self._conservation_scale
+        if w_c > 0 and W.shape[1] > 0:
+            # rows (t, k): [W_ik c_i(t), W_ik] . (theta, beta) = sum_i W_ik dc_i/dt(t)
+            rows = torch.cat(
+                [conc.unsqueeze(1) * W.T.unsqueeze(0), W.T.unsqueeze(0).expand(t, -1, -1)], dim=-1
+            ).reshape(-1, 2 * n)
+            gram += w_c * rows.T @ rows
+            rhs += w_c * rows.T @ (dcdt @ W).reshape(-1)
+        w_r = float(o["residual_supervision_weight"]) / self._residual_scale**2
+        if w_r > 0:
+            residual = torch.cat(
+                [
+                    dcdt[i : i + 512] - self.reaction_term(self.activity[i : min(i + 512, t)]).double()
+                    for i in range(0, t, 512)
+                ]
+            )
+            # per-metabolite rows [c_i(t), 1] . (theta_i, beta_i) = residual_i(t): a 2x2 block each
+            idx = torch.arange(n, device=conc.device)
+            gram[idx, idx] += w_r * conc.pow(2).sum(0)
+            gram[idx, idx + n] += w_r * conc.sum(0)
+            gram[idx + n, idx] += w_r * conc.sum(0)
+            gram[idx + n, idx + n] += w_r * t
+            rhs[:n] += w_r * (conc * residual).sum(0)
+            rhs[n:] += w_r * residual.sum(0)
+        ridge = float(o["node_target_ridge"]) * float(gram.diagonal().mean().clamp_min(1e-30))
+        solution = torch.linalg.solve(gram + ridge * torch.eye(2 * n, dtype=gram.dtype), rhs)
+        targets = torch.stack([solution[:n], solution[n:]], dim=1)  # (N, 2)
+        scales = targets.std(0, keepdim=True).clamp_min(1e-12).expand(n, -1)
+        return torch.stack([targets, scales]).float()
 
     def response_curves(self, n_points: int) -> torch.Tensor:
         """MLP_node(c, a_i) on a concentration grid spanning the training recording, (N, n_points)."""
@@ -739,6 +841,17 @@ class MetabolismGNN(pl.LightningModule):
             model.fit_steps(model.steps_per_epoch() * int(phase1.get("n_epochs", 1)))
         model.save_phase_checkpoint(path)
         return path
+
+
+def conservation_basis(stoichiometry: torch.Tensor, rtol: float = 1e-8) -> torch.Tensor:
+    """Orthonormal basis (N, N - rank S) of the left null space of the stoichiometry S (N, R).
+
+    Each column w satisfies w^T S = 0: the combination w^T c of concentrations is conserved by every
+    reaction (the all-ones vector is one of them when reactions conserve molecules).
+    """
+    u, sv, _ = torch.linalg.svd(stoichiometry.double(), full_matrices=True)
+    rank = int((sv > rtol * sv.max().clamp_min(1e-300)).sum()) if sv.numel() else 0
+    return u[:, rank:].float().contiguous()
 
 
 def _arch_kwargs(arch: Mapping[str, Any]) -> dict[str, Any]:
