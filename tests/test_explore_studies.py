@@ -46,3 +46,11 @@ def test_every_study_builds_an_engine_config():
         assert config.n_parallel >= 1 and config.objective.metric, path.stem
         for values in config.slot_params.values():
             assert len(values) == config.n_parallel, path.stem
+
+
+def test_a_study_overrides_the_primary_config_defaults():
+    """Experiments come after the primary config: their sweep folder and resource hints win."""
+    _, quick = sweeper_settings("quick_sweep")
+    assert "/quick_sweep/" in str(quick.hydra.sweep.dir)
+    _, flyvis = sweeper_settings("flyvis_landscape")
+    assert flyvis.resources.mem_gb == 48 and flyvis.resources.timeout_min == 240
