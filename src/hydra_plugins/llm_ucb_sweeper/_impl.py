@@ -239,22 +239,9 @@ def read_result(sweep_dir: Path, job_num: int, metric: str) -> ChildOutcome | No
     except (OSError, ValueError):
         return None
     output_dir = str(record.get("output_dir", ""))
-    plots = tuple(str(p) for p in sorted(Path(output_dir).glob("plots/*.png"))) if output_dir else ()
     if record.get("status") != "completed":
-        return ChildOutcome(
-            "failed", error=str(record.get("error", "failed")), output_dir=output_dir, plots=plots
-        )
-    value = record.get("value")
-    metrics = value if isinstance(value, dict) else {metric: value}
-    if not all(isinstance(v, int | float) for v in metrics.values()):
-        return ChildOutcome(
-            "failed",
-            error=f"task returned {value!r}; expected a dict of floats or a float",
-            output_dir=output_dir,
-        )
-    return ChildOutcome(
-        "completed", metrics={k: float(v) for k, v in metrics.items()}, output_dir=output_dir, plots=plots
-    )
+        return _failed(str(record.get("error", "failed")), output_dir)
+    return _from_value(record.get("value"), metric, output_dir)
 
 
 def outcome(ret: JobReturn, metric: str) -> ChildOutcome:
@@ -262,7 +249,6 @@ def outcome(ret: JobReturn, metric: str) -> ChildOutcome:
     output_dir = ""
     if ret.hydra_cfg is not None:
         output_dir = str(OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default="") or "")
-    plots = tuple(str(p) for p in sorted(Path(output_dir).glob("plots/*.png"))) if output_dir else ()
     if ret.status != JobStatus.COMPLETED:
         err = ret._return_value
         message = (
@@ -270,24 +256,29 @@ def outcome(ret: JobReturn, metric: str) -> ChildOutcome:
             if isinstance(err, BaseException)
             else f"job status {ret.status.name}"
         )
-        return ChildOutcome("failed", error=message[:1000], output_dir=output_dir, plots=plots)
-    value = ret._return_value
+        return _failed(message[:1000], output_dir)
+    return _from_value(ret._return_value, metric, output_dir)
+
+
+def _plots(output_dir: str) -> tuple[str, ...]:
+    return tuple(str(p) for p in sorted(Path(output_dir).glob("plots/*.png"))) if output_dir else ()
+
+
+def _failed(error: str, output_dir: str) -> ChildOutcome:
+    return ChildOutcome("failed", error=error, output_dir=output_dir, plots=_plots(output_dir))
+
+
+def _from_value(value: Any, metric: str, output_dir: str) -> ChildOutcome:
+    """A task's return value: a dict of numbers (non-numbers dropped) or a number (the ``metric``)."""
     if isinstance(value, Mapping):
-        metrics = {}
-        for key, item in value.items():
-            number = _as_float(item)
-            if number is not None:
-                metrics[str(key)] = number
-        return ChildOutcome("completed", metrics=metrics, output_dir=output_dir, plots=plots)
-    number = _as_float(value)
-    if number is not None:
-        return ChildOutcome("completed", metrics={metric: number}, output_dir=output_dir, plots=plots)
-    return ChildOutcome(
-        "failed",
-        error=f"task returned {type(value).__name__}; expected a dict of floats or a float",
-        output_dir=output_dir,
-        plots=plots,
-    )
+        metrics = {str(k): number for k, v in value.items() if (number := _as_float(v)) is not None}
+    elif (number := _as_float(value)) is not None:
+        metrics = {metric: number}
+    else:
+        return _failed(
+            f"task returned {type(value).__name__}; expected a dict of floats or a float", output_dir
+        )
+    return ChildOutcome("completed", metrics=metrics, output_dir=output_dir, plots=_plots(output_dir))
 
 
 def _as_float(value: Any) -> float | None:
