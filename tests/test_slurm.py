@@ -8,8 +8,10 @@ Children go through Hydra's submitit launcher, one job array per batch.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,44 @@ def test_train_py_sweep_on_slurm_with_the_preset(slurm_env, tmp_path):
             node["metrics"]["connectivity_R2"]
         )
     assert (tmp_path / "optimization_results.yaml").is_file()
+
+
+def test_sweeper_restarted_mid_batch_resumes_with_the_submitit_folders_intact(slurm_env, tmp_path):
+    """Kill the sweeper while batch 2 runs on SLURM, then resume: batch 1 is kept, batch 2's job numbers
+    are never reused, and the first run's submitit folders stay where they were."""
+    args = [
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.timeout_min=2",
+        "hydra.sweeper.objective.metric=score",
+        "hydra.sweeper.tree_plot=false",
+        "hydra.sweeper.n_iterations=4",
+        "hydra.sweeper.n_parallel=2",
+        '+hydra.sweeper.params={training.lr:"tag(log,interval(1e-5,1e-1))"}',
+        "behaviour.sleep_at_job=2",
+        "behaviour.sleep_at_job_s=20",
+    ]
+    cmd = [
+        sys.executable,
+        str(TOY),
+        "-m",
+        "hydra/sweeper=llm_ucb",
+        "hydra/sweeper/proposer=rules",
+        f"hydra.sweep.dir={tmp_path}",
+        *args,
+    ]
+    sweeper = subprocess.Popen(
+        cmd, cwd=ROOT, env=slurm_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob(".submitit/*_*/*_submitted.pkl"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)  # batch 1 done, batch 2 (job 2 sleeps 20 s) submitted
+    sweeper.send_signal(signal.SIGKILL)
+    sweeper.wait(timeout=30)
+    first_run = sorted(p.name for p in tmp_path.glob(".submitit/*_*") if p.is_dir())
+    assert len(first_run) == 4
+
+    state = sweep(slurm_env, TOY, tmp_path, *args, "hydra.sweeper.resume=true", "behaviour.sleep_at_job=null")
+    jobs = [n["job_num"] for n in state["nodes"]]
+    assert jobs == [0, 1, 4, 5]  # batch 2's jobs (2, 3) were consumed by the killed run, never reused
+    assert all(n["status"] == "completed" for n in state["nodes"])
+    assert set(first_run) < {p.name for p in tmp_path.glob(".submitit/*_*") if p.is_dir()}

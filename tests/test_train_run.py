@@ -129,3 +129,26 @@ def test_bad_settings_fail_before_anything_is_simulated(tmp_path, override, mess
     with pytest.raises(Exception, match=message.replace("[", r"\[").replace("+", r"\+")):
         tiny_run(tmp_path, "logger=none", override)
     assert not any((tmp_path / "cache").glob("*"))  # nothing simulated, nothing cached
+
+
+@pytest.mark.parametrize(
+    ("launcher", "expected"),
+    [
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], lambda cores: max(1, cores // 2)),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"], lambda cores: 1),
+        (["hydra/launcher=slurm", "resources.cpus_per_task=3"], lambda cores: 3),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "num_threads=5"], lambda cores: 5),
+        ([], lambda cores: None),
+    ],
+)
+def test_children_take_their_share_of_the_cores(launcher, expected):
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from hydra_llm.train import threads_for_child
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=launcher, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    assert threads_for_child(cfg.get("num_threads")) == expected(len(os.sched_getaffinity(0)))

@@ -80,13 +80,13 @@ def threads_for_child(num_threads: int | None) -> int | None:
     if not HydraConfig.initialized() or "launcher" not in HydraConfig.get():
         return None
     launcher = HydraConfig.get().launcher
-    target = str(launcher.get("_target_", ""))
+    target = str(launcher.get("_target_", "")).lower()
     cores = len(os.sched_getaffinity(0))
-    if "Joblib" in target:
+    if "joblib" in target:
         n_jobs = int(launcher.get("n_jobs") or -1)
         n_jobs = cores if n_jobs < 0 else n_jobs
         return max(1, cores // max(1, n_jobs))
-    if "Submitit" in target and launcher.get("cpus_per_task"):
+    if "submitit" in target and launcher.get("cpus_per_task"):
         return max(1, int(launcher.cpus_per_task))
     return None
 
