@@ -5,6 +5,7 @@ The fixture installs the Debian packages when they are missing (root only), star
 Children go through Hydra's submitit launcher, one job array per batch.
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -29,11 +30,14 @@ def slurm_env(tmp_path_factory):
         pytest.skip("installing SLURM needs root")
     subprocess.run(["bash", str(CLUSTER), "install"], check=True, timeout=900)
     folder = tmp_path_factory.mktemp("slurm")
-    try:
-        subprocess.run(["bash", str(CLUSTER), "start", str(folder)], check=True, timeout=180)
-        yield {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"), "PYTHONPATH": str(ROOT)}
-    finally:
-        subprocess.run(["bash", str(CLUSTER), "stop", str(folder)], check=False, timeout=60)
+    # munge listens on its default socket: one test cluster per host at a time.
+    with open("/tmp/hydra-llm-slurm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            subprocess.run(["bash", str(CLUSTER), "start", str(folder)], check=True, timeout=180)
+            yield {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"), "PYTHONPATH": str(ROOT)}
+        finally:
+            subprocess.run(["bash", str(CLUSTER), "stop", str(folder)], check=False, timeout=60)
 
 
 def sweep(env, script, sweep_dir, *overrides, timeout=900):
