@@ -129,6 +129,7 @@ def test_sweeper_restarted_mid_batch_resumes_with_the_submitit_folders_intact(sl
     args = [
         "hydra/launcher=submitit_slurm",
         "hydra.launcher.timeout_min=2",
+        "hydra.launcher.signal_delay_s=5",  # submitit's default (120 s) would signal a 2-minute job at once
         "hydra.sweeper.objective.metric=score",
         "hydra.sweeper.tree_plot=false",
         "hydra.sweeper.n_iterations=4",
