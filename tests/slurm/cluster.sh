@@ -140,6 +140,11 @@ free_port() {
 
 stop_cluster() {
     local dir=$1 pidfile pid
+    # Cancel what still runs (e.g. children of a killed sweeper) so no job step outlives the cluster.
+    if [ -f "$dir/slurm.conf" ]; then
+        SLURM_CONF="$dir/slurm.conf" timeout 10 scancel --full --user="$(id -un)" >/dev/null 2>&1 || true
+        sleep 1
+    fi
     for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/slurmdbd.pid" "$dir/mysql/mariadbd.pid" \
         "$dir/munge/munged.pid"; do
         [ -f "$pidfile" ] || continue
