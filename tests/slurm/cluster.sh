@@ -24,8 +24,18 @@ install_packages() {
     apt-get install -y -qq slurm-wlm slurmdbd munge mariadb-server >/dev/null
 }
 
+# munge runs on its default socket, so one test cluster per host: this file names the running one.
+ACTIVE=/tmp/hydra-llm-slurm.active
+
 start_cluster() {
-    local dir=$1
+    local dir=$1 other
+    if [ -f "$ACTIVE" ]; then
+        other=$(cat "$ACTIVE")
+        if [ -f "$other/munge/munged.pid" ] && kill -0 "$(cat "$other/munge/munged.pid")" 2>/dev/null; then
+            echo "another test cluster runs from $other (stop it with: $0 stop $other)" >&2
+            return 1
+        fi
+    fi
     mkdir -p "$dir"/{state,spool,log,munge,mysql}
     dir=$(cd "$dir" && pwd)
     local host cpus mem_mb db_port dbd_port
@@ -114,6 +124,7 @@ CONF
     slurmd -f "$SLURM_CONF"
     wait_for "slurmctld and slurmd" 60 node_ready
     wait_for "accounting (sacct)" 60 sacct -n -X -a -S now
+    echo "$dir" >"$ACTIVE"
     echo "SLURM up: SLURM_CONF=$SLURM_CONF"
 }
 
@@ -139,7 +150,8 @@ free_port() {
 }
 
 stop_cluster() {
-    local dir=$1 pidfile pid
+    local dir pidfile pid
+    dir=$(cd "$1" 2>/dev/null && pwd || echo "$1")
     # Cancel what still runs (e.g. children of a killed sweeper) so no job step outlives the cluster.
     if [ -f "$dir/slurm.conf" ]; then
         SLURM_CONF="$dir/slurm.conf" timeout 10 scancel --full --user="$(id -un)" >/dev/null 2>&1 || true
@@ -154,6 +166,7 @@ stop_cluster() {
         kill -9 "$pid" 2>/dev/null || true
         rm -f "$pidfile"
     done
+    if [ -f "$ACTIVE" ] && [ "$(cat "$ACTIVE")" = "$dir" ]; then rm -f "$ACTIVE"; fi
 }
 
 case $cmd in
