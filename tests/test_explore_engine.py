@@ -193,12 +193,31 @@ def test_proposer_exception_uses_rules(tmp_path):
     assert len(state.nodes) == 4 and any("endpoint down" in e for e in state.events)
 
 
-def test_launcher_crash_fails_batch_and_sweep_goes_on(tmp_path):
-    engine = make(tmp_path, launcher=ToyLauncher(crash_on_batch=1), n_iterations=8, max_failure_rate=1.0)
-    state = engine.run()
-    first = state.nodes[:4]
-    assert all(n.status == "failed" and "TerminatedWorkerError" in n.error for n in first)
-    assert all(n.status == "completed" for n in state.nodes[4:])
+def test_launcher_crash_reruns_each_lost_child_alone(tmp_path):
+    launcher = ToyLauncher(crash_on_batch=1)  # only the first launch() call crashes
+    state = make(tmp_path, launcher=launcher, n_iterations=8, max_failure_rate=1.0).run()
+    assert [len(b) for b in launcher.batches] == [4, 1, 1, 1, 1, 4]
+    assert all(n.status == "completed" for n in state.nodes)
+    # the lost children ran again under new job numbers; none is reused
+    assert [n.job_num for n in state.nodes] == [4, 5, 6, 7, 8, 9, 10, 11]
+    assert state.next_job_idx == 12
+
+
+def test_a_child_that_crashes_the_launcher_fails_alone(tmp_path):
+    class CrashOnNode(ToyLauncher):
+        def __call__(self, children):
+            if any(c.node_id == 2 for c in children):
+                self.batches.append(list(children))
+                raise RuntimeError("TerminatedWorkerError: a worker died")
+            return super().__call__(children)
+
+    launcher = CrashOnNode()
+    state = make(tmp_path, launcher=launcher, n_iterations=8, max_failure_rate=1.0).run()
+    assert [n.status for n in state.nodes] == ["completed", "failed", *["completed"] * 6]
+    assert "TerminatedWorkerError" in state.nodes[1].error
+    assert [len(b) for b in launcher.batches] == [4, 1, 1, 1, 1, 4]
+    log = (tmp_path / "exploration" / "sweep.log").read_text()
+    assert "re-running nodes [1, 2, 3, 4] one at a time as jobs [4, 5, 6, 7]" in log
 
 
 def test_nan_and_missing_metric_fail_the_node(tmp_path):

@@ -147,7 +147,7 @@ def test_cli_between_batches_resume_extends(tmp_path):
     assert [n["job_num"] for n in load(tmp_path)["nodes"]] == list(range(8))
 
 
-def test_cli_joblib_raise_nan_and_hard_crash(tmp_path):
+def test_cli_joblib_raise_nan_and_hard_crash_fails_alone(tmp_path):
     proc = cli(
         tmp_path,
         "hydra/launcher=joblib",
@@ -156,21 +156,28 @@ def test_cli_joblib_raise_nan_and_hard_crash(tmp_path):
         "hydra.sweeper.max_failure_rate=1.0",
         "behaviour.raise_if_lr_above=0.015",
         "behaviour.nan_if_width=6",
-        "behaviour.exit_at_job=5",
+        "behaviour.exit_at_node=6",
+        "behaviour.sleep=0.5",
     )
     assert proc.returncode == 0
-    nodes = load(tmp_path)["nodes"]
+    state = load(tmp_path)
+    nodes = state["nodes"]
     errors = [n["error"] or "" for n in nodes]
     # batch 1 (rules, seed 0): node 1 sets width=6 (NaN), node 2 lr=0.02 (raises), 3-4 run the root config
     assert "is nan" in errors[0] and errors[1].startswith("ValueError: lr 0.02")
     assert [n["status"] for n in nodes[2:4]] == ["completed", "completed"]
-    # job 5 calls os._exit in a loky worker: launch() raises for the whole batch; job 5 is a failed node,
-    # its batch mates are failed too or recovered from the result they recorded; the sweep goes on
-    assert errors[5].startswith("launcher error: TerminatedWorkerError")
-    for node, error in zip(nodes[4:], errors[4:], strict=True):
-        recovered = node["status"] == "completed" and math.isfinite(node["metrics"]["score"])
-        assert recovered or error.startswith("launcher error: TerminatedWorkerError"), (node["id"], error)
-    assert len(load(tmp_path)["batches"]) == 2
+    # node 6 calls os._exit in a loky worker: launch() raises for the whole batch. Its mates keep their
+    # results (recorded, or re-run alone); node 6 crashes again alone and is the only failed node.
+    assert [n["status"] for n in nodes[4:]] == ["completed", "failed", "completed", "completed"]
+    assert errors[5].startswith("launcher error: TerminatedWorkerError"), errors[5]
+    assert all(math.isfinite(n["metrics"]["score"]) for n in nodes[4:] if n["id"] != 6)
+    jobs = [n["job_num"] for n in nodes]
+    assert len(set(jobs)) == 8 and min(jobs[4:]) >= 4 and nodes[5]["job_num"] >= 8  # none reused
+    assert state["next_job_idx"] == max(jobs) + 1
+    log = (tmp_path / "exploration" / "sweep.log").read_text()
+    assert "the launcher crashed" in log and "re-running nodes" in log
+    assert "so a hard crash fails alone" in log
+    assert len(state["batches"]) == 2
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +46,49 @@ def _run_name(cfg: DictConfig) -> str | None:
     return f"n{node.node}-j{job}"
 
 
+_ENV_INTERPOLATION = re.compile(r"\$\{(oc\.env|env|oc\.decode):")
+_SECRET_NAME = re.compile(r"(?i)(key|token|secret|password|passwd|credential)")
+
+
+def _environment_secrets() -> list[str]:
+    """Values of environment variables whose name says they hold a secret (API keys, tokens)."""
+    return [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and v and len(v) >= 8]
+
+
+def loggable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The task config as plain data for a logger: resolved, except that a value written as an
+    environment interpolation (``${oc.env:...}``) is kept as written, and any secret of the
+    environment that still shows up (through another interpolation) is masked."""
+    from hydra_llm.llm.redact import Redactor
+
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    def merge(raw_value: Any, value: Any) -> Any:
+        if isinstance(raw_value, str) and _ENV_INTERPOLATION.search(raw_value):
+            return raw_value
+        if isinstance(raw_value, dict) and isinstance(value, dict):
+            return {k: merge(raw_value.get(k), v) for k, v in value.items()}
+        if isinstance(raw_value, list) and isinstance(value, list) and len(raw_value) == len(value):
+            return [merge(r, v) for r, v in zip(raw_value, value, strict=True)]
+        return value
+
+    return Redactor(_environment_secrets()).obj(merge(raw, resolved))
+
+
+def child_record(cfg: DictConfig) -> dict[str, Any] | None:
+    """This sweep child's node metadata (strategy, hypothesis, ...), written by the sweeper; None
+    outside a sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from hydra_llm.explore.sweep_folder import read_child_record
+
+    if cfg.sweep_node.node is None or not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return read_child_record(hydra_cfg.sweep.dir, int(hydra_cfg.job.num))
+
+
 def build_logger(cfg: DictConfig, out: Path):
     """Instantiate the configured Lightning logger (or None), named and grouped for sweeps."""
     from hydra.utils import instantiate
@@ -53,7 +98,10 @@ def build_logger(cfg: DictConfig, out: Path):
     target = str(cfg.logger._target_)
     kwargs: dict[str, Any] = {}
     if target.endswith("WandbLogger"):
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = loggable_config(cfg)
+        record = child_record(cfg)
+        if record is not None:
+            config["sweep_node"] = record  # plain data: never resolved, never an override
         kwargs = {
             "config": config,
             "name": _run_name(cfg),

@@ -7,6 +7,8 @@ callable -> record -> persist the artefacts -> block end (summary, protocol rule
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import time
@@ -34,6 +36,14 @@ from hydra_llm.explore.state import (
     save_state,
     state_path,
 )
+from hydra_llm.explore.sweep_folder import (
+    SweepFolderBusy,
+    SweepLock,
+    first_free_job,
+    set_aside,
+    write_child_record,
+)
+from hydra_llm.explore.text import LIMITS, clean_reply, clip, one_line
 from hydra_llm.explore.tree import Node, Objective, describe_mutation, ucb_scores
 
 log = logging.getLogger(__name__)
@@ -195,6 +205,9 @@ class ChildOutcome:
     error: str | None = None
     output_dir: str = ""
     plots: tuple[str, ...] = ()
+    # No record at all: the launcher crashed before this child finished (it may be the one that
+    # crashed it, or a batch mate taken down with it). The engine re-runs such children alone.
+    lost: bool = False
 
 
 LaunchFn = Callable[[Sequence[ChildSpec]], Sequence[ChildOutcome]]
@@ -235,7 +248,20 @@ class ExplorationEngine:
         self.plot = config.tree_plot if plot is None else plot
         self.defaults = {s.key: s.default for s in (*space.params, *space.block_params)}
         self._check_slot_params()
-        self.state = self._start(sweep_id, protocol)
+        self.lock = SweepLock(self.sweep_dir)
+        try:
+            self.lock.acquire()
+        except SweepFolderBusy as err:
+            raise SweepConfigError(str(err)) from None
+        try:
+            self.state = self._start(sweep_id, protocol)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the sweep folder (also done at the end of :meth:`run`)."""
+        self.lock.release()
 
     # ------------------------------------------------------------------ start / resume
     def _check_slot_params(self) -> None:
@@ -266,6 +292,48 @@ class ExplorationEngine:
             if problem:
                 raise SweepConfigError(f"hydra.sweeper.slot_params (slot {slot}): {problem}")
 
+    def _space_record(self) -> dict[str, Any]:
+        """The search space and slot layout as plain JSON data (stored, and compared on resume)."""
+        record = {
+            "params": [asdict(s) for s in self.space.params],
+            "block_params": [asdict(s) for s in self.space.block_params],
+            "fixed": list(self.space.fixed),
+            "slot_params": {k: list(v) for k, v in self.config.slot_params.items()},
+            "n_parallel": self.config.n_parallel,
+        }
+        return json.loads(json.dumps(record, default=str))
+
+    def _load_for_resume(self) -> SweepState:
+        """The saved state; a corrupt one is set aside (never overwritten) and the sweep stops."""
+        path = state_path(self.sweep_dir)
+        try:
+            return load_state(self.sweep_dir)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            kept = set_aside(path, "corrupt")
+            raise SweepConfigError(
+                f"{path} is unreadable ({type(err).__name__}: {one_line(err, 200)}); it was kept as "
+                f"{kept}. To continue, repair that file and move it back to {path.name}, or run again "
+                "with hydra.sweeper.resume=true to start a new exploration in this folder (its job "
+                "numbers continue after the existing job folders)"
+            ) from None
+
+    def _check_resume_settings(self, state: SweepState) -> None:
+        """Refuse to resume with another search space, slot values or n_parallel (names each change)."""
+        old, new = state.search_space, self._space_record()
+        changes = []
+        for key in ("params", "block_params", "fixed", "slot_params", "n_parallel"):
+            if key not in old:  # not recorded by older versions
+                continue
+            if old[key] != new[key]:
+                changes.append(f"{key}: {json.dumps(old[key])} -> {json.dumps(new[key])}")
+        if changes:
+            raise SweepConfigError(
+                "hydra.sweeper.resume: the settings differ from the sweep being resumed ("
+                + clip("; ".join(changes), 1500)
+                + "). Resume with the original settings, or start a new sweep with another "
+                "hydra.sweep.dir (n_iterations may change)"
+            )
+
     def _start(self, sweep_id: str, protocol: str) -> SweepState:
         path = state_path(self.sweep_dir)
         if path.exists():
@@ -274,7 +342,16 @@ class ExplorationEngine:
                     f"{path} exists: pass hydra.sweeper.resume=true to continue that sweep, "
                     "or choose another hydra.sweep.dir"
                 )
-            state = load_state(self.sweep_dir)
+            state = self._load_for_resume()
+            self._check_resume_settings(state)
+            free = first_free_job(self.sweep_dir)
+            if free > state.next_job_idx:
+                self._event(
+                    state,
+                    f"resume: job folders up to {free - 1} exist beyond the saved next job "
+                    f"{state.next_job_idx}; continuing at job {free}",
+                )
+                state.next_job_idx = free
             if state.in_flight:
                 jobs = [c["job_num"] for c in state.in_flight]
                 ids = [c["node_id"] for c in state.in_flight]
@@ -296,13 +373,14 @@ class ExplorationEngine:
         state = SweepState(
             sweep_id=sweep_id, seed=self.config.seed, proposer=self.proposer_note, protocol=protocol
         )
-        state.search_space = {
-            "params": [asdict(s) for s in self.space.params],
-            "block_params": [asdict(s) for s in self.space.block_params],
-            "fixed": list(self.space.fixed),
-            "slot_params": {k: list(v) for k, v in self.config.slot_params.items()},
-        }
+        state.search_space = self._space_record()
+        state.next_job_idx = first_free_job(self.sweep_dir)
         self._event(state, f"proposer: {self.proposer_note}")
+        if state.next_job_idx:
+            self._event(
+                state,
+                f"job folders up to {state.next_job_idx - 1} exist: new jobs start at {state.next_job_idx}",
+            )
         self._event(
             state, f"sweep {sweep_id}: {self.config.n_iterations} iterations, {self.config.n_parallel} slots"
         )
@@ -312,6 +390,7 @@ class ExplorationEngine:
         return state
 
     def _event(self, state: SweepState, message: str) -> None:
+        message = one_line(message, LIMITS.event)
         state.events.append(message)
         log.info("[llm_ucb] %s", message)
         with open(self._log_path(), "a", encoding="utf-8") as handle:
@@ -324,10 +403,22 @@ class ExplorationEngine:
     # ------------------------------------------------------------------ loop
     def run(self) -> SweepState:
         """Run batches until ``n_iterations`` nodes exist; returns the final state."""
-        while (size := self._batch_size()) > 0:
-            self.run_batch(size)
-        self._finish()
+        try:
+            while (size := self._batch_size()) > 0:
+                self.run_batch(size)
+            self._finish()
+        finally:
+            self.close()
         return self.state
+
+    def interrupted(self, signal_name: str) -> None:
+        """Log a stop by signal (the state on disk is consistent at every moment)."""
+        self._event(
+            self.state,
+            f"stopped by {signal_name} at iteration {self.state.iteration}; the batch in flight (if any) "
+            f"is re-proposed on resume. Continue with hydra.sweeper.resume=true "
+            f"(state: {state_path(self.sweep_dir)})",
+        )
 
     def _batch_size(self) -> int:
         done = self.state.iteration
@@ -341,13 +432,11 @@ class ExplorationEngine:
         reply, proposals = self._ask(view)
         self._apply_reply(reply, view, proposals)
         children = self._children(proposals, view)
-        # The pre-launch state is the pre-reply state with the job numbers consumed: a kill now
-        # resumes by re-proposing this batch, never by reusing its job numbers.
-        snapshot["in_flight"] = [asdict(c) for c in children]
-        snapshot["next_job_idx"] = self.state.next_job_idx + len(children)
-        atomic_write_text(state_path(self.sweep_dir), dump_state(snapshot))
         self.state.next_job_idx += len(children)
+        self._save_in_flight(snapshot, children)
         outcomes = self._launch(children)
+        if len(children) > 1 and any(o.lost for o in outcomes):
+            children, outcomes = self._rerun_lost_alone(snapshot, children, outcomes)
         nodes = [self._record(child, outcome) for child, outcome in zip(children, outcomes, strict=True)]
         self.state.nodes.extend(nodes)
         self.state.batches.append([n.id for n in nodes])
@@ -355,6 +444,34 @@ class ExplorationEngine:
         self.persist()
         self._check_failure_rate()
         return nodes
+
+    def _save_in_flight(self, snapshot: dict[str, Any], children: Sequence[ChildSpec]) -> None:
+        """The pre-launch state: the pre-reply state with the job numbers consumed, so a kill now
+        resumes by re-proposing this batch, never by reusing its job numbers."""
+        snapshot["in_flight"] = [asdict(c) for c in children]
+        snapshot["next_job_idx"] = self.state.next_job_idx
+        atomic_write_text(state_path(self.sweep_dir), dump_state(snapshot))
+
+    def _rerun_lost_alone(
+        self, snapshot: dict[str, Any], children: list[ChildSpec], outcomes: list[ChildOutcome]
+    ) -> tuple[list[ChildSpec], list[ChildOutcome]]:
+        """After a launcher crash, run each child that left no result alone under a new job number:
+        the child that crashed the launcher fails alone, its batch mates keep their results."""
+        lost = [i for i, o in enumerate(outcomes) if o.lost]
+        children, outcomes = list(children), list(outcomes)
+        for i in lost:
+            children[i] = dataclasses.replace(children[i], job_num=self.state.next_job_idx)
+            self.state.next_job_idx += 1
+        self._save_in_flight(snapshot, children)
+        self._event(
+            self.state,
+            f"iters {children[0].node_id}-{children[-1].node_id}: the launcher crashed "
+            f"({outcomes[lost[0]].error}); re-running nodes {[children[i].node_id for i in lost]} one at "
+            f"a time as jobs {[children[i].job_num for i in lost]}, so a hard crash fails alone",
+        )
+        for i in lost:
+            outcomes[i] = self._launch([children[i]])[0]
+        return children, outcomes
 
     # ------------------------------------------------------------------ view
     def view(self, size: int) -> ExplorationView:
@@ -457,7 +574,7 @@ class ExplorationEngine:
         reply_errors: list[str] = []
         for attempt in range(1 + self.config.max_reasks):
             try:
-                reply = self.proposer.propose(view, feedback=feedback)
+                reply = clean_reply(self.proposer.propose(view, feedback=feedback))
             except Exception as err:  # a proposer failure must never stop the sweep
                 self._event(
                     self.state, f"iter {view.first_iteration}: proposer raised {type(err).__name__}: {err}"
@@ -469,8 +586,10 @@ class ExplorationEngine:
             slot_errors, reply_errors = self._validate(reply, view)
             if not slot_errors and not reply_errors:
                 break
-            feedback = reply_errors + [
-                f"slot {s}: {e}" for s, errs in sorted(slot_errors.items()) for e in errs
+            feedback = [
+                one_line(e, 500)
+                for e in reply_errors
+                + [f"slot {s}: {e}" for s, errs in sorted(slot_errors.items()) for e in errs]
             ]
             self._event(self.state, f"iter {view.first_iteration}: rejected proposals: {'; '.join(feedback)}")
         fallback = self.rules.propose(view) if reply is None or slot_errors or reply_errors else None
@@ -504,6 +623,7 @@ class ExplorationEngine:
     ) -> tuple[dict[int, list[str]], list[str]]:
         """Per-slot errors and reply-level errors (next_simulation)."""
         block_nodes = {r.node_id for r in view.ucb_table}
+        failed = {r.node_id for r in view.ucb_table if r.status != "completed"}
         slot_errors: dict[int, list[str]] = {}
         if len(reply.proposals) < view.n_parallel:
             for slot in range(len(reply.proposals), view.n_parallel):
@@ -519,6 +639,12 @@ class ExplorationEngine:
                     f"parent {proposal.parent!r} is not a node of block {view.block}; "
                     f"allowed: root (null) or one of [{allowed}]"
                 )
+            elif proposal.parent in failed:
+                allowed = ", ".join(str(i) for i in sorted(block_nodes - failed)) or "none yet"
+                errors.append(
+                    f"parent {proposal.parent} failed and cannot be branched from; "
+                    f"allowed: root (null) or a completed node of block {view.block}: [{allowed}]"
+                )
             overrides = dict(proposal.overrides or {})
             for key in [k for k in overrides if k in self.config.slot_params]:
                 del overrides[key]
@@ -527,9 +653,8 @@ class ExplorationEngine:
                     f"{key}: fixed per slot by hydra.sweeper.slot_params ({values}) and never proposed; "
                     "the sweeper sets it for every child of the slot"
                 )
-            errors += self.space.validate(
-                overrides, allow_block=view.iter_in_block == 1 and proposal.parent is None
-            )
+            # Block-level keys are one decision per block (next_simulation), never a slot's.
+            errors += self.space.validate(overrides, allow_block=False)
             if not errors and self.check_child is not None:
                 child = self._child(proposal, slot, view, simulation)
                 problem = self.check_child(child)
@@ -680,22 +805,38 @@ class ExplorationEngine:
         )
 
     def _launch(self, children: Sequence[ChildSpec]) -> list[ChildOutcome]:
+        for child in children:
+            write_child_record(self.sweep_dir, child.job_num, self.child_record(child))
         try:
             outcomes = list(self.launch(children))
         except Exception as err:  # a hard crash of the launcher fails the batch, not the sweep
-            detail = " ".join(str(err).split())
-            message = f"launcher error: {type(err).__name__}: {detail[:300]}"
+            message = f"launcher error: {type(err).__name__}: {one_line(err, 300)}"
             self._event(self.state, f"iters {children[0].node_id}-{children[-1].node_id}: {message}")
-            return [ChildOutcome("failed", error=message) for _ in children]
+            return [ChildOutcome("failed", error=message, lost=True) for _ in children]
         if len(outcomes) != len(children):
             message = f"launcher returned {len(outcomes)} results for {len(children)} jobs"
             self._event(self.state, message)
             return [ChildOutcome("failed", error=message) for _ in children]
         return outcomes
 
+    def child_record(self, child: ChildSpec) -> dict[str, Any]:
+        """The node metadata a child reads for itself (W&B config, tags): plain JSON, never an override."""
+        return {
+            "sweep_id": self.state.sweep_id,
+            "node": child.node_id,
+            "parent": child.parent,
+            "block": child.block,
+            "slot": child.slot,
+            "job_num": child.job_num,
+            "strategy": child.strategy,
+            "hypothesis": child.hypothesis,
+            "mutation": child.mutation_text,
+            "seeds": dict(child.seeds),
+        }
+
     def _record(self, child: ChildSpec, outcome: ChildOutcome) -> Node:
         objective = self.config.objective
-        status, error = outcome.status, outcome.error
+        status, error = outcome.status, (one_line(outcome.error, 1000) if outcome.error else None)
         metrics = {k: float(v) for k, v in outcome.metrics.items()}
         value = metrics.get(objective.metric)
         if status == "completed" and value is None:
@@ -755,7 +896,7 @@ class ExplorationEngine:
         if nodes and any(not n.observation for n in nodes):
             view = self.view(0)
             try:
-                reply = self.proposer.propose(view)
+                reply = clean_reply(self.proposer.propose(view))
             except Exception as err:
                 self._event(self.state, f"final observations: proposer raised {type(err).__name__}: {err}")
                 reply = self.rules.propose(view)

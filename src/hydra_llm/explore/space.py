@@ -114,8 +114,9 @@ class SearchSpace:
             return [f"{key}: not an explorable key; allowed keys now: {self._allowed_keys(allow_block)}"]
         if spec.block_level and not allow_block:
             return [
-                f"{key}: block-level (simulation) keys may change only at a block boundary; "
-                f"allowed keys within a block: {self._allowed_keys(False)}"
+                f"{key}: block-level (simulation) keys may change only at a block boundary, as one "
+                "decision for the whole block (block_end.next_simulation), never in a slot's overrides; "
+                f"allowed keys in a proposal: {self._allowed_keys(False)}"
             ]
         try:
             parsed = parse_value(key, value)
@@ -158,25 +159,46 @@ def check_value(spec: ParamSpec, value: Any) -> str | None:
     if spec.kind == "choice":
         if any(_same(value, choice) for choice in spec.choices):
             return None
-        return f"{spec.key}: {value!r} is not allowed; allowed: {allowed}"
+        return f"{spec.key}: {_short(value)} is not allowed; allowed: {allowed}"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"{spec.key}: {value!r} has type {type(value).__name__}; allowed: {allowed}"
-    if not math.isfinite(float(value)):
-        return f"{spec.key}: {value!r} is not finite; allowed: {allowed}"
-    if spec.kind == "int" and float(value) != int(value):
+        return f"{spec.key}: {_short(value)} has type {type(value).__name__}; allowed: {allowed}"
+    number = _finite(value)
+    if number is None:
+        return f"{spec.key}: {_short(value)} is not finite or too large; allowed: {allowed}"
+    if spec.kind == "int" and number != int(number):
         return f"{spec.key}: {value!r} is not an integer; allowed: {allowed}"
     assert spec.low is not None and spec.high is not None
     tolerance = 1e-9 * max(1.0, abs(spec.high))
-    if not spec.low - tolerance <= float(value) <= spec.high + tolerance:
-        return f"{spec.key}: {value!r} is out of range; allowed: {allowed}"
+    if not spec.low - tolerance <= number <= spec.high + tolerance:
+        return f"{spec.key}: {_short(value)} is out of range; allowed: {allowed}"
     return None
+
+
+def _finite(value: int | float) -> float | None:
+    """``value`` as a finite float, or None (NaN, inf, or an integer beyond float range)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for a message, cut when long (a 400-digit integer, a megabyte string)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value).bit_length() > 200:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 12]}... ({len(text)} chars)"
 
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b or (isinstance(a, bool) and isinstance(b, bool) and a == b)
     if isinstance(a, int | float) and isinstance(b, int | float):
-        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+        x, y = _finite(a), _finite(b)
+        if x is None or y is None:
+            return a == b
+        return math.isclose(x, y, rel_tol=1e-12, abs_tol=0.0)
     return str(a) == str(b)
 
 

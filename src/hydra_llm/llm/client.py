@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,10 @@ _REJECTION_WORDS: dict[Mode, tuple[str, ...]] = {
     "text": (),
 }
 _REJECTION_STATUSES = {400, 404, 415, 422, 500, 501}
+# A 500 may be an overloaded server whose message happens to mention a schema: a step-down it causes
+# is kept only once the lower mode has produced a valid reply.
+_PROVISIONAL_STATUSES = {500}
+MAX_REPLY_CHARS = 200_000  # a longer reply is rejected unread (a sane reply is a few thousand)
 # Key used when the endpoint needs none (a local server); the openai client insists on one.
 _NO_KEY = "no-key-needed"
 
@@ -81,12 +86,18 @@ class LLMReplyInvalid(LLMError):
     """Replies kept failing validation after the re-asks."""
 
 
+class _DeadlineExceeded(Exception):
+    """The call's wall-clock deadline passed (internal; surfaces as :class:`LLMUnavailable`)."""
+
+
 @dataclass(frozen=True)
 class LLMSettings:
     """Everything that selects and tunes an endpoint; contains no secret (only the key's env name).
 
-    ``timeout`` is seconds per HTTP request; ``max_retries`` the openai client's transport retries;
-    ``max_reasks`` how often an invalid reply is sent back with its validation error.
+    ``deadline`` is the wall-clock budget in seconds of one :meth:`LLMClient.complete` call, covering
+    transport retries, re-asks and slowly sent bodies; ``timeout`` caps each HTTP request within it;
+    ``max_retries`` the openai client's transport retries; ``max_reasks`` how often an invalid reply
+    is sent back with its validation error.
     """
 
     model: str
@@ -98,6 +109,7 @@ class LLMSettings:
     structured_output: str = "auto"
     max_reasks: int = 1
     max_tokens: int | None = None
+    deadline: float = 300.0
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the key and the allowed values for any bad setting."""
@@ -112,6 +124,8 @@ class LLMSettings:
             raise ValueError(f"llm.temperature={self.temperature} must be within [0, 2]")
         if float(self.timeout) <= 0:
             raise ValueError(f"llm.timeout={self.timeout} must be > 0 seconds")
+        if float(self.deadline) <= 0:
+            raise ValueError(f"llm.deadline={self.deadline} must be > 0 seconds")
         if int(self.max_retries) < 0 or int(self.max_reasks) < 0:
             raise ValueError("llm.max_retries and llm.max_reasks must be >= 0")
         if not self.api_key_env or not str(self.api_key_env).replace("_", "").isalnum():
@@ -148,14 +162,20 @@ class LLMClient:
             )
         self.redactor = Redactor([key])
         self.recorder = CallRecorder(record_dir, self.redactor) if record_dir is not None else None
-        self._client = openai.OpenAI(
-            api_key=key or _NO_KEY,
-            base_url=settings.base_url,
-            timeout=float(settings.timeout),
-            max_retries=int(settings.max_retries),
-        )
+        self._key = key or _NO_KEY
+        self._client = self._new_client()
         self._rejected: dict[str, str] = {}
         self._mode: Mode = self._initial_mode()
+        # (mode, rejections) before a step-down that a 500 caused, until a valid reply confirms it
+        self._provisional: tuple[Mode, dict[str, str]] | None = None
+
+    def _new_client(self) -> openai.OpenAI:
+        return openai.OpenAI(
+            api_key=self._key,
+            base_url=self.settings.base_url,
+            timeout=float(self.settings.timeout),
+            max_retries=int(self.settings.max_retries),
+        )
 
     # ----------------------------------------------------------------- capability cache
     @property
@@ -196,16 +216,25 @@ class LLMClient:
         }
         path.write_text(json.dumps(self.redactor.obj(data), indent=2) + "\n")
 
-    def _step_down(self, reason: str) -> bool:
-        """Move to the next ladder mode after a rejection; False when there is none (or it is pinned)."""
+    def _step_down(self, reason: str, provisional: bool) -> bool:
+        """Move to the next ladder mode after a rejection; False when there is none (or it is pinned).
+
+        A provisional step-down is confirmed (logged and cached) by :meth:`complete` once the lower
+        mode produced a valid reply, and undone if the call fails."""
         if self.settings.structured_output != "auto" or self._mode == LADDER[-1]:
             return False
         old = self._mode
+        if provisional and self._provisional is None:
+            self._provisional = (old, dict(self._rejected))
         self._rejected[old] = reason[:300]
         self._mode = LADDER[LADDER.index(old) + 1]
+        if not provisional and self._provisional is None:
+            self._confirm_mode(old)
+        return True
+
+    def _confirm_mode(self, old: Mode) -> None:
         log.warning("LLM endpoint rejected structured output mode %r; using %r from now on", old, self._mode)
         self._save_capabilities()
-        return True
 
     @staticmethod
     def _is_rejection(err: openai.APIStatusError, mode: Mode) -> bool:
@@ -228,6 +257,22 @@ class LLMClient:
         ``messages`` are chat messages (content may be a list of parts with images). ``check`` is an
         optional ``callable(value) -> list[str]`` of further errors that also trigger a re-ask.
         """
+        self._provisional = None
+        try:
+            completion = self._complete(
+                messages, model, check, tag, time.monotonic() + self.settings.deadline
+            )
+        except LLMError:
+            if self._provisional is not None:  # an unconfirmed step-down is undone
+                self._mode, self._rejected = self._provisional[0], self._provisional[1]
+            raise
+        if self._provisional is not None:
+            self._confirm_mode(self._provisional[0])
+        return completion
+
+    def _complete(
+        self, messages: list[dict[str, Any]], model: type[M], check: Any, tag: str, deadline: float
+    ) -> Completion[M]:
         conversation = [dict(m) for m in messages]
         calls: list[dict[str, Any]] = []
         reasks = 0
@@ -237,7 +282,8 @@ class LLMClient:
             record: dict[str, Any] = {"tag": tag, "mode": mode, "reask": reasks}
             start = time.perf_counter()
             try:
-                response = self._client.chat.completions.create(
+                response = self._create_before(
+                    deadline,
                     model=self.settings.model,
                     messages=sent,
                     temperature=float(self.settings.temperature),
@@ -248,7 +294,10 @@ class LLMClient:
                 record.update(self._error_record(err, start))
                 self._record(record, sent, mode, model, error=err)
                 calls.append(record)
-                if self._is_rejection(err, mode) and self._step_down(self.redactor.text(str(err))):
+                provisional = err.status_code in _PROVISIONAL_STATUSES
+                if self._is_rejection(err, mode) and self._step_down(
+                    self.redactor.text(str(err)), provisional
+                ):
                     continue
                 raise LLMUnavailable(f"endpoint error: {record['error']}", calls) from None
             except (openai.APIConnectionError, openai.APIResponseValidationError) as err:
@@ -256,6 +305,24 @@ class LLMClient:
                 self._record(record, sent, mode, model, error=err)
                 calls.append(record)
                 raise LLMUnavailable(f"endpoint unreachable: {record['error']}", calls) from None
+            except _DeadlineExceeded as err:
+                record.update(self._error_record(err, start))
+                self._record(record, sent, mode, model, error=err)
+                calls.append(record)
+                raise LLMUnavailable(f"endpoint too slow: {err}", calls) from None
+            except Exception as err:  # a body the SDK cannot parse (empty, HTML, truncated JSON, ...)
+                record.update(self._error_record(err, start))
+                self._record(record, sent, mode, model, error=err)
+                calls.append(record)
+                raise LLMUnavailable(
+                    f"endpoint sent an unusable response: {record['error']}", calls
+                ) from None
+            if not hasattr(response, "choices"):  # e.g. a 200 with a non-JSON body, returned as text
+                err = ReplyFormatError(f"the endpoint sent no chat completion ({type(response).__name__})")
+                record.update(self._error_record(err, start))
+                self._record(record, sent, mode, model, error=err)
+                calls.append(record)
+                raise LLMUnavailable(f"endpoint sent an unusable response: {record['error']}", calls)
             record.update(self._usage_record(response, start))
             self._record(record, sent, mode, model, response=response)
             calls.append(record)
@@ -265,6 +332,13 @@ class LLMClient:
                     raise ReplyFormatError("the reply had no choices; a JSON object is required")
                 message = response.choices[0].message
                 text = payload_text(message, mode)
+                if len(text) > MAX_REPLY_CHARS:
+                    size = len(text)
+                    text = text[:2000]
+                    raise ReplyFormatError(
+                        f"the reply is {size} characters long; the limit is {MAX_REPLY_CHARS}: "
+                        "send one compact JSON object"
+                    )
                 value = validate(model, text)
                 errors = list(check(value)) if check is not None else []
                 if errors:
@@ -283,6 +357,36 @@ class LLMClient:
                 continue
             record["status"] = "ok"
             return Completion(value, mode, text, conversation, calls)
+
+    def _create_before(self, deadline: float, **kwargs: Any) -> Any:
+        """One ``chat.completions.create`` (with the SDK's retries) that returns or raises by
+        ``deadline`` (a ``time.monotonic()`` value), however slowly the server sends its body."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _DeadlineExceeded(f"the call's deadline of {self.settings.deadline:g} s has passed")
+        client, box = self._client, {}
+
+        def work() -> None:
+            try:
+                box["response"] = client.chat.completions.create(
+                    timeout=min(float(self.settings.timeout), remaining), **kwargs
+                )
+            except BaseException as err:  # handed to the waiting thread
+                box["error"] = err
+
+        thread = threading.Thread(target=work, name="hydra-llm-request", daemon=True)
+        thread.start()
+        thread.join(remaining)
+        if thread.is_alive():
+            client.close()  # aborts the transfer; the worker thread ends with a connection error
+            self._client = self._new_client()
+            raise _DeadlineExceeded(
+                f"no complete reply within the call's deadline of {self.settings.deadline:g} s "
+                "(llm deadline, covering retries and re-asks)"
+            )
+        if "error" in box:
+            raise box["error"]
+        return box["response"]
 
     def _with_schema_prompt(
         self, messages: list[dict[str, Any]], model: type[pydantic.BaseModel], mode: Mode

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,10 @@ from hydra_llm.explore.engine import (
     ExplorationEngine,
     SweepConfigError,
 )
+from hydra_llm.explore.interrupts import InterruptGuard, SweepInterrupted, exit_now, watch_sweeper
 from hydra_llm.explore.proposers.base import Proposer
 from hydra_llm.explore.space import format_value, parse_space, to_override_strings
+from hydra_llm.explore.sweep_folder import RESULTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class LLMUCBSweeperImpl:
         proposer = self._proposer(s.get("proposer"))
         self.seed_keys = engine_config.seed_keys
         self.metric = objective.metric
-        self.sweep_id = f"{config.hydra.job.name}-{sweep_dir.name}"
+        self.sweep_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.hydra.job.name}-{sweep_dir.name}")
         engine = ExplorationEngine(
             engine_config,
             self.space,
@@ -88,7 +91,17 @@ class LLMUCBSweeperImpl:
             or getattr(proposer, "name", type(proposer).__name__),
         )
         self.sweep_id = engine.state.sweep_id  # a resumed sweep keeps its W&B group
-        engine.run()
+        try:
+            with InterruptGuard(on_interrupt=engine.interrupted):
+                engine.run()
+        except SweepInterrupted as stop:
+            # The state on disk is consistent; exit without waiting for launcher workers (they watch
+            # this process and stop by themselves).
+            exit_now(
+                stop.exit_code,
+                f"[llm_ucb] stopped by {stop}: state saved in {sweep_dir / 'exploration'}; continue with "
+                "hydra.sweeper.resume=true",
+            )
         return self.returns
 
     def _defaults(self, keys: Sequence[str]) -> dict[str, Any]:
@@ -131,7 +144,11 @@ class LLMUCBSweeperImpl:
 
     # ------------------------------------------------------------------ children
     def overrides(self, child: ChildSpec) -> list[str]:
-        """The child's Hydra overrides: fixed CLI values, block-level and training values, seeds, metadata."""
+        """The child's Hydra overrides: fixed CLI values, block-level and training values, seeds, metadata.
+
+        Only numbers and the sanitised sweep id travel as ``sweep_node.*`` overrides; free text (the
+        strategy, the hypothesis) stays in ``exploration/children/<job>.json``, which the child reads.
+        """
         values = {**child.simulation, **child.overrides, **child.seed_overrides(self.seed_keys)}
         meta = {
             "sweep_id": self.sweep_id,
@@ -139,7 +156,6 @@ class LLMUCBSweeperImpl:
             "parent": child.parent,
             "block": child.block,
             "slot": child.slot,
-            "strategy": child.strategy,
         }
         return [
             *self.space.fixed,
@@ -182,14 +198,11 @@ class LLMUCBSweeperImpl:
         for child in children:
             recorded = read_result(sweep_dir, child.job_num, self.metric)
             if recorded is None:
-                recorded = ChildOutcome("failed", error=f"launcher error: {reason}"[:1000])
+                recorded = ChildOutcome("failed", error=f"launcher error: {reason}"[:1000], lost=True)
             outcomes.append(recorded)
         kept = sum(o.status == "completed" for o in outcomes)
         log.warning("launch() raised (%s); %d of %d children recovered", reason[:200], kept, len(children))
         return outcomes
-
-
-RESULTS_DIR = "exploration/results"
 
 
 class RecordingTask:
@@ -203,6 +216,7 @@ class RecordingTask:
         self.task_function = task_function
 
     def __call__(self, cfg: DictConfig) -> Any:
+        watch_sweeper()  # in a separate process: stop when the sweeper dies, ignore the terminal's Ctrl-C
         try:
             value = self.task_function(cfg)
         except BaseException as err:

@@ -53,7 +53,8 @@ class LLMProposerConf:
     base_url: Optional[str] = None  # noqa: UP045
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.2
-    timeout: float = 120.0
+    timeout: float = 120.0  # seconds per HTTP request
+    deadline: float = 300.0  # seconds for one whole proposal call: retries, re-asks, slow bodies
     max_retries: int = 2
     vision: bool = False
     max_reasks: int = 1  # re-asks of an invalid reply within one call (the engine re-asks once more)

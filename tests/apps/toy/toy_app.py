@@ -33,7 +33,8 @@ def run(cfg: DictConfig):
     if b.sleep_at_job is not None and job == b.sleep_at_job:
         time.sleep(float(b.sleep_at_job_s))
     lr, width = float(cfg.training.lr), int(cfg.training.width)
-    if (b.exit_if_lr_above is not None and lr > b.exit_if_lr_above) or job == b.exit_at_job:
+    exit_node = b.exit_at_node is not None and cfg.sweep_node.node == b.exit_at_node
+    if (b.exit_if_lr_above is not None and lr > b.exit_if_lr_above) or job == b.exit_at_job or exit_node:
         os._exit(3)
     if b.raise_if_lr_above is not None and lr > b.raise_if_lr_above:
         raise ValueError(f"lr {lr} too large for the toy task")

@@ -45,10 +45,12 @@ def endpoint_configured(api_key_env: str = "OPENAI_API_KEY", base_url: str | Non
 class LLMProposer(Proposer):
     """Proposes each batch with an LLM; falls back to ``fallback`` (rules) when the endpoint fails.
 
-    ``timeout`` is seconds per HTTP request, ``max_retries`` transport retries (429/5xx/timeouts),
-    ``max_reasks`` re-asks of an invalid reply within one call, ``memory_max_lines`` the cap on the
-    working memory, ``min_rule_evidence``/``max_rules``/``max_rules_chars`` the limits on learned rules
-    (told to the model; the engine enforces them with :func:`hydra_llm.explore.protocol.edit_rules`).
+    ``deadline`` is the wall-clock budget in seconds of one proposal call (retries, re-asks and slow
+    bodies included), ``timeout`` caps each HTTP request within it, ``max_retries`` transport retries
+    (429/5xx/timeouts), ``max_reasks`` re-asks of an invalid reply within one call,
+    ``memory_max_lines`` the cap on the working memory, ``min_rule_evidence``/``max_rules``/
+    ``max_rules_chars`` the limits on learned rules (told to the model; the engine enforces them with
+    :func:`hydra_llm.explore.protocol.edit_rules`).
     """
 
     name = "llm"
@@ -60,6 +62,7 @@ class LLMProposer(Proposer):
         api_key_env: str = "OPENAI_API_KEY",
         temperature: float = 0.2,
         timeout: float = 120.0,
+        deadline: float = 300.0,
         max_retries: int = 2,
         max_reasks: int = 1,
         structured_output: str = "auto",
@@ -78,6 +81,7 @@ class LLMProposer(Proposer):
             api_key_env=api_key_env,
             temperature=temperature,
             timeout=timeout,
+            deadline=deadline,
             max_retries=max_retries,
             structured_output=structured_output,
             max_reasks=max_reasks,

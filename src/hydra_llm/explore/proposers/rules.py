@@ -69,8 +69,8 @@ class RulesProposer(Proposer):
     def propose(self, view: ExplorationView, feedback: list[str] | None = None) -> ProposerReply:
         objective = objective_from_view(view)
         rng = random.Random(view.sweep_seed * 1_000_003 + view.first_iteration)
-        rows = list(view.ucb_table)
-        by_id = sorted(rows, key=lambda r: r.node_id)
+        rows = [r for r in view.ucb_table if r.status == "completed"]  # a failed node is no parent
+        by_id = sorted(view.ucb_table, key=lambda r: r.node_id)
         streak = _converged_streak(by_id, objective)
         window = max(1, view.n_iter_block // 4)
         proposals: list[Proposal] = []
