@@ -47,6 +47,20 @@ class FakeError:
 
 
 @dataclass
+class FakeRaw:
+    """A reply sent byte for byte: any status, content type and body (empty, HTML, truncated JSON).
+
+    ``drip_s`` > 0 sends the body one byte at a time with that pause (a server that is alive but slow,
+    which per-read timeouts never catch).
+    """
+
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "application/json"
+    drip_s: float = 0.0
+
+
+@dataclass
 class RecordedRequest:
     path: str
     headers: dict[str, str]
@@ -81,7 +95,7 @@ class RecordedRequest:
         return urls
 
 
-Entry = FakeReply | FakeError | Callable[[RecordedRequest], "FakeReply | FakeError"]
+Entry = FakeReply | FakeError | FakeRaw | Callable[[RecordedRequest], "FakeReply | FakeError | FakeRaw"]
 
 
 @dataclass
@@ -206,6 +220,22 @@ def _make_handler(state: _State) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout tests)
 
+        def _send_raw(self, entry: FakeRaw) -> None:
+            try:
+                self.send_response(entry.status)
+                self.send_header("Content-Type", entry.content_type)
+                self.send_header("Content-Length", str(len(entry.body)))
+                self.end_headers()
+                if entry.drip_s <= 0:
+                    self.wfile.write(entry.body)
+                    return
+                for i in range(len(entry.body)):
+                    self.wfile.write(entry.body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(entry.drip_s)
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                pass  # the client gave up
+
         def do_POST(self) -> None:  # noqa: N802 (http.server naming)
             length = int(self.headers.get("Content-Length", "0"))
             raw = self.rfile.read(length) if length else b"{}"
@@ -233,6 +263,9 @@ def _make_handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 entry = entry(req)
             if entry is None:
                 entry = FakeError(500, "fake server: script exhausted")
+            if isinstance(entry, FakeRaw):
+                self._send_raw(entry)
+                return
             time.sleep(state.latency_s + entry.delay)
             if isinstance(entry, FakeError):
                 err = {"message": entry.message, "type": "server_error", "code": None}

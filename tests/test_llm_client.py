@@ -10,7 +10,7 @@ import pytest
 
 from hydra_llm.llm import LLMClient, LLMReplyInvalid, LLMSettings, LLMUnavailable, Redactor
 from hydra_llm.llm.structured import extract_json
-from tests.fake_openai import FakeError, FakeOpenAIServer, FakeReply
+from tests.fake_openai import FakeError, FakeOpenAIServer, FakeRaw, FakeReply
 
 SECRET = "sk-test-0123456789abcdefSECRET"
 
@@ -209,3 +209,84 @@ def test_redactor_masks_the_json_escaped_form_of_a_key():
     key = 'ab"cd\\ef-1234'
     text = json.dumps({"memory": f"leak {key}"})
     assert "REDACTED" in Redactor([key]).text(text) and "cd" not in Redactor([key]).text(text)
+
+
+# ---------------------------------------------------------------- hostile endpoints (hardening)
+def test_one_deadline_bounds_a_call_against_a_dripping_server(server, key_env, tmp_path):
+    """A server that sends one byte every 0.2 s never trips a per-read timeout; the deadline stops it."""
+    import time
+
+    body = json.dumps(_completion_body(GOOD)).encode()
+    server.push(FakeRaw(body, drip_s=0.2))  # ~60 s if read to the end
+    client = make_client(server, key_env, tmp_path, timeout=5, deadline=2.0, max_retries=1)
+    start = time.monotonic()
+    with pytest.raises(LLMUnavailable, match="deadline of 2 s"):
+        client.complete(MESSAGES, Mutation, tag="drip")
+    assert time.monotonic() - start < 3.5
+    records = sorted((tmp_path / "llm").glob("*_drip.json"))
+    assert records and "deadline" in json.loads(records[-1].read_text())["error"]["message"]
+    server.push(FakeReply(GOOD))  # the client still works afterwards
+    assert client.complete(MESSAGES, Mutation).value == Mutation(**GOOD)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (FakeRaw(b""), "unusable response"),
+        (FakeRaw(b"<html>gateway</html>", content_type="text/html"), "unusable response"),
+        (FakeRaw(b'{"id": "x", "choices": [', status=200), "unusable response"),
+    ],
+    ids=["empty", "html", "truncated-json"],
+)
+def test_unusable_bodies_are_endpoint_errors_with_a_record(server, key_env, tmp_path, raw, expected):
+    server.push(raw)
+    client = make_client(server, key_env, tmp_path, max_retries=0)
+    with pytest.raises(LLMUnavailable, match=expected) as info:
+        client.complete(MESSAGES, Mutation, tag="raw")
+    assert info.value.calls and info.value.calls[-1]["status"] == "error"
+    assert list((tmp_path / "llm").glob("*_raw.json")), "the failed call left no record"
+
+
+def test_two_500s_mentioning_schema_do_not_step_down_for_good(server, key_env, tmp_path):
+    overloaded = "internal error while compiling the schema: server overloaded"
+    server.push(FakeError(500, overloaded), FakeError(500, overloaded))
+    client = make_client(server, key_env, tmp_path, max_retries=0)
+    with pytest.raises(LLMUnavailable):
+        client.complete(MESSAGES, Mutation)
+    assert client.mode == "json_schema"
+    assert not (tmp_path / "llm" / "capabilities.json").exists()
+    server.push(FakeReply(GOOD))
+    assert client.complete(MESSAGES, Mutation).mode == "json_schema"
+    # a real rejection with a 500 is confirmed by the lower mode's valid reply, and cached
+    rejecting = FakeOpenAIServer(rejects={"json_schema"}, reject_status=500, default=FakeReply(GOOD))
+    with rejecting:
+        client = make_client(rejecting, key_env, tmp_path / "second", max_retries=0)
+        assert client.complete(MESSAGES, Mutation).mode == "json_object"
+    cached = json.loads((tmp_path / "second" / "llm" / "capabilities.json").read_text())
+    assert cached["mode"] == "json_object"
+
+
+def test_an_oversized_reply_is_rejected_unread(server, key_env, tmp_path):
+    huge = {**GOOD, "rationale": "x" * 300_000}
+    server.push(FakeReply(huge), FakeReply(huge))
+    client = make_client(server, key_env, tmp_path, max_reasks=1)
+    with pytest.raises(LLMReplyInvalid, match="characters long; the limit is 200000"):
+        client.complete(MESSAGES, Mutation)
+    reask = server.requests[1].body["messages"]
+    assert sum(len(m["content"] or "") for m in reask if isinstance(m["content"], str)) < 30_000
+
+
+def _completion_body(payload: dict) -> dict:
+    return {
+        "id": "chatcmpl-drip",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "fake-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": json.dumps(payload)},
+                "finish_reason": "stop",
+            }
+        ],
+    }

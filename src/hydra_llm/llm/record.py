@@ -2,7 +2,8 @@
 
 Files are ``NNNN_<tag>.json`` in the record folder (``exploration/llm/`` of a sweep). Numbering
 continues after the files already there, so a resumed sweep never overwrites a record. Images are
-not stored again (they are in the children's folders): a data URL becomes ``<image: N bytes>``.
+not stored again (they are in the children's folders): a data URL becomes ``<image: N bytes>``, and
+any string longer than ``MAX_FIELD_CHARS`` (an oversized reply) is stored cut.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ from typing import Any
 from hydra_llm.llm.redact import Redactor
 
 _NUMBERED = re.compile(r"^(\d{4,})_")
+MAX_FIELD_CHARS = 50_000
 
 
 def strip_images(value: Any) -> Any:
-    """JSON-like data with every ``data:`` URL replaced by a short placeholder."""
+    """JSON-like data with every ``data:`` URL replaced by a short placeholder and every string cut
+    to ``MAX_FIELD_CHARS``."""
     if isinstance(value, str) and value.startswith("data:") and ";base64," in value:
         return f"<image: {len(value)} bytes of base64 omitted>"
+    if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+        return value[:MAX_FIELD_CHARS] + f" [...{len(value) - MAX_FIELD_CHARS} chars not stored]"
     if isinstance(value, dict):
         return {k: strip_images(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -44,7 +49,7 @@ class CallRecorder:
         """Write request + reply (or error) and return the file name (relative to the folder)."""
         record: dict[str, Any] = {"request": strip_images(request)}
         if response is not None:
-            record["response"] = (
+            record["response"] = strip_images(
                 response.model_dump(mode="json") if hasattr(response, "model_dump") else response
             )
         if error is not None:

@@ -1,17 +1,19 @@
 """A tiny Hydra app for the LLM proposer's sweep tests: a smooth score, a plot, an R2 trajectory.
 
-With ``use_wandb: true`` every child also writes an offline W&B run (config = the resolved task
-config) under ``wandb_dir``, so a test can check that no secret reaches W&B.
+With ``use_wandb: true`` every child also writes an offline W&B run under ``wandb_dir``, its config
+built as ``train.py`` builds it (:func:`hydra_llm.train.loggable_config` plus the node record the
+sweeper wrote), so a test can check that no secret reaches W&B.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 # A valid 1x1 PNG: what a vision-capable endpoint receives as the slot's plot.
 PNG_1X1 = bytes.fromhex(
@@ -28,6 +30,8 @@ def score(lr: float, width: int, regime: str) -> float:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     out = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.fail_if_width is not None and int(cfg.training.width) == int(cfg.fail_if_width):
+        raise ValueError(f"width {cfg.training.width} fails by request")
     value = score(float(cfg.training.lr), int(cfg.training.width), str(cfg.simulation.regime))
     (out / "plots").mkdir(parents=True, exist_ok=True)
     (out / "plots" / "activity.png").write_bytes(PNG_1X1)
@@ -36,11 +40,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.use_wandb:
         import wandb
 
+        from hydra_llm.train import child_record, loggable_config
+
+        config = loggable_config(cfg)
+        config["sweep_node"] = child_record(cfg)
+        (out / "wandb_config.json").write_text(json.dumps(config))  # what W&B was handed
         run_ = wandb.init(
             mode="offline",
             dir=str(cfg.wandb_dir),
             project="llm-toy",
-            config=OmegaConf.to_container(cfg, resolve=True),
+            config=config,
             reinit="finish_previous",
         )
         try:
