@@ -62,11 +62,13 @@ class InterruptGuard:
         self.grace_s = grace_s
         self.received: int | None = None
         self._previous: dict[int, object] = {}
+        self._previous_env: str | None = None
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous_env = os.environ.get(SWEEPER_PID_ENV)
         os.environ[SWEEPER_PID_ENV] = str(os.getpid())
         return self
 
@@ -74,6 +76,10 @@ class InterruptGuard:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
         self._previous.clear()
+        if self._previous_env is None:
+            os.environ.pop(SWEEPER_PID_ENV, None)
+        else:
+            os.environ[SWEEPER_PID_ENV] = self._previous_env
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,11 @@ from hydra_llm.explore.engine import (
     EngineConfig,
     ExplorationEngine,
     SweepConfigError,
+    SweepFailedError,
 )
 from hydra_llm.explore.interrupts import InterruptGuard, SweepInterrupted, exit_now, watch_sweeper
 from hydra_llm.explore.proposers.base import Proposer
-from hydra_llm.explore.space import format_value, parse_space, to_override_strings
+from hydra_llm.explore.space import SearchSpaceError, format_value, parse_space, to_override_strings
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,14 @@ class LLMUCBSweeperImpl:
 
     # ------------------------------------------------------------------ sweep
     def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
+        """Run the exploration; a bad setting or a stopped sweep ends the process with one line."""
+        try:
+            return self._sweep(arguments)
+        except (SweepConfigError, SearchSpaceError, SweepFailedError) as err:
+            print(f"[llm_ucb] {err}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+
+    def _sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
         s = self.settings
         config = self.config
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -219,7 +229,7 @@ class RecordingTask:
         watch_sweeper()  # in a separate process: stop when the sweeper dies, ignore the terminal's Ctrl-C
         try:
             value = self.task_function(cfg)
-        except BaseException as err:
+        except Exception as err:  # an interrupt (a BaseException) is no result of the child
             _write_result({"status": "failed", "error": f"{type(err).__name__}: {err}"[:1000]})
             raise
         _write_result({"status": "completed", "value": _jsonable(value)})

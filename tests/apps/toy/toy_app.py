@@ -28,8 +28,12 @@ def run(cfg: DictConfig):
     if b.kill_at_job is not None and job == b.kill_at_job and not Path(b.kill_marker).exists():
         Path(b.kill_marker).write_text(str(job))
         os.kill(os.getpid(), signal.SIGKILL)
-    if b.sleep:
-        time.sleep(float(b.sleep))
+    if b.pid_dir is not None:
+        Path(b.pid_dir).mkdir(parents=True, exist_ok=True)
+        (Path(b.pid_dir) / f"{job}.pid").write_text(str(os.getpid()))
+    end = time.monotonic() + float(b.sleep or 0.0)
+    while time.monotonic() < end and not (b.release_file and Path(b.release_file).exists()):
+        time.sleep(min(0.05, max(0.0, end - time.monotonic())))
     if b.sleep_at_job is not None and job == b.sleep_at_job:
         time.sleep(float(b.sleep_at_job_s))
     lr, width = float(cfg.training.lr), int(cfg.training.width)
