@@ -37,6 +37,9 @@ from hydra_llm.explore.space import SearchSpaceError, format_value, parse_space,
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
 
 log = logging.getLogger(__name__)
+# A worker of a process pool died (os._exit, a signal, the OOM killer): the pool takes every running
+# child down with it (loky's TerminatedWorkerError, concurrent.futures' BrokenProcessPool).
+_BROKEN_POOL_ERRORS = ("TerminatedWorkerError", "BrokenProcessPool")
 
 
 def _plain(value: Any) -> Any:
@@ -202,13 +205,18 @@ class LLMUCBSweeperImpl:
         return [outcome(r, self.metric) for r in returns]
 
     def _recover(self, children: Sequence[ChildSpec], err: Exception) -> list[ChildOutcome]:
+        """Each child's own record; the others failed. When a process pool broke (joblib), a child
+        without a record may be a batch mate killed with the pool: it is marked ``lost`` so the
+        engine runs it again alone. Elsewhere (SLURM) children are separate jobs and fail by
+        themselves."""
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         reason = " ".join(f"{type(err).__name__}: {err}".split())
+        pool_broke = type(err).__name__ in _BROKEN_POOL_ERRORS
         outcomes = []
         for child in children:
             recorded = read_result(sweep_dir, child.job_num, self.metric)
             if recorded is None:
-                recorded = ChildOutcome("failed", error=f"launcher error: {reason}"[:1000], lost=True)
+                recorded = ChildOutcome("failed", error=f"launcher error: {reason}"[:1000], lost=pool_broke)
             outcomes.append(recorded)
         kept = sum(o.status == "completed" for o in outcomes)
         log.warning("launch() raised (%s); %d of %d children recovered", reason[:200], kept, len(children))
