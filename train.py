@@ -6,9 +6,15 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, float]:
-    from hydra_llm.train import run
+    from hydra_llm.preflight import PreflightError
+    from hydra_llm.train import in_sweep, run
 
-    return run(cfg)
+    try:
+        return run(cfg)
+    except PreflightError as err:
+        if in_sweep():  # a failed node; the sweeper ran the same check before its first batch
+            raise
+        raise SystemExit(f"error: {err}") from None  # one line naming the setting, no traceback
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_llm import preflight
+
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +31,7 @@ def output_dir(cfg: DictConfig) -> Path:
     return path
 
 
-def _in_sweep() -> bool:
+def in_sweep() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -139,15 +141,6 @@ def threads_for_child(num_threads: int | None) -> int | None:
     return None
 
 
-def check_training(cfg: DictConfig, training: dict[str, Any]) -> None:
-    """Run the model class's own ``check_training`` (if it has one) on the training settings."""
-    from hydra.utils import get_class
-
-    check = getattr(get_class(cfg.model._target_), "check_training", None)
-    if check is not None:
-        check(training)
-
-
 def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Plain floats (NaN kept as NaN so the sweeper can mark the node failed)."""
     out: dict[str, float] = {}
@@ -170,8 +163,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if threads is not None:
         torch.set_num_threads(threads)
         log.info("torch threads: %d", threads)
+    preflight.check(cfg)  # a bad setting or missing data fails before anything is simulated
     training = OmegaConf.to_container(cfg.training, resolve=True)
-    check_training(cfg, training)  # a bad training value fails before the simulation runs
     datamodule = instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -190,7 +183,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             callbacks=evaluation_callbacks(cfg, observations, ground_truth, out),
             logger=logger if logger is not None else False,
             default_root_dir=str(out),
-            enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)) and not _in_sweep(),
+            enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)) and not in_sweep(),
         )
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule)

@@ -91,8 +91,9 @@ class EngineConfig:
     def from_settings(cls, settings: Mapping[str, Any]) -> EngineConfig:
         """Build from plain ``hydra.sweeper.*`` settings (missing keys keep their defaults); checked."""
         s = settings
-        try:
-            objective = Objective(**dict(s.get("objective") or {}))
+        given = {k: v for k, v in dict(s.get("objective") or {}).items() if v is not None}
+        try:  # a null objective field keeps the default
+            objective = Objective(**given)
         except (TypeError, ValueError) as err:
             raise SweepConfigError(f"hydra.sweeper.objective: {err}") from err
         ucb = dict(s.get("ucb") or {})

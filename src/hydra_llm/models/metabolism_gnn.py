@@ -236,6 +236,9 @@ class MetabolismGNN(pl.LightningModule):
         log_k_init: (low, high) of the uniform initialisation of log10 k.
     """
 
+    # Lets a caller check cfg.training before simulating: get_class(target).check_training(training).
+    check_training = staticmethod(training_options)
+
     def __init__(
         self,
         observations: Observations,

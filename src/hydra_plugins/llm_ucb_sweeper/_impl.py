@@ -74,17 +74,14 @@ class LLMUCBSweeperImpl:
             raise SystemExit(1) from None
 
     def _sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
-        s = self.settings
         config = self.config
+        self.space, s = self._space_and_settings(arguments)
+        self._preflight()
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(config, sweep_dir / "multirun.yaml")
         engine_config = EngineConfig.from_settings(s)
         objective = engine_config.objective
-        params = dict(s.get("params") or {})
-        block_params = dict(s.get("block_params") or {})
-        defaults = self._defaults([*params, *block_params])
-        self.space = parse_space(params, block_params, arguments, defaults)
         proposer = self._proposer(s.get("proposer"))
         self.seed_keys = engine_config.seed_keys
         self.metric = objective.metric
@@ -116,6 +113,50 @@ class LLMUCBSweeperImpl:
                 "hydra.sweeper.resume=true",
             )
         return self.returns
+
+    def _space_and_settings(self, arguments: list[str]) -> tuple[Any, dict[str, Any]]:
+        """The search space and the sweeper settings, completed from the regime's ``exploration`` node.
+
+        Settings the sweeper leaves unset (an empty space with no sweep on the command line, a null
+        protocol, null objective fields) come from the task config's ``exploration`` node, which each
+        regime selects; an empty space after that is an error (the sweep would only replicate).
+        """
+        s = dict(self.settings)
+        regime = _plain(OmegaConf.select(self.config, "exploration", default=None)) or {}
+        space = self._parse(s, arguments)
+        if not space.params and not space.block_params and regime:
+            s["params"], s["block_params"] = regime.get("params") or {}, regime.get("block_params") or {}
+            space = self._parse(s, arguments)
+        if not space.params and not space.block_params:
+            raise SweepConfigError(
+                "hydra.sweeper.params: the search space is empty, so the sweep could only repeat the root "
+                "config; declare hydra.sweeper.params / block_params (Hydra sweep syntax, e.g. "
+                "training.lr='tag(log, interval(1e-4, 1e-2))'), choose an experiment=..., or a regime "
+                "whose exploration/ config declares a space"
+            )
+        s["protocol"] = s.get("protocol") or regime.get("protocol")
+        objective = dict(regime.get("objective") or {})
+        objective.update({k: v for k, v in dict(s.get("objective") or {}).items() if v is not None})
+        s["objective"] = objective
+        return space, s
+
+    def _preflight(self) -> None:
+        """The task's own cheap check (the config's ``preflight`` key, a dotted path to a function of
+        the composed config) on the root config, before any child runs."""
+        target = OmegaConf.select(self.config, "preflight", default=None)
+        if not target:
+            return
+        from hydra.utils import get_method
+
+        try:
+            get_method(str(target))(self.config)
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+            raise SweepConfigError(f"preflight: {' '.join(str(err).split())}") from None
+
+    def _parse(self, settings: dict[str, Any], arguments: list[str]) -> Any:
+        params = dict(settings.get("params") or {})
+        block_params = dict(settings.get("block_params") or {})
+        return parse_space(params, block_params, arguments, self._defaults([*params, *block_params]))
 
     def _defaults(self, keys: Sequence[str]) -> dict[str, Any]:
         """Each key's value in the composed root config; a config group gives its selected option."""

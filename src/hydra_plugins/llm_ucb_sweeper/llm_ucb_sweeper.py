@@ -16,14 +16,17 @@ from omegaconf import MISSING
 
 @dataclass
 class ObjectiveConf:
-    metric: str = "connectivity_R2"
-    direction: str = "maximize"  # maximize | minimize | target
-    target: Optional[float] = None  # noqa: UP045 (no PEP 604 here, see above)
-    failure_reward: Optional[float] = None  # noqa: UP045 (no PEP 604 here, see above)  # null: 0.0 for maximize, -1.0 otherwise
-    converged: float = (
-        0.9  # classification thresholds (>= for maximize, <= for minimize, |v-target| <= for target)
-    )
-    partial: float = 0.5
+    """What the sweep optimises. A null field takes the regime's value (the task config's
+    ``exploration.objective``, chosen by ``simulation=...``), else the built-in default
+    (connectivity_R2, maximize, converged 0.9, partial 0.5)."""
+
+    metric: Optional[str] = None  # noqa: UP045 (no PEP 604 here, see above)
+    direction: Optional[str] = None  # noqa: UP045  # maximize | minimize | target
+    target: Optional[float] = None  # noqa: UP045
+    failure_reward: Optional[float] = None  # noqa: UP045  # null: 0.0 for maximize, -1.0 otherwise
+    # classification thresholds (>= for maximize, <= for minimize, |v-target| <= for target)
+    converged: Optional[float] = None  # noqa: UP045
+    partial: Optional[float] = None  # noqa: UP045
     # Explicit [low, high] bands on the metric value; when set they replace converged / partial
     # (e.g. target 1.0 with an asymmetric partial band: converged_band [0.8, 1.2], partial_band [0.3, 3.0]).
     converged_band: Optional[list[float]] = None  # noqa: UP045
@@ -79,7 +82,9 @@ class LLMUCBSweeperConf:
     _target_: str = "hydra_plugins.llm_ucb_sweeper.llm_ucb_sweeper.LLMUCBSweeper"
     defaults: list[Any] = field(default_factory=lambda: [{"proposer": "auto"}])
     proposer: Any = MISSING
-    params: dict[str, str] = field(default_factory=dict)  # within-block space, Hydra override grammar
+    # The search space in Hydra's override grammar. Both empty (and no sweep on the command line): the
+    # regime's space from the task config's `exploration` node (selected by simulation=...).
+    params: dict[str, str] = field(default_factory=dict)  # within-block space
     block_params: dict[str, str] = field(default_factory=dict)  # simulation keys, only at block boundaries
     n_iterations: int = 12
     n_parallel: int = 4
@@ -90,7 +95,8 @@ class LLMUCBSweeperConf:
     max_failure_rate: float = 0.8
     resume: bool = False
     seed: int = 0
-    protocol: Optional[str] = None  # noqa: UP045  # path of the protocol file (e.g. instructions/signal_landscape.md)
+    # Path of the protocol file (e.g. instructions/signal_landscape.md); null: exploration.protocol
+    protocol: Optional[str] = None  # noqa: UP045
     memory_max_lines: int = 400
     seed_keys: dict[str, str] = field(
         default_factory=lambda: {"simulation": "simulation.seed", "training": "training.seed"}

@@ -1,0 +1,37 @@
+"""The regime's cheap checks before any work: training keys and values, simulation settings, data.
+
+``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
+task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
+missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
+the model class's ``check_training`` and the simulation DataModule's constructor, which validates its
+arguments and finds its data but simulates nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class PreflightError(ValueError):
+    """A setting that would fail the run: one line naming the key and the fix."""
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise :class:`PreflightError` for the first bad setting of ``cfg`` (see the module docstring)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_class, instantiate
+
+    try:
+        training: dict[str, Any] = OmegaConf.to_container(cfg.training, resolve=True)  # type: ignore[assignment]
+        model_check = getattr(get_class(cfg.model._target_), "check_training", None)
+        if model_check is not None:
+            model_check(training)
+        try:
+            instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
+        except InstantiationException as err:  # Hydra wraps the constructor's own error
+            raise (err.__cause__ or err) from None
+    except (ValueError, TypeError, KeyError, FileNotFoundError, InstantiationException) as err:
+        first = " ".join(str(err).split()) or type(err).__name__
+        raise PreflightError(first) from None
