@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install sweep run test test-all lint bench clean
+.PHONY: install browser sweep run test test-all lint bench clean sync
 
 # The CPU build of torch goes in first: everything after it sees torch satisfied and pulls no CUDA
 # packages. flyvis is installed without its dependencies (we only read its connectome JSON).
@@ -26,7 +26,14 @@ sweep: install  ## a short default exploration sweep, offline (rules proposer, W
 run: install  ## one run with the default config
 	$(BIN)/python train.py
 
-test: install  ## the test suite (what CI runs)
+# Headless Chromium from Debian's packages, for the exploration report's browser test (needs root and
+# apt; elsewhere that test is skipped, except under CI where it fails).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "note: no chromium here; the report's browser test will be skipped"
+
+test: install browser  ## the test suite (what CI runs)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all: install

@@ -962,3 +962,10 @@ class ExplorationEngine:
                 plot_tree(block_nodes, scores, path, title, objective.metric, sim)
             except Exception as err:  # a picture must never stop the sweep
                 self._event(state, f"tree picture failed: {type(err).__name__}: {err}")
+        from hydra_llm.explore.report_html import write_report
+
+        target = {"metric": objective.metric, "direction": objective.direction, "target": objective.target}
+        try:
+            write_report(self.sweep_dir, target, f"{self.name}: exploration {state.sweep_id}")
+        except OSError as err:  # a full disk must not stop the sweep either; the state is saved
+            self._event(state, f"report.html not written: {err}")

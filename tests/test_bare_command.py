@@ -1,0 +1,163 @@
+"""The command users type first, `python train.py -m hydra/sweeper=llm_ucb simulation=<regime>`,
+explores that regime's landscape: a non-empty search space and a protocol in the first prompt; a
+regime whose data is missing stops before any child with one line; Hydra's basic sweeper still works."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fake_openai import FakeError, FakeOpenAIServer
+
+ROOT = Path(__file__).resolve().parents[1]
+REGIMES = {  # regime -> (a search-space key it must bring, a protocol heading, the objective metric)
+    "signal_chaotic": ("training.learning_rate_W_start", "# Signal landscape", "connectivity_R2"),
+    "signal_low_rank": ("training.coeff_W_L1", "# Signal landscape", "connectivity_R2"),
+    "signal_dale": ("training.batch_size", "# Signal landscape", "connectivity_R2"),
+    "signal_sparse": ("training.coeff_edge_diff", "# Signal landscape", "connectivity_R2"),
+    "flyvis_synthetic": ("training.coeff_g_phi_diff", "# FlyVis landscape", "connectivity_R2"),
+    "metabolism_homeostasis": ("training.learning_rate_k", "# Metabolic rate constants", "rate_constants_R2"),
+}
+
+
+def env(tmp_path: Path) -> dict[str, str]:
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HYDRA_LLM_CACHE=str(tmp_path / "cache"),
+        WANDB_MODE="disabled",
+        HYDRA_LLM_FAKE_KEY="sk-fake-bare-0123456789",
+    )
+
+
+@pytest.mark.parametrize("regime", sorted(REGIMES))
+def test_bare_command_explores_the_regime(tmp_path, regime):
+    key, heading, metric = REGIMES[regime]
+    sweep_dir = tmp_path / "sweep"
+    with FakeOpenAIServer(default=FakeError(503, "busy")) as server:
+        cmd = [
+            sys.executable,
+            "train.py",
+            "-m",
+            "hydra/sweeper=llm_ucb",
+            f"simulation={regime}",
+            f"hydra.sweep.dir={sweep_dir}",
+            f"hydra.sweeper.proposer.base_url={server.base_url}",
+            "hydra.sweeper.proposer.api_key_env=HYDRA_LLM_FAKE_KEY",
+            "hydra.sweeper.proposer.max_retries=0",
+        ]
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while not server.requests and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.requests, f"no prompt reached the server (rc={proc.poll()})"
+            proc.send_signal(signal.SIGTERM)  # the first prompt is what this test is about
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    prompt = server.requests[0].text()
+    space = prompt.split("## Search space", 1)[-1] if "## Search space" in prompt else prompt
+    assert f"- {key}:" in space, prompt[-3000:]
+    assert heading in prompt and "<!-- RULES:BEGIN -->" in prompt
+    assert metric in prompt
+    assert not list(sweep_dir.glob("[0-9]*")), "no child may have started"
+    state = json.loads((sweep_dir / "exploration" / "state.json").read_text())
+    assert any(p["key"] == key for p in state["search_space"]["params"])
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+
+
+def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    environment = {k: v for k, v in env(tmp_path).items() if k != "DATAVIS_ROOT"}
+    cmd = [sys.executable, "train.py", "-m", "hydra/sweeper=llm_ucb", "simulation=flyvis_davis"]
+    proc = subprocess.run(
+        [*cmd, f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, env=environment, capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[llm_ucb] preflight: no DAVIS folder configured")
+    assert "simulation.stimulus.davis_root" in lines[0] and "simulation=flyvis_synthetic" in lines[0]
+    assert not sweep_dir.exists()
+    single = subprocess.run(
+        [sys.executable, "train.py", "simulation=flyvis_davis", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    assert single.returncode == 1 and single.stderr.strip().startswith("error: no DAVIS folder configured")
+    assert "Traceback" not in single.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "training.learning_rate_W_start=-1",
+            "training.learning_rate_W_start=-1: must be a finite float > 0",
+        ),
+        ("simulation.n_neuron_types=0", "simulation.n_neuron_types"),
+    ],
+)
+def test_bad_settings_stop_the_sweep_before_any_child(tmp_path, override, message):
+    sweep_dir = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/sweeper=llm_ucb",
+        override,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not sweep_dir.exists()
+
+
+def test_an_empty_search_space_is_an_error(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/sweeper=llm_ucb",
+        "~exploration.params",
+        "~exploration.block_params",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "hydra.sweeper.params: the search space is empty" in proc.stderr
+
+
+def test_the_basic_sweeper_ignores_the_regime_space(tmp_path):
+    """`-m` with Hydra's own sweeper runs its grid, untouched by the regime's exploration node."""
+    sweep_dir = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "training.seed=1,2",
+        f"hydra.sweep.dir={sweep_dir}",
+        "logger=none",
+        "simulation.n_neurons=16",
+        "simulation.n_frames=600",
+        "simulation.burn_in_frames=50",
+        "training.data_augmentation_loop=1",
+        "evaluation.make_plots=false",
+        "trainer.enable_progress_bar=false",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == ["0", "1"]
+    assert not (sweep_dir / "exploration").exists()
