@@ -372,3 +372,22 @@ def test_cli_sigkill_between_batches_then_resume(tmp_path):
     assert state["batches"] == load(reference)["batches"]
     log = (killed / "exploration" / "sweep.log").read_text()
     assert "resumed at iteration 5, next job 4" in log and "re-proposing" not in log
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_console_shows_the_exploration_not_the_children(tmp_path, launcher):
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    proc = cli(tmp_path, *extra, "hydra.sweeper.n_iterations=8", "behaviour.chatter=true")
+    out = proc.stdout + proc.stderr
+    assert "toy child" not in out, out[-3000:]
+    lines = [line for line in out.splitlines() if line.strip()]
+    node_lines = [line for line in lines if "[llm_ucb] node " in line]
+    batch_lines = [line for line in lines if "[llm_ucb] batch iters " in line]
+    assert len(node_lines) == 8 and len(batch_lines) == 2, out[-3000:]
+    assert all(" -> score=" in line and "| best " in line and "(parent " in line for line in node_lines)
+    assert all("runs in" in line and "0 failed" in line for line in batch_lines)
+    assert len(lines) <= 8 + 2 + 6, "\n".join(lines)  # plus a few sweep-level lines (proposer, done)
+    for job in range(8):
+        log = (tmp_path / str(job) / "child.log").read_text()
+        assert "toy child chatter on stdout" in log and "toy child warning on stderr" in log
+        assert "toy child subprocess output" in log

@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 SIMULATION_SEED_MODES = ("slot", "iteration", "fixed")
 
 
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 class SweepConfigError(ValueError):
     """Bad sweeper configuration, raised before any child runs."""
 
@@ -428,6 +432,7 @@ class ExplorationEngine:
 
     def run_batch(self, size: int) -> list[Node]:
         """Propose, validate, launch and record one batch of ``size`` children."""
+        started = time.monotonic()
         snapshot = self.state.to_dict()
         view = self.view(size)
         reply, proposals = self._ask(view)
@@ -443,8 +448,50 @@ class ExplorationEngine:
         self.state.batches.append([n.id for n in nodes])
         self.state.iteration = max(n.id for n in nodes)
         self.persist()
+        self._report_batch(nodes, time.monotonic() - started)
         self._check_failure_rate()
         return nodes
+
+    def _say(self, message: str) -> None:
+        """A line for the terminal and ``sweep.log`` (not an event of the state)."""
+        message = one_line(message, LIMITS.event)
+        log.info("[llm_ucb] %s", message)
+        with open(self._log_path(), "a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def _report_batch(self, nodes: Sequence[Node], seconds: float) -> None:
+        """One line per node (parent, slot, strategy, mutation, objective, best so far), one per batch."""
+        metric = self.config.objective.metric
+        for node in nodes:
+            best = reports.best_node([n for n in self.state.nodes if n.id <= node.id])
+            best_text = (
+                f"best {_value(best.metrics.get(metric))} (node {best.id})" if best is not None else "best -"
+            )
+            parent = "root" if node.parent is None else node.parent
+            change = node.mutation_text or ("replicate" if node.parent is not None else "root config")
+            result = (
+                f"{metric}={_value(node.metrics.get(metric))}"
+                if node.status == "completed"
+                else f"FAILED: {clip(node.error or '', 120)}"
+            )
+            self._say(
+                f"node {node.id} (parent {parent}, slot {node.slot}, {clip(node.strategy, 24)}, "
+                f"job {node.job_num}): {clip(change, 80)} -> {result} | {best_text}"
+            )
+        record = self.state.replies[-1] if self.state.replies else {}
+        calls = record.get("calls") or [{}]
+        extra = calls[-1].get("extra") or {}
+        if extra.get("fallback"):  # the LLM proposer answered with the rules proposer
+            fallback = f", rules for all slots ({clip(str(extra.get('fallback_reason', '')), 120)})"
+        elif record.get("fallback"):  # the engine replaced invalid or missing proposals
+            fallback = f", rules for {record['fallback']}"
+        else:
+            fallback = ""
+        failed = sum(n.status == "failed" for n in nodes)
+        self._say(
+            f"batch iters {nodes[0].id}-{nodes[-1].id}: {len(nodes)} runs in {seconds:.1f} s, "
+            f"{failed} failed, proposer {self.proposer_note.split(' ')[0]}{fallback}"
+        )
 
     def _save_in_flight(self, snapshot: dict[str, Any], children: Sequence[ChildSpec]) -> None:
         """The pre-launch state: the pre-reply state with the job numbers consumed, so a kill now
@@ -915,7 +962,9 @@ class ExplorationEngine:
             value = best.metrics.get(self.config.objective.metric)
             self._event(
                 self.state,
-                f"done: best node {best.id} {self.config.objective.metric}={value} (job {best.job_num})",
+                f"done: best node {best.id} {self.config.objective.metric}={_value(value)} "
+                f"(job {best.job_num}, {best.output_dir or 'no folder'}); report: "
+                f"{self.exploration / 'report.html'}",
             )
         self.persist()
 

@@ -43,8 +43,12 @@ class SweepInterrupted(BaseException):
 
 def exit_now(code: int, message: str = "") -> None:
     """Flush what can be flushed and end the process without waiting for anything."""
+    from hydra_llm.explore.child_output import console_stderr
+
     if message:
-        print(message, file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
+            os.write(console_stderr(), (message + "\n").encode())
     try:
         logging.shutdown()
     finally:

@@ -8,11 +8,11 @@ training config while the data stays in the DataModule, and only Observations ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, Dataset
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,13 @@ def iterations_per_epoch(n_frames: int, data_augmentation_loop: float, batch_siz
     return max(1, int(n_frames * data_augmentation_loop // batch_size * 0.2))
 
 
-class FrameBatches(IterableDataset):
-    """Yields ``batches_per_epoch`` dicts of ``(batch_size, N)`` tensors gathered from ``tensors``.
+class FrameBatches(Dataset):
+    """Batch ``i`` of the current epoch: a dict of ``(batch_size, N)`` tensors gathered from ``tensors``.
 
-    Frames are drawn with replacement from ``[0, n_train_frames)``; the draw of epoch ``e`` uses
-    seed ``sampling.seed + e`` so that a run is reproducible and two epochs differ.
+    Frames are drawn with replacement from ``[0, n_train_frames)``; the draw of epoch ``e`` (made when
+    batch 0 is asked for, as the sequential loader does at each epoch start) uses seed
+    ``sampling.seed + e`` so that a run is reproducible and two epochs differ. A map-style dataset,
+    so the loader knows its length without the caveats of an iterable one.
     """
 
     def __init__(self, tensors: Mapping[str, torch.Tensor], n_train_frames: int, sampling: FrameSampling):
@@ -51,23 +53,27 @@ class FrameBatches(IterableDataset):
         self.n_train_frames = int(n_train_frames)
         self.sampling = sampling
         self.epoch = 0
+        self._frames: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.sampling.batches_per_epoch
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        generator = torch.Generator().manual_seed(self.sampling.seed + self.epoch)
-        self.epoch += 1
-        shape = (self.sampling.batches_per_epoch, self.sampling.batch_size)
-        frames = torch.randint(0, self.n_train_frames, shape, generator=generator)
-        for idx in frames:
-            batch = {key: value.index_select(0, idx) for key, value in self.tensors.items()}
-            batch["frame"] = idx
-            yield batch
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if index == 0 or self._frames is None:
+            generator = torch.Generator().manual_seed(self.sampling.seed + self.epoch)
+            self.epoch += 1
+            shape = (self.sampling.batches_per_epoch, self.sampling.batch_size)
+            self._frames = torch.randint(0, self.n_train_frames, shape, generator=generator)
+        idx = self._frames[index]
+        batch = {key: value.index_select(0, idx) for key, value in self.tensors.items()}
+        batch["frame"] = idx
+        return batch
 
 
 def frame_loader(
     tensors: Mapping[str, torch.Tensor], n_train_frames: int, sampling: FrameSampling
 ) -> DataLoader:
-    """A DataLoader over :class:`FrameBatches` (batches are already formed; no worker processes)."""
-    return DataLoader(FrameBatches(tensors, n_train_frames, sampling), batch_size=None, num_workers=0)
+    """A sequential DataLoader over :class:`FrameBatches` (batches are already formed; no workers)."""
+    return DataLoader(
+        FrameBatches(tensors, n_train_frames, sampling), batch_size=None, shuffle=False, num_workers=0
+    )

@@ -23,6 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_llm.explore.child_output import to_job_log
 from hydra_llm.explore.engine import (
     ChildOutcome,
     ChildSpec,
@@ -40,6 +41,12 @@ log = logging.getLogger(__name__)
 # A worker of a process pool died (os._exit, a signal, the OOM killer): the pool takes every running
 # child down with it (loky's TerminatedWorkerError, concurrent.futures' BrokenProcessPool).
 _BROKEN_POOL_ERRORS = ("TerminatedWorkerError", "BrokenProcessPool")
+_LAUNCHER_LOGGERS = (
+    "hydra._internal.core_plugins.basic_launcher",
+    "hydra_plugins.hydra_joblib_launcher._core",
+    "hydra_plugins.hydra_joblib_launcher.joblib_launcher",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -74,6 +81,8 @@ class LLMUCBSweeperImpl:
             raise SystemExit(1) from None
 
     def _sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
+        for name in _LAUNCHER_LOGGERS:  # the sweep prints one line per node instead of each job's overrides
+            logging.getLogger(name).setLevel(logging.WARNING)
         config = self.config
         self.space, s = self._space_and_settings(arguments)
         self._preflight()
@@ -277,7 +286,8 @@ class RecordingTask:
     def __call__(self, cfg: DictConfig) -> Any:
         watch_sweeper()  # in a separate process: stop when the sweeper dies, ignore the terminal's Ctrl-C
         try:
-            value = self.task_function(cfg)
+            with to_job_log(HydraConfig.get().runtime.output_dir):  # the child's chatter, not the sweep's
+                value = self.task_function(cfg)
         except Exception as err:  # an interrupt (a BaseException) is no result of the child
             _write_result({"status": "failed", "error": f"{type(err).__name__}: {err}"[:1000]})
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,10 @@ def run(cfg: DictConfig):
     if b.kill_at_job is not None and job == b.kill_at_job and not Path(b.kill_marker).exists():
         Path(b.kill_marker).write_text(str(job))
         os.kill(os.getpid(), signal.SIGKILL)
+    if b.chatter:  # what Lightning, W&B and libraries print in a real child
+        print("toy child chatter on stdout", flush=True)
+        print("toy child warning on stderr", file=sys.stderr, flush=True)
+        os.system("echo toy child subprocess output")
     if b.pid_dir is not None:
         Path(b.pid_dir).mkdir(parents=True, exist_ok=True)
         (Path(b.pid_dir) / f"{job}.pid").write_text(str(os.getpid()))
