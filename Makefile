@@ -39,6 +39,10 @@ test: install browser  ## the test suite (what CI runs)
 test-all: install
 	$(BIN)/python -m pytest -q
 
+sync: install  ## upload a sweep's offline W&B runs (children and the sweep run): make sync SWEEP=<folder>
+	@test -n "$(SWEEP)" || { echo "usage: make sync SWEEP=<sweep folder> (needs WANDB_API_KEY)"; exit 2; }
+	$(BIN)/wandb sync $$(find "$(SWEEP)" -type d -name 'offline-run-*' | sort)
+
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 

@@ -38,6 +38,15 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _choice(group: str) -> str | None:
+    """The option chosen for a config group (e.g. the regime ``signal_chaotic``), when Hydra runs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
+
+
 def _run_name(cfg: DictConfig) -> str | None:
     node = cfg.sweep_node
     if node.node is None:
@@ -104,10 +113,13 @@ def build_logger(cfg: DictConfig, out: Path):
         record = child_record(cfg)
         if record is not None:
             config["sweep_node"] = record  # plain data: never resolved, never an override
+        from hydra_llm.wandb_runs import child_tags
+
         kwargs = {
             "config": config,
             "name": _run_name(cfg),
             "group": cfg.sweep_node.sweep_id,
+            "tags": child_tags(_choice("simulation"), record),
             "reinit": "finish_previous",
         }
     # Through a partial: instantiate(cfg, config=...) would clash with instantiate's own `config` argument.
@@ -226,11 +238,14 @@ def evaluation_callbacks(cfg: DictConfig, observations, ground_truth, out: Path)
 
 
 def log_results(logger, metrics: Mapping[str, float], plots_dir: Path) -> None:
-    """Final metrics under ``eval/`` and every plot as an image, for any Lightning logger."""
-    logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
-    if hasattr(logger, "log_image") and plots_dir.is_dir():
-        for png in sorted(plots_dir.glob("*.png")):
-            logger.log_image(key=f"plots/{png.stem}", images=[str(png)])
+    """Final metrics and every plot: into W&B's run summary and images, else under ``eval/``."""
+    plots = sorted(plots_dir.glob("*.png")) if plots_dir.is_dir() else []
+    if type(logger).__name__ == "WandbLogger":
+        from hydra_llm.wandb_runs import log_child_results
+
+        log_child_results(logger.experiment, metrics, plots)
+    else:
+        logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
     logger.save()
 
 

@@ -237,6 +237,7 @@ class ExplorationEngine:
         resume: bool = False,
         proposer_note: str = "",
         plot: bool | None = None,
+        after_batch: Callable[[SweepState], None] | None = None,
     ) -> None:
         config.check()
         self.config = config
@@ -251,6 +252,7 @@ class ExplorationEngine:
         self.resume = resume
         self.proposer_note = proposer_note or getattr(proposer, "name", type(proposer).__name__)
         self.plot = config.tree_plot if plot is None else plot
+        self.after_batch = after_batch  # e.g. the sweep-level W&B run; its failure never stops the sweep
         self.defaults = {s.key: s.default for s in (*space.params, *space.block_params)}
         self._check_slot_params()
         self.lock = SweepLock(self.sweep_dir)
@@ -448,6 +450,11 @@ class ExplorationEngine:
         self.state.batches.append([n.id for n in nodes])
         self.state.iteration = max(n.id for n in nodes)
         self.persist()
+        if self.after_batch is not None:
+            try:
+                self.after_batch(self.state)
+            except Exception as err:
+                self._event(self.state, f"after-batch hook failed: {type(err).__name__}: {err}")
         self._report_batch(nodes, time.monotonic() - started)
         self._check_failure_rate()
         return nodes

@@ -1,19 +1,43 @@
 """The tree picture of one block: x = depth, y = leaf order (parents centred over their children).
 
 Nodes are coloured by reward class (converged green, partial orange, failed red, as classified by the
-objective's thresholds), labelled with node id, mutation, reward and UCB; the title names the block
-and the simulation regime. matplotlib (Agg) is imported only when a picture is drawn.
+objective's thresholds); a crashed run is a red cross. Each node carries a short label: above its
+branch ``#id metric=value UCB=score``, below it the change against its parent (clipped; the full text
+lives in ``report.html``). Edges are elbows whose vertical trunks run in the gap between two depth
+columns, so no edge crosses a label. The figure is sized from the layout (width from the depth,
+height from the number of leaves) and measured with matplotlib's own renderer: the label font
+shrinks down to a readable minimum to keep the picture within ``MAX_PX`` a side, then labels drop
+their second line, and only as a last resort the resolution drops. Title, legend and label key sit
+outside the drawing area. matplotlib (Agg) is imported only when a picture is drawn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra_llm.explore.tree import Node, UCBScore
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 COLOURS = {"converged": "#2ca02c", "partial": "#ff7f0e", "failed": "#d62728"}
+UNCLASSIFIED = "#9e9e9e"
+ROOT_COLOUR = "#555555"
+EDGE_COLOUR = "#777777"
+DPI = 150
+MAX_PX = 4000  # pixel cap of each side of the PNG
+FONT_SIZES = (8.0, 7.5, 7.0, 6.5, 6.0, 5.5)  # label font (pt), largest first; 5.5 pt at 150 dpi ~ 11 px
+MUTATION_CHARS = 28
+METRIC_CHARS = 10  # a longer metric name is shown as "m" in the labels and named in the key
+MIN_WIDTH_PT = 360.0  # 5 in: room for the title and the legend of a one-node tree
+MARGIN_PT = 12.0
+
+_Measure = Callable[..., tuple[float, float]]
 
 
 def layout(nodes: Sequence[Node]) -> dict[int, tuple[float, float]]:
@@ -51,59 +75,374 @@ def plot_tree(
     simulation: Mapping[str, Any],
 ) -> Path:
     """Draw the block's tree to ``path`` (PNG) and return it."""
-    import matplotlib
+    fig = _draw(nodes, scores, title, metric, simulation)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=fig.dpi, facecolor="white")
+    return path
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+
+# --- labels -------------------------------------------------------------------------------------
+
+
+def _num(value: float) -> str:
+    if value != value:  # NaN
+        return "nan"
+    if value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    magnitude = abs(value)
+    if value == 0 or 1e-3 <= magnitude < 1e3:
+        return f"{value:.3f}"
+    return f"{value:.4g}" if magnitude >= 1e3 else f"{value:.2e}"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+_DOTTED_KEY = re.compile(r"(?<![\w.])[A-Za-z_][\w-]*(?:\.[\w-]+)+(?=:)")
+
+
+def _mutation(node: Node) -> str:
+    """The change against the parent, short: dotted keys by their last part, ``a -> b`` as ``a→b``."""
+    text = node.mutation_text or ("root config" if node.parent is None else "replicate (same config)")
+    text = _DOTTED_KEY.sub(lambda m: m.group(0).rsplit(".", 1)[1], text)
+    text = " ".join(text.replace(" -> ", "→").split())
+    return _clip(text, MUTATION_CHARS)
+
+
+def _metric_tag(metric: str) -> str:
+    return metric if len(metric) <= METRIC_CHARS else "m"
+
+
+def _labels(node: Node, score: UCBScore | None, tag: str, metric: str) -> tuple[str, str]:
+    ucb = _num(score.ucb) if score is not None else "-"
+    if node.status != "completed":
+        top = f"#{node.id}  run failed  UCB={ucb}"
+    else:
+        value = node.metrics.get(metric)
+        top = f"#{node.id}  {tag}={_num(float(value)) if value is not None else 'n/a'}  UCB={ucb}"
+    return top, _mutation(node)
+
+
+def _crashed(node: Node) -> bool:
+    return node.status != "completed"
+
+
+def _colour(node: Node) -> str:
+    if _crashed(node):
+        return COLOURS["failed"]
+    return COLOURS.get(node.classification, UNCLASSIFIED)
+
+
+# --- geometry -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """The drawing area in points: one depth unit is ``col`` wide, one leaf row ``row`` high."""
+
+    font: float
+    compact: bool  # labels without their second (mutation) line
+    marker: float  # marker diameter
+    pad: float  # marker edge to label
+    col: float
+    row: float
+    up: float  # label band above a node's branch line
+    down: float  # and below it
+    x0: float
+    x1: float
+    y_top: float  # data limits (y grows downwards)
+    y_bottom: float
+
+    @property
+    def width(self) -> float:
+        return (self.x1 - self.x0) * self.col
+
+    @property
+    def height(self) -> float:
+        return (self.y_bottom - self.y_top) * self.row
+
+
+def _tree_geometry(
+    labels: Sequence[tuple[str, str]], depth: float, rows: float, font: float, compact: bool, size: _Measure
+) -> _Tree:
+    marker = 1.7 * font
+    pad = 0.45 * font
+    off = 0.2 * font  # label distance from the branch line
+    tops = [size(top, font) for top, _ in labels] + [size("root", font)]
+    bottoms = [] if compact else [size(bottom, font) for _, bottom in labels]
+    label_w = max(w for w, _ in tops + bottoms)
+    up = max(max(h for _, h in tops) + off, marker / 2)
+    down = max(max((h for _, h in bottoms), default=0.0) + off, marker / 2)
+    col = marker + pad + label_w + 1.5 * font
+    row = up + down + 0.6 * font
+    header_h = size("depth 1", font)[1]
+    return _Tree(
+        font=font,
+        compact=compact,
+        marker=marker,
+        pad=pad,
+        col=col,
+        row=row,
+        up=up,
+        down=down,
+        x0=-(marker / 2 + 0.3 * font) / col,
+        x1=depth + (marker / 2 + pad + label_w + 0.3 * font) / col,
+        y_top=-(up + 0.5 * font + header_h + 0.2 * font) / row,
+        y_bottom=rows - 1 + (down + 0.3 * font) / row,
+    )
+
+
+def _wrap(
+    text: str, font: float, width: float, size: _Measure, max_lines: int, weight: str = "normal"
+) -> str:
+    """``text`` broken at spaces into lines no wider than ``width`` points (at most ``max_lines``)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        current = ""
+        for word in paragraph.split(" "):
+            candidate = f"{current} {word}" if current else word
+            if current and size(candidate, font, weight)[0] > width:
+                lines.append(current)
+                current = word
+            else:
+                current = candidate
+        lines.append(current)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] += " …"
+    fitted = []
+    for line in lines:
+        while len(line) > 1 and size(line, font, weight)[0] > width:
+            line = line[:-2].rstrip() + "…"
+        fitted.append(line)
+    return "\n".join(fitted)
+
+
+# --- drawing ------------------------------------------------------------------------------------
+
+
+def _draw(
+    nodes: Sequence[Node],
+    scores: Sequence[UCBScore],
+    title: str,
+    metric: str,
+    simulation: Mapping[str, Any],
+) -> Figure:
+    """The tree picture as a matplotlib Figure on an Agg canvas (not saved; no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(6.0, 4.0), dpi=DPI)
+    FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    cache: dict[tuple[str, float, str], tuple[float, float]] = {}
+
+    def size(text: str, font: float, weight: str = "normal") -> tuple[float, float]:
+        """Width and height in points of ``text`` drawn at ``font``."""
+        if not text:
+            return 0.0, 0.0
+        if (text, font, weight) not in cache:
+            probe = fig.text(0, 0, text, fontsize=font, fontweight=weight, parse_math=False)
+            box = probe.get_window_extent(renderer)
+            probe.remove()
+            cache[text, font, weight] = (box.width * 72 / DPI, box.height * 72 / DPI)
+        return cache[text, font, weight]
 
     by_score = {s.node_id: s for s in scores}
+    tag = _metric_tag(metric)
+    labels = {n.id: _labels(n, by_score.get(n.id), tag, metric) for n in nodes}
     positions = layout(nodes)
-    # Capped size: a picture of a 100-node block stays cheap to draw (and to look at).
-    height = min(16.0, max(3.0, 0.55 * (max((y for _, y in positions.values()), default=0) + 2)))
-    width = min(16.0, max(6.0, 2.2 * (max((x for x, _ in positions.values()), default=0) + 1)))
-    dense = len(nodes) > 40  # many nodes: ids only, no per-node label text
-    fig, ax = plt.subplots(figsize=(width, height), dpi=72)
-    try:
-        from matplotlib.collections import LineCollection
+    depth = max((x for x, _ in positions.values()), default=0.0)
+    rows = max((y for _, y in positions.values()), default=0.0) + 1
+    unclassified_any = any(not _crashed(n) and n.classification not in COLOURS for n in nodes)
+    sim = ", ".join(f"{k}={v}" for k, v in simulation.items()) or "root simulation config"
+    key = (
+        f"node label: #iteration  {tag}=value  UCB=score"
+        + (f"  ({tag} = {metric})" if tag != metric else "")
+        + f"; below the branch: change vs parent (clipped to {MUTATION_CHARS} characters;"
+        " full text in report.html)"
+    )
 
-        ax.scatter([0], [0], s=120, c="#555555", marker="s")
-        ax.annotate("root", (0, 0), xytext=(-4, 8), textcoords="offset points", fontsize=7)
-        segments = []
-        for node in nodes:
-            parent = positions.get(node.parent) if node.parent is not None else None
-            segments.append([parent or (0.0, 0.0), positions[node.id]])
-        ax.add_collection(LineCollection(segments, colors="#444444", linewidths=0.8, zorder=1))
-        xs = [positions[n.id][0] for n in nodes]
-        ys = [positions[n.id][1] for n in nodes]
-        colours = [COLOURS.get(n.classification, COLOURS["failed"]) for n in nodes]
-        ax.scatter(xs, ys, s=260, c=colours, zorder=2, edgecolors="black", linewidths=0.5)
-        for node in nodes:
-            x, y = positions[node.id]
-            ax.annotate(str(node.id), (x, y), ha="center", va="center", fontsize=7, zorder=3)
-            if dense:
-                continue
-            score = by_score.get(node.id)
-            value = node.metrics.get(metric)
-            shown = f"{value:.3f}" if value is not None and node.status == "completed" else "fail"
-            ucb = f"{score.ucb:.2f}" if score else "-"
-            mutation = (node.mutation_text or ("root" if node.parent is None else "replicate"))[:40]
-            ax.annotate(
-                f"{mutation}\n{metric}={shown} UCB={ucb}",
-                (x, y),
-                xytext=(10, -4),
-                textcoords="offset points",
-                fontsize=6,
-                va="top",
+    def handles(tree: _Tree) -> list[Line2D]:
+        ms = tree.marker * 0.8
+
+        def entry(marker: str, colour: str, label: str) -> Line2D:
+            return Line2D(
+                [], [], ls="", marker=marker, markersize=ms, color=colour, mec="black", mew=0.5, label=label
             )
-        sim = ", ".join(f"{k}={v}" for k, v in simulation.items()) or "root simulation config"
-        ax.set_title(f"{title}\nregime: {sim}", fontsize=9)
-        handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in COLOURS.items()]
-        ax.legend(handles=handles, loc="upper right", fontsize=7)
-        ax.set_xlabel("depth")
-        ax.set_yticks([])
-        ax.margins(x=0.25, y=0.15)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return path
+
+        out = [
+            entry("s", ROOT_COLOUR, "root (block's base config)"),
+            entry("o", COLOURS["converged"], "converged"),
+            entry("o", COLOURS["partial"], "partial"),
+            entry("o", COLOURS["failed"], "failed (metric worse than partial, or NaN)"),
+            entry("X", COLOURS["failed"], "run crashed (no metric)"),
+        ]
+        if unclassified_any:
+            out.append(entry("o", UNCLASSIFIED, "not classified"))
+        return out
+
+    def legend_size(tree: _Tree, ncol: int) -> tuple[float, float]:
+        legend = fig.legend(handles=handles(tree), ncol=ncol, fontsize=tree.font, loc="upper left")
+        box = legend.get_window_extent(renderer)
+        legend.remove()
+        return box.width * 72 / DPI, box.height * 72 / DPI
+
+    def compose(tree: _Tree) -> dict[str, Any]:
+        """Figure layout in points for one tree geometry."""
+        base_w = max(tree.width, MIN_WIDTH_PT)
+        n_entries = len(handles(tree))
+        ncol, (legend_w, legend_h) = 1, legend_size(tree, 1)
+        for k in range(n_entries, 0, -1):
+            w, h = legend_size(tree, k)
+            if w <= base_w or k == 1:
+                ncol, legend_w, legend_h = k, w, h
+                break
+        content_w = max(base_w, legend_w)
+        title_font = tree.font + 1.5
+        title_text = _wrap(title, title_font, content_w, size, 3, "bold")
+        regime_text = _wrap(f"regime: {sim}", tree.font, content_w, size, 3)
+        key_text = _wrap(key, tree.font, content_w, size, 3)
+        gap = 0.9 * tree.font
+        title_h = size(title_text, title_font, "bold")[1]
+        regime_h = size(regime_text, tree.font)[1]
+        key_h = size(key_text, tree.font)[1]
+        height = 2 * MARGIN_PT + title_h + 0.3 * gap + regime_h + gap + tree.height + gap + legend_h
+        height += 0.5 * gap + key_h
+        return {
+            "width": content_w + 2 * MARGIN_PT,
+            "height": height,
+            "ncol": ncol,
+            "legend_h": legend_h,
+            "title": (title_text, title_font, title_h),
+            "regime": (regime_text, regime_h),
+            "key": (key_text, key_h),
+            "gap": gap,
+        }
+
+    label_list = list(labels.values())
+    chosen: tuple[_Tree, dict[str, Any]] | None = None
+    for compact in (False, True):
+        for font in FONT_SIZES:
+            tree = _tree_geometry(label_list, depth, rows, font, compact, size)
+            plan = compose(tree)
+            if max(plan["width"], plan["height"]) * DPI / 72 <= MAX_PX:
+                chosen = (tree, plan)
+                break
+        if chosen is not None:
+            break
+    if chosen is None:  # too large even at the smallest font with one-line labels: lower the resolution
+        tree = _tree_geometry(label_list, depth, rows, FONT_SIZES[-1], True, size)
+        chosen = (tree, compose(tree))
+    tree, plan = chosen
+    width, height = plan["width"], plan["height"]
+    dpi = min(float(DPI), (MAX_PX - 0.5) * 72 / max(width, height))
+    # Whole pixels (Agg truncates the canvas size): the spare fraction goes to the right and bottom margins.
+    w_px, h_px = math.ceil(width * dpi / 72), math.ceil(height * dpi / 72)
+    width, height = (w_px + 0.25) * 72 / dpi, (h_px + 0.25) * 72 / dpi
+    fig.set_size_inches(width / 72, height / 72)
+    fig.set_dpi(dpi)
+    font, gap = tree.font, plan["gap"]
+
+    # Title and regime on top, left-aligned.
+    title_text, title_font, title_h = plan["title"]
+    regime_text, regime_h = plan["regime"]
+    top = height - MARGIN_PT
+    fig.text(
+        MARGIN_PT / width,
+        top / height,
+        title_text,
+        ha="left",
+        va="top",
+        fontsize=title_font,
+        fontweight="bold",
+        parse_math=False,
+    )
+    top -= title_h + 0.3 * gap
+    fig.text(
+        MARGIN_PT / width, top / height, regime_text, ha="left", va="top", fontsize=font, parse_math=False
+    )
+    top -= regime_h + gap
+
+    # The drawing area.
+    ax = fig.add_axes(
+        (MARGIN_PT / width, (top - tree.height) / height, tree.width / width, tree.height / height)
+    )
+    ax.set_xlim(tree.x0, tree.x1)
+    ax.set_ylim(tree.y_bottom, tree.y_top)  # inverted: the first leaf on top
+    ax.set_axis_off()
+    nodes_at_depth_1 = [positions[n.id][1] for n in nodes if positions[n.id][0] == 1.0]
+    root_y = (min(nodes_at_depth_1) + max(nodes_at_depth_1)) / 2 if nodes_at_depth_1 else 0.0
+    trunk = (tree.marker / 2 + 0.5 * font) / tree.col  # elbow trunk: just left of the child column
+    segments = []
+    for node in nodes:
+        x, y = positions[node.id]
+        px, py = positions.get(node.parent, (0.0, root_y)) if node.parent is not None else (0.0, root_y)
+        segments.append([(px, py), (x - trunk, py), (x - trunk, y), (x, y)])
+    ax.add_collection(LineCollection(segments, colors=EDGE_COLOUR, linewidths=0.9, zorder=1))
+    header_y = tree.y_top + 0.2 * font / tree.row
+    for d in range(1, int(depth) + 1):
+        ax.text(
+            d - tree.marker / 2 / tree.col,
+            header_y,
+            f"depth {d}",
+            ha="left",
+            va="top",
+            fontsize=font,
+            color="#555555",
+            fontstyle="italic",
+        )
+    ax.scatter(
+        [0.0], [root_y], s=tree.marker**2, marker="s", c=ROOT_COLOUR, edgecolors="black", linewidths=0.5
+    )
+    for crashed, marker, scale in ((False, "o", 1.0), (True, "X", 1.25)):
+        group = [n for n in nodes if _crashed(n) == crashed]
+        if group:
+            ax.scatter(
+                [positions[n.id][0] for n in group],
+                [positions[n.id][1] for n in group],
+                s=(tree.marker * scale) ** 2,
+                marker=marker,
+                c=[_colour(n) for n in group],
+                edgecolors="black",
+                linewidths=0.6 if crashed else 0.5,
+                zorder=2,
+            )
+    off = 0.2 * font
+    dx = tree.marker / 2 + tree.pad
+    text_style = {"textcoords": "offset points", "ha": "left", "fontsize": font, "parse_math": False}
+    ax.annotate("root", (0.0, root_y), xytext=(dx, off), va="bottom", color="#333333", **text_style)
+    for node in nodes:
+        top_label, bottom_label = labels[node.id]
+        xy = positions[node.id]
+        colour = "#a01010" if _crashed(node) else "black"
+        ax.annotate(top_label, xy, xytext=(dx, off), va="bottom", color=colour, **text_style)
+        if not tree.compact:
+            ax.annotate(bottom_label, xy, xytext=(dx, -off), va="top", color="#444444", **text_style)
+
+    # Legend and key below the drawing area.
+    legend_top = top - tree.height - gap
+    fig.legend(
+        handles=handles(tree),
+        ncol=plan["ncol"],
+        fontsize=font,
+        loc="upper left",
+        bbox_to_anchor=(MARGIN_PT / width, legend_top / height),
+        borderaxespad=0.0,
+    )
+    key_text, _ = plan["key"]
+    key_top = legend_top - plan["legend_h"] - 0.5 * gap
+    fig.text(
+        MARGIN_PT / width,
+        key_top / height,
+        key_text,
+        ha="left",
+        va="top",
+        fontsize=font,
+        color="#333333",
+        parse_math=False,
+    )
+    return fig

@@ -108,6 +108,7 @@ class LLMUCBSweeperImpl:
             resume=bool(s.get("resume", False)),
             proposer_note=getattr(proposer, "choice_note", None)
             or getattr(proposer, "name", type(proposer).__name__),
+            after_batch=self._wandb_hook(sweep_dir, s),
         )
         self.sweep_id = engine.state.sweep_id  # a resumed sweep keeps its W&B group
         try:
@@ -148,6 +149,49 @@ class LLMUCBSweeperImpl:
         objective.update({k: v for k, v in dict(s.get("objective") or {}).items() if v is not None})
         s["objective"] = objective
         return space, s
+
+    def _wandb_hook(self, sweep_dir: Path, settings: Mapping[str, Any]) -> Any:
+        """After each batch, the sweep-level W&B run (when the task logs to W&B and W&B is not off)."""
+        logger = OmegaConf.select(self.config, "logger", default=None)
+        if logger is None or not str(logger.get("_target_", "")).endswith("WandbLogger"):
+            return None
+        mode = str(os.environ.get("WANDB_MODE") or OmegaConf.select(logger, "mode", default="offline"))
+        if mode == "disabled":
+            return None
+        from hydra_llm.wandb_runs import SweepRun
+
+        keep = (
+            "n_iterations",
+            "n_parallel",
+            "n_iter_block",
+            "slot_roles",
+            "objective",
+            "params",
+            "block_params",
+        )
+        wandb_run = SweepRun(
+            project=str(logger.get("project") or "hydra-llm"),
+            group=self.sweep_id,
+            mode=mode,
+            folder=sweep_dir / "exploration",
+            config={k: settings.get(k) for k in keep},
+        )
+        metric = str(dict(settings.get("objective") or {}).get("metric") or "connectivity_R2")
+
+        def update(state: Any) -> None:
+            wandb_run.group = self.sweep_id  # a resumed sweep keeps its first id
+            best: list[float] = []
+            top = None
+            for node in sorted(state.nodes, key=lambda n: n.id):
+                if node.status == "completed" and (top is None or node.reward > top.reward):
+                    top = node
+                best.append(top.metrics.get(metric, float("nan")) if top is not None else float("nan"))
+            pictures = sorted((sweep_dir / "exploration" / "tree").glob("ucb_tree_iter_*.png"))
+            wandb_run.update(
+                [n.to_dict() for n in state.nodes], metric, best, pictures[-1] if pictures else None
+            )
+
+        return update
 
     def _preflight(self) -> None:
         """The task's own cheap check (the config's ``preflight`` key, a dotted path to a function of
