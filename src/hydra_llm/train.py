@@ -171,6 +171,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     out = output_dir(cfg)
+    quiet_duplicate_loggers()
     threads = threads_for_child(cfg.get("num_threads"))
     if threads is not None:
         torch.set_num_threads(threads)
@@ -213,11 +214,31 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         log.info("metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+        if not in_sweep():
+            print(metrics_table(metrics, out / "metrics.json"), flush=True)
         if logger is not None:
             log_results(logger, metrics, out / "plots")
         return metrics
     finally:
         _finish_wandb()
+
+
+def metrics_table(metrics: Mapping[str, float], path: Path) -> str:
+    """The run's metrics as an aligned two-column table, for the terminal at the end of a run."""
+    width = max((len(k) for k in metrics), default=6)
+    rows = [f"  {key:<{width}}  {value:>10.4g}" for key, value in sorted(metrics.items())]
+    rule = "  " + "-" * (width + 12)
+    return "\n".join(["", f"  {'metric':<{width}}  {'value':>10}", rule, *rows, rule, f"  saved: {path}", ""])
+
+
+def quiet_duplicate_loggers() -> None:
+    """Lightning's loggers print through their own handler and again through the root handler that
+    Hydra configures; keep the root one (console and the job's log file)."""
+    import lightning  # noqa: F401 (its import adds the handler removed here)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
 
 
 def evaluation_callbacks(cfg: DictConfig, observations, ground_truth, out: Path) -> list:

@@ -37,7 +37,8 @@ METRIC_CHARS = 10  # a longer metric name is shown as "m" in the labels and name
 MIN_WIDTH_PT = 360.0  # 5 in: room for the title and the legend of a one-node tree
 MARGIN_PT = 12.0
 
-_Measure = Callable[..., tuple[float, float]]
+_Measure = Callable[..., tuple[float, float]]  # (text, font[, weight]) -> (width, height) in points
+_LabelMeasure = Callable[[float, bool], tuple[float, float, float, float]]
 
 
 def layout(nodes: Sequence[Node]) -> dict[int, tuple[float, float]]:
@@ -163,20 +164,15 @@ class _Tree:
         return (self.y_bottom - self.y_top) * self.row
 
 
-def _tree_geometry(
-    labels: Sequence[tuple[str, str]], depth: float, rows: float, font: float, compact: bool, size: _Measure
-) -> _Tree:
+def _tree_geometry(depth: float, rows: float, font: float, compact: bool, label: _LabelMeasure) -> _Tree:
     marker = 1.7 * font
     pad = 0.45 * font
     off = 0.2 * font  # label distance from the branch line
-    tops = [size(top, font) for top, _ in labels] + [size("root", font)]
-    bottoms = [] if compact else [size(bottom, font) for _, bottom in labels]
-    label_w = max(w for w, _ in tops + bottoms)
-    up = max(max(h for _, h in tops) + off, marker / 2)
-    down = max(max((h for _, h in bottoms), default=0.0) + off, marker / 2)
+    label_w, top_h, bottom_h, header_h = label(font, compact)
+    up = max(top_h + off, marker / 2)
+    down = max(bottom_h + off, marker / 2)
     col = marker + pad + label_w + 1.5 * font
     row = up + down + 0.6 * font
-    header_h = size("depth 1", font)[1]
     return _Tree(
         font=font,
         compact=compact,
@@ -196,17 +192,28 @@ def _tree_geometry(
 def _wrap(
     text: str, font: float, width: float, size: _Measure, max_lines: int, weight: str = "normal"
 ) -> str:
-    """``text`` broken at spaces into lines no wider than ``width`` points (at most ``max_lines``)."""
+    """``text`` broken at spaces into lines no wider than ``width`` points (at most ``max_lines``).
+
+    Words are measured once at the base font and scaled (cheap), each final line exactly.
+    """
+    scale = font / FONT_SIZES[0]
+
+    def estimate(word: str) -> float:
+        return size(word, FONT_SIZES[0], weight)[0] * scale
+
+    space = estimate("a b") - estimate("ab")
     lines: list[str] = []
     for paragraph in text.split("\n"):
-        current = ""
+        current, current_w = "", 0.0
         for word in paragraph.split(" "):
-            candidate = f"{current} {word}" if current else word
-            if current and size(candidate, font, weight)[0] > width:
+            word_w = estimate(word)
+            if current and (current_w + space + word_w) * 1.03 > width:
                 lines.append(current)
-                current = word
+                current, current_w = word, word_w
+            elif current:
+                current, current_w = f"{current} {word}", current_w + space + word_w
             else:
-                current = candidate
+                current, current_w = word, word_w
         lines.append(current)
     if len(lines) > max_lines:
         lines = lines[:max_lines]
@@ -214,7 +221,7 @@ def _wrap(
     fitted = []
     for line in lines:
         while len(line) > 1 and size(line, font, weight)[0] > width:
-            line = line[:-2].rstrip() + "…"
+            line = line[: max(1, int(len(line) * 0.97) - 1)].rstrip() + "…"
         fitted.append(line)
     return "\n".join(fitted)
 
@@ -323,11 +330,29 @@ def _draw(
             "gap": gap,
         }
 
-    label_list = list(labels.values())
+    tops = sorted({top for top, _ in labels.values()} | {"root"})
+    bottoms = sorted({bottom for _, bottom in labels.values()})
+
+    def widest(texts: list[str]) -> list[str]:
+        """The texts that may be the widest at any font (exact widths at the base font)."""
+        widths = [size(t, FONT_SIZES[0])[0] for t in texts]
+        return [t for t, w in zip(texts, widths, strict=True) if w >= 0.9 * max(widths, default=0.0)]
+
+    wide_tops, wide_bottoms = widest(tops), widest(bottoms)
+    # one line holding every glyph of the labels is as tall as the tallest label line
+    tall_top, tall_bottom = "".join(sorted(set("".join(tops)))), "".join(sorted(set("".join(bottoms))))
+
+    def label_measure(font: float, compact: bool) -> tuple[float, float, float, float]:
+        """Widest label line, top and bottom label heights and the depth header height (points)."""
+        lines = wide_tops + ([] if compact else wide_bottoms)
+        width = max(size(t, font)[0] for t in lines)
+        bottom_h = 0.0 if compact else size(tall_bottom, font)[1]
+        return width, size(tall_top, font)[1], bottom_h, size("depth 1", font)[1]
+
     chosen: tuple[_Tree, dict[str, Any]] | None = None
     for compact in (False, True):
         for font in FONT_SIZES:
-            tree = _tree_geometry(label_list, depth, rows, font, compact, size)
+            tree = _tree_geometry(depth, rows, font, compact, label_measure)
             plan = compose(tree)
             if max(plan["width"], plan["height"]) * DPI / 72 <= MAX_PX:
                 chosen = (tree, plan)
@@ -335,7 +360,7 @@ def _draw(
         if chosen is not None:
             break
     if chosen is None:  # too large even at the smallest font with one-line labels: lower the resolution
-        tree = _tree_geometry(label_list, depth, rows, FONT_SIZES[-1], True, size)
+        tree = _tree_geometry(depth, rows, FONT_SIZES[-1], True, label_measure)
         chosen = (tree, compose(tree))
     tree, plan = chosen
     width, height = plan["width"], plan["height"]
