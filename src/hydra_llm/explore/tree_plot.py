@@ -1,20 +1,26 @@
 """The tree picture of one block: x = depth, y = leaf order (parents centred over their children).
 
 Nodes are coloured by reward class (converged green, partial orange, failed red, as classified by the
-objective's thresholds); a crashed run is a red cross. Each node carries a short label: above its
-branch ``#id metric=value UCB=score``, below it the change against its parent (clipped; the full text
-lives in ``report.html``). Edges are elbows whose vertical trunks run in the gap between two depth
-columns, so no edge crosses a label. The figure is sized from the layout (width from the depth,
-height from the number of leaves) and measured with matplotlib's own renderer: the label font
-shrinks down to a readable minimum to keep the picture within ``MAX_PX`` a side, then labels drop
-their second line, and only as a last resort the resolution drops. Title, legend and label key sit
-outside the drawing area. matplotlib (Agg) is imported only when a picture is drawn.
+objective's thresholds); a crashed run is a red cross with a red "run failed" label. Each node carries
+a short label: above its branch ``#id metric=value UCB=score``, below it the change against its parent
+(clipped to ``MUTATION_CHARS``; the full text lives in ``report.html``), either one line each (wide)
+or two lines each (narrow: half the column width, for deep trees). Edges are elbows whose vertical
+trunks run in the gap between two depth columns, so no edge crosses a label.
+
+The figure is sized from the layout (width from the depth, height from the number of leaves) with
+text measured by matplotlib's own renderer, so labels never overlap or leave the figure: the label
+font shrinks down to a readable minimum to keep the PNG within ``MAX_PX`` a side, the label style
+that stays most legible once a viewer shrinks the picture to ``VIEW_PX`` wins, labels drop the
+mutation text only if nothing else fits, and only as a last resort the resolution drops. Title,
+legend and label key sit outside the drawing area (above and below it). Deterministic; matplotlib
+(Agg, no pyplot) is imported only when a picture is drawn.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +39,15 @@ DPI = 150
 MAX_PX = 4000  # pixel cap of each side of the PNG
 FONT_SIZES = (8.0, 7.5, 7.0, 6.5, 6.0, 5.5)  # label font (pt), largest first; 5.5 pt at 150 dpi ~ 11 px
 MUTATION_CHARS = 28
+NARROW_CHARS = 16  # narrow labels: the mutation text in two lines of at most this many characters
+STYLES = ("wide", "narrow")  # node labels: one line above and below the branch, or two each
+VIEW_PX = 1568  # long side a viewer shrinks the picture to (an LLM's image input, a page's width)
 METRIC_CHARS = 10  # a longer metric name is shown as "m" in the labels and named in the key
 MIN_WIDTH_PT = 360.0  # 5 in: room for the title and the legend of a one-node tree
 MARGIN_PT = 12.0
 
 _Measure = Callable[..., tuple[float, float]]  # (text, font[, weight]) -> (width, height) in points
-_LabelMeasure = Callable[[float, bool], tuple[float, float, float, float]]
+_LabelMeasure = Callable[[str, bool, float], tuple[float, float, float, float, float]]
 
 
 def layout(nodes: Sequence[Node]) -> dict[int, tuple[float, float]]:
@@ -86,10 +95,8 @@ def plot_tree(
 
 
 def _num(value: float) -> str:
-    if value != value:  # NaN
-        return "nan"
-    if value in (float("inf"), float("-inf")):
-        return "inf" if value > 0 else "-inf"
+    if not math.isfinite(value):
+        return str(value)  # nan, inf, -inf
     magnitude = abs(value)
     if value == 0 or 1e-3 <= magnitude < 1e3:
         return f"{value:.3f}"
@@ -115,14 +122,21 @@ def _metric_tag(metric: str) -> str:
     return metric if len(metric) <= METRIC_CHARS else "m"
 
 
-def _labels(node: Node, score: UCBScore | None, tag: str, metric: str) -> tuple[str, str]:
-    ucb = _num(score.ucb) if score is not None else "-"
-    if node.status != "completed":
-        top = f"#{node.id}  run failed  UCB={ucb}"
+def _labels(node: Node, score: UCBScore | None, tag: str, metric: str, style: str) -> tuple[str, str]:
+    """(above the branch, below it) for one node. ``wide``: one line each; ``narrow``: two lines each."""
+    ucb = f"UCB={_num(score.ucb) if score is not None else '-'}"
+    if _crashed(node):
+        result = "run failed"
     else:
         value = node.metrics.get(metric)
-        top = f"#{node.id}  {tag}={_num(float(value)) if value is not None else 'n/a'}  UCB={ucb}"
-    return top, _mutation(node)
+        result = f"{tag}={_num(float(value)) if value is not None else 'n/a'}"
+    mutation = _mutation(node)
+    if style == "wide":
+        return f"#{node.id}  {result}  {ucb}", mutation
+    lines = textwrap.wrap(mutation, NARROW_CHARS, break_on_hyphens=False, max_lines=2, placeholder="…") or [
+        mutation
+    ]
+    return f"#{node.id}  {result}\n{ucb}", "\n".join(lines)
 
 
 def _crashed(node: Node) -> bool:
@@ -142,18 +156,21 @@ def _colour(node: Node) -> str:
 class _Tree:
     """The drawing area in points: one depth unit is ``col`` wide, one leaf row ``row`` high."""
 
+    style: str  # "wide" or "narrow" labels
+    compact: bool  # labels without the mutation part
     font: float
-    compact: bool  # labels without their second (mutation) line
     marker: float  # marker diameter
     pad: float  # marker edge to label
     col: float
     row: float
-    up: float  # label band above a node's branch line
-    down: float  # and below it
+    shift: float  # the root column is narrower: depth d >= 1 is drawn at x = d - shift
     x0: float
     x1: float
     y_top: float  # data limits (y grows downwards)
     y_bottom: float
+
+    def x(self, depth: float) -> float:
+        return depth - self.shift if depth > 0 else 0.0
 
     @property
     def width(self) -> float:
@@ -164,26 +181,31 @@ class _Tree:
         return (self.y_bottom - self.y_top) * self.row
 
 
-def _tree_geometry(depth: float, rows: float, font: float, compact: bool, label: _LabelMeasure) -> _Tree:
+def _tree_geometry(
+    style: str, compact: bool, font: float, depth: float, rows: float, label: _LabelMeasure
+) -> _Tree:
     marker = 1.7 * font
     pad = 0.45 * font
     off = 0.2 * font  # label distance from the branch line
-    label_w, top_h, bottom_h, header_h = label(font, compact)
+    label_w, top_h, bottom_h, header_h, root_w = label(style, compact, font)
     up = max(top_h + off, marker / 2)
     down = max(bottom_h + off, marker / 2)
     col = marker + pad + label_w + 1.5 * font
     row = up + down + 0.6 * font
+    shift = 1 - min(col, marker + pad + root_w + 3.0 * font) / col
+    last = depth - shift if depth > 0 else 0.0
+    last_w = label_w if depth > 0 else root_w
     return _Tree(
-        font=font,
+        style=style,
         compact=compact,
+        font=font,
         marker=marker,
         pad=pad,
         col=col,
         row=row,
-        up=up,
-        down=down,
+        shift=shift,
         x0=-(marker / 2 + 0.3 * font) / col,
-        x1=depth + (marker / 2 + pad + label_w + 0.3 * font) / col,
+        x1=last + (marker / 2 + pad + last_w + 0.3 * font) / col,
         y_top=-(up + 0.5 * font + header_h + 0.2 * font) / row,
         y_bottom=rows - 1 + (down + 0.3 * font) / row,
     )
@@ -260,7 +282,9 @@ def _draw(
 
     by_score = {s.node_id: s for s in scores}
     tag = _metric_tag(metric)
-    labels = {n.id: _labels(n, by_score.get(n.id), tag, metric) for n in nodes}
+    labels = {
+        style: {n.id: _labels(n, by_score.get(n.id), tag, metric, style) for n in nodes} for style in STYLES
+    }
     positions = layout(nodes)
     depth = max((x for x, _ in positions.values()), default=0.0)
     rows = max((y for _, y in positions.values()), default=0.0) + 1
@@ -272,6 +296,34 @@ def _draw(
         + f"; below the branch: change vs parent (clipped to {MUTATION_CHARS} characters;"
         " full text in report.html)"
     )
+
+    # What sizes the label columns and rows: the widest lines (exact at every font; the few that are
+    # widest at the base font) and one line holding every glyph (as tall as the tallest line).
+    def widest(texts: set[str]) -> list[str]:
+        ranked = sorted(texts, key=lambda t: (-size(t, FONT_SIZES[0])[0], t))
+        return [
+            t for t in ranked[:8] if size(t, FONT_SIZES[0])[0] >= 0.95 * size(ranked[0], FONT_SIZES[0])[0]
+        ]
+
+    measures = {}
+    for style, by_id in labels.items():
+        parts = []
+        for k in (0, 1):
+            lines = {line for pair in by_id.values() for line in pair[k].split("\n")} | (
+                {"root"} if k == 0 else set()
+            )
+            n_lines = max((pair[k].count("\n") + 1 for pair in by_id.values()), default=1)
+            tall = "".join(sorted(set("".join(lines))))
+            parts.append((widest(lines), "\n".join([tall] * n_lines)))
+        measures[style] = parts
+
+    def label_measure(style: str, compact: bool, font: float) -> tuple[float, float, float, float, float]:
+        """Widest label line, heights above and below the branch, header height, root label width (pt)."""
+        (top_wide, top_tall), (bottom_wide, bottom_tall) = measures[style]
+        lines = top_wide + ([] if compact else bottom_wide)
+        width = max(size(t, font)[0] for t in lines)
+        bottom_h = 0.0 if compact else size(bottom_tall, font)[1]
+        return width, size(top_tall, font)[1], bottom_h, size("depth 1", font)[1], size("root", font)[0]
 
     def handles(tree: _Tree) -> list[Line2D]:
         ms = tree.marker * 0.8
@@ -302,11 +354,11 @@ def _draw(
         """Figure layout in points for one tree geometry."""
         base_w = max(tree.width, MIN_WIDTH_PT)
         n_entries = len(handles(tree))
-        ncol, (legend_w, legend_h) = 1, legend_size(tree, 1)
+        ncol, legend_w, legend_h = 1, 0.0, 0.0
         for k in range(n_entries, 0, -1):
-            w, h = legend_size(tree, k)
-            if w <= base_w or k == 1:
-                ncol, legend_w, legend_h = k, w, h
+            legend_w, legend_h = legend_size(tree, k)
+            if legend_w <= base_w:
+                ncol = k
                 break
         content_w = max(base_w, legend_w)
         title_font = tree.font + 1.5
@@ -330,39 +382,36 @@ def _draw(
             "gap": gap,
         }
 
-    tops = sorted({top for top, _ in labels.values()} | {"root"})
-    bottoms = sorted({bottom for _, bottom in labels.values()})
+    def side_px(plan: dict[str, Any]) -> float:
+        return max(plan["width"], plan["height"]) * DPI / 72
 
-    def widest(texts: list[str]) -> list[str]:
-        """The texts that may be the widest at any font (exact widths at the base font)."""
-        widths = [size(t, FONT_SIZES[0])[0] for t in texts]
-        return [t for t, w in zip(texts, widths, strict=True) if w >= 0.9 * max(widths, default=0.0)]
-
-    wide_tops, wide_bottoms = widest(tops), widest(bottoms)
-    # one line holding every glyph of the labels is as tall as the tallest label line
-    tall_top, tall_bottom = "".join(sorted(set("".join(tops)))), "".join(sorted(set("".join(bottoms))))
-
-    def label_measure(font: float, compact: bool) -> tuple[float, float, float, float]:
-        """Widest label line, top and bottom label heights and the depth header height (points)."""
-        lines = wide_tops + ([] if compact else wide_bottoms)
-        width = max(size(t, font)[0] for t in lines)
-        bottom_h = 0.0 if compact else size(tall_bottom, font)[1]
-        return width, size(tall_top, font)[1], bottom_h, size("depth 1", font)[1]
-
-    chosen: tuple[_Tree, dict[str, Any]] | None = None
-    for compact in (False, True):
+    def search(style: str, compact: bool) -> tuple[_Tree, dict[str, Any]] | None:
+        """The largest label font at which the picture fits ``MAX_PX`` (None if none does)."""
+        largest = FONT_SIZES[0]  # everything but the fixed margins scales with the font: skip hopeless sizes
         for font in FONT_SIZES:
-            tree = _tree_geometry(depth, rows, font, compact, label_measure)
+            if font > largest:
+                continue
+            tree = _tree_geometry(style, compact, font, depth, rows, label_measure)
             plan = compose(tree)
-            if max(plan["width"], plan["height"]) * DPI / 72 <= MAX_PX:
-                chosen = (tree, plan)
-                break
-        if chosen is not None:
-            break
-    if chosen is None:  # too large even at the smallest font with one-line labels: lower the resolution
-        tree = _tree_geometry(depth, rows, FONT_SIZES[-1], True, label_measure)
-        chosen = (tree, compose(tree))
-    tree, plan = chosen
+            if side_px(plan) <= MAX_PX:
+                return tree, plan
+            largest = min(largest, font * MAX_PX / side_px(plan))
+        return None
+
+    def legibility(found: tuple[_Tree, dict[str, Any]]) -> float:
+        """Label size once the picture is shrunk to a viewer's ``VIEW_PX`` (an LLM's image, a page)."""
+        return round(found[0].font * min(1.0, VIEW_PX / side_px(found[1])), 3)
+
+    found: list[tuple[_Tree, dict[str, Any]]] = []
+    for compact in (False, True):  # without the mutation text only if nothing else fits
+        found = found or [f for f in (search("wide", compact), search("narrow", compact)) if f is not None]
+    if found:  # the more legible picture; on a tie the wide labels (fewer lines)
+        tree, plan = max(found, key=legibility)
+    else:  # too large even at the smallest font without mutation texts: the resolution drops
+        smallest = [
+            _tree_geometry(style, True, FONT_SIZES[-1], depth, rows, label_measure) for style in STYLES
+        ]
+        tree, plan = min(((t, compose(t)) for t in smallest), key=lambda f: side_px(f[1]))
     width, height = plan["width"], plan["height"]
     dpi = min(float(DPI), (MAX_PX - 0.5) * 72 / max(width, height))
     # Whole pixels (Agg truncates the canvas size): the spare fraction goes to the right and bottom margins.
@@ -392,26 +441,27 @@ def _draw(
     )
     top -= regime_h + gap
 
-    # The drawing area.
+    # The drawing area: elbow edges, depth headers, markers, labels.
     ax = fig.add_axes(
         (MARGIN_PT / width, (top - tree.height) / height, tree.width / width, tree.height / height)
     )
     ax.set_xlim(tree.x0, tree.x1)
     ax.set_ylim(tree.y_bottom, tree.y_top)  # inverted: the first leaf on top
     ax.set_axis_off()
-    nodes_at_depth_1 = [positions[n.id][1] for n in nodes if positions[n.id][0] == 1.0]
-    root_y = (min(nodes_at_depth_1) + max(nodes_at_depth_1)) / 2 if nodes_at_depth_1 else 0.0
-    trunk = (tree.marker / 2 + 0.5 * font) / tree.col  # elbow trunk: just left of the child column
+    first = [positions[n.id][1] for n in nodes if positions[n.id][0] == 1.0]
+    root_y = (min(first) + max(first)) / 2 if first else 0.0
+    trunk = (tree.marker / 2 + 0.5 * font) / tree.col  # just left of the child's column
     segments = []
     for node in nodes:
         x, y = positions[node.id]
         px, py = positions.get(node.parent, (0.0, root_y)) if node.parent is not None else (0.0, root_y)
+        px, x = tree.x(px), tree.x(x)
         segments.append([(px, py), (x - trunk, py), (x - trunk, y), (x, y)])
     ax.add_collection(LineCollection(segments, colors=EDGE_COLOUR, linewidths=0.9, zorder=1))
     header_y = tree.y_top + 0.2 * font / tree.row
     for d in range(1, int(depth) + 1):
         ax.text(
-            d - tree.marker / 2 / tree.col,
+            tree.x(d) - tree.marker / 2 / tree.col,
             header_y,
             f"depth {d}",
             ha="left",
@@ -427,7 +477,7 @@ def _draw(
         group = [n for n in nodes if _crashed(n) == crashed]
         if group:
             ax.scatter(
-                [positions[n.id][0] for n in group],
+                [tree.x(positions[n.id][0]) for n in group],
                 [positions[n.id][1] for n in group],
                 s=(tree.marker * scale) ** 2,
                 marker=marker,
@@ -441,12 +491,12 @@ def _draw(
     text_style = {"textcoords": "offset points", "ha": "left", "fontsize": font, "parse_math": False}
     ax.annotate("root", (0.0, root_y), xytext=(dx, off), va="bottom", color="#333333", **text_style)
     for node in nodes:
-        top_label, bottom_label = labels[node.id]
-        xy = positions[node.id]
+        above, below = labels[tree.style][node.id]
+        xy = (tree.x(positions[node.id][0]), positions[node.id][1])
         colour = "#a01010" if _crashed(node) else "black"
-        ax.annotate(top_label, xy, xytext=(dx, off), va="bottom", color=colour, **text_style)
+        ax.annotate(above, xy, xytext=(dx, off), va="bottom", color=colour, **text_style)
         if not tree.compact:
-            ax.annotate(bottom_label, xy, xytext=(dx, -off), va="top", color="#444444", **text_style)
+            ax.annotate(below, xy, xytext=(dx, -off), va="top", color="#444444", **text_style)
 
     # Legend and key below the drawing area.
     legend_top = top - tree.height - gap
