@@ -275,6 +275,9 @@ def test_block_end_rules_cite_the_finished_block_within_the_configured_limits(tm
             "hydra.sweeper.proposer.memory_max_lines=50",
         )
     assert_sweep_sane(sweep_dir)
+    # each call is bounded by a max_tokens sized from the reply schema (2 slots, 50 memory lines)
+    assert server.requests[0].body["max_tokens"] == 600 + 450 * 2 + 20 * 50
+    assert server.requests[2].body["max_tokens"] == 600 + 450 * 2 + 200 * 2 + 20 * 50 + 2500
     block_end = server.requests[2]
     facts = prompt_facts(block_end)
     assert facts.block_end and facts.last_batch == [3, 4] and facts.completed == [1, 2, 3, 4]

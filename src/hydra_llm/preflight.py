@@ -34,4 +34,4 @@ def check(cfg: DictConfig) -> None:
             raise (err.__cause__ or err) from None
     except (ValueError, TypeError, KeyError, FileNotFoundError, InstantiationException) as err:
         first = " ".join(str(err).split()) or type(err).__name__
-        raise PreflightError(first) from None
+        raise PreflightError(first) from err  # the cause keeps its type (e.g. FileNotFoundError)

@@ -251,16 +251,18 @@ class LLMClient:
         *,
         check: Any = None,
         tag: str = "call",
+        max_tokens: int | None = None,
     ) -> Completion[M]:
         """Ask for one ``model`` object; re-ask on invalid replies; raise :class:`LLMError` if none comes.
 
         ``messages`` are chat messages (content may be a list of parts with images). ``check`` is an
         optional ``callable(value) -> list[str]`` of further errors that also trigger a re-ask.
+        ``max_tokens`` bounds each reply when the settings leave ``max_tokens`` unset.
         """
         self._provisional = None
         try:
             completion = self._complete(
-                messages, model, check, tag, time.monotonic() + self.settings.deadline
+                messages, model, check, tag, time.monotonic() + self.settings.deadline, max_tokens
             )
         except LLMError:
             if self._provisional is not None:  # an unconfirmed step-down is undone
@@ -271,8 +273,15 @@ class LLMClient:
         return completion
 
     def _complete(
-        self, messages: list[dict[str, Any]], model: type[M], check: Any, tag: str, deadline: float
+        self,
+        messages: list[dict[str, Any]],
+        model: type[M],
+        check: Any,
+        tag: str,
+        deadline: float,
+        max_tokens: int | None,
     ) -> Completion[M]:
+        limit = self.settings.max_tokens or max_tokens
         conversation = [dict(m) for m in messages]
         calls: list[dict[str, Any]] = []
         reasks = 0
@@ -287,7 +296,7 @@ class LLMClient:
                     model=self.settings.model,
                     messages=sent,
                     temperature=float(self.settings.temperature),
-                    **({"max_tokens": self.settings.max_tokens} if self.settings.max_tokens else {}),
+                    **({"max_tokens": int(limit)} if limit else {}),
                     **request_kwargs(mode, model),
                 )
             except openai.APIStatusError as err:

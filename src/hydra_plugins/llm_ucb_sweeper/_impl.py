@@ -87,8 +87,6 @@ class LLMUCBSweeperImpl:
         self.space, s = self._space_and_settings(arguments)
         self._preflight()
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(config, sweep_dir / "multirun.yaml")
         engine_config = EngineConfig.from_settings(s)
         objective = engine_config.objective
         proposer = self._proposer(s.get("proposer"))
@@ -111,6 +109,7 @@ class LLMUCBSweeperImpl:
             after_batch=self._wandb_hook(sweep_dir, s),
         )
         self.sweep_id = engine.state.sweep_id  # a resumed sweep keeps its W&B group
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")  # after the folder's lock is ours
         try:
             with InterruptGuard(on_interrupt=engine.interrupted):
                 engine.run()

@@ -140,7 +140,13 @@ class LLMProposer(Proposer):
             tag = f"iter{view.first_iteration:04d}"
         try:
             completion = self.client.complete(
-                messages, LLMReply, check=lambda r: check_reply(r, view), tag=tag
+                messages,
+                LLMReply,
+                check=lambda r: check_reply(r, view),
+                tag=tag,
+                max_tokens=reply_token_budget(
+                    view.n_parallel, len(view.last_batch), self.builder.limits.memory_lines, view.is_block_end
+                ),
             )
         except LLMError as err:
             if feedback and previous is not None:
@@ -181,6 +187,13 @@ class LLMProposer(Proposer):
             **_usage(err.calls),
         }
         return reply
+
+
+def reply_token_budget(n_parallel: int, n_observed: int, memory_lines: int, block_end: bool) -> int:
+    """A default ``max_tokens`` sized from the reply schema: a fixed part, ~450 tokens per proposal,
+    ~200 per observation, ~20 per memory line, and the block-end fields (summary, rules) when due.
+    Bounds every call against a model that never stops; ``max_tokens`` in the settings wins."""
+    return 600 + 450 * n_parallel + 200 * n_observed + 20 * memory_lines + (2500 if block_end else 0)
 
 
 def _feedback_text(feedback: list[str]) -> str:
