@@ -41,7 +41,8 @@ def env(tmp_path: Path) -> dict[str, str]:
 def test_bare_command_explores_the_regime(tmp_path, regime):
     key, heading, metric = REGIMES[regime]
     sweep_dir = tmp_path / "sweep"
-    with FakeOpenAIServer(default=FakeError(503, "busy")) as server:
+    # the server holds the call, so the sweeper is still waiting for its first reply when it is stopped
+    with FakeOpenAIServer(default=FakeError(503, "busy", delay=60)) as server:
         cmd = [
             sys.executable,
             "train.py",
