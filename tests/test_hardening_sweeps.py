@@ -59,7 +59,7 @@ def stderr_of(sweep_dir: Path) -> str:
 
 def test_a_second_sweeper_on_the_same_folder_stops_at_once(tmp_path):
     sweep = tmp_path / "sweep"
-    first = start(sweep, "hydra.sweeper.n_iterations=8", "behaviour.sleep=0.5")
+    first = start(sweep, "hydra.sweeper.n_iterations=8", "behaviour.sleep=1.5")  # ~12 s: time to collide
     try:
         wait_for(lambda: (sweep / "exploration" / "state.json").exists(), 60, "the first sweep's state")
         began = time.monotonic()
