@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_openai import FakeError, FakeOpenAIServer
+from tests.test_sweeper_train_e2e import TINY_SIGNAL
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = {  # regime -> (a search-space key it must bring, a protocol heading, the objective metric)
@@ -35,6 +36,13 @@ def env(tmp_path: Path) -> dict[str, str]:
         WANDB_MODE="disabled",
         HYDRA_LLM_FAKE_KEY="sk-fake-bare-0123456789",
     )
+
+
+def sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`train.py -m hydra/sweeper=llm_ucb` with ``overrides`` into ``tmp_path/sweep`` (must stop early)."""
+    cmd = [sys.executable, "train.py", "-m", "hydra/sweeper=llm_ucb", *overrides]
+    cmd.append(f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    return subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("regime", sorted(REGIMES))
@@ -113,31 +121,13 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
 )
 def test_bad_settings_stop_the_sweep_before_any_child(tmp_path, override, message):
     sweep_dir = tmp_path / "sweep"
-    cmd = [
-        sys.executable,
-        "train.py",
-        "-m",
-        "hydra/sweeper=llm_ucb",
-        override,
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
+    proc = sweep(tmp_path, override)
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not sweep_dir.exists()
 
 
 def test_an_empty_search_space_is_an_error(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    cmd = [
-        sys.executable,
-        "train.py",
-        "-m",
-        "hydra/sweeper=llm_ucb",
-        "~exploration.params",
-        "~exploration.block_params",
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
+    proc = sweep(tmp_path, "~exploration.params", "~exploration.block_params")
     assert proc.returncode == 1 and "hydra.sweeper.params: the search space is empty" in proc.stderr
 
 
@@ -150,13 +140,10 @@ def test_the_basic_sweeper_ignores_the_regime_space(tmp_path):
         "-m",
         "training.seed=1,2",
         f"hydra.sweep.dir={sweep_dir}",
-        "logger=none",
-        "simulation.n_neurons=16",
-        "simulation.n_frames=600",
-        "simulation.burn_in_frames=50",
+        *TINY_SIGNAL,
         "training.data_augmentation_loop=1",
+        "logger=none",
         "evaluation.make_plots=false",
-        "trainer.enable_progress_bar=false",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,12 +9,20 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# A signal regime small enough for a child to train in seconds (later overrides win).
+TINY_SIGNAL = [
+    "simulation.n_neurons=16",
+    "simulation.n_frames=600",
+    "simulation.burn_in_frames=50",
+    "training.data_augmentation_loop=2",
+    "trainer.enable_progress_bar=false",
+]
 
 
-def test_train_py_sweep_tiny_signal(tmp_path):
-    sweep_dir = tmp_path / "sweep"
+def tiny_sweep(tmp_path: Path, *overrides: str, wandb_mode: str = "disabled") -> subprocess.CompletedProcess:
+    """`train.py -m` with the rules proposer, 2 batches x 2 slots of TINY_SIGNAL, into tmp_path/sweep."""
     env = dict(
-        os.environ, OMP_NUM_THREADS="1", HYDRA_LLM_CACHE=str(tmp_path / "cache"), WANDB_MODE="disabled"
+        os.environ, OMP_NUM_THREADS="1", HYDRA_LLM_CACHE=str(tmp_path / "cache"), WANDB_MODE=wandb_mode
     )
     cmd = [
         sys.executable,
@@ -22,22 +30,26 @@ def test_train_py_sweep_tiny_signal(tmp_path):
         "-m",
         "hydra/sweeper=llm_ucb",
         "hydra/sweeper/proposer=rules",
-        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
         "hydra.sweeper.n_iterations=4",
         "hydra.sweeper.n_parallel=2",
         "hydra.sweeper.slot_roles=[exploit,replicate]",
+        *TINY_SIGNAL,
+        *overrides,
+    ]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_py_sweep_tiny_signal(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = tiny_sweep(
+        tmp_path,
         "hydra.sweeper.protocol=instructions/signal_landscape.md",
         '+hydra.sweeper.params={training.learning_rate_W_start:"tag(log,interval(1e-4,1e-2))",'
         'training.coeff_W_L1:"tag(log,interval(1e-6,1e-3))"}',
         "logger=none",
-        "simulation.n_neurons=16",
-        "simulation.n_frames=600",
-        "simulation.burn_in_frames=50",
-        "training.data_augmentation_loop=2",
         "evaluation.make_plots=false",
-        "trainer.enable_progress_bar=false",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     state = json.loads((sweep_dir / "exploration" / "state.json").read_text())
     nodes = state["nodes"]

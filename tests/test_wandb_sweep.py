@@ -5,36 +5,14 @@ run (same group) with the node table, the tree picture and the best-so-far curve
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
+from tests.test_sweeper_train_e2e import tiny_sweep
 from tests.wandb_files import offline_runs
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wandb_runs_of_a_sweep(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_LLM_CACHE=str(tmp_path / "cache"), WANDB_MODE="offline")
-    cmd = [
-        sys.executable,
-        "train.py",
-        "-m",
-        "hydra/sweeper=llm_ucb",
-        "hydra/sweeper/proposer=rules",
-        f"hydra.sweep.dir={sweep_dir}",
-        "hydra.sweeper.n_iterations=4",
-        "hydra.sweeper.n_parallel=2",
-        "hydra.sweeper.slot_roles=[exploit,replicate]",
-        "simulation.n_neurons=16",
-        "simulation.n_frames=600",
-        "simulation.burn_in_frames=50",
-        "training.data_augmentation_loop=2",
-        "trainer.enable_progress_bar=false",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = tiny_sweep(tmp_path, wandb_mode="offline")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "wandb:" not in proc.stdout + proc.stderr  # W&B's lines went to the children's logs
     state = json.loads((sweep_dir / "exploration" / "state.json").read_text())

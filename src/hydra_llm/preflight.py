@@ -18,8 +18,9 @@ class PreflightError(ValueError):
     """A setting that would fail the run: one line naming the key and the fix."""
 
 
-def check(cfg: DictConfig) -> None:
-    """Raise :class:`PreflightError` for the first bad setting of ``cfg`` (see the module docstring)."""
+def check(cfg: DictConfig) -> Any:
+    """Raise :class:`PreflightError` for the first bad setting of ``cfg`` (see the module docstring);
+    else return the simulation DataModule it built (nothing simulated yet), for the run to use."""
     from hydra.errors import InstantiationException
     from hydra.utils import get_class, instantiate
 
@@ -29,7 +30,7 @@ def check(cfg: DictConfig) -> None:
         if model_check is not None:
             model_check(training)
         try:
-            instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
+            return instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
         except InstantiationException as err:  # Hydra wraps the constructor's own error
             raise (err.__cause__ or err) from None
     except (ValueError, TypeError, KeyError, FileNotFoundError, InstantiationException) as err:

@@ -176,9 +176,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if threads is not None:
         torch.set_num_threads(threads)
         log.info("torch threads: %d", threads)
-    preflight.check(cfg)  # a bad setting or missing data fails before anything is simulated
+    # a bad setting or missing data fails here, before anything is simulated
+    datamodule = preflight.check(cfg)
     training = OmegaConf.to_container(cfg.training, resolve=True)
-    datamodule = instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
     datamodule.prepare_data()
     datamodule.setup("fit")
     observations, ground_truth = datamodule.observations, datamodule.ground_truth

@@ -397,11 +397,8 @@ class ExplorationEngine:
         return state
 
     def _event(self, state: SweepState, message: str) -> None:
-        message = one_line(message, LIMITS.event)
-        state.events.append(message)
-        log.info("[llm_ucb] %s", message)
-        with open(self._log_path(), "a", encoding="utf-8") as handle:
-            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        """A line for the terminal and ``sweep.log`` that is also kept in the state's events."""
+        state.events.append(self._say(message))
 
     def _log_path(self) -> Path:
         self.exploration.mkdir(parents=True, exist_ok=True)
@@ -459,18 +456,21 @@ class ExplorationEngine:
         self._check_failure_rate()
         return nodes
 
-    def _say(self, message: str) -> None:
-        """A line for the terminal and ``sweep.log`` (not an event of the state)."""
+    def _say(self, message: str) -> str:
+        """A line for the terminal and ``sweep.log`` (one printable line, capped); returns it."""
         message = one_line(message, LIMITS.event)
         log.info("[llm_ucb] %s", message)
         with open(self._log_path(), "a", encoding="utf-8") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        return message
 
     def _report_batch(self, nodes: Sequence[Node], seconds: float) -> None:
         """One line per node (parent, slot, strategy, mutation, objective, best so far), one per batch."""
         metric = self.config.objective.metric
+        ids = sorted(n.id for n in self.state.nodes)
+        best_at = dict(zip(ids, reports.best_so_far(self.state.nodes), strict=True))
         for node in nodes:
-            best = reports.best_node([n for n in self.state.nodes if n.id <= node.id])
+            best = best_at[node.id]
             best_text = (
                 f"best {_value(best.metrics.get(metric))} (node {best.id})" if best is not None else "best -"
             )

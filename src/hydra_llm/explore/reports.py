@@ -171,6 +171,18 @@ def best_node(nodes: Sequence[Node]) -> Node | None:
     return max(done, key=lambda n: (n.reward, -n.id)) if done else None
 
 
+def best_so_far(nodes: Sequence[Node]) -> list[Node | None]:
+    """For each node in id order, the best completed node among it and the nodes before it
+    (as :func:`best_node` picks: highest reward, lowest id on ties)."""
+    out: list[Node | None] = []
+    top: Node | None = None
+    for node in sorted(nodes, key=lambda n: n.id):
+        if node.status == "completed" and (top is None or node.reward > top.reward):
+            top = node
+        out.append(top)
+    return out
+
+
 def optimization_results(
     nodes: Sequence[Node], objective: Objective, fixed: Sequence[str], name: str
 ) -> dict[str, Any]:

@@ -157,6 +157,7 @@ class LLMUCBSweeperImpl:
         mode = str(os.environ.get("WANDB_MODE") or OmegaConf.select(logger, "mode", default="offline"))
         if mode == "disabled":
             return None
+        from hydra_llm.explore.reports import best_so_far
         from hydra_llm.wandb_runs import SweepRun
 
         keep = (
@@ -179,12 +180,10 @@ class LLMUCBSweeperImpl:
 
         def update(state: Any) -> None:
             wandb_run.group = self.sweep_id  # a resumed sweep keeps its first id
-            best: list[float] = []
-            top = None
-            for node in sorted(state.nodes, key=lambda n: n.id):
-                if node.status == "completed" and (top is None or node.reward > top.reward):
-                    top = node
-                best.append(top.metrics.get(metric, float("nan")) if top is not None else float("nan"))
+            best = [
+                top.metrics.get(metric, float("nan")) if top is not None else float("nan")
+                for top in best_so_far(state.nodes)
+            ]
             pictures = sorted((sweep_dir / "exploration" / "tree").glob("ucb_tree_iter_*.png"))
             wandb_run.update(
                 [n.to_dict() for n in state.nodes], metric, best, pictures[-1] if pictures else None
