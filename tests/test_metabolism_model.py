@@ -135,7 +135,7 @@ def test_phase2_strategies_all_run(tiny, tiny_phase1):
     assert model.node_amplification == pytest.approx(1.0)  # decayed by the end
     multi = MetabolismGNN(obs, training={**training, "multi_scale_rollout": True}, **SMALL_ARCH)
     assert multi.max_window() == 64
-    assert multi._current_time_step() in (4, 16, 32, 64)
+    assert multi.current_time_step() in (4, 16, 32, 64)
 
 
 def test_phase2_without_checkpoint_trains_and_caches_phase1(tiny, tmp_path):

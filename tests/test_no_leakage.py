@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hydra_llm.models.signal_gnn import SignalGNN
-from hydra_llm.simulation.base import GroundTruth, Observations
+from hydra_llm.simulation.base import Observations
 from hydra_llm.simulation.signal import SignalDataModule
 
 SIM = dict(n_neurons=24, n_neuron_types=3, n_frames=400, burn_in_frames=50, noise_model_level=0.1, seed=11)
@@ -115,16 +115,7 @@ def test_training_is_bit_identical_with_garbage_or_missing_ground_truth():
     reference = fit(datamodule())
 
     garbage = datamodule()
-    gen = torch.Generator().manual_seed(0)
-    garbage.ground_truth = GroundTruth(
-        tensors={
-            k: torch.randn(v.shape, generator=gen).to(v.dtype)
-            if v.is_floating_point()
-            else torch.randint(0, 3, v.shape, generator=gen)
-            for k, v in garbage.ground_truth.tensors.items()
-        },
-        meta={"garbage": True},
-    )
+    garbage.ground_truth = garbage.ground_truth.garbage(seed=0)
     with_garbage = fit(garbage)
 
     missing = datamodule()

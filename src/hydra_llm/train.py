@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -58,19 +57,13 @@ def _run_name(cfg: DictConfig) -> str | None:
 
 
 _ENV_INTERPOLATION = re.compile(r"\$\{(oc\.env|env|oc\.decode):")
-_SECRET_NAME = re.compile(r"(?i)(key|token|secret|password|passwd|credential)")
-
-
-def _environment_secrets() -> list[str]:
-    """Values of environment variables whose name says they hold a secret (API keys, tokens)."""
-    return [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and v and len(v) >= 8]
 
 
 def loggable_config(cfg: DictConfig) -> dict[str, Any]:
     """The task config as plain data for a logger: resolved, except that a value written as an
     environment interpolation (``${oc.env:...}``) is kept as written, and any secret of the
     environment that still shows up (through another interpolation) is masked."""
-    from hydra_llm.llm.redact import Redactor
+    from hydra_llm.llm.redact import Redactor, environment_secrets
 
     raw = OmegaConf.to_container(cfg, resolve=False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -84,7 +77,7 @@ def loggable_config(cfg: DictConfig) -> dict[str, Any]:
             return [merge(r, v) for r, v in zip(raw_value, value, strict=True)]
         return value
 
-    return Redactor(_environment_secrets()).obj(merge(raw, resolved))
+    return Redactor(environment_secrets()).obj(merge(raw, resolved))
 
 
 def child_record(cfg: DictConfig) -> dict[str, Any] | None:
@@ -166,9 +159,10 @@ def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Simulate, fit, evaluate and log one configuration; return its metrics."""
-    import lightning.pytorch as pl
     import torch
     from hydra.utils import instantiate
+
+    from hydra_llm.code_edits.loader import use_version
 
     out = output_dir(cfg)
     quiet_duplicate_loggers()
@@ -176,31 +170,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if threads is not None:
         torch.set_num_threads(threads)
         log.info("torch threads: %d", threads)
+    code = cfg.get("code") or {}
+    use_version(code.get("dir"))  # the code version a sweep gave this run (None: the installed code)
     # a bad setting or missing data fails here, before anything is simulated
     datamodule = preflight.check(cfg)
-    training = OmegaConf.to_container(cfg.training, resolve=True)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    observations, ground_truth = datamodule.observations, datamodule.ground_truth
+    if code.get("check"):
+        from hydra_llm.code_edits.check_run import run_check
 
-    pl.seed_everything(int(cfg.training.seed), workers=True, verbose=False)
-    # _convert_="object": without it Hydra turns the Observations dataclass into a DictConfig.
-    model = instantiate(
-        cfg.model, observations=observations, training=training, _recursive_=False, _convert_="object"
-    )
+        return run_check(cfg, datamodule, out)
+    observations, ground_truth = datamodule.observations, datamodule.ground_truth
 
     logger = build_logger(cfg, out)
     try:
-        trainer = instantiate(
-            cfg.trainer,
-            callbacks=evaluation_callbacks(cfg, observations, ground_truth, out),
-            logger=logger if logger is not None else False,
-            default_root_dir=str(out),
-            enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)) and not in_sweep(),
-        )
-        start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule)
-        training_time_min = (time.perf_counter() - start) / 60.0
+        callbacks = evaluation_callbacks(cfg, observations, ground_truth, out)
+        model, training_time_min = fit(cfg, datamodule, out, callbacks=callbacks, logger=logger)
 
         evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
         evaluation.pop("callbacks", None)  # built before fit, see evaluation_callbacks
@@ -221,6 +206,44 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return metrics
     finally:
         _finish_wandb()
+
+
+def fit(cfg: DictConfig, datamodule, out: Path, *, callbacks=(), logger=None, **trainer_kwargs: Any):
+    """Seed, build the model from the observations only, and train it; returns (model, minutes).
+
+    An error raised inside an edited code region is recorded in ``<out>/code_error.json`` (for the
+    sweeper's repair request) before it propagates.
+    """
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+
+    from hydra_llm.code_edits.check_run import record_code_error
+
+    pl.seed_everything(int(cfg.training.seed), workers=True, verbose=False)
+    training = OmegaConf.to_container(cfg.training, resolve=True)
+    # _convert_="object": without it Hydra turns the Observations dataclass into a DictConfig.
+    model = instantiate(
+        cfg.model,
+        observations=datamodule.observations,
+        training=training,
+        _recursive_=False,
+        _convert_="object",
+    )
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=list(callbacks),
+        logger=logger if logger is not None else False,
+        default_root_dir=str(out),
+        enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)) and not in_sweep(),
+        **trainer_kwargs,
+    )
+    start = time.perf_counter()
+    try:
+        trainer.fit(model, datamodule=datamodule)
+    except Exception as err:
+        record_code_error(err, out)
+        raise
+    return model, (time.perf_counter() - start) / 60.0
 
 
 def metrics_table(metrics: Mapping[str, float], path: Path) -> str:

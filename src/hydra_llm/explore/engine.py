@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hydra_llm.explore import reports
 from hydra_llm.explore.proposers.base import (
@@ -45,6 +45,9 @@ from hydra_llm.explore.sweep_folder import (
 )
 from hydra_llm.explore.text import LIMITS, clean_reply, clip, one_line
 from hydra_llm.explore.tree import Node, Objective, describe_mutation, ucb_scores
+
+if TYPE_CHECKING:
+    from hydra_llm.code_edits.review import CodeEditor
 
 log = logging.getLogger(__name__)
 SIMULATION_SEED_MODES = ("slot", "iteration", "fixed")
@@ -196,6 +199,8 @@ class ChildSpec:
     seeds: dict[str, int]
     job_num: int
     hypothesis: str = ""
+    code_version: int = 0  # 0: the installed code
+    code_dir: str = ""  # the folder of that code version ('' for the installed code)
 
     def seed_overrides(self, seed_keys: Mapping[str, str]) -> dict[str, int]:
         return {seed_keys[k]: v for k, v in self.seeds.items() if k in seed_keys}
@@ -238,6 +243,7 @@ class ExplorationEngine:
         proposer_note: str = "",
         plot: bool | None = None,
         after_batch: Callable[[SweepState], None] | None = None,
+        code_editor: CodeEditor | None = None,
     ) -> None:
         config.check()
         self.config = config
@@ -253,6 +259,7 @@ class ExplorationEngine:
         self.proposer_note = proposer_note or getattr(proposer, "name", type(proposer).__name__)
         self.plot = config.tree_plot if plot is None else plot
         self.after_batch = after_batch  # e.g. the sweep-level W&B run; its failure never stops the sweep
+        self.code_editor = code_editor  # hydra.sweeper.code_edits: the LLM rewrites marked code regions
         self.defaults = {s.key: s.default for s in (*space.params, *space.block_params)}
         self._check_slot_params()
         self.lock = SweepLock(self.sweep_dir)
@@ -262,6 +269,10 @@ class ExplorationEngine:
             raise SweepConfigError(str(err)) from None
         try:
             self.state = self._start(sweep_id, protocol)
+            if code_editor is not None:
+                code_editor.say = lambda message: self._event(self.state, message)
+                code_editor.attach(self.state.code)
+                save_state(self.sweep_dir, self.state)
         except BaseException:
             self.lock.release()
             raise
@@ -432,8 +443,11 @@ class ExplorationEngine:
     def run_batch(self, size: int) -> list[Node]:
         """Propose, validate, launch and record one batch of ``size`` children."""
         started = time.monotonic()
-        snapshot = self.state.to_dict()
         view = self.view(size)
+        if self.code_editor is not None and view.is_block_end:
+            self._code_review(view)
+            view = self.view(size)
+        snapshot = self.state.to_dict()
         reply, proposals = self._ask(view)
         self._apply_reply(reply, view, proposals)
         children = self._children(proposals, view)
@@ -444,6 +458,8 @@ class ExplorationEngine:
             children, outcomes = self._rerun_lost_alone(snapshot, children, outcomes)
         nodes = [self._record(child, outcome) for child, outcome in zip(children, outcomes, strict=True)]
         self.state.nodes.extend(nodes)
+        if self.code_editor is not None:
+            self.code_editor.after_batch(nodes, view.block, self.state.current_simulation)
         self.state.batches.append([n.id for n in nodes])
         self.state.iteration = max(n.id for n in nodes)
         self.persist()
@@ -499,6 +515,19 @@ class ExplorationEngine:
             f"batch iters {nodes[0].id}-{nodes[-1].id}: {len(nodes)} runs in {seconds:.1f} s, "
             f"{failed} failed, proposer {self.proposer_note.split(' ')[0]}{fallback}"
         )
+
+    def _code_review(self, view: ExplorationView) -> None:
+        """At a block end: verdicts on the code versions tried and new edits (saved before the batch)."""
+        assert self.code_editor is not None
+        objective = self.config.objective
+        finished = [n for n in self.state.nodes if n.block == view.block - 1]
+        self.code_editor.block_end(
+            view.block - 1,
+            finished,
+            {"metric": objective.metric, "direction": objective.direction, "target": objective.target},
+            self.state.current_simulation,
+        )
+        save_state(self.sweep_dir, self.state)
 
     def _save_in_flight(self, snapshot: dict[str, Any], children: Sequence[ChildSpec]) -> None:
         """The pre-launch state: the pre-reply state with the job numbers consumed, so a kill now
@@ -569,6 +598,7 @@ class ExplorationEngine:
             sweep_seed=self.config.seed,
             finished_block=self._ucb_rows(block - 1) if is_block_end else (),
             slot_params={k: tuple(v) for k, v in self.config.slot_params.items()},
+            code=self.code_editor.describe() if self.code_editor is not None else "",
         )
 
     def _ucb_rows(self, block: int) -> tuple[UCBRow, ...]:
@@ -844,6 +874,11 @@ class ExplorationEngine:
             seeds["simulation"] = node_id * 1000 + slot
         seeds = {k: v for k, v in seeds.items() if k in self.config.seed_keys}
         text = describe_mutation(mutation, before, self.defaults)
+        code_version = 0
+        if self.code_editor is not None:
+            code_version = self.code_editor.resolve(
+                parent.code_version if parent else self.code_editor.active
+            )
         return ChildSpec(
             node_id=node_id,
             slot=slot,
@@ -857,6 +892,8 @@ class ExplorationEngine:
             seeds=seeds,
             job_num=self.state.next_job_idx + slot,
             hypothesis=str(proposal.hypothesis or ""),
+            code_version=code_version,
+            code_dir=self.code_editor.folder(code_version) if self.code_editor is not None else "",
         )
 
     def _launch(self, children: Sequence[ChildSpec]) -> list[ChildOutcome]:
@@ -887,6 +924,7 @@ class ExplorationEngine:
             "hypothesis": child.hypothesis,
             "mutation": child.mutation_text,
             "seeds": dict(child.seeds),
+            "code_version": child.code_version,
         }
 
     def _record(self, child: ChildSpec, outcome: ChildOutcome) -> Node:
@@ -924,6 +962,7 @@ class ExplorationEngine:
             hypothesis=child.hypothesis,
             classification=objective.classify(value) if status == "completed" else "failed",
             mutation_text=child.mutation_text,
+            code_version=child.code_version,
         )
 
     def _check_failure_rate(self) -> None:
@@ -980,12 +1019,12 @@ class ExplorationEngine:
         state, objective = self.state, self.config.objective
         save_state(self.sweep_dir, state)
         header = f"# Exploration log: {self.name} (sweep {state.sweep_id}, proposer {state.proposer})"
-        atomic_write_text(
-            self.exploration / "analysis.md",
-            reports.render_analysis(
-                state.nodes, state.next_parents, state.block_summaries, self.config.n_iter_block, header
-            ),
+        analysis = reports.render_analysis(
+            state.nodes, state.next_parents, state.block_summaries, self.config.n_iter_block, header
         )
+        if self.code_editor is not None:
+            analysis += "\n" + self.code_editor.markdown(state.nodes, objective.metric)
+        atomic_write_text(self.exploration / "analysis.md", analysis)
         atomic_write_text(self.exploration / "memory.md", state.memory)
         if state.protocol:
             atomic_write_text(self.exploration / "protocol.md", state.protocol)

@@ -161,7 +161,11 @@ def _nodes(raw: Any, obj: Mapping[str, Any], sweep_dir: Path, warnings: list[str
             "value": value,
             "score": _score(value, obj),
             # for the replicate groups only (removed before the data goes to the page)
-            "_hash": config_hash(_dict(item.get("overrides")), _dict(item.get("simulation"))),
+            "_hash": config_hash(
+                _dict(item.get("overrides")),
+                _dict(item.get("simulation")),
+                int(item.get("code_version") or 0),
+            ),
         }
     for node in nodes.values():
         # The tree parent: an earlier node of the same block, else the block's root. Parents always

@@ -55,6 +55,8 @@ class SweepState:
     user_input_acks: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)  # rejections, launcher errors, protocol edits
     search_space: dict[str, Any] = field(default_factory=dict)
+    # Code versions when hydra.sweeper.code_edits is on: versions, active, reviewed_blocks, attempts.
+    code: dict[str, Any] = field(default_factory=dict)
     version: int = STATE_VERSION
 
     def to_dict(self) -> dict[str, Any]:

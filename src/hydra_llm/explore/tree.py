@@ -128,10 +128,11 @@ class Node:
     observation: str = ""
     classification: str = ""
     mutation_text: str = ""
+    code_version: int = 0  # the code version it trained with (0: the installed code)
 
     @property
     def config_hash(self) -> str:
-        return config_hash(self.overrides, self.simulation)
+        return config_hash(self.overrides, self.simulation, self.code_version)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,9 +142,13 @@ class Node:
         return cls(**dict(data))
 
 
-def config_hash(overrides: Mapping[str, Any], simulation: Mapping[str, Any]) -> str:
-    """A short stable id of a configuration (seeds and sweep metadata are never part of it)."""
-    payload = json.dumps({"o": dict(overrides), "s": dict(simulation)}, sort_keys=True, default=str)
+def config_hash(overrides: Mapping[str, Any], simulation: Mapping[str, Any], code_version: int = 0) -> str:
+    """A short stable id of a configuration (seeds and sweep metadata are never part of it; runs of
+    other code versions are other configurations)."""
+    record: dict[str, Any] = {"o": dict(overrides), "s": dict(simulation)}
+    if code_version:
+        record["c"] = int(code_version)
+    payload = json.dumps(record, sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:8]
 
 

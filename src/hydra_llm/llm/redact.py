@@ -14,6 +14,23 @@ from collections.abc import Iterable
 from typing import Any
 
 MASK = "[REDACTED]"
+# Environment variables whose name says they hold a secret (API keys, tokens, passwords).
+SECRET_NAME = re.compile(r"(?i)(key|token|secret|password|passwd|credential)")
+
+
+def environment_secrets() -> list[str]:
+    """Values of the environment's secret variables (at least 8 characters), to mask."""
+    import os
+
+    return [v for k, v in os.environ.items() if SECRET_NAME.search(k) and v and len(v) >= 8]
+
+
+def environment_without_secrets() -> dict[str, str]:
+    """The environment minus every secret variable (for processes that run model-written code)."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if not SECRET_NAME.search(k)}
+
 
 _PATTERNS: tuple[re.Pattern[str], ...] = (
     # "Authorization: Bearer abc", "authorization": "Bearer abc", authorization=abc

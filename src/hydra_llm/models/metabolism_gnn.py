@@ -50,7 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hydra_llm.code_edits.loader import strategy
 from hydra_llm.simulation.base import Observations, config_hash
+
+PHASE2_LOSS = "hydra_llm.strategies.metabolism_phase2"  # the editable phase-2 loss
 
 log = logging.getLogger(__name__)
 
@@ -346,9 +349,9 @@ class MetabolismGNN(pl.LightningModule):
                     "training.node_target_weight", "needs model.node_form: affine; allowed values: [affine]"
                 )
             self._load_phase1(observations)
-            self._residual_scale = self._residual_std()
+            self.residual_scale = self._residual_std()
             projected = self.derivative[: self.n_train_frames] @ self.conservation_basis
-            self._conservation_scale = (
+            self.conservation_scale = (
                 float(projected.pow(2).mean().clamp_min(1e-30)) if projected.numel() else 1.0
             )
             if float(self.opts["node_target_weight"]) > 0:
@@ -597,7 +600,7 @@ class MetabolismGNN(pl.LightningModule):
         self.log_k.copy_(torch.log10(solution.clamp_min(floor)).float())
 
     # ------------------------------------------------------------------------------- losses
-    def _regularisers(self, conc: torch.Tensor) -> dict[str, torch.Tensor]:
+    def regularisers(self, conc: torch.Tensor) -> dict[str, torch.Tensor]:
         o = self.opts
         reg: dict[str, torch.Tensor] = {}
         if o["coeff_MLP_sub_diff"] > 0 or o["coeff_MLP_sub_norm"] > 0:
@@ -626,7 +629,7 @@ class MetabolismGNN(pl.LightningModule):
                 reg["mass_conservation"] = o["coeff_mass_conservation"] * S.sum(0).pow(2).mean()
         return reg
 
-    def _window(self, starts: torch.Tensor, n_steps: int) -> torch.Tensor:
+    def window(self, starts: torch.Tensor, n_steps: int) -> torch.Tensor:
         """Recorded states (n_steps + 1, B, N) from each start frame."""
         offsets = torch.arange(n_steps + 1, device=starts.device)
         return self.activity[starts.unsqueeze(0) + offsets.unsqueeze(1)]
@@ -638,12 +641,12 @@ class MetabolismGNN(pl.LightningModule):
         if steps == 1:
             err = self(conc) - self.derivative[starts]
         else:
-            window = self._window(starts, steps)
+            window = self.window(starts, steps)
             err = (self.rollout(conc, steps)[-1] - window[-1]) / (self.dt * steps)
         loss = (err.pow(2) * self.error_weight).mean()
-        return {"prediction": loss, **self._regularisers(conc)}
+        return {"prediction": loss, **self.regularisers(conc)}
 
-    def _current_time_step(self) -> int:
+    def current_time_step(self) -> int:
         o = self.opts
         base = int(o["homeostasis_time_step"])
         if o["multi_scale_rollout"]:
@@ -656,48 +659,9 @@ class MetabolismGNN(pl.LightningModule):
         return base
 
     def phase2_losses(self, starts: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Rollout loss, residual supervision, offset penalty and the embedding auxiliary loss.
-
-        Every term is divided by the variance of the phase-1 residual (dc/dt minus the frozen reaction
-        term), so the weights compare like with like.
-        """
-        o = self.opts
-        scale = self._residual_scale**2
-        conc = self.activity[starts]
-        losses: dict[str, torch.Tensor] = {}
-        if o["rollout_loss_weight"] > 0:
-            steps = self._current_time_step()
-            window = self._window(starts, steps)
-            states = self.rollout(conc, steps, detach_reactions=bool(o["separate_loss_components"]))
-            err = (states[-1] - window[-1]) / (self.dt * steps)
-            losses["rollout"] = o["rollout_loss_weight"] * err.pow(2).mean() / scale
-        # with node targets the residual and conservation terms are already solved exactly (in the targets)
-        direct = o["node_target_weight"] <= 0
-        if direct and o["residual_supervision_weight"] > 0:
-            with torch.no_grad():
-                residual = self.derivative[starts] - self.reaction_term(conc)
-            err = self.homeostasis_term(conc) - residual
-            losses["residual"] = o["residual_supervision_weight"] * err.pow(2).mean() / scale
-        if direct and o["conservation_loss_weight"] > 0 and self.conservation_basis.shape[1] > 0:
-            # w^T S = 0: the projection of (dc/dt - node) needs no reaction term, so phase-1 errors vanish
-            err = (self.derivative[starts] - self.homeostasis_term(conc)) @ self.conservation_basis
-            losses["conservation"] = (
-                o["conservation_loss_weight"] * err.pow(2).mean() / self._conservation_scale
-            )
-        if o["node_target_weight"] > 0:
-            slope_offset = self.MLP_node(self.embedding)
-            err = (slope_offset - self.node_targets[0]) / self.node_targets[1]
-            weight = torch.tensor([1.0, float(o["node_target_offset_weight"])], device=err.device)
-            losses["node_target"] = o["node_target_weight"] * (err.pow(2) * weight).mean()
-        if o["coeff_offset_penalty"] > 0:
-            # the per-metabolite constant part of the node output over the batch frames
-            losses["offset"] = (
-                o["coeff_offset_penalty"] * self.homeostasis_term(conc).mean(0).pow(2).mean() / scale
-            )
-        if o["coeff_embedding_aux"] > 0:
-            losses["embedding_aux"] = o["coeff_embedding_aux"] * self.embedding_aux_loss()
-        losses.update(self._regularisers(conc) if o["coeff_MLP_node_L1"] > 0 else {})
-        return losses
+        """The phase-2 loss terms of a batch of start frames (the editable strategy
+        ``hydra_llm.strategies.metabolism_phase2``, or the code version this run was given)."""
+        return strategy(PHASE2_LOSS).phase2_losses(self, starts)
 
     @torch.no_grad()
     def affine_node_targets(self) -> torch.Tensor:
@@ -716,7 +680,7 @@ class MetabolismGNN(pl.LightningModule):
         W = self.conservation_basis.double()
         gram = torch.zeros(2 * n, 2 * n, dtype=torch.float64, device=conc.device)
         rhs = torch.zeros(2 * n, dtype=torch.float64, device=conc.device)
-        w_c = float(o["conservation_loss_weight"]) / self._conservation_scale
+        w_c = float(o["conservation_loss_weight"]) / self.conservation_scale
         if w_c > 0 and W.shape[1] > 0:
             # rows (t, k): [W_ik c_i(t), W_ik] . (theta, beta) = sum_i W_ik dc_i/dt(t)
             rows = torch.cat(
@@ -724,7 +688,7 @@ class MetabolismGNN(pl.LightningModule):
             ).reshape(-1, 2 * n)
             gram += w_c * rows.T @ rows
             rhs += w_c * rows.T @ (dcdt @ W).reshape(-1)
-        w_r = float(o["residual_supervision_weight"]) / self._residual_scale**2
+        w_r = float(o["residual_supervision_weight"]) / self.residual_scale**2
         if w_r > 0:
             residual = torch.cat(
                 [

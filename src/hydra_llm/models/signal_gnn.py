@@ -30,6 +30,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from hydra_llm.code_edits.loader import strategy
 from hydra_llm.models.checks import (
     check_augmentation,
     check_coefficients,
@@ -46,6 +47,7 @@ LEARNING_RATES = ("learning_rate_W_start", "learning_rate_start", "learning_rate
 COEFFICIENTS = ("coeff_W_L1", "coeff_edge_diff", "coeff_edge_norm", "coeff_phi_zero")
 SCHEDULE = ("data_augmentation_loop", "batch_size", "n_epochs", "seed")
 W_LAYOUTS = ("auto", "dense", "edges")
+SIGNAL_LOSS = "hydra_llm.strategies.signal_loss"  # the editable loss (see its module)
 
 
 def validate_training(training: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,25 +178,9 @@ class SignalGNN(pl.LightningModule):
         )
 
     def losses(self, u: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every loss term (already weighted) for a batch ``u``, ``target`` (B, N)."""
-        cfg = self.training_cfg
-        b = u.shape[0]
-        # One psi call for u, u + d (monotonicity) and the anchor row; one phi call for u and u = 0.
-        anchor = torch.full_like(u[:1], 2.0 * self.xnorm)
-        psi_all = self.psi_of(torch.cat([u, u + 0.05 * self.xnorm, anchor], dim=0))
-        phi_all = self.phi_of(torch.cat([u, torch.zeros_like(u[:1])], dim=0))
-        psi_u = psi_all[:b]
-        pred = phi_all[:b] + self.aggregate(psi_u)
-        terms = {"prediction": torch.mean((pred - target) ** 2)}
-        if cfg["coeff_W_L1"] > 0:
-            terms["W_L1"] = cfg["coeff_W_L1"] * self.W.abs().sum()
-        if cfg["coeff_edge_diff"] > 0:
-            terms["edge_diff"] = cfg["coeff_edge_diff"] * torch.relu(psi_u - psi_all[b : 2 * b]).mean()
-        if cfg["coeff_edge_norm"] > 0:
-            terms["edge_norm"] = cfg["coeff_edge_norm"] * ((psi_all[2 * b] - 1.0) ** 2).mean()
-        if cfg["coeff_phi_zero"] > 0:
-            terms["phi_zero"] = cfg["coeff_phi_zero"] * (phi_all[b] ** 2).mean()
-        return terms
+        """Every loss term (already weighted) for a batch ``u``, ``target`` (B, N): the editable
+        strategy ``hydra_llm.strategies.signal_loss``, or the code version this run was given."""
+        return strategy(SIGNAL_LOSS).loss_terms(self, u, target)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         terms = self.losses(batch["activity"], batch["derivative"])

@@ -71,6 +71,18 @@ class GroundTruth:
     def __contains__(self, key: str) -> bool:
         return key in self.tensors
 
+    def garbage(self, seed: int = 0) -> GroundTruth:
+        """Random tensors of the same names, shapes and dtypes (integers in 0..2): training that never
+        reads the ground truth learns bit-identical parameters from this as from the real one."""
+        gen = torch.Generator().manual_seed(int(seed))
+        tensors = {
+            key: torch.randn(value.shape, generator=gen).to(value.dtype)
+            if value.is_floating_point()
+            else torch.randint(0, 3, value.shape, generator=gen).to(value.dtype)
+            for key, value in self.tensors.items()
+        }
+        return GroundTruth(tensors=tensors, meta={"garbage": True})
+
 
 def config_hash(params: Mapping[str, Any], length: int = 16) -> str:
     """Stable hex digest of a JSON-serialisable mapping (used as the data-cache key)."""

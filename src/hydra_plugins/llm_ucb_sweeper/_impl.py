@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -93,6 +94,7 @@ class LLMUCBSweeperImpl:
         self.seed_keys = engine_config.seed_keys
         self.metric = objective.metric
         self.sweep_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.hydra.job.name}-{sweep_dir.name}")
+        code_editor = self._code_editor(s, proposer, sweep_dir)
         engine = ExplorationEngine(
             engine_config,
             self.space,
@@ -107,6 +109,7 @@ class LLMUCBSweeperImpl:
             proposer_note=getattr(proposer, "choice_note", None)
             or getattr(proposer, "name", type(proposer).__name__),
             after_batch=self._wandb_hook(sweep_dir, s),
+            code_editor=code_editor,
         )
         self.sweep_id = engine.state.sweep_id  # a resumed sweep keeps its W&B group
         OmegaConf.save(config, sweep_dir / "multirun.yaml")  # after the folder's lock is ours
@@ -191,6 +194,102 @@ class LLMUCBSweeperImpl:
 
         return update
 
+    def _code_editor(self, settings: Mapping[str, Any], proposer: Proposer, sweep_dir: Path) -> Any:
+        """The code editor when ``hydra.sweeper.code_edits.enabled`` (checked before any child runs)."""
+        conf = dict(settings.get("code_edits") or {})
+        if not conf.get("enabled"):
+            return None
+        from hydra_llm.code_edits.regions import RegionError
+        from hydra_llm.code_edits.review import CodeEditor, CodeEditSettings, client_completer
+        from hydra_llm.explore.proposers.llm import LLMProposer
+
+        key = "hydra.sweeper.code_edits"
+        if not isinstance(proposer, LLMProposer):
+            raise SweepConfigError(
+                f"{key}.enabled=true needs the llm proposer (hydra/sweeper/proposer=llm, or auto with an "
+                "endpoint configured); the rules proposer writes no code"
+            )
+        code = OmegaConf.select(self.config, "code", default=None)
+        if not OmegaConf.is_dict(code) or "dir" not in code or "check" not in code:
+            raise SweepConfigError(
+                f"{key}.enabled=true: the task config has no `code` node with `dir` and `check` (see "
+                "conf/train.yaml); the task must call hydra_llm.code_edits.loader.use_version(cfg.code.dir)"
+            )
+        regime = _plain(OmegaConf.select(self.config, "exploration.code", default=None)) or {}
+        modules = tuple(conf.get("modules") or regime.get("modules") or ())
+        if not modules:
+            raise SweepConfigError(
+                f"{key}.modules: empty, and the regime declares none (exploration.code.modules); allowed: "
+                "dotted names of modules with '# region: <name>' blocks, e.g. "
+                "[hydra_llm.strategies.signal_loss]"
+            )
+        for name in ("max_reasks", "max_repairs", "max_edits"):
+            if int(conf.get(name, 1)) < (1 if name == "max_edits" else 0):
+                raise SweepConfigError(
+                    f"{key}.{name}: {conf[name]!r}; allowed: an integer >= {int(name == 'max_edits')}"
+                )
+        self._check_overrides = [
+            str(o) for o in conf.get("check_overrides") or regime.get("check_overrides") or []
+        ]
+        self._check_timeout = float(conf.get("check_timeout_s") or 600.0)
+        editor_settings = CodeEditSettings(
+            modules=modules,
+            max_reasks=int(conf.get("max_reasks", 2)),
+            max_repairs=int(conf.get("max_repairs", 2)),
+            max_edits=int(conf.get("max_edits", 2)),
+        )
+        try:
+            completer = client_completer(proposer.client)
+            return CodeEditor(
+                editor_settings, sweep_dir / "exploration", completer, self._run_code_check, log.info
+            )
+        except RegionError as err:
+            raise SweepConfigError(f"{key}.modules: {err}") from None
+
+    def _run_code_check(self, folder: Path, simulation: Mapping[str, Any]) -> dict[str, Any]:
+        """Run a code version's import, smoke and blindness checks: the task's entry point on the tiny
+        regime with ``code.check=true``, in a process without the environment's secrets."""
+        from hydra_llm.code_edits.check_run import CHECK_FILE
+        from hydra_llm.llm.redact import environment_without_secrets
+
+        run_dir = folder / "check"
+        overrides = [
+            *self.space.fixed,
+            *to_override_strings(dict(simulation)),
+            *self._check_overrides,
+            f"code.dir={format_value(str(folder))}",
+            "code.check=true",
+            f"hydra.run.dir={format_value(str(run_dir))}",
+        ]
+        command = [sys.executable, *_entry_command(), *_last_per_key(overrides)]
+        env = environment_without_secrets()
+        env.pop("HYDRA_LLM_SWEEPER_PID", None)
+        try:
+            done = subprocess.run(
+                command,
+                cwd=str(self.config.hydra.runtime.cwd),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=self._check_timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return {
+                "ok": False,
+                "stage": "run",
+                "error": f"the check run took more than {self._check_timeout:g} s",
+            }
+        (folder / "check.log").write_text((done.stdout + done.stderr)[-20000:], encoding="utf-8")
+        try:
+            return json.loads((run_dir / CHECK_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            return {
+                "ok": False,
+                "stage": "run",
+                "error": f"the check run exited with code {done.returncode}: {lines[-1] if lines else ''}",
+            }
+
     def _preflight(self) -> None:
         """The task's own cheap check (the config's ``preflight`` key, a dotted path to a function of
         the composed config) on the root config, before any child runs."""
@@ -255,6 +354,7 @@ class LLMUCBSweeperImpl:
         strategy, the hypothesis) stays in ``exploration/children/<job>.json``, which the child reads.
         """
         values = {**child.simulation, **child.overrides, **child.seed_overrides(self.seed_keys)}
+        code = [f"code.dir={format_value(child.code_dir)}"] if child.code_dir else []
         meta = {
             "sweep_id": self.sweep_id,
             "node": child.node_id,
@@ -265,6 +365,7 @@ class LLMUCBSweeperImpl:
         return [
             *self.space.fixed,
             *to_override_strings(values),
+            *code,
             *(f"++sweep_node.{k}={format_value(v)}" for k, v in meta.items()),
         ]
 
@@ -335,6 +436,29 @@ class RecordingTask:
             raise
         _write_result({"status": "completed", "value": _jsonable(value)})
         return value
+
+
+def _last_per_key(overrides: Sequence[str]) -> list[str]:
+    """``key=value`` overrides with only the last one of each key (Hydra refuses a config group
+    chosen twice); the order of first appearance is kept."""
+    last: dict[str, str] = {}
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        last.pop(key, None)
+        last[key] = override
+    return list(last.values())
+
+
+def _entry_command() -> list[str]:
+    """The script of this Hydra app and its config-location flags, to run it again as a single job."""
+    flags = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+    argv, kept = sys.argv[1:], [sys.argv[0]]
+    for i, arg in enumerate(argv):
+        if arg.startswith(tuple(f"{f}=" for f in flags)):
+            kept.append(arg)
+        elif arg in flags and i + 1 < len(argv):
+            kept += [arg, argv[i + 1]]
+    return kept
 
 
 def _jsonable(value: Any) -> Any:

@@ -78,6 +78,25 @@ class AutoProposerConf(LLMProposerConf):
 
 
 @dataclass
+class CodeEditsConf:
+    """The LLM rewrites marked regions of training code at block ends (off by default: it runs
+    model-written code in the children; see the README's security note). Needs the llm proposer and
+    a task config with a ``code`` node (``code.dir``, ``code.check``), like conf/train.yaml's."""
+
+    enabled: bool = False
+    # Dotted names of modules with `# region: <name>` ... `# endregion` blocks; empty: the regime's
+    # (exploration.code.modules).
+    modules: list[str] = field(default_factory=list)
+    # Overrides that make the regime tiny for the smoke and blindness check of each new version;
+    # empty: exploration.code.check_overrides.
+    check_overrides: list[str] = field(default_factory=list)
+    check_timeout_s: float = 600.0  # seconds for one check run (import, smoke, blindness)
+    max_reasks: int = 2  # an edit that fails a check goes back to the LLM this many times, then is dropped
+    max_repairs: int = 2  # repairs of a version that raises at run time before it is reverted
+    max_edits: int = 2  # regions one block end may rewrite
+
+
+@dataclass
 class LLMUCBSweeperConf:
     _target_: str = "hydra_plugins.llm_ucb_sweeper.llm_ucb_sweeper.LLMUCBSweeper"
     defaults: list[Any] = field(default_factory=lambda: [{"proposer": "auto"}])
@@ -107,6 +126,7 @@ class LLMUCBSweeperConf:
     # {training.homeostasis_time_step: [4, 16, 32, 64]}.
     slot_params: dict[str, list[Any]] = field(default_factory=dict)
     tree_plot: bool = True
+    code_edits: CodeEditsConf = field(default_factory=CodeEditsConf)
 
 
 _store = ConfigStore.instance()

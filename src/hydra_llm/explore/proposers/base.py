@@ -95,6 +95,9 @@ class ExplorationView:
     # Keys the sweeper fixes per slot (``hydra.sweeper.slot_params``): key -> one value per slot.
     # They are part of every node's config and may never be proposed.
     slot_params: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    # The code versions when the sweep edits code (hydra.sweeper.code_edits): which one runs, each
+    # version's status and rationale. Children inherit their parent's version; '' when off.
+    code: str = ""
 
 
 @dataclass

@@ -223,6 +223,13 @@ class PromptBuilder:
             ),
             self._section("Search space", self._space(view)),
         ]
+        if view.code:
+            sections.append(
+                self._section(
+                    "Code versions (children run their parent's version; new roots the running one)",
+                    cap_chars(view.code, self.limits.protocol_chars, keep="head"),
+                )
+            )
         if view.user_input.strip():
             pending = cap_chars(view.user_input.strip(), self.limits.user_input_chars, keep="head")
             sections.append(

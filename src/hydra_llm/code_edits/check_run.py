@@ -1,0 +1,123 @@
+"""The checks of a code version that need its code to run, in a child process of the sweeper.
+
+``python train.py <tiny regime> code.dir=<version> code.check=true`` runs three stages and writes
+``<run dir>/code_check.json`` (``{"ok", "stage", "error", ...}``):
+
+1. **import**: every edited module of the version loads;
+2. **smoke**: training on the tiny regime finishes with a finite loss and finite parameters;
+3. **blindness**: training again with the ground truth replaced by garbage
+   (:meth:`~hydra_llm.simulation.base.GroundTruth.garbage`) gives bit-identical parameters. Code that
+   reads the answer in any way (the trainer's datamodule, a file, a global) learns something else.
+
+Also here: :func:`record_code_error`, which a failing run uses to tell the sweeper that the error
+came from an edited region (``code_error.json``, read for the repair request).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import traceback
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from hydra_llm.code_edits import loader
+from hydra_llm.code_edits.regions import RegionError, find_regions
+
+CHECK_FILE = "code_check.json"
+ERROR_FILE = "code_error.json"
+MAX_TRACEBACK_CHARS = 4000
+
+
+def run_check(cfg: DictConfig, datamodule: Any, out: Path) -> dict[str, float]:
+    """Run the three stages; write ``code_check.json``; return ``{"code_check_ok": 0 or 1}``."""
+    from hydra_llm.train import fit
+
+    result: dict[str, Any] = {"ok": False, "stage": "import", "error": ""}
+    folder = loader.version_dir()
+    try:
+        try:
+            modules = sorted(p.stem for p in folder.glob("*.py")) if folder else []
+            for module in modules:
+                loader.strategy(module)
+            result["stage"] = "smoke"
+            reference, _ = fit(cfg, datamodule, out / "smoke", deterministic=True, enable_checkpointing=False)
+            problem = _not_finite(reference)
+            if problem:
+                raise FloatingPointError(problem)
+            result["final_loss"] = float(getattr(reference, "final_loss", math.nan))
+            result["stage"] = "blindness"
+            datamodule.ground_truth = datamodule.ground_truth.garbage(seed=1)
+            blind, _ = fit(cfg, datamodule, out / "blind", deterministic=True, enable_checkpointing=False)
+            differs = _differing(reference, blind)
+            if differs:
+                result["error"] = (
+                    "training with the ground truth replaced by garbage learned different parameters "
+                    f"({', '.join(differs[:5])}): the code reads the ground truth"
+                )
+            else:
+                result["ok"] = True
+        except Exception as err:
+            result["error"] = f"{type(err).__name__}: {err}"[:1000]
+            result["traceback"] = _edited_traceback(err)
+    finally:
+        (out / CHECK_FILE).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return {"code_check_ok": float(result["ok"])}
+
+
+def _not_finite(model: Any) -> str:
+    loss = float(getattr(model, "final_loss", math.nan))
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
+    if bad:
+        return f"non-finite learned parameters after training: {', '.join(bad[:5])}"
+    if not math.isfinite(loss):
+        return f"the training loss is {loss}"
+    return ""
+
+
+def _differing(a: Any, b: Any) -> list[str]:
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys():
+        return ["the parameter names"]
+    return [k for k in sa if not torch.equal(sa[k], sb[k])]
+
+
+def _edited_traceback(err: BaseException) -> str:
+    """The traceback, cut to its last frames (where the edited code usually is)."""
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    return text[-MAX_TRACEBACK_CHARS:]
+
+
+def record_code_error(err: BaseException, out: Path) -> None:
+    """When ``err`` passed through an edited region, write ``<out>/code_error.json``: the module,
+    region and line, the error and the traceback (capped)."""
+    frame = loader.edited_frame(err)
+    folder = loader.version_dir()
+    if frame is None or folder is None:
+        return
+    module, line = frame
+    region = ""
+    try:
+        source = loader.module_file(folder, module).read_text(encoding="utf-8")
+        for candidate in find_regions(source, module).values():
+            if candidate.first_line <= line <= candidate.last_line:
+                region = candidate.name
+    except (OSError, RegionError):
+        pass
+    record = {
+        "version": folder.name,
+        "module": module,
+        "region": region,
+        "line": line,
+        "error": f"{type(err).__name__}: {err}"[:1000],
+        "traceback": _edited_traceback(err),
+    }
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / ERROR_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    except OSError:
+        pass
