@@ -437,9 +437,19 @@ class CodeEditor:
         return self._try_edits(reply, reask, block, node.id, simulation, repair_of=version)
 
     def _revert(self, version: CodeVersion, reason: str) -> None:
+        """Revert ``version`` and the versions its repairs replaced; the code falls back to the
+        nearest live ancestor."""
         version.status, version.reason = "reverted", clip(one_line(reason, 600), 600)
         self._save_version(version)
         self.store.tag_verdict(version)
+        versions = self.versions
+        parent = versions.get(version.parent) if version.parent is not None else None
+        while parent is not None and parent.status == "replaced":
+            parent.status = "reverted"
+            parent.reason += f"; its repair {version_name(version.id)} was reverted"
+            self._save_version(parent)
+            self.store.tag_verdict(parent)
+            parent = versions.get(parent.parent) if parent.parent is not None else None
         self.code["active"] = self.resolve(self.active)
         self.say(
             f"code {version_name(version.id)} reverted: {clip(version.reason, 300)}; now running "

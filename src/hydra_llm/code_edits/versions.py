@@ -183,10 +183,16 @@ class CodeStore:
 
 
 def commit_message(version: CodeVersion) -> str:
-    """``v003: block 2, after node 8: <rationale>`` (the rationale is one line, capped)."""
+    """``v002: end of block 2 (after node 4): edit of <regions>`` or ``v003: block 3, node 5 failed:
+    repair of v002 (<regions>)``, then the rationale."""
     if version.id == 0:
         return "v000: installed code (baseline)"
-    where = f"block {version.block}" + (f", after node {version.after_node}" if version.after_node else "")
-    kind = f"repair of {version_name(version.parent or 0)}" if version.repairs else "edit"
     regions = ", ".join(version.regions)
-    return f"{version_name(version.id)}: {where}: {kind} of {regions}\n\n{version.rationale}"
+    if version.repairs:
+        subject = (
+            f"block {version.block}, node {version.after_node} failed: repair of "
+            f"{version_name(version.parent or 0)} ({regions})"
+        )
+    else:
+        subject = f"end of block {version.block} (after node {version.after_node}): edit of {regions}"
+    return f"{version_name(version.id)}: {subject}\n\n{version.rationale}"
