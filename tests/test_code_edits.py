@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
@@ -24,16 +25,10 @@ from tests import code_edit_bodies as bodies
 from tests.fake_openai import FakeOpenAIServer, FakeReply
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECK = [
-    "simulation.n_neurons=16",
-    "simulation.n_frames=400",
-    "simulation.burn_in_frames=50",
-    "training.n_epochs=1",
-    "training.data_augmentation_loop=1",
-    "logger=none",
-    "evaluation.make_plots=false",
-    "trainer.enable_progress_bar=false",
-]
+# The overrides each regime ships for its checks (one place: the regime's and the study's config).
+SIGNAL_CHECK = yaml.safe_load((ROOT / "conf" / "exploration" / "signal.yaml").read_text())["code"]
+PHASE2_STUDY = yaml.safe_load((ROOT / "conf" / "experiment" / "homeostasis_phase2.yaml").read_text())
+PHASE2_CHECK = PHASE2_STUDY["hydra"]["sweeper"]["code_edits"]
 SOURCE = module_source(bodies.MODULE)[1]
 OUTSIDE_NAMES = top_level_names(ast.parse(outside(SOURCE, bodies.MODULE)))
 
@@ -42,11 +37,12 @@ def static_problems(body: str) -> list[str]:
     return check_region(body, bodies.ORIGINAL, OUTSIDE_NAMES, bodies.REGION)
 
 
-def in_process_check(cache: Path):
+def in_process_check(cache: Path, *regime: str, check_overrides: list[str] | None = None):
     """The real check run (train.run with code.check=true), in this process."""
+    check_overrides = SIGNAL_CHECK["check_overrides"] if check_overrides is None else check_overrides
 
     def run_check(folder: Path, simulation: dict) -> dict:
-        overrides = [*CHECK, *to_override_strings(simulation), f"paths.cache_dir={cache}"]
+        overrides = [*regime, *to_override_strings(simulation), *check_overrides, f"paths.cache_dir={cache}"]
         overrides += [f"code.dir={folder}", "code.check=true"]
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose(config_name="train", overrides=overrides)
@@ -61,10 +57,10 @@ def in_process_check(cache: Path):
     return run_check
 
 
-def version_folder(tmp_path: Path, name: str, module_text: str) -> Path:
+def version_folder(tmp_path: Path, name: str, module_text: str, module: str = bodies.MODULE) -> Path:
     folder = tmp_path / name
     folder.mkdir()
-    module_file(folder, bodies.MODULE).write_text(module_text)
+    module_file(folder, module).write_text(module_text)
     return folder
 
 
@@ -146,6 +142,26 @@ def test_check_run_passes_a_clean_edit_and_catches_a_planted_leak(tmp_path):
     leak = run_check(version_folder(tmp_path, "leak", leak_source), {})
     assert leak["ok"] is False and leak["stage"] == "blindness"
     assert "reads the ground truth" in leak["error"] and "W" in leak["error"]
+
+
+def test_metabolism_phase2_region_passes_its_check_and_a_planted_leak_is_caught(tmp_path):
+    module, name = "hydra_llm.strategies.metabolism_phase2", "metabolism_phase2_loss"
+    source = module_source(module)[1]
+    body = find_regions(source, module)[name].body
+    leaky = body.replace(
+        "    return losses\n",
+        "    truth = model.trainer.datamodule.ground_truth.tensors.values()\n"
+        "    losses['leak'] = 1e-3 * model.embedding.sum() * sum(t.float().mean() for t in truth)\n"
+        "    return losses\n",
+    )
+    assert leaky != body
+    run_check = in_process_check(
+        tmp_path / "cache", "experiment=homeostasis_phase2", check_overrides=PHASE2_CHECK["check_overrides"]
+    )
+    clean = run_check(version_folder(tmp_path, "clean", source, module), {})
+    assert clean["ok"] is True, clean
+    leak = run_check(version_folder(tmp_path, "leak", splice(source, module, {name: leaky}), module), {})
+    assert (leak["ok"], leak["stage"]) == (False, "blindness") and "embedding" in leak["error"]
 
 
 def test_check_run_names_the_failed_stage(tmp_path):

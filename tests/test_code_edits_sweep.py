@@ -27,6 +27,7 @@ import yaml
 from tests import code_edit_bodies as bodies
 from tests.fake_openai import FakeError, FakeOpenAIServer, FakeReply, RecordedRequest, SweepResponder
 from tests.test_llm_sweep import SECRET, llm_args
+from tests.test_report_html import browser  # noqa: F401 (the headless Chromium fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +93,7 @@ def git(sweep: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=history, capture_output=True, text=True, check=True).stdout
 
 
-def test_code_editing_sweep_with_resume_repair_and_revert(tmp_path):
+def test_code_editing_sweep_with_resume_repair_and_revert(tmp_path, browser):  # noqa: F811
     sweep = tmp_path / "sweep"
     script = CodeScript(
         code_reply(bodies.SYNTAX_ERROR),
@@ -172,6 +173,22 @@ def test_code_editing_sweep_with_resume_repair_and_revert(tmp_path):
     assert '+    terms = {"prediction": 1000.0' in git(sweep, "log", "-p", "v001")
     analysis = (sweep / "exploration" / "analysis.md").read_text()
     assert "## Code versions" in analysis and "```diff" in analysis and "1000.0 * torch.mean" in analysis
+
+    # ---- the report shows each version, the nodes that ran it and its diff
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto((sweep / "exploration" / "report.html").as_uri())
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.locator("#code h3").count() == 3
+    assert "v001 (kept, edit of v000, block 1; nodes 3, 4, 7, 8)" in page.inner_text("#code")
+    assert "v003 (reverted, edit of v002, block 3; nodes 6)" in page.inner_text("#code")
+    assert page.locator("#code span.add", has_text="1000.0 * torch.mean").count() == 1  # v001's diff
+    assert (
+        page.locator("#code span.add", has_text="raise RuntimeError").count() == 1
+    )  # v002's (v003: context)
+    page.close()
+    assert errors == []
 
     # ---- the terminal shows the code story; no secret anywhere in the sweep folder
     log = (sweep / "exploration" / "sweep.log").read_text()

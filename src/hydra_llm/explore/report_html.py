@@ -84,6 +84,7 @@ def build_data(sweep_dir: Path, objective: Mapping[str, Any], title: str) -> dic
         "nodes": nodes,
         "table_metrics": _table_metrics(nodes, obj["metric"]),
         "blocks": _blocks(nodes, state.get("block_summaries"), exploration / "protocol"),
+        "code": _code_versions(state.get("code"), exploration / "code"),
         "replicates": replicates,
         "best": _best_so_far(nodes),
         "warnings": warnings,
@@ -155,6 +156,7 @@ def _nodes(raw: Any, obj: Mapping[str, Any], sweep_dir: Path, warnings: list[str
             "overrides": {k: _value(v) for k, v in _dict(item.get("overrides")).items()},
             "simulation": {k: _value(v) for k, v in _dict(item.get("simulation")).items()},
             "seeds": {k: _value(v) for k, v in _dict(item.get("seeds")).items()},
+            "code_version": _int(item.get("code_version")) or 0,
             "metrics": {k: _metric(v) for k, v in metrics.items()},
             "output_dir": _text(item.get("output_dir"), 1000),
             "plots": _plots(item.get("plots"), sweep_dir),
@@ -224,6 +226,31 @@ def _blocks(nodes: list[dict[str, Any]], summaries: Any, protocol_dir: Path) -> 
         }
         for b in sorted(numbers)
     ]
+
+
+def _code_versions(code: Any, folder: Path) -> list[dict[str, Any]]:
+    """The edited code versions (when the sweep edits code): status, rationale and diff of each."""
+    out = []
+    for item in _dict(code).get("versions") or []:
+        number = _int(_dict(item).get("id"))
+        if not number:
+            continue
+        try:
+            diff = (folder / f"v{number:03d}" / "diff.patch").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            diff = ""
+        out.append(
+            {
+                "id": number,
+                "parent": _int(item.get("parent")) or 0,
+                "status": _text(item.get("status"), 50),
+                "block": _int(item.get("block")),
+                "rationale": _text(item.get("rationale"), TEXT_LIMIT),
+                "reason": _text(item.get("reason"), TEXT_LIMIT),
+                "diff": _text(diff, BLOCK_TEXT_LIMIT),
+            }
+        )
+    return out
 
 
 def _replicates(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -418,6 +445,7 @@ pre .add { color: #080; } pre .del { color: #c00; } pre .hunk { color: #66a; }
   <section><h2 id="best-title">Best so far</h2><svg id="best-chart" width="760" height="280"></svg></section>
   <section><h2>Replicates (same config, two or more completed runs)</h2><div id="replicates"></div></section>
   <section><h2>Blocks</h2><div id="blocks"></div></section>
+  <section id="code-section" hidden><h2>Code versions</h2><div id="code"></div></section>
 </main>
 <aside id="panel" hidden></aside>
 <script type="application/json" id="data">@@DATA@@</script>
@@ -650,6 +678,8 @@ function showPanel(n) {
   if (Object.keys(n.simulation).length) panelSection(panel, "Simulation", kvTable(kv(n.simulation)));
   panelSection(panel, "Metrics", Object.keys(n.metrics).length ? kvTable(kv(n.metrics)) : "none");
   panelSection(panel, "Seeds", Object.keys(n.seeds).length ? kvTable(kv(n.seeds)) : "none");
+  if (DATA.code.length) panelSection(panel, "Code version", versionName(n.code_version) +
+    (n.code_version ? " (diff under Code versions)" : " (the installed code)"));
   if (n.plots.length) {
     const box = el("div");
     n.plots.forEach(src => {
@@ -779,14 +809,33 @@ function blocks() {
     box.appendChild(el("div", "Summary"));
     box.appendChild(el("pre", b.summary || "(none yet)"));
     box.appendChild(el("div", "Protocol rules diff"));
-    const pre = el("pre");
-    if (!b.diff) pre.textContent = "(no change)";
-    b.diff.split("\n").filter((line, i, all) => line || i < all.length - 1).forEach(line => {
-      const cls = line.startsWith("@@") ? "hunk" : line.startsWith("+") && !line.startsWith("+++") ? "add"
-        : line.startsWith("-") && !line.startsWith("---") ? "del" : "";
-      pre.appendChild(el("span", line + "\n", cls));
-    });
-    box.appendChild(pre);
+    box.appendChild(diffPre(b.diff));
+  });
+}
+
+function diffPre(text) {
+  const pre = el("pre");
+  if (!text) pre.textContent = "(no change)";
+  text.split("\n").filter((line, i, all) => line || i < all.length - 1).forEach(line => {
+    const cls = line.startsWith("@@") ? "hunk" : line.startsWith("+") && !line.startsWith("+++") ? "add"
+      : line.startsWith("-") && !line.startsWith("---") ? "del" : "";
+    pre.appendChild(el("span", line + "\n", cls));
+  });
+  return pre;
+}
+
+function versionName(id) { return "v" + String(id).padStart(3, "0"); }
+
+function codeVersions() {
+  if (!DATA.code.length) return;
+  document.getElementById("code-section").hidden = false;
+  const box = document.getElementById("code");
+  DATA.code.forEach(v => {
+    const ran = NODES.filter(n => n.code_version === v.id).map(n => n.id);
+    box.appendChild(el("h3", versionName(v.id) + " (" + v.status + ", edit of " + versionName(v.parent) +
+      ", block " + v.block + "; " + (ran.length ? "nodes " + ran.join(", ") : "no runs") + ")"));
+    box.appendChild(el("pre", v.rationale + (v.reason ? "\n[" + v.reason + "]" : "")));
+    box.appendChild(diffPre(v.diff));
   });
 }
 
@@ -797,5 +846,6 @@ renderTable();
 bestChart();
 replicates();
 blocks();
+codeVersions();
 document.body.dataset.ready = "1";
 """
