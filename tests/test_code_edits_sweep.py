@@ -196,3 +196,42 @@ def test_code_editing_sweep_with_resume_repair_and_revert(tmp_path, browser):  #
     for path in sweep.rglob("*"):
         if path.is_file() and ".git" not in path.parts:
             assert SECRET not in path.read_text(errors="ignore"), path
+
+
+def bad_setting(tmp_path: Path, *overrides: str, app: str = "train.py") -> str:
+    """The sweep's one-line error for a bad code_edits setting (no child may run)."""
+    env = {**os.environ, "HYDRA_LLM_FAKE_KEY": SECRET, "HYDRA_LLM_CACHE": str(tmp_path / "cache")}
+    command = [
+        sys.executable,
+        app,
+        "-m",
+        "hydra/sweeper=llm_ucb",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "hydra.sweeper.code_edits.enabled=true",
+        *overrides,
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert not list((tmp_path / "sweep").glob("[0-9]*")), "a child ran"
+    lines = done.stderr.strip().splitlines()
+    return lines[-1]
+
+
+def test_bad_code_edit_settings_stop_the_sweep_with_one_line(tmp_path):
+    llm = llm_args("http://127.0.0.1:9/v1")  # never called: the settings fail first
+    assert bad_setting(tmp_path / "a", "hydra/sweeper/proposer=rules").startswith(
+        "[llm_ucb] hydra.sweeper.code_edits.enabled=true needs the llm proposer"
+    )
+    line = bad_setting(tmp_path / "b", *llm, "hydra.sweeper.code_edits.modules=[hydra_llm.models.mlp]")
+    assert line.startswith("[llm_ucb] hydra.sweeper.code_edits.modules: hydra_llm.models.mlp: no '# region")
+    line = bad_setting(tmp_path / "c", *llm, "hydra.sweeper.code_edits.modules=[hydra_llm.no_such]")
+    assert "hydra_llm.no_such: not an importable module" in line
+    toy = str(ROOT / "tests" / "apps" / "toy" / "toy_app.py")
+    line = bad_setting(
+        tmp_path / "d",
+        *llm,
+        "hydra.sweeper.code_edits.modules=[hydra_llm.strategies.signal_loss]",
+        "+hydra.sweeper.params={training.lr:'tag(log,interval(1e-5,1e-1))'}",
+        app=toy,
+    )
+    assert "the task config has no `code` node" in line

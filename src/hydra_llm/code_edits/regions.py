@@ -41,8 +41,10 @@ def module_source(module: str) -> tuple[Path, str]:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError) as err:
         raise RegionError(f"{module}: not an importable module ({err})") from None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        raise RegionError(f"{module}: not an importable Python source module")
+    if spec is None:
+        raise RegionError(f"{module}: not an importable module (no such module)")
+    if not spec.origin or not spec.origin.endswith(".py"):
+        raise RegionError(f"{module}: not a Python source file ({spec.origin})")
     path = Path(spec.origin)
     return path, path.read_text(encoding="utf-8")
 
