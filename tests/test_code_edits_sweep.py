@@ -112,6 +112,16 @@ def test_code_editing_sweep_with_resume_repair_and_revert(tmp_path, browser):  #
         assert len(script.code_prompts) == 3
         second = code_sweep(tmp_path, server, "hydra.sweeper.n_iterations=8", "hydra.sweeper.resume=true")
         assert second.returncode == 0, second.stderr[-4000:]
+        # Its nodes' children must run their recorded versions: no resume without code edits.
+        third = code_sweep(
+            tmp_path,
+            server,
+            "hydra.sweeper.n_iterations=9",
+            "hydra.sweeper.resume=true",
+            "hydra.sweeper.code_edits.enabled=false",
+        )
+        assert third.returncode == 1
+        assert "the sweep being resumed has edited code versions" in third.stderr.strip().splitlines()[-1]
 
     # ---- the conversation: rejections go back with their error; each block reviewed once
     prompts = script.code_prompts

@@ -132,7 +132,14 @@ class CodeEditor:
     # ------------------------------------------------------------------ state
     def attach(self, code: dict[str, Any]) -> None:
         """Use (and fill in) the sweep state's ``code`` record: versions, active version, reviews."""
+        recorded = code.get("modules")
+        if recorded is not None and list(recorded) != list(self.settings.modules):
+            raise ValueError(
+                f"hydra.sweeper.code_edits.modules: {list(self.settings.modules)} differs from the sweep "
+                f"being resumed ({list(recorded)}); resume with the same modules"
+            )
         self.code = code
+        code["modules"] = list(self.settings.modules)
         code.setdefault("versions", [])
         code.setdefault("active", 0)
         code.setdefault("reviewed_blocks", [])

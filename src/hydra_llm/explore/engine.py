@@ -269,10 +269,7 @@ class ExplorationEngine:
             raise SweepConfigError(str(err)) from None
         try:
             self.state = self._start(sweep_id, protocol)
-            if code_editor is not None:
-                code_editor.say = lambda message: self._event(self.state, message)
-                code_editor.attach(self.state.code)
-                save_state(self.sweep_dir, self.state)
+            self._attach_code_editor(code_editor)
         except BaseException:
             self.lock.release()
             raise
@@ -515,6 +512,23 @@ class ExplorationEngine:
             f"batch iters {nodes[0].id}-{nodes[-1].id}: {len(nodes)} runs in {seconds:.1f} s, "
             f"{failed} failed, proposer {self.proposer_note.split(' ')[0]}{fallback}"
         )
+
+    def _attach_code_editor(self, code_editor: CodeEditor | None) -> None:
+        """Give the editor the state's code versions; a sweep that edited code resumes only with it."""
+        if code_editor is None:
+            if len(self.state.code.get("versions", [])) > 1:
+                raise SweepConfigError(
+                    "hydra.sweeper.code_edits.enabled=false, but the sweep being resumed has edited code "
+                    "versions (exploration/code/); resume with hydra.sweeper.code_edits.enabled=true so "
+                    "its nodes' children run their recorded versions"
+                )
+            return
+        code_editor.say = lambda message: self._event(self.state, message)
+        try:
+            code_editor.attach(self.state.code)
+        except ValueError as err:
+            raise SweepConfigError(str(err)) from None
+        save_state(self.sweep_dir, self.state)
 
     def _code_review(self, view: ExplorationView) -> None:
         """At a block end: verdicts on the code versions tried and new edits (saved before the batch)."""
