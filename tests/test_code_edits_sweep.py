@@ -203,6 +203,7 @@ def test_code_editing_sweep_with_resume_repair_and_revert(tmp_path, browser):  #
     # ---- the terminal shows the code story; no secret anywhere in the sweep folder
     log = (sweep / "exploration" / "sweep.log").read_text()
     assert "KEEP v001" in log and "v003 reverted" in log and "passed the checks" in log
+    assert "job 2, code v001): " in log  # the node line names the version it ran
     for path in sweep.rglob("*"):
         if path.is_file() and ".git" not in path.parts:
             assert SECRET not in path.read_text(errors="ignore"), path

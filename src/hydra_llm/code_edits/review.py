@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,9 @@ class CodeEditor:
         self.run_check = run_check
         self.say = say
         self.regions = self._installed_regions()
+        self._outside_names = {
+            m: top_level_names(ast.parse(outside(self.store.source(0, m), m))) for m in settings.modules
+        }
         self.code: dict[str, Any] = {}
 
     def _installed_regions(self) -> dict[str, Region]:
@@ -308,9 +312,8 @@ class CodeEditor:
             if region is None:
                 return f"edits: unknown region {edit.region!r}", files
             by_module.setdefault(region.module, {})[edit.region] = edit.code
-            original = find_regions(sources[region.module], region.module)[edit.region].body
-            outside_names = top_level_names(ast.parse(outside(sources[region.module], region.module)))
-            problems = check_region(edit.code, original, outside_names, edit.region)
+            # The interface is the installed region's: the code outside it calls its functions.
+            problems = check_region(edit.code, region.body, self._outside_names[region.module], edit.region)
             if problems:
                 return "static check: " + "; ".join(problems[:6]), files
             if not edit.rationale.strip():
@@ -323,7 +326,8 @@ class CodeEditor:
             return f"splice: {err}", files
         self.code["attempts"] = int(self.code.get("attempts", 0)) + 1
         attempt = self.store.root / "attempts" / f"a{self.code['attempts']:03d}"
-        attempt.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(attempt, ignore_errors=True)  # left by a sweeper killed during its check
+        attempt.mkdir(parents=True)
         for module, text in files.items():
             if text != sources[module] or base != 0:
                 (attempt / f"{module}.py").write_text(text, encoding="utf-8")
@@ -364,7 +368,8 @@ class CodeEditor:
         self.store.write(version, files, diff)
         version.commit = self.store.commit(version, files, versions[base].commit or None)
         self._save_version(version)
-        self.code["active"] = number
+        if repair_of is None:  # a repair runs in place of the version it repairs (see after_batch)
+            self.code["active"] = number
         what = f"repair of {version_name(base)}" if repair_of is not None else f"edit of {version_name(base)}"
         self.say(
             f"code {version_name(number)} ({what}: {', '.join(version.regions)}) passed the checks; "
@@ -404,6 +409,7 @@ class CodeEditor:
                 version.reason = f"raised at run time in node {node.id}: {clip(record['error'], 300)}"
                 self._save_version(version)
                 self.store.tag_verdict(version)
+                self.code["active"] = self.resolve(self.active)
 
     def _repair(
         self,

@@ -494,9 +494,10 @@ class ExplorationEngine:
                 if node.status == "completed"
                 else f"FAILED: {clip(node.error or '', 120)}"
             )
+            code = f", code v{node.code_version:03d}" if node.code_version else ""
             self._say(
                 f"node {node.id} (parent {parent}, slot {node.slot}, {clip(node.strategy, 24)}, "
-                f"job {node.job_num}): {clip(change, 80)} -> {result} | {best_text}"
+                f"job {node.job_num}{code}): {clip(change, 80)} -> {result} | {best_text}"
             )
         record = self.state.replies[-1] if self.state.replies else {}
         calls = record.get("calls") or [{}]
