@@ -21,6 +21,7 @@ from hydra_llm.explore.space import to_override_strings
 from hydra_llm.explore.tree import Node
 from hydra_llm.llm.client import LLMClient, LLMSettings
 from hydra_llm.train import run
+from hydra_plugins.llm_ucb_sweeper.llm_ucb_sweeper import CodeEditsConf
 from tests import code_edit_bodies as bodies
 from tests.fake_openai import FakeOpenAIServer, FakeReply
 
@@ -206,6 +207,10 @@ def code_reply(*edits: tuple[str, str], verdicts: list[dict] | None = None) -> F
     )
 
 
+# The sweeper's defaults (hydra.sweeper.code_edits), read from its schema.
+DEFAULTS = {k: getattr(CodeEditsConf(), k) for k in ("max_reasks", "max_repairs", "max_edits")}
+
+
 def editor(tmp_path: Path, server: FakeOpenAIServer, **settings) -> tuple[CodeEditor, list[str]]:
     client = LLMClient(
         LLMSettings(model="fake", base_url=server.base_url, api_key_env="NO_SUCH_KEY_VAR", max_retries=0),
@@ -213,7 +218,7 @@ def editor(tmp_path: Path, server: FakeOpenAIServer, **settings) -> tuple[CodeEd
     )
     events: list[str] = []
     code_editor = CodeEditor(
-        CodeEditSettings(modules=(bodies.MODULE,), **settings),
+        CodeEditSettings(**{"modules": (bodies.MODULE,), **DEFAULTS, **settings}),
         tmp_path / "exploration",
         client_completer(client),
         in_process_check(tmp_path / "cache"),

@@ -81,7 +81,8 @@ class CodeReply(_Strict):
 
 @dataclass(frozen=True)
 class CodeEditSettings:
-    """``hydra.sweeper.code_edits.*`` minus ``enabled``.
+    """``hydra.sweeper.code_edits.*`` as the editor uses them (defaults: the sweeper's
+    ``CodeEditsConf``).
 
     ``modules``: dotted names of the modules whose regions may be rewritten; ``max_reasks``: re-asks
     of an edit that fails a check; ``max_repairs``: repairs of one version's lineage before it is
@@ -89,9 +90,9 @@ class CodeEditSettings:
     """
 
     modules: tuple[str, ...]
-    max_reasks: int = 2
-    max_repairs: int = 2
-    max_edits: int = 2
+    max_reasks: int
+    max_repairs: int
+    max_edits: int
 
 
 class CodeEditor:

@@ -455,11 +455,12 @@ class ExplorationEngine:
             children, outcomes = self._rerun_lost_alone(snapshot, children, outcomes)
         nodes = [self._record(child, outcome) for child, outcome in zip(children, outcomes, strict=True)]
         self.state.nodes.extend(nodes)
-        if self.code_editor is not None:
-            self.code_editor.after_batch(nodes, view.block, self.state.current_simulation)
         self.state.batches.append([n.id for n in nodes])
         self.state.iteration = max(n.id for n in nodes)
         self.persist()
+        if self.code_editor is not None:  # repairs, after the batch's results are safe on disk
+            self.code_editor.after_batch(nodes, view.block, self.state.current_simulation)
+            save_state(self.sweep_dir, self.state)
         if self.after_batch is not None:
             try:
                 self.after_batch(self.state)

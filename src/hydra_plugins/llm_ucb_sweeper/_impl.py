@@ -223,21 +223,19 @@ class LLMUCBSweeperImpl:
                 "dotted names of modules with '# region: <name>' blocks, e.g. "
                 "[hydra_llm.strategies.signal_loss]"
             )
-        for name in ("max_reasks", "max_repairs", "max_edits"):
-            if int(conf.get(name, 1)) < (1 if name == "max_edits" else 0):
+        limits = {name: int(conf[name]) for name in ("max_reasks", "max_repairs", "max_edits")}
+        for name, value in limits.items():
+            if value < int(name == "max_edits"):
                 raise SweepConfigError(
-                    f"{key}.{name}: {conf[name]!r}; allowed: an integer >= {int(name == 'max_edits')}"
+                    f"{key}.{name}: {value}; allowed: an integer >= {int(name == 'max_edits')}"
                 )
+        if float(conf["check_timeout_s"]) <= 0:
+            raise SweepConfigError(f"{key}.check_timeout_s: {conf['check_timeout_s']}; allowed: seconds > 0")
         self._check_overrides = [
             str(o) for o in conf.get("check_overrides") or regime.get("check_overrides") or []
         ]
-        self._check_timeout = float(conf.get("check_timeout_s") or 600.0)
-        editor_settings = CodeEditSettings(
-            modules=modules,
-            max_reasks=int(conf.get("max_reasks", 2)),
-            max_repairs=int(conf.get("max_repairs", 2)),
-            max_edits=int(conf.get("max_edits", 2)),
-        )
+        self._check_timeout = float(conf["check_timeout_s"])
+        editor_settings = CodeEditSettings(modules=modules, **limits)
         try:
             completer = client_completer(proposer.client)
             return CodeEditor(
