@@ -70,7 +70,7 @@ def test_reaction_term_matches_a_per_reaction_oracle(tiny):
     torch.testing.assert_close(model.reaction_term(conc), expected, rtol=1e-5, atol=1e-6)
     # the node term starts at exactly zero (zero output layer), but its hidden layers are live
     assert float(model.node_function(conc).detach().abs().max()) == 0.0
-    assert model.MLP_node[0].weight.abs().sum() > 0
+    assert model.MLP_node.net[0].weight.abs().sum() > 0
 
 
 def test_phase1_recovers_rate_constants_on_a_tiny_network(tiny, tiny_phase1):

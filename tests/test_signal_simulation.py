@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,3 +167,31 @@ def test_train_dataloader_serves_training_frames_only():
     frames = torch.cat([b["frame"] for b in batches])
     assert frames.max().item() < dm.observations.n_train_frames
     assert torch.equal(batch["activity"], dm.observations.activity[batch["frame"]])
+
+
+class CountingDataModule(SignalDataModule):
+    """Appends one line to ``<cache_dir>/simulated.txt`` per simulation."""
+
+    def simulate(self):
+        with open(Path(self.cache_dir) / "simulated.txt", "a") as handle:
+            handle.write("x\n")
+        time.sleep(0.5)  # long enough for the other process to meet the lock
+        return super().simulate()
+
+
+def _load_in_child(cache_dir: str) -> float:
+    dm = CountingDataModule(**SMALL, cache_dir=cache_dir)
+    dm.prepare_data()
+    dm.setup("fit")
+    return float(dm.observations.activity.sum())
+
+
+def test_children_sharing_a_cache_key_simulate_once(tmp_path):
+    """Two processes with the same key: one simulates under the lock, the other loads its file."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        sums = list(pool.map(_load_in_child, [str(tmp_path)] * 2))
+    assert sums[0] == sums[1]
+    assert (tmp_path / "simulated.txt").read_text() == "x\n"
+    assert len(list(tmp_path.glob("CountingDataModule-*.pt"))) == 1
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from hydra_llm.code_edits.loader import module_file
 from hydra_llm.code_edits.regions import module_source
-from hydra_llm.explore.state import atomic_write_text
+from hydra_llm.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 Status = Literal["installed", "candidate", "kept", "reverted", "replaced"]

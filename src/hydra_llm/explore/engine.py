@@ -30,7 +30,6 @@ from hydra_llm.explore.proposers.rules import SLOT_ROLES, RulesProposer
 from hydra_llm.explore.space import SearchSpace, coerce, parse_value
 from hydra_llm.explore.state import (
     SweepState,
-    atomic_write_text,
     dump_state,
     load_state,
     save_state,
@@ -45,6 +44,7 @@ from hydra_llm.explore.sweep_folder import (
 )
 from hydra_llm.explore.text import LIMITS, clean_reply, clip, one_line
 from hydra_llm.explore.tree import Node, Objective, describe_mutation, ucb_scores
+from hydra_llm.files import atomic_write_text
 
 if TYPE_CHECKING:
     from hydra_llm.code_edits.review import CodeEditor

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from hydra_llm.explore.state import atomic_write_text
 from hydra_llm.explore.tree import config_hash, stats
+from hydra_llm.files import atomic_write_text
 
 REPORT_NAME = "report.html"
 TEXT_LIMIT = 5000  # characters kept of one LLM text field of a node

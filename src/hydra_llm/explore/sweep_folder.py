@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra_llm.explore.state import atomic_write_text
+from hydra_llm.files import atomic_write_text
 
 EXPLORATION = "exploration"
 RESULTS_DIR = f"{EXPLORATION}/results"

@@ -51,6 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hydra_llm.code_edits.loader import strategy
+from hydra_llm.files import atomic_torch_save
+from hydra_llm.models.mlp import MLP
 from hydra_llm.simulation.base import Observations, config_hash
 
 PHASE2_LOSS = "hydra_llm.strategies.metabolism_phase2"  # the editable phase-2 loss
@@ -58,7 +60,7 @@ PHASE2_LOSS = "hydra_llm.strategies.metabolism_phase2"  # the editable phase-2 l
 log = logging.getLogger(__name__)
 
 LN10 = math.log(10.0)
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the MLPs are models.mlp.MLP (parameters under .net)
 LR_SCHEDULES = ("constant", "warmup_decay", "cosine_restarts")
 AGGREGATIONS = ("mul", "add")
 LOSS_NORMALISATIONS = ("global", "per_metabolite")
@@ -70,24 +72,6 @@ SUB_LOG_FLOOR = 1e-4  # concentrations below this count as this for the log-inpu
 
 def _fail(key: str, message: str) -> None:
     raise ValueError(f"{key}: {message}")
-
-
-def make_mlp(
-    n_in: int, hidden: int, n_layers: int, activation: str = "tanh", n_out: int = 1
-) -> nn.Sequential:
-    """``n_layers`` linear layers (n_in -> hidden -> ... -> n_out) with ``activation`` between them."""
-    acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU}
-    if activation not in acts:
-        _fail("model.activation", f"unknown {activation!r}; allowed values: {sorted(acts)}")
-    if n_layers < 1:
-        _fail("model.n_layers", f"must be >= 1, got {n_layers}")
-    dims = [n_in] + [hidden] * (n_layers - 1) + [n_out]
-    layers: list[nn.Module] = []
-    for i in range(n_layers):
-        layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < n_layers - 1:
-            layers.append(acts[activation]())
-    return nn.Sequential(*layers)
 
 
 # ----------------------------------------------------------------------------- training options
@@ -319,15 +303,19 @@ class MetabolismGNN(pl.LightningModule):
 
         low, high = self.arch["log_k_init"]
         self.log_k = nn.Parameter(torch.empty(n_rxn).uniform_(low, high))
-        self.MLP_sub = make_mlp(2, hidden_dim_sub, n_layers_sub, activation_sub)
+        self.MLP_sub = MLP(2, 1, hidden_dim_sub, n_layers_sub, activation_sub, out_init_std=None)
         self.node_form = node_form
         if node_form == "mlp":
-            self.MLP_node = make_mlp(1 + embedding_dim, hidden_dim_node, n_layers_node, activation)
+            self.MLP_node = MLP(
+                1 + embedding_dim, 1, hidden_dim_node, n_layers_node, activation, out_init_std=None
+            )
         else:
-            self.MLP_node = make_mlp(embedding_dim, hidden_dim_node, n_layers_node, activation, n_out=2)
+            self.MLP_node = MLP(
+                embedding_dim, 2, hidden_dim_node, n_layers_node, activation, out_init_std=None
+            )
         # zero output layer only: the node term starts at 0 but its hidden layers still get gradient
-        nn.init.zeros_(self.MLP_node[-1].weight)
-        nn.init.zeros_(self.MLP_node[-1].bias)
+        nn.init.zeros_(self.MLP_node.net[-1].weight)
+        nn.init.zeros_(self.MLP_node.net[-1].bias)
         self.embedding = nn.Parameter(1.0 + 0.01 * torch.randn(n_met, embedding_dim))
         if self.opts["freeze_stoichiometry"]:
             self.register_buffer("stoichiometry", stoich)
@@ -754,9 +742,7 @@ class MetabolismGNN(pl.LightningModule):
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             "final_loss": self.final_loss,
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        atomic_torch_save(blob, path)
 
     def _load_phase1(self, observations: Observations) -> None:
         o = self.opts
@@ -795,18 +781,26 @@ class MetabolismGNN(pl.LightningModule):
         o = self.opts
         phase1 = dict(o["phase1"])
         phase1["phase"] = 1
-        key = config_hash({"data": _digest(observations), "phase1": phase1, "arch": self.arch})
+        key = config_hash(
+            {"data": _digest(observations), "phase1": phase1, "arch": self.arch, "format": CHECKPOINT_VERSION}
+        )
         cache_dir = Path(o["phase1_cache_dir"] or "outputs/cache")
         path = cache_dir / f"metabolism_phase1-{key}.pt"
         if path.exists():
             return path
-        log.info("phase 2: no phase-1 checkpoint given; training phase 1 first (cached at %s)", path)
-        # a private RNG state so that producing phase 1 does not shift phase 2's own initialisation
-        with torch.random.fork_rng():
-            torch.manual_seed(int(phase1.get("seed", 0)))
-            model = MetabolismGNN(observations, training=phase1, **_arch_kwargs(self.arch))
-            model.fit_steps(model.steps_per_epoch() * int(phase1.get("n_epochs", 1)))
-        model.save_phase_checkpoint(path)
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock"):  # children sharing this data train phase 1 once
+            if path.exists():
+                return path
+            log.info("phase 2: no phase-1 checkpoint given; training phase 1 first (cached at %s)", path)
+            # a private RNG state so that producing phase 1 does not shift phase 2's own initialisation
+            with torch.random.fork_rng():
+                torch.manual_seed(int(phase1.get("seed", 0)))
+                model = MetabolismGNN(observations, training=phase1, **_arch_kwargs(self.arch))
+                model.fit_steps(model.steps_per_epoch() * int(phase1.get("n_epochs", 1)))
+            model.save_phase_checkpoint(path)
         return path
 
 

@@ -12,7 +12,8 @@ class MLP(nn.Module):
     """``n_layers`` Linear layers (``n_layers - 1`` hidden layers of width ``hidden_dim``).
 
     Input (..., input_size) -> output (..., output_size). The last layer starts small (std
-    ``out_init_std``, zero bias) so that a fresh model predicts nearly nothing.
+    ``out_init_std``, zero bias) so that a fresh model predicts nearly nothing; ``out_init_std=None``
+    keeps PyTorch's default initialisation of every layer.
     """
 
     def __init__(
@@ -22,7 +23,7 @@ class MLP(nn.Module):
         hidden_dim: int = 64,
         n_layers: int = 3,
         activation: str = "relu",
-        out_init_std: float = 0.01,
+        out_init_std: float | None = 0.01,
     ) -> None:
         super().__init__()
         if n_layers < 1:
@@ -36,9 +37,10 @@ class MLP(nn.Module):
             if i < n_layers - 1:
                 layers.append(ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers)
-        last = self.net[-1]
-        nn.init.normal_(last.weight, std=out_init_std)
-        nn.init.zeros_(last.bias)
+        if out_init_std is not None:
+            last = self.net[-1]
+            nn.init.normal_(last.weight, std=out_init_std)
+            nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+
+from hydra_llm.files import atomic_torch_save
+
+log = logging.getLogger(__name__)
+# Bump when the layout of a cached file changes: older files are then ignored, never misread.
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -93,12 +100,17 @@ def config_hash(params: Mapping[str, Any], length: int = 16) -> str:
 class SimulationDataModule(pl.LightningDataModule):
     """Base class of the regimes: generate (or load from cache) once, then serve training frames.
 
-    Subclasses implement :meth:`simulate` and :meth:`cache_key_params`; after :meth:`setup`,
-    ``self.observations`` and ``self.ground_truth`` are set.
+    Subclasses implement :meth:`simulate` and :meth:`cache_key_params` and set ``cache_dir`` (None:
+    no cache); after :meth:`setup`, ``self.observations`` and ``self.ground_truth`` are set.
+
+    The cache holds one file per key (the class name and a hash of :meth:`cache_key_params`, which
+    includes the seed). Sweep children that share a key simulate once: the first takes a file lock,
+    simulates and writes atomically; the others wait for it and load its file.
     """
 
     observations: Observations
     ground_truth: GroundTruth
+    cache_dir: str | Path | None = None
 
     def simulate(self) -> tuple[Observations, GroundTruth]:
         raise NotImplementedError
@@ -110,5 +122,36 @@ class SimulationDataModule(pl.LightningDataModule):
     def cache_path(self, cache_dir: str | Path | None) -> Path | None:
         if cache_dir is None:
             return None
-        name = f"{type(self).__name__}-{config_hash(self.cache_key_params())}.pt"
-        return Path(cache_dir) / name
+        key = {"cache_format": CACHE_FORMAT, **self.cache_key_params()}
+        return Path(cache_dir) / f"{type(self).__name__}-{config_hash(key)}.pt"
+
+    def prepare_data(self) -> None:
+        """Simulate once into the cache (no-op when its file exists)."""
+        path = self.cache_path(self.cache_dir)
+        if path is not None and not path.is_file():
+            self._cached(path)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load from the cache (or simulate, and store when there is a cache); idempotent."""
+        if getattr(self, "observations", None) is not None:
+            return
+        path = self.cache_path(self.cache_dir)
+        if path is None:
+            self.observations, self.ground_truth = self.simulate()
+        else:
+            self.observations, self.ground_truth = self._cached(path)
+
+    def _cached(self, path: Path) -> tuple[Observations, GroundTruth]:
+        """The data of ``path``, simulated and written first (under its lock) when it is missing."""
+        from filelock import FileLock
+
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{path}.lock"):
+                if not path.is_file():  # another child may have written it while we waited
+                    observations, truth = self.simulate()
+                    atomic_torch_save({"observations": observations, "ground_truth": truth}, path)
+                    return observations, truth
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        log.info("data loaded from cache %s", path)
+        return blob["observations"], blob["ground_truth"]

@@ -284,21 +284,6 @@ class MetabolismDataModule(SimulationDataModule):
         ]
         return {"regime": "metabolism", "version": 1, **{k: getattr(self, k) for k in keys}}
 
-    def setup(self, stage: str | None = None) -> None:
-        if hasattr(self, "observations"):
-            return
-        path = self.cache_path(self.cache_dir)
-        if path is not None and path.exists():
-            blob = torch.load(path, weights_only=False)
-            self.observations, self.ground_truth = blob["observations"], blob["ground_truth"]
-            return
-        self.observations, self.ground_truth = self.simulate()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"observations": self.observations, "ground_truth": self.ground_truth}, tmp)
-            tmp.replace(path)
-
     # ------------------------------------------------------------ simulation
     def simulate(self) -> tuple[Observations, GroundTruth]:
         rng = np.random.default_rng(self.seed)

@@ -28,8 +28,6 @@ forward difference of the recording, ``(u[t+1] - u[t]) / delta_t``, which with E
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -243,24 +241,6 @@ class SignalDataModule(SimulationDataModule):
 
     # ----------------------------------------------------------------- Lightning hooks
 
-    def prepare_data(self) -> None:
-        """Simulate once and write the cache (no-op when the cache file exists)."""
-        path = self.cache_path(self.cache_dir)
-        if path is not None and not path.exists():
-            self._store(path, *self.simulate())
-
-    def setup(self, stage: str | None = None) -> None:
-        """Load from the cache (or simulate in memory); idempotent."""
-        if getattr(self, "observations", None) is not None:
-            return
-        path = self.cache_path(self.cache_dir)
-        if path is not None and path.exists():
-            self.observations, self.ground_truth = self._load(path)
-            return
-        self.observations, self.ground_truth = self.simulate()
-        if path is not None:
-            self._store(path, self.observations, self.ground_truth)
-
     def train_dataloader(self):
         """Batches of training frames (Observations only): keys ``activity``, ``derivative``, ``frame``.
 
@@ -274,32 +254,6 @@ class SignalDataModule(SimulationDataModule):
         return frame_loader(
             {"activity": obs.activity, "derivative": obs.derivative}, obs.n_train_frames, sampling
         )
-
-    # ----------------------------------------------------------------- cache
-
-    @staticmethod
-    def _store(path: Path, observations: Observations, truth: GroundTruth) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blob = {
-            "observations": {
-                "activity": observations.activity,
-                "derivative": observations.derivative,
-                "dt": observations.dt,
-                "n_train_frames": observations.n_train_frames,
-                "edge_index": observations.edge_index,
-            },
-            "ground_truth": {"tensors": dict(truth.tensors), "meta": dict(truth.meta)},
-        }
-        # Write then rename, so a concurrent sweep child never reads a half-written file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-
-    @staticmethod
-    def _load(path: Path) -> tuple[Observations, GroundTruth]:
-        blob = torch.load(path, weights_only=False)
-        return Observations(**blob["observations"]), GroundTruth(**blob["ground_truth"])
 
 
 def integrate(

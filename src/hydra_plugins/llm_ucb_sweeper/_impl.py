@@ -37,6 +37,7 @@ from hydra_llm.explore.interrupts import InterruptGuard, SweepInterrupted, exit_
 from hydra_llm.explore.proposers.base import Proposer
 from hydra_llm.explore.space import SearchSpaceError, format_value, parse_space, to_override_strings
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
+from hydra_llm.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 # A worker of a process pool died (os._exit, a signal, the OOM killer): the pool takes every running
@@ -470,12 +471,9 @@ def _write_result(record: dict[str, Any]) -> None:
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.get()
-    folder = Path(str(hydra_cfg.sweep.dir)) / RESULTS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     record["output_dir"] = str(hydra_cfg.runtime.output_dir)
-    tmp = folder / f".{hydra_cfg.job.num}.json.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, folder / f"{hydra_cfg.job.num}.json")
+    folder = Path(str(hydra_cfg.sweep.dir)) / RESULTS_DIR
+    atomic_write_text(folder / f"{hydra_cfg.job.num}.json", json.dumps(record))
 
 
 def read_result(sweep_dir: Path, job_num: int, metric: str) -> ChildOutcome | None:

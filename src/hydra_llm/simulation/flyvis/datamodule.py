@@ -254,22 +254,6 @@ class FlyvisDataModule(SimulationDataModule):
         return observations, ground_truth
 
     # ------------------------------------------------------------------ Lightning hooks
-    def setup(self, stage: str | None = None) -> None:
-        if getattr(self, "observations", None) is not None:
-            return
-        path = self.cache_path(self.cache_dir)
-        if path is not None and path.is_file():
-            blob = torch.load(path, map_location="cpu", weights_only=False)
-            self.observations, self.ground_truth = blob["observations"], blob["ground_truth"]
-            log.info("flyvis data loaded from cache %s", path)
-            return
-        self.observations, self.ground_truth = self.simulate()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"observations": self.observations, "ground_truth": self.ground_truth}, tmp)
-            tmp.replace(path)
-
     def train_dataloader(self):
         """Random batches of training frames: ``activity``, ``derivative``, ``external_input`` (B, N)
         and ``frame``.

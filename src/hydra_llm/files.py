@@ -1,0 +1,41 @@
+"""Atomic file writes: readers (other sweep children, a resumed sweeper) see the old content or the
+new one, never a half-written file.
+
+Every write goes to a temporary file with a unique name in the target's folder, which then replaces
+the target (``os.replace``, atomic on POSIX). Two processes writing the same target never share a
+temporary file; the last rename wins.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Create ``path`` through ``write(temporary_path)``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` atomically (data caches, checkpoints)."""
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
