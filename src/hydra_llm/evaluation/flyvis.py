@@ -5,7 +5,7 @@ The GNN learns ``msg_i = sum_e W_e psi(v_j)`` and ``dv_i/dt = f(v_i, msg_i, I_i)
 
 * self-decay slope s_i and offset c_i of f: by default (``readout: local``) the medians over 8
   training frames of the local linearisation ``f ~ s v + g msg + k I + c`` at the recorded state;
-  ``readout: line`` is the original's line through f(v, msg=0, I=0) over [mu - 2 sigma, mu + 2 sigma]
+  ``readout: line`` is the line through f(v, msg=0, I=0) over [mu - 2 sigma, mu + 2 sigma]
   (it extrapolates f to msg = 0, a state few neurons visit). tau_i = -1 / s_i (clipped to [0, 1] s),
   V_rest_i = -c_i / s_i;
 * ``psi(v_j) ~ slope_g_j relu(v_j)`` on [max(mu - 2 sigma, 0), mu + 2 sigma] (slope 1 for neurons
@@ -13,7 +13,7 @@ The GNN learns ``msg_i = sum_e W_e psi(v_j)`` and ``dv_i/dt = f(v_i, msg_i, I_i)
 * ``g_i = df/dmsg``, the median over the same 8 frames (autograd on real forward passes);
 
 so the weight in the units of the simulator is ``W*_e = -W_e * g_i * slope_g_j / s_i``.
-``connectivity_R2`` is the original's slope-invariant R2 of W* vs the true w after dropping
+``connectivity_R2`` is the slope-invariant R2 of W* vs the true w after dropping
 |W* - w| > ``outlier_threshold``; ``*_R2_identity`` is agreement with the identity line.
 
 The R2 trajectory during training is a Lightning callback built here (it holds ground truth; the
@@ -103,7 +103,7 @@ def local_linearisation(model, observations: Observations, n_frames: int = 8) ->
 def corrected_weights(model, observations: Observations, readout: str = "local") -> dict[str, torch.Tensor]:
     """W* (E,), tau_hat and V_rest_hat (N,) from the learned functions (see module docstring).
 
-    ``readout='line'`` is the original's: the self-decay slope s_i and offset come from the line through
+    ``readout='line'``: the self-decay slope s_i and offset come from the line through
     f(v, msg=0, I=0). ``'local'`` (default) uses the local linearisation at recorded states instead:
     msg = 0 is rarely visited by a real neuron, and extrapolating f there is what the line read-out
     does. For the true model both give s = -1/tau and V_rest.

@@ -2,7 +2,7 @@
 
 Two R2 conventions are reported side by side:
 
-* :func:`r2_slope` -- the original's: fit ``learned = a * true + b`` by least squares and return
+* :func:`r2_slope` -- fit ``learned = a * true + b`` by least squares and return
   ``1 - SS_res / SS_tot`` of that fit, i.e. the squared correlation. Blind to scale and offset, so
   the slope ``a`` is returned with it.
 * :func:`r2_identity` -- agreement with the identity line, ``1 - sum (learned - true)^2 /

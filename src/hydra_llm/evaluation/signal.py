@@ -3,15 +3,14 @@
 Metrics (all floats, see :func:`evaluate`):
 
 * ``connectivity_R2`` / ``connectivity_R2_identity`` / ``connectivity_slope``: the corrected W vs
-  the true W over all N^2 entries (the original's convention); the same with suffix ``_edges`` on
+  the true W over all N^2 entries; the same with suffix ``_edges`` on
   the true edges only (the honest number for sparse W).
 * ``tau_R2`` (+ ``_identity``), ``s_R2``: read out from the learned phi.
 * ``cluster_accuracy``: trimmed k-means (see :func:`profile_cluster_labels`) of the learned update
   functions phi_i sampled on the value grid, k = the true number of types, Hungarian matching to
   the true types. k comes from the ground truth, which evaluation (only) may read; the metric asks
   whether the learned functions separate the true types, not how many types a blind reader would
-  guess. ``cluster_accuracy_embedding``: plain k-means of the raw embeddings a_i (the original's
-  convention; it misreads a type split over two embedding patches as two types).
+  guess. ``cluster_accuracy_embedding``: plain k-means of the raw embeddings a_i (it misreads a type split over two embedding patches as two types).
 * ``test_R2``, ``test_pearson``: an Euler rollout of the model (no noise) from the first held-out
   frame over ``rollout_frames`` frames vs the recording (R2 against each neuron's temporal mean,
   pooled; Pearson per neuron, Fisher-pooled); ``test_one_step_R2``: the predicted
@@ -26,7 +25,7 @@ target neuron (a per-row scale the model cannot separate from W). No constant is
 tau read-out. The true ``phi(u) = -u/tau + s tanh(u)``; fitting ``phi_i(u) ~ alpha_i u + beta_i
 tanh(u) + gamma_i`` on the recorded range gives ``tau_i = -1/alpha_i`` (clipped to
 ``[0, 100 * max(true tau)]`` only to keep a flat phi finite) and ``s_i = beta_i``. A plain linear fit
-(the original's) would mix the tanh slope into 1/tau.
+would mix the tanh slope into 1/tau.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The batch loop of an exploration sweep (DESIGN §4), independent of Hydra.
+"""The batch loop of an exploration sweep, independent of Hydra.
 
 select (UCB over the block) -> propose -> validate (re-ask once with the errors, then the rules
 proposer per slot) -> persist (before launch: the batch's job numbers are consumed) -> launch via a

@@ -7,7 +7,7 @@ Everything else is kept byte for byte. Inside the markers every line is a rule i
     - <one-line rule> [evidence: 12, 15, 31]
 
 and a rule is accepted only if it cites at least ``min_evidence`` distinct *completed* nodes of the
-tree (the seeds' evidence hierarchy: a principle needs several supporting runs, never one noisy run).
+tree (a principle needs several supporting runs, never one noisy run).
 The section is capped in rules and characters so the protocol cannot grow without bound.
 
 Entry points for the engine: :func:`load_protocol` at sweep start, :func:`edit_rules` at a block end

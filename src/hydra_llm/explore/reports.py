@@ -1,6 +1,6 @@
 """Rendering of the sweep folder's text artefacts from structured state (nothing is parsed back).
 
-- ``analysis.md``: one ``## Iter N:`` entry per node in the seeds' log format;
+- ``analysis.md``: one ``## Iter N:`` entry per node (config, metrics, reading);
 - ``ucb_scores.txt``: ``Node N: UCB=..., parent=..., visits=..., R2=...`` sorted by UCB;
 - ``variance.md``: replicate groups (runs, mean, std, CV per metric);
 - ``optimization_results.yaml`` content: the best node's overrides, value, job number and folder;
@@ -102,7 +102,7 @@ def render_ucb(
     formula: str,
     c: float,
 ) -> str:
-    """ucb_scores.txt in the seeds' format, sorted by UCB descending."""
+    """ucb_scores.txt, one line per node, sorted by UCB descending."""
     label = metric_label(objective.metric)
     ids = [s.node_id for s in scores]
     span = f"iters {min(ids)}-{max(ids)}" if ids else "no iterations yet"

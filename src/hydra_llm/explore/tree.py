@@ -1,4 +1,4 @@
-"""The exploration tree: nodes, rewards, replicate groups and UCB scores (DESIGN §5).
+"""The exploration tree: nodes, rewards, replicate groups and UCB scores.
 
 A node is one child run. Its ``overrides`` are its training config relative to the block root and
 ``simulation`` the block-level overrides in force; replicates (same config, other seeds) share a
@@ -106,7 +106,7 @@ class Objective:
 
 @dataclass
 class Node:
-    """One child run in the exploration tree. ``iteration`` equals ``id`` (the seeds' Iter N)."""
+    """One child run in the exploration tree. ``iteration`` equals ``id`` (``## Iter N`` in analysis.md)."""
 
     id: int
     parent: int | None

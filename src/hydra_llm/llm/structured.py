@@ -1,6 +1,6 @@
 """The structured-output ladder: how a pydantic model is requested from a server and read back.
 
-Modes, best first (see ``reference/llm-hpo-peers.md`` §5):
+Modes, best first:
 
 - ``json_schema``: ``response_format={"type": "json_schema", ...}`` with the strict schema
   (OpenAI, vLLM, Ollama >= 0.5, llama.cpp ``llama-server``).

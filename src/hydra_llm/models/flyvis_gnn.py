@@ -19,7 +19,7 @@ Loss per step on a batch of training frames (B frames x N neurons)::
     + coeff_g_phi_norm    * mean_j (psi(v*, a_j) - v*)^2      v* = 2 xnorm: fixes the W <-> psi gauge
     + coeff_f_theta_msg_diff * mean relu(f(m) - f(m + d_m))  f non-decreasing in the message
 
-Fixes of the original's known bugs: every term is computed on the whole batch (not the last frame);
+Details that matter: every term is computed on the whole batch (not the last frame);
 ``anneal = 1 - exp(-regul_annealing_rate * progress)`` with progress in *fractional* epochs, so a
 one-epoch run is not left without regularisers (rate 0 = no annealing); W_L2 is never gated by W_L1;
 the monotonicity shift is additive (``1.05 v`` moves negative voltages the wrong way).

@@ -21,7 +21,7 @@ Training (manual optimisation, so strategies can shape every step):
   direction.
 * ``phase: 2`` loads a phase-1 model (``phase1_checkpoint``; when null, phase 1 is trained here with the
   ``phase1`` sub-config and cached under ``phase1_cache_dir``, keyed by the data and that config),
-  keeps its reactions frozen and fits MLP_node and the embeddings from scratch. The seeds' strategies
+  keeps its reactions frozen and fits MLP_node and the embeddings from scratch. The phase-2 strategies
   are options; see ``conf/training/metabolism_phase2.yaml``.
 * Conservation laws: every reaction conserves the combinations ``w^T c`` with ``w^T S = 0`` (the left
   null space of the observed S, several dimensions on the default network), so ``w^T dc/dt`` is the

@@ -168,7 +168,7 @@ class SignalGNN(pl.LightningModule):
 
     @property
     def frame_sampling(self) -> FrameSampling:
-        """Batch size and the seeds' iteration count per epoch, read by the DataModule."""
+        """Batch size and the iteration count per epoch, read by the DataModule."""
         batch_size = int(self.training_cfg["batch_size"])
         n_iter = iterations_per_epoch(
             self.n_frames, float(self.training_cfg["data_augmentation_loop"]), batch_size

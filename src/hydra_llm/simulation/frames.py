@@ -34,7 +34,7 @@ class FrameSampling:
 
 
 def iterations_per_epoch(n_frames: int, data_augmentation_loop: float, batch_size: int) -> int:
-    """The seeds' iteration count: ``int(n_frames * aug // batch_size * 0.2)``, at least 1."""
+    """Iterations per epoch: ``int(n_frames * aug // batch_size * 0.2)``, at least 1."""
     return max(1, int(n_frames * data_augmentation_loop // batch_size * 0.2))
 
 

@@ -1,4 +1,4 @@
-"""The offline ``rules`` proposer: the seeds' strategy table, deterministic for a given sweep seed.
+"""The offline ``rules`` proposer: a fixed strategy table per slot role, deterministic for a given sweep seed.
 
 Per slot role (default exploit, exploit, replicate, replicate):
 
@@ -52,7 +52,7 @@ def objective_from_view(view: ExplorationView) -> Objective:
 
 
 class RulesProposer(Proposer):
-    """Deterministic proposer following the seeds' parent-selection table."""
+    """Deterministic proposer following a fixed parent-selection table per slot role."""
 
     name = "rules"
 

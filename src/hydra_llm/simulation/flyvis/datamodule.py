@@ -4,7 +4,7 @@ One run simulates three recordings from the grey steady state:
 
 * training frames ``[0, n_train_frames)`` with process noise ``noise_model_level``;
 * held-out frames (same stimulus source, new clips or held-out videos), recorded without process
-  noise like the original's test phase;
+  noise;
 * an out-of-distribution recording (stimulus families never used in training), also noise-free,
   in ``Observations.extras['ood_activity']`` / ``['ood_external_input']``.
 
