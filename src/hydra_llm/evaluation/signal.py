@@ -10,7 +10,8 @@ Metrics (all floats, see :func:`evaluate`):
   functions phi_i sampled on the value grid, k = the true number of types, Hungarian matching to
   the true types. k comes from the ground truth, which evaluation (only) may read; the metric asks
   whether the learned functions separate the true types, not how many types a blind reader would
-  guess. ``cluster_accuracy_embedding``: plain k-means of the raw embeddings a_i (it misreads a type split over two embedding patches as two types).
+  guess. ``cluster_accuracy_embedding``: plain k-means of the raw embeddings a_i (it misreads a type
+  split over two embedding patches as two types).
 * ``test_R2``, ``test_pearson``: an Euler rollout of the model (no noise) from the first held-out
   frame over ``rollout_frames`` frames vs the recording (R2 against each neuron's temporal mean,
   pooled; Pearson per neuron, Fisher-pooled); ``test_one_step_R2``: the predicted
