@@ -27,7 +27,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hydra_llm.explore.engine import ChildOutcome, EngineConfig, ExplorationEngine  # noqa: E402
+from hydra_llm.explore.children import ChildOutcome  # noqa: E402
+from hydra_llm.explore.engine import ExplorationEngine  # noqa: E402
+from hydra_llm.explore.engine_config import EngineConfig  # noqa: E402
 from hydra_llm.explore.proposers.rules import RulesProposer  # noqa: E402
 from hydra_llm.explore.space import parse_space  # noqa: E402
 from hydra_llm.explore.tree import Objective  # noqa: E402

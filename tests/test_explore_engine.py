@@ -5,13 +5,9 @@ import math
 
 import pytest
 
-from hydra_llm.explore.engine import (
-    ChildOutcome,
-    EngineConfig,
-    ExplorationEngine,
-    SweepConfigError,
-    SweepFailedError,
-)
+from hydra_llm.explore.children import ChildOutcome
+from hydra_llm.explore.engine import ExplorationEngine
+from hydra_llm.explore.engine_config import EngineConfig, SweepConfigError, SweepFailedError
 from hydra_llm.explore.proposers.base import Proposal, Proposer, ProposerReply
 from hydra_llm.explore.proposers.rules import RulesProposer
 from hydra_llm.explore.protocol import RULES_BEGIN, RULES_END, RulesPolicy, split_protocol

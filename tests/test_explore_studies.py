@@ -5,7 +5,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from hydra_llm.explore.engine import EngineConfig
+from hydra_llm.explore.engine_config import EngineConfig
 from hydra_llm.explore.space import parse_space
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

@@ -1,8 +1,13 @@
 """The batch loop of an exploration sweep, independent of Hydra.
 
-select (UCB over the block) -> propose -> validate (re-ask once with the errors, then the rules
-proposer per slot) -> persist (before launch: the batch's job numbers are consumed) -> launch via a
-callable -> record -> persist the artefacts -> block end (summary, protocol rules, next simulation).
+select (UCB over the block) -> [block end: code review] -> propose -> validate (re-ask with the
+errors, then the rules proposer per slot) -> persist (before launch: the batch's job numbers are
+consumed) -> launch via a callable -> record -> persist the artefacts -> [repairs] -> block end
+(summary, protocol rules, next simulation).
+
+Beside it: :mod:`.engine_config` (settings and errors), :mod:`.negotiation` (asking and validating),
+:mod:`.children` (a child's spec, seeds, metadata and node), :mod:`.sweep_folder` (lock, job
+numbers, records), :mod:`hydra_llm.code_edits` (code versions, when the sweep edits code).
 """
 
 from __future__ import annotations
@@ -10,14 +15,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from hydra_llm.explore import reports
+from hydra_llm.explore.children import (
+    CheckFn,
+    ChildOutcome,
+    ChildSpec,
+    LaunchFn,
+    child_record,
+    child_seeds,
+    node_of,
+)
+from hydra_llm.explore.engine_config import (
+    EngineConfig,
+    SweepConfigError,
+    SweepFailedError,
+)
+from hydra_llm.explore.negotiation import Negotiator
 from hydra_llm.explore.proposers.base import (
     ExplorationView,
     Proposal,
@@ -26,7 +45,7 @@ from hydra_llm.explore.proposers.base import (
     SlotResult,
     UCBRow,
 )
-from hydra_llm.explore.proposers.rules import SLOT_ROLES, RulesProposer
+from hydra_llm.explore.proposers.rules import RulesProposer
 from hydra_llm.explore.space import SearchSpace, coerce, parse_value
 from hydra_llm.explore.state import (
     SweepState,
@@ -43,185 +62,17 @@ from hydra_llm.explore.sweep_folder import (
     write_child_record,
 )
 from hydra_llm.explore.text import LIMITS, clean_reply, clip, one_line
-from hydra_llm.explore.tree import Node, Objective, describe_mutation, ucb_scores
+from hydra_llm.explore.tree import Node, describe_mutation, ucb_scores
 from hydra_llm.files import atomic_write_text
 
 if TYPE_CHECKING:
     from hydra_llm.code_edits.review import CodeEditor
 
 log = logging.getLogger(__name__)
-SIMULATION_SEED_MODES = ("slot", "iteration", "fixed")
 
 
 def _value(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
-
-
-class SweepConfigError(ValueError):
-    """Bad sweeper configuration, raised before any child runs."""
-
-
-class SweepFailedError(RuntimeError):
-    """The sweep stopped because too many children failed (the state is saved; resume after fixing)."""
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Sweep settings (``hydra.sweeper.*`` minus the search space and the proposer).
-
-    ``slot_params`` maps a config key to one value per slot (``n_parallel`` values): every child of
-    slot ``s`` gets ``values[s]``, forced like its seeds but part of its config (and replicate hash);
-    a proposal may never set such a key.
-    """
-
-    n_iterations: int = 12
-    n_parallel: int = 4
-    n_iter_block: int = 12
-    slot_roles: tuple[str, ...] = ("exploit", "exploit", "replicate", "replicate")
-    objective: Objective = field(default_factory=Objective)
-    ucb_formula: str = "ucb1"
-    ucb_c: float = 1.414
-    replicate_reward: str = "mean"
-    lcb_kappa: float = 1.0
-    max_failure_rate: float = 0.8
-    seed: int = 0
-    memory_max_lines: int = 400
-    seed_keys: Mapping[str, str] = field(
-        default_factory=lambda: {"simulation": "simulation.seed", "training": "training.seed"}
-    )
-    simulation_seed: str = "slot"
-    tree_plot: bool = True
-    max_reasks: int = 1
-    slot_params: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # key -> one value per slot
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> EngineConfig:
-        """Build from plain ``hydra.sweeper.*`` settings (missing keys keep their defaults); checked."""
-        s = settings
-        given = {k: v for k, v in dict(s.get("objective") or {}).items() if v is not None}
-        try:  # a null objective field keeps the default
-            objective = Objective(**given)
-        except (TypeError, ValueError) as err:
-            raise SweepConfigError(f"hydra.sweeper.objective: {err}") from err
-        ucb = dict(s.get("ucb") or {})
-        default = cls()
-        config = cls(
-            n_iterations=int(s.get("n_iterations", default.n_iterations)),
-            n_parallel=int(s.get("n_parallel", default.n_parallel)),
-            n_iter_block=int(s.get("n_iter_block", default.n_iter_block)),
-            slot_roles=tuple(s.get("slot_roles") or default.slot_roles),
-            objective=objective,
-            ucb_formula=str(ucb.get("formula", default.ucb_formula)),
-            ucb_c=float(ucb.get("c", default.ucb_c)),
-            replicate_reward=str(ucb.get("replicate_reward", default.replicate_reward)),
-            lcb_kappa=float(ucb.get("lcb_kappa", default.lcb_kappa)),
-            max_failure_rate=float(s.get("max_failure_rate", default.max_failure_rate)),
-            seed=int(s.get("seed", default.seed)),
-            memory_max_lines=int(s.get("memory_max_lines", default.memory_max_lines)),
-            seed_keys=dict(default.seed_keys if s.get("seed_keys") is None else s["seed_keys"]),
-            simulation_seed=str(s.get("simulation_seed", default.simulation_seed)),
-            tree_plot=bool(s.get("tree_plot", default.tree_plot)),
-            slot_params=dict(s.get("slot_params") or {}),
-        )
-        config.check()
-        return config
-
-    def check(self) -> None:
-        """Raise :class:`SweepConfigError` naming the key and the allowed values."""
-        for key in ("n_iterations", "n_parallel", "n_iter_block"):
-            if int(getattr(self, key)) < 1:
-                raise SweepConfigError(
-                    f"hydra.sweeper.{key}: {getattr(self, key)!r}; allowed: an integer >= 1"
-                )
-        bad = [r for r in self.slot_roles if r not in SLOT_ROLES]
-        if bad or not self.slot_roles:
-            raise SweepConfigError(
-                f"hydra.sweeper.slot_roles: {list(self.slot_roles)!r}; allowed roles: {', '.join(SLOT_ROLES)}"
-            )
-        if not 0.0 <= self.max_failure_rate <= 1.0:
-            raise SweepConfigError(
-                f"hydra.sweeper.max_failure_rate: {self.max_failure_rate!r}; allowed: 0 to 1"
-            )
-        if self.simulation_seed not in SIMULATION_SEED_MODES:
-            raise SweepConfigError(
-                f"hydra.sweeper.simulation_seed: {self.simulation_seed!r}; "
-                f"allowed: {', '.join(SIMULATION_SEED_MODES)}"
-            )
-        unknown = set(self.seed_keys) - {"simulation", "training"}
-        if unknown:
-            raise SweepConfigError(
-                f"hydra.sweeper.seed_keys: {sorted(unknown)}; allowed: simulation, training"
-            )
-        try:
-            ucb_scores([], self.ucb_formula, self.ucb_c, self.replicate_reward)
-        except ValueError as err:
-            raise SweepConfigError(str(err)) from err
-        self._check_slot_params()
-
-    def _check_slot_params(self) -> None:
-        managed = set(self.seed_keys.values())
-        for key, values in self.slot_params.items():
-            name = f"hydra.sweeper.slot_params.{key}"
-            if key in managed or key.startswith(("hydra.", "sweep_node.")):
-                raise SweepConfigError(
-                    f"{name}: seeds, hydra.* and sweep_node.* are set by the sweeper; "
-                    "allowed: any other key of the config"
-                )
-            if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-                raise SweepConfigError(
-                    f"{name}: {values!r} is not a list; allowed: a list of n_parallel={self.n_parallel} "
-                    "values, one per slot"
-                )
-            if len(values) != self.n_parallel:
-                raise SweepConfigError(
-                    f"{name}: {len(values)} value(s) {list(values)!r} for n_parallel={self.n_parallel}; "
-                    f"allowed: a list of exactly {self.n_parallel} values, one per slot"
-                )
-
-    def slot_values(self, slot: int) -> dict[str, Any]:
-        """The values ``slot_params`` fixes for ``slot`` (0-based)."""
-        return {key: values[slot] for key, values in self.slot_params.items()}
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """One child to launch: its node identity, its config (relative to the root) and its seeds."""
-
-    node_id: int
-    slot: int
-    block: int
-    parent: int | None
-    strategy: str
-    overrides: dict[str, Any]
-    simulation: dict[str, Any]
-    mutation: dict[str, Any]
-    mutation_text: str
-    seeds: dict[str, int]
-    job_num: int
-    hypothesis: str = ""
-    code_version: int = 0  # 0: the installed code
-    code_dir: str = ""  # the folder of that code version ('' for the installed code)
-
-    def seed_overrides(self, seed_keys: Mapping[str, str]) -> dict[str, int]:
-        return {seed_keys[k]: v for k, v in self.seeds.items() if k in seed_keys}
-
-
-@dataclass(frozen=True)
-class ChildOutcome:
-    """What came back from one child. ``metrics`` may hold NaN (the engine marks the node failed)."""
-
-    status: Literal["completed", "failed"]
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    output_dir: str = ""
-    plots: tuple[str, ...] = ()
-    # No record at all: the launcher crashed before this child finished (it may be the one that
-    # crashed it, or a batch mate taken down with it). The engine re-runs such children alone.
-    lost: bool = False
-
-
-LaunchFn = Callable[[Sequence[ChildSpec]], Sequence[ChildOutcome]]
-CheckFn = Callable[[ChildSpec], str | None]
 
 
 class ExplorationEngine:
@@ -261,6 +112,18 @@ class ExplorationEngine:
         self.after_batch = after_batch  # e.g. the sweep-level W&B run; its failure never stops the sweep
         self.code_editor = code_editor  # hydra.sweeper.code_edits: the LLM rewrites marked code regions
         self.defaults = {s.key: s.default for s in (*space.params, *space.block_params)}
+        self.negotiator = Negotiator(
+            proposer,
+            self.rules,
+            space,
+            max_reasks=config.max_reasks,
+            slot_params=config.slot_params,
+            check_child=check_child,
+            build_child=self._child,
+            current_simulation=lambda: self.state.current_simulation,
+            event=lambda message: self._event(self.state, message),
+            proposer_note=self.proposer_note,
+        )
         self._check_slot_params()
         self.lock = SweepLock(self.sweep_dir)
         try:
@@ -453,7 +316,8 @@ class ExplorationEngine:
         outcomes = self._launch(children)
         if len(children) > 1 and any(o.lost for o in outcomes):
             children, outcomes = self._rerun_lost_alone(snapshot, children, outcomes)
-        nodes = [self._record(child, outcome) for child, outcome in zip(children, outcomes, strict=True)]
+        objective = self.config.objective
+        nodes = [node_of(c, o, objective) for c, o in zip(children, outcomes, strict=True)]
         self.state.nodes.extend(nodes)
         self.state.batches.append([n.id for n in nodes])
         self.state.iteration = max(n.id for n in nodes)
@@ -663,129 +527,10 @@ class ExplorationEngine:
 
     # ------------------------------------------------------------------ propose + validate
     def _ask(self, view: ExplorationView) -> tuple[ProposerReply, list[Proposal]]:
-        """The proposer's reply and one valid proposal per slot (re-ask, then rules fallback per slot)."""
-        record: dict[str, Any] = {
-            "iteration": view.first_iteration,
-            "proposer": self.proposer_note,
-            "calls": [],
-        }
-        reply: ProposerReply | None = None
-        feedback: list[str] | None = None
-        slot_errors: dict[int, list[str]] = {}
-        reply_errors: list[str] = []
-        for attempt in range(1 + self.config.max_reasks):
-            try:
-                reply = clean_reply(self.proposer.propose(view, feedback=feedback))
-            except Exception as err:  # a proposer failure must never stop the sweep
-                self._event(
-                    self.state, f"iter {view.first_iteration}: proposer raised {type(err).__name__}: {err}"
-                )
-                record["calls"].append({"attempt": attempt, "error": f"{type(err).__name__}: {err}"})
-                reply = None
-                break
-            record["calls"].append({"attempt": attempt, "extra": dict(reply.extra)})
-            slot_errors, reply_errors = self._validate(reply, view)
-            if not slot_errors and not reply_errors:
-                break
-            feedback = [
-                one_line(e, 500)
-                for e in reply_errors
-                + [f"slot {s}: {e}" for s, errs in sorted(slot_errors.items()) for e in errs]
-            ]
-            self._event(self.state, f"iter {view.first_iteration}: rejected proposals: {'; '.join(feedback)}")
-        fallback = self.rules.propose(view) if reply is None or slot_errors or reply_errors else None
-        if reply is None:
-            assert fallback is not None
-            reply = fallback
-            record["fallback"] = "all slots (proposer failed)"
-        proposals = list(reply.proposals[: view.n_parallel])
-        replaced = []
-        for slot in range(view.n_parallel):
-            if slot >= len(proposals) or slot in slot_errors:
-                assert fallback is not None
-                if slot >= len(proposals):
-                    proposals.append(fallback.proposals[slot])
-                else:
-                    proposals[slot] = fallback.proposals[slot]
-                replaced.append(slot)
-        if replaced and reply is not fallback:
-            self._event(
-                self.state, f"iter {view.first_iteration}: slots {replaced} replaced by the rules proposer"
-            )
-            record["fallback"] = f"slots {replaced}"
-        if reply_errors and fallback is not None:
-            reply.next_simulation = fallback.next_simulation
-            record["fallback_next_simulation"] = True
+        """The proposer's reply and one valid proposal per slot (see :mod:`.negotiation`)."""
+        reply, proposals, record = self.negotiator.ask(view)
         self.state.replies.append(record)
         return reply, proposals
-
-    def _validate(
-        self, reply: ProposerReply, view: ExplorationView
-    ) -> tuple[dict[int, list[str]], list[str]]:
-        """Per-slot errors and reply-level errors (next_simulation)."""
-        block_nodes = {r.node_id for r in view.ucb_table}
-        failed = {r.node_id for r in view.ucb_table if r.status != "completed"}
-        slot_errors: dict[int, list[str]] = {}
-        if len(reply.proposals) < view.n_parallel:
-            for slot in range(len(reply.proposals), view.n_parallel):
-                slot_errors[slot] = [
-                    f"missing proposal ({len(reply.proposals)} given, {view.n_parallel} needed)"
-                ]
-        simulation = self._next_simulation_of(reply, view)
-        for slot, proposal in enumerate(reply.proposals[: view.n_parallel]):
-            errors = []
-            if proposal.parent is not None and proposal.parent not in block_nodes:
-                allowed = ", ".join(str(i) for i in sorted(block_nodes)) or "none yet"
-                errors.append(
-                    f"parent {proposal.parent!r} is not a node of block {view.block}; "
-                    f"allowed: root (null) or one of [{allowed}]"
-                )
-            elif proposal.parent in failed:
-                allowed = ", ".join(str(i) for i in sorted(block_nodes - failed)) or "none yet"
-                errors.append(
-                    f"parent {proposal.parent} failed and cannot be branched from; "
-                    f"allowed: root (null) or a completed node of block {view.block}: [{allowed}]"
-                )
-            overrides = dict(proposal.overrides or {})
-            for key in [k for k in overrides if k in self.config.slot_params]:
-                del overrides[key]
-                values = ", ".join(f"slot {i}={v}" for i, v in enumerate(self.config.slot_params[key]))
-                errors.append(
-                    f"{key}: fixed per slot by hydra.sweeper.slot_params ({values}) and never proposed; "
-                    "the sweeper sets it for every child of the slot"
-                )
-            # Block-level keys are one decision per block (next_simulation), never a slot's.
-            errors += self.space.validate(overrides, allow_block=False)
-            if not errors and self.check_child is not None:
-                child = self._child(proposal, slot, view, simulation)
-                problem = self.check_child(child)
-                if problem:
-                    errors.append(problem)
-            if errors:
-                slot_errors[slot] = errors
-        reply_errors = []
-        if reply.next_simulation and view.is_block_end:
-            for key in reply.next_simulation:
-                spec = self.space.spec(key)
-                if spec is None or not spec.block_level:
-                    allowed = ", ".join(s.key for s in self.space.block_params) or "(none declared)"
-                    reply_errors.append(
-                        f"next_simulation: {key} is not a block-level key; allowed: {allowed}"
-                    )
-            if not reply_errors:
-                reply_errors += [
-                    f"next_simulation: {e}"
-                    for e in self.space.validate(reply.next_simulation, allow_block=True)
-                ]
-        return slot_errors, reply_errors
-
-    def _next_simulation_of(self, reply: ProposerReply, view: ExplorationView) -> dict[str, Any]:
-        if view.is_block_end and reply.next_simulation:
-            try:
-                return {k: parse_value(k, v) for k, v in reply.next_simulation.items()}
-            except ValueError:
-                return dict(self.state.current_simulation)
-        return dict(self.state.current_simulation)
 
     # ------------------------------------------------------------------ apply reply
     def _apply_reply(self, reply: ProposerReply, view: ExplorationView, proposals: list[Proposal]) -> None:
@@ -883,12 +628,7 @@ class ExplorationEngine:
         # Forced like the seeds, but part of the config (and of its replicate hash).
         base.update(self.config.slot_values(slot))
         node_id = view.first_iteration + slot
-        seeds = {"training": node_id * 1000 + slot + 500}
-        if self.config.simulation_seed == "slot":
-            seeds["simulation"] = self.config.seed * 1000 + slot
-        elif self.config.simulation_seed == "iteration":
-            seeds["simulation"] = node_id * 1000 + slot
-        seeds = {k: v for k, v in seeds.items() if k in self.config.seed_keys}
+        seeds = child_seeds(self.config, node_id, slot)
         text = describe_mutation(mutation, before, self.defaults)
         code_version = 0
         if self.code_editor is not None:
@@ -928,58 +668,8 @@ class ExplorationEngine:
         return outcomes
 
     def child_record(self, child: ChildSpec) -> dict[str, Any]:
-        """The node metadata a child reads for itself (W&B config, tags): plain JSON, never an override."""
-        return {
-            "sweep_id": self.state.sweep_id,
-            "node": child.node_id,
-            "parent": child.parent,
-            "block": child.block,
-            "slot": child.slot,
-            "job_num": child.job_num,
-            "strategy": child.strategy,
-            "hypothesis": child.hypothesis,
-            "mutation": child.mutation_text,
-            "seeds": dict(child.seeds),
-            "code_version": child.code_version,
-        }
-
-    def _record(self, child: ChildSpec, outcome: ChildOutcome) -> Node:
-        objective = self.config.objective
-        status, error = outcome.status, (one_line(outcome.error, 1000) if outcome.error else None)
-        metrics = {k: float(v) for k, v in outcome.metrics.items()}
-        value = metrics.get(objective.metric)
-        if status == "completed" and value is None:
-            status = "failed"
-            error = (
-                f"objective metric {objective.metric} missing from the returned metrics ({sorted(metrics)})"
-            )
-        elif status == "completed" and value is not None and not math.isfinite(value):
-            status, error = "failed", f"objective metric {objective.metric} is {value}"
-        reward = (
-            objective.reward(value) if status == "completed" and value is not None else objective.fail_reward
-        )
-        return Node(
-            id=child.node_id,
-            parent=child.parent,
-            block=child.block,
-            slot=child.slot,
-            strategy=child.strategy,
-            overrides=dict(child.overrides),
-            mutation=dict(child.mutation),
-            simulation=dict(child.simulation),
-            seeds=dict(child.seeds),
-            job_num=child.job_num,
-            status=status,
-            metrics=metrics,
-            reward=reward,
-            output_dir=outcome.output_dir,
-            error=error,
-            plots=list(outcome.plots),
-            hypothesis=child.hypothesis,
-            classification=objective.classify(value) if status == "completed" else "failed",
-            mutation_text=child.mutation_text,
-            code_version=child.code_version,
-        )
+        """The node metadata a child reads for itself (see :func:`children.child_record`)."""
+        return child_record(self.state.sweep_id, child)
 
     def _check_failure_rate(self) -> None:
         nodes = self.state.nodes

@@ -25,14 +25,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_llm.explore.child_output import to_job_log
-from hydra_llm.explore.engine import (
-    ChildOutcome,
-    ChildSpec,
-    EngineConfig,
-    ExplorationEngine,
-    SweepConfigError,
-    SweepFailedError,
-)
+from hydra_llm.explore.children import ChildOutcome, ChildSpec
+from hydra_llm.explore.engine import ExplorationEngine
+from hydra_llm.explore.engine_config import EngineConfig, SweepConfigError, SweepFailedError
 from hydra_llm.explore.interrupts import InterruptGuard, SweepInterrupted, exit_now, watch_sweeper
 from hydra_llm.explore.proposers.base import Proposer
 from hydra_llm.explore.space import SearchSpaceError, format_value, parse_space, to_override_strings

@@ -1,0 +1,118 @@
+"""One child of a batch: what the engine launches (:class:`ChildSpec`), what comes back
+(:class:`ChildOutcome`), its seeds, the metadata it reads about itself, and the node it becomes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hydra_llm.explore.engine_config import EngineConfig
+from hydra_llm.explore.text import one_line
+from hydra_llm.explore.tree import Node, Objective
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One child to launch: its node identity, its config (relative to the root) and its seeds."""
+
+    node_id: int
+    slot: int
+    block: int
+    parent: int | None
+    strategy: str
+    overrides: dict[str, Any]
+    simulation: dict[str, Any]
+    mutation: dict[str, Any]
+    mutation_text: str
+    seeds: dict[str, int]
+    job_num: int
+    hypothesis: str = ""
+    code_version: int = 0  # 0: the installed code
+    code_dir: str = ""  # the folder of that code version ('' for the installed code)
+
+    def seed_overrides(self, seed_keys: Mapping[str, str]) -> dict[str, int]:
+        return {seed_keys[k]: v for k, v in self.seeds.items() if k in seed_keys}
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    """What came back from one child. ``metrics`` may hold NaN (the engine marks the node failed)."""
+
+    status: Literal["completed", "failed"]
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    output_dir: str = ""
+    plots: tuple[str, ...] = ()
+    # No record at all: the launcher crashed before this child finished (it may be the one that
+    # crashed it, or a batch mate taken down with it). The engine re-runs such children alone.
+    lost: bool = False
+
+
+LaunchFn = Callable[[Sequence[ChildSpec]], Sequence[ChildOutcome]]
+CheckFn = Callable[[ChildSpec], str | None]
+
+
+def child_seeds(config: EngineConfig, node_id: int, slot: int) -> dict[str, int]:
+    """The seeds of the child of ``slot`` at iteration ``node_id``: a new training seed per node; the
+    simulation seed per slot, per iteration or fixed (``simulation_seed``)."""
+    seeds = {"training": node_id * 1000 + slot + 500}
+    if config.simulation_seed == "slot":
+        seeds["simulation"] = config.seed * 1000 + slot
+    elif config.simulation_seed == "iteration":
+        seeds["simulation"] = node_id * 1000 + slot
+    return {k: v for k, v in seeds.items() if k in config.seed_keys}
+
+
+def child_record(sweep_id: str, child: ChildSpec) -> dict[str, Any]:
+    """The node metadata a child reads for itself (W&B config, tags): plain JSON, never an override."""
+    return {
+        "sweep_id": sweep_id,
+        "node": child.node_id,
+        "parent": child.parent,
+        "block": child.block,
+        "slot": child.slot,
+        "job_num": child.job_num,
+        "strategy": child.strategy,
+        "hypothesis": child.hypothesis,
+        "mutation": child.mutation_text,
+        "seeds": dict(child.seeds),
+        "code_version": child.code_version,
+    }
+
+
+def node_of(child: ChildSpec, outcome: ChildOutcome, objective: Objective) -> Node:
+    """The tree node a finished child becomes: a completed child without a finite objective metric
+    is a failed node; the reward follows the objective."""
+    status, error = outcome.status, (one_line(outcome.error, 1000) if outcome.error else None)
+    metrics = {k: float(v) for k, v in outcome.metrics.items()}
+    value = metrics.get(objective.metric)
+    if status == "completed" and value is None:
+        status = "failed"
+        error = f"objective metric {objective.metric} missing from the returned metrics ({sorted(metrics)})"
+    elif status == "completed" and value is not None and not math.isfinite(value):
+        status, error = "failed", f"objective metric {objective.metric} is {value}"
+    reward = objective.reward(value) if status == "completed" and value is not None else objective.fail_reward
+    return Node(
+        id=child.node_id,
+        parent=child.parent,
+        block=child.block,
+        slot=child.slot,
+        strategy=child.strategy,
+        overrides=dict(child.overrides),
+        mutation=dict(child.mutation),
+        simulation=dict(child.simulation),
+        seeds=dict(child.seeds),
+        job_num=child.job_num,
+        status=status,
+        metrics=metrics,
+        reward=reward,
+        output_dir=outcome.output_dir,
+        error=error,
+        plots=list(outcome.plots),
+        hypothesis=child.hypothesis,
+        classification=objective.classify(value) if status == "completed" else "failed",
+        mutation_text=child.mutation_text,
+        code_version=child.code_version,
+    )
