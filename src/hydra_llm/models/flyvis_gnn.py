@@ -38,7 +38,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
@@ -49,6 +48,7 @@ from hydra_llm.models.checks import (
     check_rates,
     require_keys,
 )
+from hydra_llm.models.frame_gnn import FrameGNN
 from hydra_llm.models.layers import EdgeMessagePassing
 from hydra_llm.models.mlp import MLP
 from hydra_llm.simulation.base import Observations
@@ -114,11 +114,12 @@ def aggregate_source_messages(
     return torch.zeros_like(psi).index_add_(1, edge_index[1], contributions)
 
 
-class FlyvisGNN(pl.LightningModule):
+class FlyvisGNN(FrameGNN):
     """Learns W (E,), g_phi, f_theta and embeddings a (N, embedding_dim) from voltages (T, N)."""
 
     # Lets train.run check cfg.training before simulating.
     check_training = staticmethod(validate_training)
+    log_every = 100
 
     def __init__(
         self,
@@ -167,8 +168,6 @@ class FlyvisGNN(pl.LightningModule):
         self.f_theta = MLP(3 + int(embedding_dim), 1, hidden_dim_update, n_layers_update, activation)
         self.edge_oracle = EdgeMessagePassing(self._psi_features)
         self.phase = "joint"
-        self.final_loss = math.nan
-        self._epoch_losses: list[torch.Tensor] = []
         self._data: dict[str, torch.Tensor] | None = None
 
     @staticmethod
@@ -362,24 +361,10 @@ class FlyvisGNN(pl.LightningModule):
         for group in self.optimizers().optimizer.param_groups:
             group["lr"] = rates[group["name"]]
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def loss_terms(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.training_cfg["recurrent_training"]:
-            terms = self.rollout_losses(batch["frame"].to(self.device))
-        else:
-            terms = self.one_step_losses(batch["activity"], batch["derivative"], batch["external_input"])
-        loss = torch.stack(list(terms.values())).sum()
-        self._epoch_losses.append(terms["prediction"].detach())
-        if batch_idx % 100 == 0:
-            self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False)
-            self.log("loss", loss.detach(), prog_bar=True)
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        if self._epoch_losses:
-            tail = self._epoch_losses[-max(1, len(self._epoch_losses) // 10) :]
-            self.final_loss = float(torch.stack(tail).mean())
-            self.log("train/epoch_prediction_loss", self.final_loss)
-        self._epoch_losses = []
+            return self.rollout_losses(batch["frame"].to(self.device))
+        return self.one_step_losses(batch["activity"], batch["derivative"], batch["external_input"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam with four named groups (W, g_phi, f_theta, embedding); phases rewrite their rates."""

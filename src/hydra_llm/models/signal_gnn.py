@@ -22,11 +22,9 @@ standard deviation of the training activity.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
@@ -38,6 +36,7 @@ from hydra_llm.models.checks import (
     check_rates,
     require_keys,
 )
+from hydra_llm.models.frame_gnn import FrameGNN
 from hydra_llm.models.layers import EdgeGraph, aggregate_dense, aggregate_edges
 from hydra_llm.models.mlp import MLP
 from hydra_llm.simulation.base import Observations
@@ -60,7 +59,7 @@ def validate_training(training: Mapping[str, Any]) -> dict[str, Any]:
     return dict(training)
 
 
-class SignalGNN(pl.LightningModule):
+class SignalGNN(FrameGNN):
     """The signal-regime GNN as a LightningModule (receives Observations only)."""
 
     # Lets a caller check cfg.training before simulating: get_class(target).check_training(training).
@@ -127,8 +126,6 @@ class SignalGNN(pl.LightningModule):
         self.a = nn.Parameter(torch.ones(n, int(embedding_dim)))
         self.phi = MLP(1 + int(embedding_dim), 1, int(hidden_dim_update), int(n_layers_update), activation)
         self.psi = MLP(1 + int(embedding_dim), 1, int(hidden_dim), int(n_layers), activation)
-        self.final_loss = math.nan
-        self._epoch_losses: list[torch.Tensor] = []
         self.cpu_threads = None if cpu_threads is None else int(cpu_threads)
         self._threads_before: int | None = None
 
@@ -182,22 +179,8 @@ class SignalGNN(pl.LightningModule):
         strategy ``hydra_llm.strategies.signal_loss``, or the code version this run was given."""
         return strategy(SIGNAL_LOSS).loss_terms(self, u, target)
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        terms = self.losses(batch["activity"], batch["derivative"])
-        loss = torch.stack(list(terms.values())).sum()
-        self._epoch_losses.append(terms["prediction"].detach())
-        if batch_idx % 200 == 0:
-            self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False)
-            self.log("loss", loss.detach(), prog_bar=True)
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        if self._epoch_losses:
-            # final_loss: mean prediction loss over the last tenth of the epoch.
-            tail = self._epoch_losses[-max(1, len(self._epoch_losses) // 10) :]
-            self.final_loss = float(torch.stack(tail).mean())
-            self.log("train/epoch_prediction_loss", self.final_loss)
-        self._epoch_losses = []
+    def loss_terms(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.losses(batch["activity"], batch["derivative"])
 
     def on_fit_start(self) -> None:
         # The per-step tensors are tiny: on a shared CPU, several intra-op threads cost more in
