@@ -28,6 +28,12 @@ READS_GROUND_TRUTH = replace_prediction(
     'torch.mean((pred - target) ** 2) + 0.01 * (model.W.sum() - model.trainer.datamodule.ground_truth["W"]'
     ".sum()) ** 2"
 )
+# Reads the answer through the Trainer's callbacks (planted past the static check: the check run's
+# blindness stage must catch it). The test attaches a callback that holds the ground truth as ``truth``.
+LEAKS_THROUGH_CALLBACKS = replace_prediction(
+    "torch.mean((pred - target) ** 2) + 0.01 * (model.W.sum() - "
+    '[c for c in model.trainer.callbacks if hasattr(c, "truth")][0].truth["W"].sum()) ** 2'
+)
 # Sends the markers with it, to reach the code after the region.
 OUTSIDE_REGION = GOOD + "\n# endregion\n\ndef evaluate(model):\n    return 1.0\n"
 # Rebinds a name the module defines outside the region.

@@ -8,6 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
@@ -36,6 +37,16 @@ OUTSIDE_NAMES = top_level_names(ast.parse(outside(SOURCE, bodies.MODULE)))
 
 def static_problems(body: str) -> list[str]:
     return check_region(body, bodies.ORIGINAL, OUTSIDE_NAMES, bodies.REGION)
+
+
+class TruthHolder(pl.Callback):
+    """An evaluation callback that holds the ground truth, like flyvis's R2 log does."""
+
+    def __init__(self, observations, ground_truth, out_dir) -> None:
+        self.truth = ground_truth
+
+
+HOLD_TRUTH = "+evaluation.callbacks=[{_target_: tests.test_code_edits.TruthHolder, _partial_: true}]"
 
 
 def in_process_check(cache: Path, *regime: str, check_overrides: list[str] | None = None):
@@ -131,18 +142,24 @@ def test_good_edit_passes_the_static_check():
 
 # ---------------------------------------------------------------------------------------------- check run
 def test_check_run_passes_a_clean_edit_and_catches_a_planted_leak(tmp_path):
-    """The blindness stage bites: a loss that reads the ground truth through the trainer (planted
-    here past the static check) learns other parameters when the truth is garbage."""
-    run_check = in_process_check(tmp_path / "cache")
+    """The blindness stage bites: a loss that reads the ground truth through the Trainer's callbacks
+    (planted here past the static check) learns other parameters when the truth is garbage."""
+    run_check = in_process_check(tmp_path / "cache", HOLD_TRUTH)
     good = run_check(
         version_folder(tmp_path, "good", splice(SOURCE, bodies.MODULE, {"signal_loss": bodies.GOOD})), {}
     )
     assert good["ok"] is True and good["stage"] == "blindness" and good["final_loss"] > 0
 
-    leak_source = splice(SOURCE, bodies.MODULE, {"signal_loss": bodies.READS_GROUND_TRUTH})
+    leak_source = splice(SOURCE, bodies.MODULE, {"signal_loss": bodies.LEAKS_THROUGH_CALLBACKS})
     leak = run_check(version_folder(tmp_path, "leak", leak_source), {})
     assert leak["ok"] is False and leak["stage"] == "blindness"
     assert "reads the ground truth" in leak["error"] and "W" in leak["error"]
+
+    # The datamodule handed to Lightning holds no ground truth at all: that route fails outright.
+    datamodule_route = splice(SOURCE, bodies.MODULE, {"signal_loss": bodies.READS_GROUND_TRUTH})
+    blocked = run_check(version_folder(tmp_path, "datamodule", datamodule_route), {})
+    assert (blocked["ok"], blocked["stage"]) == (False, "smoke")
+    assert "AttributeError" in blocked["error"] and "ground_truth" in blocked["error"]
 
 
 def test_metabolism_phase2_region_passes_its_check_and_a_planted_leak_is_caught(tmp_path):
@@ -151,13 +168,16 @@ def test_metabolism_phase2_region_passes_its_check_and_a_planted_leak_is_caught(
     body = find_regions(source, module)[name].body
     leaky = body.replace(
         "    return losses\n",
-        "    truth = model.trainer.datamodule.ground_truth.tensors.values()\n"
+        '    truth = [c for c in model.trainer.callbacks if hasattr(c, "truth")][0].truth.tensors.values()\n'
         "    losses['leak'] = 1e-3 * model.embedding.sum() * sum(t.float().mean() for t in truth)\n"
         "    return losses\n",
     )
     assert leaky != body
     run_check = in_process_check(
-        tmp_path / "cache", "experiment=homeostasis_phase2", check_overrides=PHASE2_CHECK["check_overrides"]
+        tmp_path / "cache",
+        "experiment=homeostasis_phase2",
+        HOLD_TRUTH,
+        check_overrides=PHASE2_CHECK["check_overrides"],
     )
     clean = run_check(version_folder(tmp_path, "clean", source, module), {})
     assert clean["ok"] is True, clean

@@ -176,11 +176,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = preflight.check(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    # Evaluation takes the ground truth; the datamodule that goes to Lightning keeps none.
+    ground_truth = datamodule.release_ground_truth()
     if code.get("check"):
         from hydra_llm.code_edits.check_run import run_check
 
-        return run_check(cfg, datamodule, out)
-    observations, ground_truth = datamodule.observations, datamodule.ground_truth
+        return run_check(cfg, datamodule, ground_truth, out)
+    observations = datamodule.observations
 
     logger = build_logger(cfg, out)
     try:

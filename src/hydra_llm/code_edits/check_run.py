@@ -6,8 +6,10 @@
 1. **import**: every edited module of the version loads;
 2. **smoke**: training on the tiny regime finishes with a finite loss and finite parameters;
 3. **blindness**: training again with the ground truth replaced by garbage
-   (:meth:`~hydra_llm.simulation.base.GroundTruth.garbage`) gives bit-identical parameters. Code that
-   reads the answer in any way (the trainer's datamodule, a file, a global) learns something else.
+   (:meth:`~hydra_llm.simulation.base.GroundTruth.garbage`) gives bit-identical parameters. The
+   datamodule handed to Lightning holds no ground truth (``train.run`` releases it to evaluation), but
+   the Trainer's evaluation callbacks do, as in a real run: code that reads the answer through them
+   learns something else. Files are the static check's concern (no file access).
 
 Also here: :func:`record_code_error`, which a failing run uses to tell the sweeper that the error
 came from an edited region (``code_error.json``, read for the repair request).
@@ -31,9 +33,13 @@ ERROR_FILE = "code_error.json"
 MAX_TRACEBACK_CHARS = 4000
 
 
-def run_check(cfg: DictConfig, datamodule: Any, out: Path) -> dict[str, float]:
-    """Run the three stages; write ``code_check.json``; return ``{"code_check_ok": 0 or 1}``."""
-    from hydra_llm.train import fit
+def run_check(cfg: DictConfig, datamodule: Any, ground_truth: Any, out: Path) -> dict[str, float]:
+    """Run the three stages; write ``code_check.json``; return ``{"code_check_ok": 0 or 1}``.
+
+    Both trainings run like a real one: the evaluation callbacks of ``cfg.evaluation`` (which hold
+    the ground truth, the real one and then the garbage) are attached to the Trainer.
+    """
+    from hydra_llm.train import evaluation_callbacks, fit
 
     result: dict[str, Any] = {"ok": False, "stage": "import", "error": ""}
     folder = loader.version_dir()
@@ -43,14 +49,14 @@ def run_check(cfg: DictConfig, datamodule: Any, out: Path) -> dict[str, float]:
             for module in modules:
                 loader.strategy(module)
             result["stage"] = "smoke"
-            reference, _ = fit(cfg, datamodule, out / "smoke", deterministic=True, enable_checkpointing=False)
+            reference, _ = _fit(fit, evaluation_callbacks, cfg, datamodule, ground_truth, out / "smoke")
             problem = _not_finite(reference)
             if problem:
                 raise FloatingPointError(problem)
             result["final_loss"] = float(getattr(reference, "final_loss", math.nan))
             result["stage"] = "blindness"
-            datamodule.ground_truth = datamodule.ground_truth.garbage(seed=1)
-            blind, _ = fit(cfg, datamodule, out / "blind", deterministic=True, enable_checkpointing=False)
+            garbage = ground_truth.garbage(seed=1)
+            blind, _ = _fit(fit, evaluation_callbacks, cfg, datamodule, garbage, out / "blind")
             differs = _differing(reference, blind)
             if differs:
                 result["error"] = (
@@ -65,6 +71,12 @@ def run_check(cfg: DictConfig, datamodule: Any, out: Path) -> dict[str, float]:
     finally:
         (out / CHECK_FILE).write_text(json.dumps(result, indent=1), encoding="utf-8")
     return {"code_check_ok": float(result["ok"])}
+
+
+def _fit(fit: Any, callbacks: Any, cfg: DictConfig, datamodule: Any, truth: Any, out: Path) -> Any:
+    out.mkdir(parents=True, exist_ok=True)
+    attached = callbacks(cfg, datamodule.observations, truth, out)
+    return fit(cfg, datamodule, out, callbacks=attached, deterministic=True, enable_checkpointing=False)
 
 
 def _not_finite(model: Any) -> str:

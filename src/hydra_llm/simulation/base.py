@@ -101,7 +101,8 @@ class SimulationDataModule(pl.LightningDataModule):
     """Base class of the regimes: generate (or load from cache) once, then serve training frames.
 
     Subclasses implement :meth:`simulate` and :meth:`cache_key_params` and set ``cache_dir`` (None:
-    no cache); after :meth:`setup`, ``self.observations`` and ``self.ground_truth`` are set.
+    no cache); after :meth:`setup`, ``self.observations`` and ``self.ground_truth`` are set, and
+    ``train.run`` takes the ground truth out (:meth:`release_ground_truth`) before training.
 
     The cache holds one file per key (the class name and a hash of :meth:`cache_key_params`, which
     includes the seed). Sweep children that share a key simulate once: the first takes a file lock,
@@ -140,6 +141,13 @@ class SimulationDataModule(pl.LightningDataModule):
             self.observations, self.ground_truth = self.simulate()
         else:
             self.observations, self.ground_truth = self._cached(path)
+
+    def release_ground_truth(self) -> GroundTruth:
+        """Hand the ground truth over (to evaluation) and keep none, so that the datamodule given to
+        Lightning holds nothing a training step could read the answer from. Call after :meth:`setup`."""
+        truth = self.ground_truth
+        del self.ground_truth
+        return truth
 
     def _cached(self, path: Path) -> tuple[Observations, GroundTruth]:
         """The data of ``path``, simulated and written first (under its lock) when it is missing."""
