@@ -39,8 +39,6 @@ def run_check(cfg: DictConfig, datamodule: Any, ground_truth: Any, out: Path) ->
     Both trainings run like a real one: the evaluation callbacks of ``cfg.evaluation`` (which hold
     the ground truth, the real one and then the garbage) are attached to the Trainer.
     """
-    from hydra_llm.train import evaluation_callbacks, fit
-
     result: dict[str, Any] = {"ok": False, "stage": "import", "error": ""}
     folder = loader.version_dir()
     try:
@@ -49,14 +47,14 @@ def run_check(cfg: DictConfig, datamodule: Any, ground_truth: Any, out: Path) ->
             for module in modules:
                 loader.strategy(module)
             result["stage"] = "smoke"
-            reference, _ = _fit(fit, evaluation_callbacks, cfg, datamodule, ground_truth, out / "smoke")
+            reference, _ = _fit(cfg, datamodule, ground_truth, out / "smoke")
             problem = _not_finite(reference)
             if problem:
                 raise FloatingPointError(problem)
             result["final_loss"] = float(getattr(reference, "final_loss", math.nan))
             result["stage"] = "blindness"
             garbage = ground_truth.garbage(seed=1)
-            blind, _ = _fit(fit, evaluation_callbacks, cfg, datamodule, garbage, out / "blind")
+            blind, _ = _fit(cfg, datamodule, garbage, out / "blind")
             differs = _differing(reference, blind)
             if differs:
                 result["error"] = (
@@ -73,10 +71,13 @@ def run_check(cfg: DictConfig, datamodule: Any, ground_truth: Any, out: Path) ->
     return {"code_check_ok": float(result["ok"])}
 
 
-def _fit(fit: Any, callbacks: Any, cfg: DictConfig, datamodule: Any, truth: Any, out: Path) -> Any:
+def _fit(cfg: DictConfig, datamodule: Any, truth: Any, out: Path) -> Any:
+    """One deterministic training, with the evaluation callbacks built on ``truth``."""
+    from hydra_llm.train import evaluation_callbacks, fit  # train imports this module
+
     out.mkdir(parents=True, exist_ok=True)
-    attached = callbacks(cfg, datamodule.observations, truth, out)
-    return fit(cfg, datamodule, out, callbacks=attached, deterministic=True, enable_checkpointing=False)
+    callbacks = evaluation_callbacks(cfg, datamodule.observations, truth, out)
+    return fit(cfg, datamodule, out, callbacks=callbacks, deterministic=True, enable_checkpointing=False)
 
 
 def _not_finite(model: Any) -> str:

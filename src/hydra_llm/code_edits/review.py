@@ -100,7 +100,8 @@ class CodeEditor:
 
     ``complete`` asks the LLM for a :class:`CodeReply` (schema-checked, see :data:`Complete`);
     ``run_check(folder, simulation)`` runs a version's import, smoke and blindness checks in a child
-    process and returns its ``code_check.json``; ``say`` writes one line to the sweep's log.
+    process and returns its ``code_check.json``; ``say`` writes one line to the sweep's log (the
+    engine sets it to its event writer).
     """
 
     def __init__(
@@ -109,7 +110,7 @@ class CodeEditor:
         exploration: Path,
         complete: Complete,
         run_check: RunCheck,
-        say: Callable[[str], Any],
+        say: Callable[[str], Any] = print,
     ) -> None:
         self.settings = settings
         self.store = CodeStore(exploration, settings.modules)

@@ -234,9 +234,7 @@ class LLMUCBSweeperImpl:
         editor_settings = CodeEditSettings(modules=modules, **limits)
         try:
             completer = client_completer(proposer.client)
-            return CodeEditor(
-                editor_settings, sweep_dir / "exploration", completer, self._run_code_check, log.info
-            )
+            return CodeEditor(editor_settings, sweep_dir / "exploration", completer, self._run_code_check)
         except RegionError as err:
             raise SweepConfigError(f"{key}.modules: {err}") from None
 
@@ -434,7 +432,7 @@ class RecordingTask:
 
 def _last_per_key(overrides: Sequence[str]) -> list[str]:
     """``key=value`` overrides with only the last one of each key (Hydra refuses a config group
-    chosen twice); the order of first appearance is kept."""
+    chosen twice), in the order of their last appearance."""
     last: dict[str, str] = {}
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
