@@ -5,8 +5,9 @@ import random
 
 import pytest
 
-from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec, UCBRow
+from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec
 from hydra_llm.explore.proposers.rules import RulesProposer
+from hydra_llm.explore.tree import Node, UCBScore
 
 SPACE = (
     ParamSpec("training.lr", "float", 1e-5, 1e-1, log=True, default=1e-3),
@@ -50,7 +51,22 @@ def view(
 
 
 def row(i, ucb, r2, parent=None, overrides=None, mutation=""):
-    return UCBRow(i, ucb, parent, 1, r2, {"r2": r2}, mutation, overrides or {}, "exploit", "completed")
+    node = Node(
+        id=i,
+        parent=parent,
+        block=1,
+        slot=0,
+        strategy="exploit",
+        overrides=overrides or {},
+        mutation={},
+        simulation={},
+        seeds={},
+        job_num=i,
+        metrics={"r2": r2},
+        reward=r2,
+        mutation_text=mutation,
+    )
+    return UCBScore(node, ucb, 1, r2)
 
 
 def test_deterministic_for_a_seed_and_varies_with_it():

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
-from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec, SlotResult, UCBRow
+from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec
 from hydra_llm.explore.proposers.llm import LLMProposer, endpoint_configured
 from hydra_llm.explore.proposers.llm_prompt import BLOCK_END_MARKER, PromptBuilder, cap_lines, read_trajectory
+from hydra_llm.explore.tree import Node, UCBScore
 from tests.fake_openai import FakeError, FakeOpenAIServer, FakeReply
 
 SECRET = "sk-test-proposer-SECRET-42"
@@ -17,6 +19,33 @@ PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
     "0000000d49444154789c6300010000000500010d0a2db40000000049454e44ae426082"
 )
+
+
+def ucb_node(
+    i: int,
+    parent: int | None,
+    r2: float | None,
+    mutation: str,
+    overrides: dict,
+    status: Literal["completed", "failed"] = "completed",
+) -> Node:
+    """A node of the UCB table (only the fields the prompt shows)."""
+    metrics = {} if r2 is None else {"connectivity_R2": r2}
+    return Node(
+        id=i,
+        parent=parent,
+        block=1,
+        slot=0,
+        strategy="",
+        overrides=overrides,
+        mutation={},
+        simulation={},
+        seeds={},
+        job_num=i,
+        status=status,
+        metrics=metrics,
+        mutation_text=mutation,
+    )
 
 
 def make_view(
@@ -36,57 +65,61 @@ def make_view(
     l1 = ParamSpec("training.coeff_W_L1", "float", 1e-6, 1e-3, log=True, default=1e-5)
     sim = ParamSpec("simulation.n_frames", "int", 1000, 8000, block_level=True, default=2000)
     results = (
-        SlotResult(
-            7,
-            5,
-            0,
-            "exploit",
-            {"training.coeff_W_L1": 1e-4},
-            "completed",
-            {"connectivity_R2": 0.88},
-            0.88,
-            {"simulation.seed": 7000, "training.seed": 7500},
-            6,
-            str(out),
-            plots=plot_paths,
+        Node(
+            id=7,
+            parent=5,
+            block=1,
+            slot=0,
+            strategy="exploit",
+            overrides={"training.coeff_W_L1": 1e-4},
+            mutation={},
+            simulation={},
+            seeds={"simulation.seed": 7000, "training.seed": 7500},
+            job_num=6,
+            status="completed",
+            metrics={"connectivity_R2": 0.88},
+            reward=0.88,
+            output_dir=str(out),
+            plots=list(plot_paths),
         ),
-        SlotResult(
-            8,
-            5,
-            1,
-            "explore",
-            {"training.learning_rate_W_start": 5e-3},
-            "failed",
-            {},
-            0.0,
-            {"simulation.seed": 8001, "training.seed": 8501},
-            7,
-            str(tmp_path / "8"),
+        Node(
+            id=8,
+            parent=5,
+            block=1,
+            slot=1,
+            strategy="explore",
+            overrides={"training.learning_rate_W_start": 5e-3},
+            mutation={},
+            simulation={},
+            seeds={"simulation.seed": 8001, "training.seed": 8501},
+            job_num=7,
+            status="failed",
+            metrics={},
+            reward=0.0,
+            output_dir=str(tmp_path / "8"),
             error="Traceback ...\nFloatingPointError: loss is NaN",
         ),
     )
     rows = (
-        UCBRow(
-            7,
+        UCBScore(
+            ucb_node(7, 5, 0.88, "training.coeff_W_L1: 1e-05 -> 0.0001", {"training.coeff_W_L1": 1e-4}),
             1.9,
-            5,
             1,
             0.88,
-            {"connectivity_R2": 0.88},
-            "training.coeff_W_L1: 1e-05 -> 0.0001",
-            {"training.coeff_W_L1": 1e-4},
         ),
-        UCBRow(5, 1.5, None, 3, 0.8, {"connectivity_R2": 0.8}, "none", {}),
-        UCBRow(
-            8,
+        UCBScore(ucb_node(5, None, 0.8, "none", {}), 1.5, 3, 0.8),
+        UCBScore(
+            ucb_node(
+                8,
+                5,
+                None,
+                "training.learning_rate_W_start: 0.001 -> 0.005",
+                {"training.learning_rate_W_start": 5e-3},
+                status="failed",
+            ),
             1.2,
-            5,
             1,
             0.0,
-            {},
-            "training.learning_rate_W_start: 0.001 -> 0.005",
-            {"training.learning_rate_W_start": 5e-3},
-            status="failed",
         ),
     )
     return ExplorationView(

@@ -1,8 +1,10 @@
-"""One child of a batch: what the engine launches (:class:`ChildSpec`), what comes back
-(:class:`ChildOutcome`), its seeds, the metadata it reads about itself, and the node it becomes."""
+"""One child of a batch: the :class:`~hydra_llm.explore.tree.Node` the engine launches (identity,
+config and seeds; its result fields are filled from what comes back), the launcher's reply
+(:class:`ChildOutcome`), its seeds and the metadata it reads about itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,31 +16,9 @@ from hydra_llm.explore.tree import Node, Objective
 
 
 @dataclass(frozen=True)
-class ChildSpec:
-    """One child to launch: its node identity, its config (relative to the root) and its seeds."""
-
-    node_id: int
-    slot: int
-    block: int
-    parent: int | None
-    strategy: str
-    overrides: dict[str, Any]
-    simulation: dict[str, Any]
-    mutation: dict[str, Any]
-    mutation_text: str
-    seeds: dict[str, int]
-    job_num: int
-    hypothesis: str = ""
-    code_version: int = 0  # 0: the installed code
-    code_dir: str = ""  # the folder of that code version ('' for the installed code)
-
-    def seed_overrides(self, seed_keys: Mapping[str, str]) -> dict[str, int]:
-        return {seed_keys[k]: v for k, v in self.seeds.items() if k in seed_keys}
-
-
-@dataclass(frozen=True)
 class ChildOutcome:
-    """What came back from one child. ``metrics`` may hold NaN (the engine marks the node failed)."""
+    """What the launcher reports for one child. ``metrics`` may hold NaN (the engine marks the node
+    failed); :func:`finished` turns it into the node's result."""
 
     status: Literal["completed", "failed"]
     metrics: dict[str, float] = field(default_factory=dict)
@@ -50,8 +30,8 @@ class ChildOutcome:
     lost: bool = False
 
 
-LaunchFn = Callable[[Sequence[ChildSpec]], Sequence[ChildOutcome]]
-CheckFn = Callable[[ChildSpec], str | None]
+LaunchFn = Callable[[Sequence[Node]], Sequence[ChildOutcome]]
+CheckFn = Callable[[Node], str | None]
 
 
 def child_seeds(config: EngineConfig, node_id: int, slot: int) -> dict[str, int]:
@@ -65,11 +45,16 @@ def child_seeds(config: EngineConfig, node_id: int, slot: int) -> dict[str, int]
     return {k: v for k, v in seeds.items() if k in config.seed_keys}
 
 
-def child_record(sweep_id: str, child: ChildSpec) -> dict[str, Any]:
+def seed_overrides(child: Node, seed_keys: Mapping[str, str]) -> dict[str, int]:
+    """The child's seeds as config keys (``seed_keys``: seed name -> key)."""
+    return {seed_keys[k]: v for k, v in child.seeds.items() if k in seed_keys}
+
+
+def child_record(sweep_id: str, child: Node) -> dict[str, Any]:
     """The node metadata a child reads for itself (W&B config, tags): plain JSON, never an override."""
     return {
         "sweep_id": sweep_id,
-        "node": child.node_id,
+        "node": child.id,
         "parent": child.parent,
         "block": child.block,
         "slot": child.slot,
@@ -82,9 +67,9 @@ def child_record(sweep_id: str, child: ChildSpec) -> dict[str, Any]:
     }
 
 
-def node_of(child: ChildSpec, outcome: ChildOutcome, objective: Objective) -> Node:
-    """The tree node a finished child becomes: a completed child without a finite objective metric
-    is a failed node; the reward follows the objective."""
+def finished(child: Node, outcome: ChildOutcome, objective: Objective) -> Node:
+    """The node a launched child becomes with its outcome: a completed child without a finite
+    objective metric is a failed node; the reward follows the objective."""
     status, error = outcome.status, (one_line(outcome.error, 1000) if outcome.error else None)
     metrics = {k: float(v) for k, v in outcome.metrics.items()}
     value = metrics.get(objective.metric)
@@ -94,25 +79,13 @@ def node_of(child: ChildSpec, outcome: ChildOutcome, objective: Objective) -> No
     elif status == "completed" and value is not None and not math.isfinite(value):
         status, error = "failed", f"objective metric {objective.metric} is {value}"
     reward = objective.reward(value) if status == "completed" and value is not None else objective.fail_reward
-    return Node(
-        id=child.node_id,
-        parent=child.parent,
-        block=child.block,
-        slot=child.slot,
-        strategy=child.strategy,
-        overrides=dict(child.overrides),
-        mutation=dict(child.mutation),
-        simulation=dict(child.simulation),
-        seeds=dict(child.seeds),
-        job_num=child.job_num,
+    return dataclasses.replace(
+        child,
         status=status,
         metrics=metrics,
         reward=reward,
         output_dir=outcome.output_dir,
         error=error,
         plots=list(outcome.plots),
-        hypothesis=child.hypothesis,
         classification=objective.classify(value) if status == "completed" else "failed",
-        mutation_text=child.mutation_text,
-        code_version=child.code_version,
     )

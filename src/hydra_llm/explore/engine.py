@@ -6,7 +6,7 @@ consumed) -> launch via a callable -> record -> persist the artefacts -> [repair
 (summary, protocol rules, next simulation).
 
 Beside it: :mod:`.engine_config` (settings and errors), :mod:`.negotiation` (asking and validating),
-:mod:`.children` (a child's spec, seeds, metadata and node), :mod:`.sweep_folder` (lock, job
+:mod:`.children` (a child's outcome, seeds and metadata), :mod:`.sweep_folder` (lock, job
 numbers, records), :mod:`hydra_llm.code_edits` (code versions, when the sweep edits code).
 """
 
@@ -25,11 +25,10 @@ from hydra_llm.explore import reports
 from hydra_llm.explore.children import (
     CheckFn,
     ChildOutcome,
-    ChildSpec,
     LaunchFn,
     child_record,
     child_seeds,
-    node_of,
+    finished,
 )
 from hydra_llm.explore.engine_config import (
     EngineConfig,
@@ -42,8 +41,6 @@ from hydra_llm.explore.proposers.base import (
     Proposal,
     Proposer,
     ProposerReply,
-    SlotResult,
-    UCBRow,
 )
 from hydra_llm.explore.proposers.rules import RulesProposer
 from hydra_llm.explore.space import SearchSpace, coerce, parse_value
@@ -62,7 +59,7 @@ from hydra_llm.explore.sweep_folder import (
     write_child_record,
 )
 from hydra_llm.explore.text import LIMITS, clean_reply, clip, one_line
-from hydra_llm.explore.tree import Node, describe_mutation, ucb_scores
+from hydra_llm.explore.tree import Node, UCBScore, describe_mutation, ucb_scores
 from hydra_llm.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -153,16 +150,15 @@ class ExplorationEngine:
         if not self.config.slot_params or self.check_child is None:
             return
         for slot in range(self.config.n_parallel):
-            probe = ChildSpec(
-                node_id=0,
-                slot=slot,
-                block=1,
+            probe = Node(
+                id=0,
                 parent=None,
+                block=1,
+                slot=slot,
                 strategy="slot-params-check",
                 overrides=self.config.slot_values(slot),
-                simulation={},
                 mutation={},
-                mutation_text="",
+                simulation={},
                 seeds={},
                 job_num=-1,
             )
@@ -232,7 +228,7 @@ class ExplorationEngine:
                 state.next_job_idx = free
             if state.in_flight:
                 jobs = [c["job_num"] for c in state.in_flight]
-                ids = [c["node_id"] for c in state.in_flight]
+                ids = [c.get("id", c.get("node_id")) for c in state.in_flight]  # older states: node_id
                 self._event(
                     state,
                     f"resume: batch iters {min(ids)}-{max(ids)} (jobs {min(jobs)}-{max(jobs)}) "
@@ -317,7 +313,7 @@ class ExplorationEngine:
         if len(children) > 1 and any(o.lost for o in outcomes):
             children, outcomes = self._rerun_lost_alone(snapshot, children, outcomes)
         objective = self.config.objective
-        nodes = [node_of(c, o, objective) for c, o in zip(children, outcomes, strict=True)]
+        nodes = [finished(c, o, objective) for c, o in zip(children, outcomes, strict=True)]
         self.state.nodes.extend(nodes)
         self.state.batches.append([n.id for n in nodes])
         self.state.iteration = max(n.id for n in nodes)
@@ -409,16 +405,16 @@ class ExplorationEngine:
         )
         save_state(self.sweep_dir, self.state)
 
-    def _save_in_flight(self, snapshot: dict[str, Any], children: Sequence[ChildSpec]) -> None:
+    def _save_in_flight(self, snapshot: dict[str, Any], children: Sequence[Node]) -> None:
         """The pre-launch state: the pre-reply state with the job numbers consumed, so a kill now
         resumes by re-proposing this batch, never by reusing its job numbers."""
-        snapshot["in_flight"] = [asdict(c) for c in children]
+        snapshot["in_flight"] = [c.to_dict() for c in children]
         snapshot["next_job_idx"] = self.state.next_job_idx
         atomic_write_text(state_path(self.sweep_dir), dump_state(snapshot))
 
     def _rerun_lost_alone(
-        self, snapshot: dict[str, Any], children: list[ChildSpec], outcomes: list[ChildOutcome]
-    ) -> tuple[list[ChildSpec], list[ChildOutcome]]:
+        self, snapshot: dict[str, Any], children: list[Node], outcomes: list[ChildOutcome]
+    ) -> tuple[list[Node], list[ChildOutcome]]:
         """After a launcher crash, run each child that left no result alone under a new job number:
         the child that crashed the launcher fails alone, its batch mates keep their results."""
         lost = [i for i, o in enumerate(outcomes) if o.lost]
@@ -444,7 +440,7 @@ class ExplorationEngine:
         in_block = (first - 1) % self.config.n_iter_block + 1
         is_block_end = in_block == 1 and first > 1
         last_ids = self.state.batches[-1] if self.state.batches else []
-        last = tuple(self._slot_result(n) for n in self.state.nodes if n.id in set(last_ids))
+        last = tuple(n for n in self.state.nodes if n.id in set(last_ids))
         objective = self.config.objective
         return ExplorationView(
             first_iteration=first,
@@ -481,45 +477,11 @@ class ExplorationEngine:
             code=self.code_editor.describe() if self.code_editor is not None else "",
         )
 
-    def _ucb_rows(self, block: int) -> tuple[UCBRow, ...]:
+    def _ucb_rows(self, block: int) -> tuple[UCBScore, ...]:
         """The UCB table of ``block`` (best first); empty for a block without nodes."""
         block_nodes = [n for n in self.state.nodes if n.block == block]
         c = self.config
-        scores = ucb_scores(block_nodes, c.ucb_formula, c.ucb_c, c.replicate_reward, c.lcb_kappa)
-        by_id = {n.id: n for n in block_nodes}
-        return tuple(
-            UCBRow(
-                node_id=s.node_id,
-                ucb=s.ucb,
-                parent=s.parent,
-                visits=s.visits,
-                reward=s.reward,
-                metrics=dict(by_id[s.node_id].metrics),
-                mutation=by_id[s.node_id].mutation_text,
-                overrides=dict(by_id[s.node_id].overrides),
-                strategy=by_id[s.node_id].strategy,
-                status=by_id[s.node_id].status,
-            )
-            for s in scores
-        )
-
-    @staticmethod
-    def _slot_result(node: Node) -> SlotResult:
-        return SlotResult(
-            node_id=node.id,
-            parent=node.parent,
-            slot=node.slot,
-            strategy=node.strategy,
-            overrides={**node.simulation, **node.overrides},
-            status=node.status,
-            metrics=dict(node.metrics),
-            reward=node.reward,
-            seeds=dict(node.seeds),
-            job_num=node.job_num,
-            output_dir=node.output_dir,
-            error=node.error,
-            plots=tuple(node.plots),
-        )
+        return tuple(ucb_scores(block_nodes, c.ucb_formula, c.ucb_c, c.replicate_reward, c.lcb_kappa))
 
     def _pending_user_input(self) -> str:
         path = self.sweep_dir / "user_input.md"
@@ -603,13 +565,15 @@ class ExplorationEngine:
             self._event(self.state, f"block {block}: protocol rules replaced ({len(edit.accepted)} rules)")
 
     # ------------------------------------------------------------------ children
-    def _children(self, proposals: Sequence[Proposal], view: ExplorationView) -> list[ChildSpec]:
+    def _children(self, proposals: Sequence[Proposal], view: ExplorationView) -> list[Node]:
         simulation = dict(self.state.current_simulation)
         return [self._child(p, slot, view, simulation) for slot, p in enumerate(proposals)]
 
     def _child(
         self, proposal: Proposal, slot: int, view: ExplorationView, simulation: dict[str, Any]
-    ) -> ChildSpec:
+    ) -> Node:
+        """The node ``proposal`` launches in ``slot``: its config, seeds and code version (its
+        result fields are filled in when it comes back)."""
         parent = self.state.node(proposal.parent) if proposal.parent is not None else None
         base = dict(parent.overrides) if parent else {}
         sim = dict(parent.simulation) if parent else dict(simulation)
@@ -635,24 +599,23 @@ class ExplorationEngine:
             code_version = self.code_editor.resolve(
                 parent.code_version if parent else self.code_editor.active
             )
-        return ChildSpec(
-            node_id=node_id,
-            slot=slot,
-            block=view.block,
+        return Node(
+            id=node_id,
             parent=proposal.parent,
+            block=view.block,
+            slot=slot,
             strategy=str(proposal.strategy or "exploit"),
             overrides=base,
-            simulation=sim,
             mutation=mutation,
-            mutation_text=text if mutation else "",
+            simulation=sim,
             seeds=seeds,
             job_num=self.state.next_job_idx + slot,
             hypothesis=str(proposal.hypothesis or ""),
+            mutation_text=text if mutation else "",
             code_version=code_version,
-            code_dir=self.code_editor.folder(code_version) if self.code_editor is not None else "",
         )
 
-    def _launch(self, children: Sequence[ChildSpec]) -> list[ChildOutcome]:
+    def _launch(self, children: Sequence[Node]) -> list[ChildOutcome]:
         for child in children:
             write_child_record(self.sweep_dir, child.job_num, self.child_record(child))
         try:
@@ -667,7 +630,7 @@ class ExplorationEngine:
             return [ChildOutcome("failed", error=message) for _ in children]
         return outcomes
 
-    def child_record(self, child: ChildSpec) -> dict[str, Any]:
+    def child_record(self, child: Node) -> dict[str, Any]:
         """The node metadata a child reads for itself (see :func:`children.child_record`)."""
         return child_record(self.state.sweep_id, child)
 
@@ -741,9 +704,7 @@ class ExplorationEngine:
         scores = ucb_scores(block_nodes, c.ucb_formula, c.ucb_c, c.replicate_reward, c.lcb_kappa)
         atomic_write_text(
             self.exploration / "ucb_scores.txt",
-            reports.render_ucb(
-                scores, {n.id: n for n in block_nodes}, objective, block, c.ucb_formula, c.ucb_c
-            ),
+            reports.render_ucb(scores, objective, block, c.ucb_formula, c.ucb_c),
         )
         results = reports.optimization_results(state.nodes, objective, self.space.fixed, self.name)
         import yaml

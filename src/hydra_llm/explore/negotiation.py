@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from hydra_llm.explore.children import CheckFn, ChildSpec
+from hydra_llm.explore.children import CheckFn
 from hydra_llm.explore.proposers.base import ExplorationView, Proposal, Proposer, ProposerReply
 from hydra_llm.explore.space import SearchSpace, parse_value
 from hydra_llm.explore.text import clean_reply, one_line
+from hydra_llm.explore.tree import Node
 
-BuildChild = Callable[[Proposal, int, ExplorationView, dict[str, Any]], ChildSpec]
+BuildChild = Callable[[Proposal, int, ExplorationView, dict[str, Any]], Node]
 
 
 class Negotiator:

@@ -96,7 +96,6 @@ def render_analysis(
 
 def render_ucb(
     scores: Sequence[UCBScore],
-    nodes: Mapping[int, Node],
     objective: Objective,
     block: int,
     formula: str,
@@ -110,7 +109,7 @@ def render_ucb(
         f"=== UCB Scores (Simulation block {block}, {span}, N={len(scores)}, c={c}, formula={formula}) ==="
     ]
     for score in scores:
-        node = nodes[score.node_id]
+        node = score.node
         value = node.metrics.get(objective.metric, math.nan) if node.status == "completed" else math.nan
         parts = [
             f"Node {score.node_id}: UCB={score.ucb:.3f}",

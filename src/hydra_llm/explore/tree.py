@@ -131,6 +131,16 @@ class Node:
     code_version: int = 0  # the code version it trained with (0: the installed code)
 
     @property
+    def node_id(self) -> int:
+        """``id``, under the name the launcher, the proposer's view and its replies use."""
+        return self.id
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Its whole config relative to the block root: block-level values and training overrides."""
+        return {**self.simulation, **self.overrides}
+
+    @property
     def config_hash(self) -> str:
         return config_hash(self.overrides, self.simulation, self.code_version)
 
@@ -211,11 +221,41 @@ def group_rewards(nodes: Sequence[Node]) -> dict[str, list[float]]:
 
 @dataclass(frozen=True)
 class UCBScore:
-    node_id: int
+    """A node's UCB score (a row of the proposer's UCB table); the node's own fields read through it."""
+
+    node: Node
     ucb: float
-    parent: int | None
     visits: int
-    reward: float  # the R used: group mean (or LCB) of the node's config group
+    reward: float  # the R used: group mean (or LCB) of the node's config group, not the node's own
+
+    @property
+    def node_id(self) -> int:
+        return self.node.id
+
+    @property
+    def parent(self) -> int | None:
+        return self.node.parent
+
+    @property
+    def strategy(self) -> str:
+        return self.node.strategy
+
+    @property
+    def status(self) -> str:
+        return self.node.status
+
+    @property
+    def metrics(self) -> Mapping[str, float]:
+        return self.node.metrics
+
+    @property
+    def overrides(self) -> Mapping[str, Any]:
+        """The node's training overrides relative to the block root (without block-level values)."""
+        return self.node.overrides
+
+    @property
+    def mutation_text(self) -> str:
+        return self.node.mutation_text
 
 
 def ucb_scores(
@@ -254,7 +294,7 @@ def ucb_scores(
             bonus = c * math.sqrt(math.log(n_total) / (1 + visits))
         else:
             bonus = c * math.sqrt(n_total) / (1 + visits)
-        scores.append(UCBScore(node.id, r + bonus, node.parent, visits, r))
+        scores.append(UCBScore(node, r + bonus, visits, r))
     scores.sort(key=lambda s: (-s.ucb, s.node_id))
     return scores
 

@@ -25,13 +25,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_llm.explore.child_output import to_job_log
-from hydra_llm.explore.children import ChildOutcome, ChildSpec
+from hydra_llm.explore.children import ChildOutcome, seed_overrides
 from hydra_llm.explore.engine import ExplorationEngine
 from hydra_llm.explore.engine_config import EngineConfig, SweepConfigError, SweepFailedError
 from hydra_llm.explore.interrupts import InterruptGuard, SweepInterrupted, exit_now, watch_sweeper
 from hydra_llm.explore.proposers.base import Proposer
 from hydra_llm.explore.space import SearchSpaceError, format_value, parse_space, to_override_strings
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
+from hydra_llm.explore.tree import Node
 from hydra_llm.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class LLMUCBSweeperImpl:
         self.settings = {k: _plain(v) if k != "proposer" else v for k, v in settings.items()}
         self.returns: list[list[JobReturn]] = []
         self.space: Any = None
+        self.code_editor: Any = None  # set when the sweep edits code: a node's version -> its folder
         self._composed: set[tuple[Any, ...]] = set()
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
@@ -90,7 +92,7 @@ class LLMUCBSweeperImpl:
         self.seed_keys = engine_config.seed_keys
         self.metric = objective.metric
         self.sweep_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.hydra.job.name}-{sweep_dir.name}")
-        code_editor = self._code_editor(s, proposer, sweep_dir)
+        code_editor = self.code_editor = self._code_editor(s, proposer, sweep_dir)
         engine = ExplorationEngine(
             engine_config,
             self.space,
@@ -339,17 +341,18 @@ class LLMUCBSweeperImpl:
         return candidate.read_text(encoding="utf-8")
 
     # ------------------------------------------------------------------ children
-    def overrides(self, child: ChildSpec) -> list[str]:
+    def overrides(self, child: Node) -> list[str]:
         """The child's Hydra overrides: fixed CLI values, block-level and training values, seeds, metadata.
 
         Only numbers and the sanitised sweep id travel as ``sweep_node.*`` overrides; free text (the
         strategy, the hypothesis) stays in ``exploration/children/<job>.json``, which the child reads.
         """
-        values = {**child.simulation, **child.overrides, **child.seed_overrides(self.seed_keys)}
-        code = [f"code.dir={format_value(child.code_dir)}"] if child.code_dir else []
+        values = {**child.config, **seed_overrides(child, self.seed_keys)}
+        code_dir = self.code_editor.folder(child.code_version) if self.code_editor is not None else ""
+        code = [f"code.dir={format_value(code_dir)}"] if code_dir else []
         meta = {
             "sweep_id": self.sweep_id,
-            "node": child.node_id,
+            "node": child.id,
             "parent": child.parent,
             "block": child.block,
             "slot": child.slot,
@@ -361,7 +364,7 @@ class LLMUCBSweeperImpl:
             *(f"++sweep_node.{k}={format_value(v)}" for k, v in meta.items()),
         ]
 
-    def _check_child(self, child: ChildSpec) -> str | None:
+    def _check_child(self, child: Node) -> str | None:
         """Compose the child's config once per override *shape* (Hydra's validate_batch_is_legal).
 
         Values were already checked against the search space, so a child whose override keys and
@@ -378,7 +381,7 @@ class LLMUCBSweeperImpl:
         self._composed.add(shape)
         return None
 
-    def _launch(self, children: Sequence[ChildSpec]) -> list[ChildOutcome]:
+    def _launch(self, children: Sequence[Node]) -> list[ChildOutcome]:
         batch = [self.overrides(c) for c in children]
         try:
             returns = list(self.outer.launcher.launch(batch, initial_job_idx=children[0].job_num))
@@ -389,7 +392,7 @@ class LLMUCBSweeperImpl:
         self.returns.append(returns)
         return [outcome(r, self.metric) for r in returns]
 
-    def _recover(self, children: Sequence[ChildSpec], err: Exception) -> list[ChildOutcome]:
+    def _recover(self, children: Sequence[Node], err: Exception) -> list[ChildOutcome]:
         """Each child's own record; the others failed. When a process pool broke (joblib), a child
         without a record may be a batch mate killed with the pool: it is marked ``lost`` so the
         engine runs it again alone. Elsewhere (SLURM) children are separate jobs and fail by

@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hydra_llm.explore.tree import Node, UCBScore
+
 Classification = Literal["converged", "partial", "failed"]
 
 
@@ -34,41 +36,13 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
-class SlotResult:
-    """One finished child, as the proposer sees it."""
-
-    node_id: int
-    parent: int | None
-    slot: int
-    strategy: str
-    overrides: dict[str, Any]  # relative to the block root
-    status: Literal["completed", "failed"]
-    metrics: dict[str, float]
-    reward: float
-    seeds: dict[str, int]
-    job_num: int
-    output_dir: str
-    error: str | None = None
-    plots: tuple[str, ...] = ()  # paths of PNGs in the child's folder
-
-
-@dataclass(frozen=True)
-class UCBRow:
-    node_id: int
-    ucb: float
-    parent: int | None
-    visits: int
-    reward: float
-    metrics: dict[str, float]
-    mutation: str
-    overrides: dict[str, Any] = field(default_factory=dict)  # the node's config relative to the block root
-    strategy: str = ""
-    status: str = "completed"
-
-
-@dataclass(frozen=True)
 class ExplorationView:
-    """Everything a proposer may read before proposing one batch."""
+    """Everything a proposer may read before proposing one batch.
+
+    The nodes are the sweep's own records (``last_batch``, and each UCB row's ``node``): read them,
+    never change them. A last-batch node's ``config`` is its whole config relative to the block
+    root; a UCB row's ``overrides`` are its node's training overrides.
+    """
 
     first_iteration: int  # iteration number (1-based) of the batch's first slot
     n_iterations: int  # total budget of the sweep
@@ -78,8 +52,8 @@ class ExplorationView:
     is_block_end: bool  # the batch about to be proposed follows a block end (simulation may change)
     n_parallel: int
     slot_roles: tuple[str, ...]
-    ucb_table: tuple[UCBRow, ...]  # current block, sorted by UCB descending
-    last_batch: tuple[SlotResult, ...]  # results of the previous batch (empty at sweep start)
+    ucb_table: tuple[UCBScore, ...]  # current block, sorted by UCB descending
+    last_batch: tuple[Node, ...]  # the previous batch's nodes (empty at sweep start)
     search_space: tuple[ParamSpec, ...]
     block_search_space: tuple[ParamSpec, ...]
     current_simulation: dict[str, Any]  # block-level overrides in force for this block
@@ -91,7 +65,7 @@ class ExplorationView:
     sweep_seed: int
     # At a block end: the finished block's nodes (sorted by their final UCB), the evidence a learned
     # rule may cite; ``ucb_table`` is then the new, empty block. Empty otherwise.
-    finished_block: tuple[UCBRow, ...] = ()
+    finished_block: tuple[UCBScore, ...] = ()
     # Keys the sweeper fixes per slot (``hydra.sweeper.slot_params``): key -> one value per slot.
     # They are part of every node's config and may never be proposed.
     slot_params: dict[str, tuple[Any, ...]] = field(default_factory=dict)

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec, SlotResult, UCBRow
+from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec
 from hydra_llm.explore.protocol import RulesPolicy
+from hydra_llm.explore.tree import Node, UCBScore
 
 BLOCK_END_MARKER = ">>> BLOCK END <<<"
 START_MARKER = ">>> SWEEP START <<<"
@@ -276,7 +277,7 @@ class PromptBuilder:
             return "(empty: this block has no nodes yet; use parent=null)"
         return self._rows(view.ucb_table, view)
 
-    def _rows(self, table: tuple[UCBRow, ...], view: ExplorationView) -> str:
+    def _rows(self, table: tuple[UCBScore, ...], view: ExplorationView) -> str:
         """``Node N: UCB=...`` lines of a UCB table, best first, capped at ``limits.ucb_rows``."""
         metric = view.objective.get("metric", "reward")
         rows = []
@@ -285,22 +286,22 @@ class PromptBuilder:
             parent = "root" if row.parent is None else row.parent
             rows.append(
                 f"Node {row.node_id}: UCB={row.ucb:.3f}, parent={parent}, visits={row.visits}, "
-                f"{metric}={fmt(value)}, status={row.status}, Mutation={row.mutation or 'none'}"
+                f"{metric}={fmt(value)}, status={row.status}, Mutation={row.mutation_text or 'none'}"
             )
         hidden = len(table) - self.limits.ucb_rows
         if hidden > 0:
             rows.append(f"[... {hidden} lower-UCB nodes not shown ...]")
         return "\n".join(rows)
 
-    def _parent_overrides(self, result: SlotResult, view: ExplorationView) -> Mapping[str, Any] | None:
+    def _parent_overrides(self, result: Node, view: ExplorationView) -> Mapping[str, Any] | None:
         if result.parent is None:
             return {}
         for row in (*view.ucb_table, *view.finished_block):
             if row.node_id == result.parent:
                 return row.overrides
         for other in view.last_batch:
-            if other.node_id == result.parent:
-                return other.overrides
+            if other.id == result.parent:
+                return other.config
         return None
 
     def _last_batch(self, view: ExplorationView) -> str:
@@ -309,15 +310,15 @@ class PromptBuilder:
         blocks = [self._slot(result, view) for result in view.last_batch]
         return "\n\n".join(blocks)
 
-    def _slot(self, result: SlotResult, view: ExplorationView) -> str:
+    def _slot(self, result: Node, view: ExplorationView) -> str:
         parent = "root" if result.parent is None else result.parent
         lines = [
-            f"### Slot {result.slot}: node {result.node_id} (parent {parent}), strategy {result.strategy}, "
+            f"### Slot {result.slot}: node {result.id} (parent {parent}), strategy {result.strategy}, "
             f"status {result.status.upper()}, job {result.job_num}",
             "Seeds: " + (", ".join(f"{k}={v}" for k, v in result.seeds.items()) or "n/a"),
             "Config diff vs parent: "
-            + config_diff(result.overrides, self._parent_overrides(result, view), _roots(view)),
-            "Config vs block root: " + format_overrides(result.overrides),
+            + config_diff(result.config, self._parent_overrides(result, view), _roots(view)),
+            "Config vs block root: " + format_overrides(result.config),
             "Metrics: " + (", ".join(f"{k}={fmt(v)}" for k, v in result.metrics.items()) or "none"),
             f"Reward: {fmt(result.reward)}",
         ]
@@ -366,7 +367,7 @@ class PromptBuilder:
                 if mime is None or not path.is_file() or path.stat().st_size > self.limits.image_bytes:
                     continue
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
-                caption = f"Plot of node {result.node_id} (slot {result.slot}): {path.name}"
+                caption = f"Plot of node {result.id} (slot {result.slot}): {path.name}"
                 parts.append({"type": "text", "text": caption})
                 parts.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}})
         return parts

@@ -88,7 +88,7 @@ class LLMReply(_Strict):
 def check_reply(reply: LLMReply, view: ExplorationView) -> list[str]:
     """Whole-reply consistency errors (slots, observed nodes, block end); per-key checks are the engine's."""
     errors: list[str] = []
-    expected = [r.node_id for r in view.last_batch]
+    expected = [n.id for n in view.last_batch]
     got = [o.node_id for o in reply.observations]
     missing = sorted(set(expected) - set(got))
     unknown = sorted(set(got) - set(expected))

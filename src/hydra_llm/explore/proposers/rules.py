@@ -29,9 +29,8 @@ from hydra_llm.explore.proposers.base import (
     Proposer,
     ProposerReply,
     SlotObservation,
-    UCBRow,
 )
-from hydra_llm.explore.tree import Objective, config_hash
+from hydra_llm.explore.tree import Node, Objective, UCBScore, config_hash
 
 SLOT_ROLES = ("exploit", "explore", "failure-probe", "replicate")
 _MIN_REPLICATES = 3
@@ -106,8 +105,8 @@ class RulesProposer(Proposer):
         return reply
 
     def _parent(
-        self, rows: Sequence[UCBRow], by_id: Sequence[UCBRow], strategy: str, rank: int, window: int
-    ) -> UCBRow | None:
+        self, rows: Sequence[UCBScore], by_id: Sequence[UCBScore], strategy: str, rank: int, window: int
+    ) -> UCBScore | None:
         if not rows:
             return None
         if strategy == "explore":
@@ -118,7 +117,7 @@ class RulesProposer(Proposer):
         return rows[rank % len(rows)]
 
     def _replicate(
-        self, rows: Sequence[UCBRow], view: ExplorationView, replicated: set[str], slot: int
+        self, rows: Sequence[UCBScore], view: ExplorationView, replicated: set[str], slot: int
     ) -> Proposal:
         """Re-run the best config group that has fewer than 3 runs (else the best group).
 
@@ -127,7 +126,7 @@ class RulesProposer(Proposer):
         """
         fixed = {key: values[slot] for key, values in view.slot_params.items() if slot < len(values)}
         same_slot = [r for r in rows if all(r.overrides.get(k) == v for k, v in fixed.items())]
-        groups: dict[str, list[UCBRow]] = {}
+        groups: dict[str, list[UCBScore]] = {}
         for row in sorted(same_slot or rows, key=lambda r: r.node_id):
             groups.setdefault(config_hash(row.overrides, view.current_simulation), []).append(row)
         ranked = sorted(groups.items(), key=lambda item: (-item[1][0].reward, item[1][0].node_id))
@@ -150,11 +149,11 @@ class RulesProposer(Proposer):
     def _mutate(
         self,
         view: ExplorationView,
-        parent: UCBRow | None,
+        parent: UCBScore | None,
         strategy: str,
         rng: random.Random,
         taken: set[tuple[Any, str]],
-        by_id: Sequence[UCBRow],
+        by_id: Sequence[UCBScore],
     ) -> Proposal:
         parent_id = parent.node_id if parent else None
         config = dict(parent.overrides) if parent else {}
@@ -191,17 +190,17 @@ class RulesProposer(Proposer):
     def _pick_key(
         self,
         specs: Sequence[ParamSpec],
-        parent: UCBRow | None,
+        parent: UCBScore | None,
         strategy: str,
         rng: random.Random,
         taken: set[tuple[Any, str]],
-        by_id: Sequence[UCBRow],
+        by_id: Sequence[UCBScore],
     ) -> str:
         parent_id = parent.node_id if parent else None
         keys = [s.key for s in specs]
         rng.shuffle(keys)
-        counts = {k: sum(1 for r in by_id if r.mutation.startswith(k + ":")) for k in keys}
-        last_key = parent.mutation.split(":", 1)[0] if parent and parent.mutation else None
+        counts = {k: sum(1 for r in by_id if r.mutation_text.startswith(k + ":")) for k in keys}
+        last_key = parent.mutation_text.split(":", 1)[0] if parent and parent.mutation_text else None
         free = [k for k in keys if (parent_id, k) not in taken] or keys
         if strategy == "explore":
             return min(free, key=lambda k: counts[k])
@@ -240,22 +239,22 @@ class RulesProposer(Proposer):
         return candidates[0]
 
     # ------------------------------------------------------------------ texts
-    def _observe(self, result: Any, objective: Objective, view: ExplorationView) -> SlotObservation:
+    def _observe(self, result: Node, objective: Objective, view: ExplorationView) -> SlotObservation:
         metric = objective.metric
         if result.status == "failed":
             text = (
                 f"failed: {result.error or 'no error summary'}; one failure is not evidence, keep exploring"
             )
-            return SlotObservation(result.node_id, text, "failed", result.strategy)
+            return SlotObservation(result.id, text, "failed", result.strategy)
         value = result.metrics.get(metric, math.nan)
         label = objective.classify(value)
         parent_row = next((r for r in view.ucb_table if r.node_id == result.parent), None)
         delta = ""
         if parent_row is not None and metric in parent_row.metrics:
             delta = f", {value - parent_row.metrics[metric]:+.3f} vs parent Node {result.parent}"
-        change = ", ".join(f"{k}={_fmt(v)}" for k, v in result.overrides.items()) or "root config"
+        change = ", ".join(f"{k}={_fmt(v)}" for k, v in result.config.items()) or "root config"
         text = f"{metric}={value:.4f} ({label}{delta}); config {change}"
-        return SlotObservation(result.node_id, text, label, result.strategy)
+        return SlotObservation(result.id, text, label, result.strategy)
 
     def _memory(self, view: ExplorationView, objective: Objective) -> str:
         metric = objective.metric
@@ -296,12 +295,12 @@ class RulesProposer(Proposer):
             shown = (
                 f"{metric}={value:.4f}" if value is not None and result.status == "completed" else "failed"
             )
-            lines.append(f"- Node {result.node_id} ({result.strategy}): {shown}")
+            lines.append(f"- Node {result.id} ({result.strategy}): {shown}")
         return "\n".join(lines) + "\n"
 
     def _block_summary(self, view: ExplorationView, objective: Objective) -> str:
         # The finished block's whole table when the engine gives it, else its last batch only.
-        nodes: Sequence[UCBRow | Any] = view.finished_block or view.last_batch
+        nodes: Sequence[UCBScore | Node] = view.finished_block or view.last_batch
         scope = f"block {view.block - 1}" if view.finished_block else "the last batch"
         metric = objective.metric
         done = [n for n in nodes if n.status == "completed" and metric in n.metrics]
@@ -312,7 +311,8 @@ class RulesProposer(Proposer):
         if not done:
             return f"Simulation: {sim}\nNo completed runs in {scope}.\nNo protocol changes."
         best = max(done, key=lambda n: (objective.reward(n.metrics[metric]), -n.node_id))
-        config = ", ".join(f"{k}={_fmt(v)}" for k, v in best.overrides.items()) or "root config"
+        shown = best.config if isinstance(best, Node) else best.overrides  # a last-batch node: with its sim
+        config = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()) or "root config"
         return (
             f"Simulation: {sim}\n"
             f"Best {metric} in {scope}: {best.metrics[metric]:.4f} at Node {best.node_id} ({config})\n"
@@ -340,7 +340,7 @@ def _default(specs: Sequence[ParamSpec], key: str) -> Any:
     return next((s.default for s in specs if s.key == key), None)
 
 
-def _converged_streak(by_id: Sequence[UCBRow], objective: Objective) -> int:
+def _converged_streak(by_id: Sequence[UCBScore], objective: Objective) -> int:
     streak = 0
     for row in reversed(by_id):
         if row.status != "completed" or objective.classify(row.metrics.get(objective.metric)) != "converged":
