@@ -4,9 +4,9 @@
     python bench/bench_metabolism.py --seeds 0 --strategies residual --quick
     python bench/bench_metabolism.py --reuse-phase1 --strategies conservation_targets   # the answer, ~1 min
 
-For each simulation seed it trains phase 1 with conf/training/metabolism_phase1.yaml (the default
+For each simulation seed it trains phase 1 with the metabolism_phase1 training defaults (the default
 network of conf/simulation/metabolism_homeostasis.yaml), then phase 2 from that phase-1 model with every
-strategy (overrides of conf/training/metabolism_phase2.yaml and of the model), and prints one table row
+strategy (overrides of the metabolism_phase2 training defaults and of the model), and prints one table row
 per (seed, strategy) and, per strategy, whether the issue's target is met on at least 3 of 4 seeds.
 Rollout strategies unroll ``homeostasis_time_step`` Euler steps per mini-batch, so they get their own,
 smaller budget (``--rollout-aug``). It also
@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from hydra_llm.evaluation.metabolism import evaluate  # noqa: E402
-from hydra_llm.models.metabolism_gnn import MetabolismGNN  # noqa: E402
+from hydra_llm.models.metabolism import MetabolismGNN, fit_model, training_options  # noqa: E402
 from hydra_llm.simulation.metabolism import MetabolismDataModule  # noqa: E402
 
-# phase-2 strategies: (training overrides of conf/training/metabolism_phase2.yaml, model overrides)
+# phase-2 strategies: (overrides of the metabolism_phase2 training defaults, model overrides)
 ROLLOUT = {"residual_supervision_weight": 0.0, "rollout_loss_weight": 1.0}
 # data terms only through the conservation laws of S (w^T S = 0), node term affine in c, 1-D embedding
 CONSERVATION = {"conservation_loss_weight": 1.0, "residual_supervision_weight": 0.0}
@@ -117,7 +117,7 @@ def main() -> None:
         help="phase-2 data_augmentation_loop of the rollout strategies (each step unrolls T Euler steps)",
     )
     parser.add_argument(
-        "--reuse-phase1", action="store_true", help="load <out>/seed<s>/metabolism_phase1.pt when present"
+        "--reuse-phase1", action="store_true", help="load <out>/seed<s>/metabolism_phase1.ckpt when present"
     )
     parser.add_argument(
         "--train-seed", type=int, default=None, help="phase-2 training seed (model init, batches)"
@@ -133,9 +133,10 @@ def main() -> None:
     sim_cfg.pop("_target_")
     model_cfg = load_yaml("model/metabolism_gnn.yaml")
     model_cfg.pop("_target_")
-    phase1 = load_yaml("training/metabolism_phase1.yaml")
-    phase2 = load_yaml("training/metabolism_phase2.yaml")
-    phase2.pop("phase1_cache_dir")
+    phase1 = training_options({})
+    phase2 = training_options({"phase": 2})
+    for key in ("phase1", "phase1_cache_dir"):  # every phase-2 run loads this bench's phase-1 checkpoint
+        phase2.pop(key)
     if args.quick:
         phase1["data_augmentation_loop"] = phase1["data_augmentation_loop"] / 10
         phase2["data_augmentation_loop"] = phase2["data_augmentation_loop"] / 10
@@ -158,7 +159,7 @@ def main() -> None:
         dm.setup()
         obs, gt = dm.observations, dm.ground_truth
         data[seed] = (obs, gt)
-        checkpoints[seed] = out / f"seed{seed}" / "metabolism_phase1.pt"
+        checkpoints[seed] = out / f"seed{seed}" / "metabolism_phase1.ckpt"
         torch.manual_seed(phase1["seed"])
         model = MetabolismGNN(obs, training=phase1, **model_cfg)
         steps = model.steps_per_epoch() * int(phase1["n_epochs"])
@@ -168,8 +169,7 @@ def main() -> None:
             model.load_state_dict(state)
             steps_note = f"{steps} (reused)"
         else:
-            model.fit_steps(steps)
-            model.save_phase_checkpoint(checkpoints[seed])
+            fit_model(model, checkpoints[seed].parent)
             steps_note = str(steps)
         minutes = (time.perf_counter() - start) / 60
         m = evaluate(model, obs, gt, out / f"seed{seed}" / "phase1", make_plots=True)
@@ -207,7 +207,7 @@ def main() -> None:
             model = MetabolismGNN(obs, training=training, **{**model_cfg, **model_over})
             steps = model.steps_per_epoch() * int(training["n_epochs"])
             start = time.perf_counter()
-            model.fit_steps(steps)
+            fit_model(model, out / f"seed{seed}" / name)
             minutes = (time.perf_counter() - start) / 60
             m = evaluate(model, obs, gt, out / f"seed{seed}" / name, make_plots=True)
             results[name].append(meets_target(m))

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
-import yaml
 
 from hydra_llm.evaluation.flyvis import ConnectivityR2Log, corrected_weights, evaluate
 from hydra_llm.models.flyvis_gnn import FlyvisGNN, aggregate_source_messages
+from hydra_llm.schemas.training import FlyvisTraining
 from hydra_llm.simulation.flyvis import FlyvisDataModule
 
 ROOT = Path(__file__).parents[1]
 TINY = Path(__file__).parent / "data" / "flyvis_tiny_connectome.json"
-TRAINING = yaml.safe_load((ROOT / "conf" / "training" / "flyvis.yaml").read_text())
+TRAINING = asdict(FlyvisTraining())
 FAMS = ["moving_edge", "moving_bar", "grating", "flash", "white_noise", "blank"]
 
 

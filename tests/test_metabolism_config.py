@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
@@ -72,6 +73,21 @@ def test_regime_selects_its_model_training_and_evaluation():
     assert phase2.training.phase1_cache_dir == phase2.paths.cache_dir
 
 
+def test_training_options_are_typed_and_set_the_trainer_loop():
+    cfg = _compose(["simulation=metabolism_homeostasis", "training=metabolism_phase2"])
+    # the phase-2 schema's defaults, its nested phase-1 block, and the cache dir from paths
+    assert cfg.training.lr_schedule == "constant" and cfg.training.phase1.lr_schedule == "warmup_decay"
+    assert cfg.training.phase1_cache_dir == cfg.paths.cache_dir
+    assert (cfg.trainer.accumulate_grad_batches, cfg.trainer.gradient_clip_val) == (1, 1.0)
+    tuned = _compose(["simulation=metabolism_homeostasis", "training.gradient_accumulation=4"])
+    assert tuned.trainer.accumulate_grad_batches == 4
+    signal = _compose([])  # options without them leave Lightning's defaults
+    assert (signal.trainer.accumulate_grad_batches, signal.trainer.gradient_clip_val) == (1, None)
+    for bad in ("training.batch_sizes=4", "training.lr_schedule=step", "training.phase1.seeds=1"):
+        with pytest.raises(Exception, match=bad.split("=")[0].split(".")[-1]):
+            _compose(["simulation=metabolism_homeostasis", "training=metabolism_phase2", bad])
+
+
 def test_study_composes_with_the_sweeper_and_its_space_parses():
     from hydra_llm.explore.space import _parser, _spec_from_override
 
@@ -102,7 +118,7 @@ def test_tiny_phase1_then_phase2_run_writes_every_seed_metric(tmp_path):
         cfg.paths.output_dir = str(tmp_path / "p1")
     metrics = run(cfg)
     assert metrics["rate_constants_R2"] > 0.3
-    checkpoint = tmp_path / "p1" / "metabolism_phase1.pt"
+    checkpoint = tmp_path / "p1" / "metabolism_phase1.ckpt"
     assert checkpoint.exists()
 
     cfg2 = _compose(

@@ -11,7 +11,7 @@ import torch
 from omegaconf import open_dict
 
 from hydra_llm.evaluation.metabolism import evaluate, kmeans_embedding_metrics
-from hydra_llm.models.metabolism_gnn import MetabolismGNN, conservation_basis
+from hydra_llm.models.metabolism import MetabolismGNN, conservation_basis, fit_model
 from hydra_llm.simulation.metabolism import MetabolismDataModule
 from hydra_llm.train import run
 from tests.test_metabolism_config import TINY_OVERRIDES, _compose
@@ -35,9 +35,9 @@ def tiny_with_checkpoint(tmp_path_factory):
     dm = MetabolismDataModule(**TINY_SIM)
     dm.setup()
     obs = dm.observations
-    model = _phase1(obs, data_augmentation_loop=30)  # a rough phase 1: the targets must not need a good one
-    path = tmp_path_factory.mktemp("p1") / "metabolism_phase1.pt"
-    model.save_phase_checkpoint(path)
+    out = tmp_path_factory.mktemp("p1")
+    _phase1(obs, out, data_augmentation_loop=30)  # a rough phase 1: the targets must not need a good one
+    path = out / "metabolism_phase1.ckpt"
     return obs, dm.ground_truth, path
 
 
@@ -68,7 +68,7 @@ def test_conservation_targets_reach_the_phase2_target(tiny_with_checkpoint, tmp_
     torch.manual_seed(0)
     model = MetabolismGNN(obs, training={**TARGETS, "phase1_checkpoint": str(path)}, **AFFINE_1D)
     reactions = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("log_k", "MLP_sub"))}
-    model.fit_steps(model.steps_per_epoch())
+    fit_model(model, tmp_path)
     for key, value in reactions.items():
         assert torch.equal(model.state_dict()[key], value), key
     m = evaluate(model, obs, gt, tmp_path, slope_c_min=1.0, slope_c_max=9.0, make_plots=False)
@@ -90,7 +90,7 @@ def test_kmeans_check_picks_k_without_labels():
     assert one == {"embedding_cluster_acc_kmeans": 0.5, "embedding_n_clusters_kmeans": 1.0}
 
 
-def test_conservation_loss_by_sgd_moves_the_node_term(tiny_with_checkpoint):
+def test_conservation_loss_by_sgd_moves_the_node_term(tiny_with_checkpoint, tmp_path):
     obs, _, path = tiny_with_checkpoint
     training = {
         **TARGETS,
@@ -99,7 +99,7 @@ def test_conservation_loss_by_sgd_moves_the_node_term(tiny_with_checkpoint):
         "phase1_checkpoint": str(path),
     }
     model = MetabolismGNN(obs, training=training, **SMALL_ARCH)
-    model.fit_steps(model.steps_per_epoch())
+    fit_model(model, tmp_path)
     assert set(model.phase2_losses(torch.arange(4))) == {"conservation"}
     assert model.loss_history[-1] < model.loss_history[0]
 
@@ -133,5 +133,5 @@ def test_task_function_runs_the_conservation_targets_from_the_configs(tmp_path):
     saved = json.loads((tmp_path / "p2" / "metrics.json").read_text())
     assert saved["avg_slope_ratio"] == pytest.approx(metrics["avg_slope_ratio"])
     assert 0.8 <= metrics["slope_ratio_0"] <= 1.2 and 0.8 <= metrics["slope_ratio_1"] <= 1.2, metrics
-    assert list((tmp_path / "c").glob("metabolism_phase1-*.pt"))  # phase 1 was trained and cached
+    assert list((tmp_path / "c").glob("metabolism_phase1-*.ckpt"))  # phase 1 was trained and cached
     assert cfg.training.node_target_weight == 1.0 and cfg.training.residual_supervision_weight == 0.0

@@ -16,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-import hydra_llm.models.metabolism_gnn as model_module
+import hydra_llm.models.metabolism as model_module
 from hydra_llm.simulation.base import GroundTruth
 from hydra_llm.simulation.metabolism import MetabolismDataModule
 from hydra_llm.train import run
@@ -60,7 +60,7 @@ def _run(tmp_path, name: str, target: str | None):
         if target is not None:
             cfg.simulation._target_ = target
     metrics = run(cfg)
-    state = torch.load(out / "metabolism_phase2.pt", weights_only=False)["state_dict"]
+    state = torch.load(out / "metabolism_phase2.ckpt", weights_only=False)["state_dict"]
     return metrics, state
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hydra_llm.evaluation.metabolism import evaluate, line_fits
-from hydra_llm.models.metabolism_gnn import MetabolismGNN, lr_factor, training_options
+from hydra_llm.models.metabolism import MetabolismGNN, fit_model, lr_factor, training_options
 from hydra_llm.simulation.base import Observations
 from hydra_llm.simulation.metabolism import MetabolismDataModule
 
@@ -33,7 +33,7 @@ def tiny():
     return dm.observations, dm.ground_truth
 
 
-def _phase1(obs, **training):
+def _phase1(obs, out, **training):
     torch.manual_seed(0)
     opts = {
         "data_augmentation_loop": 300,
@@ -41,17 +41,16 @@ def _phase1(obs, **training):
         **training,
     }
     model = MetabolismGNN(obs, training=opts, **SMALL_ARCH)
-    model.fit_steps(model.steps_per_epoch())
+    fit_model(model, out)
     return model
 
 
 @pytest.fixture(scope="module")
 def tiny_phase1(tiny, tmp_path_factory):
     obs, _ = tiny
-    model = _phase1(obs)
-    path = tmp_path_factory.mktemp("p1") / "metabolism_phase1.pt"
-    model.save_phase_checkpoint(path)
-    return model, path
+    out = tmp_path_factory.mktemp("p1")
+    model = _phase1(obs, out)
+    return model, out / "metabolism_phase1.ckpt"
 
 
 def test_reaction_term_matches_a_per_reaction_oracle(tiny):
@@ -98,7 +97,7 @@ def test_phase2_freezes_reactions_and_learns_homeostasis(tiny, tiny_phase1, tmp_
     model = MetabolismGNN(obs, training=training, **SMALL_ARCH)
     torch.testing.assert_close(model.log_k, phase1.log_k)
     before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("log_k", "MLP_sub"))}
-    model.fit_steps(model.steps_per_epoch())
+    fit_model(model, tmp_path)
     for key, value in before.items():
         assert torch.equal(model.state_dict()[key], value), key
     metrics = evaluate(model, obs, gt, tmp_path, slope_c_min=1.0, slope_c_max=9.0)
@@ -110,7 +109,7 @@ def test_phase2_freezes_reactions_and_learns_homeostasis(tiny, tiny_phase1, tmp_
         assert (tmp_path / "plots" / name).stat().st_size > 1000
 
 
-def test_phase2_strategies_all_run(tiny, tiny_phase1):
+def test_phase2_strategies_all_run(tiny, tiny_phase1, tmp_path):
     obs, _ = tiny
     _, path = tiny_phase1
     training = {
@@ -130,7 +129,7 @@ def test_phase2_strategies_all_run(tiny, tiny_phase1):
         "gradient_clip_val": 0.5,
     }
     model = MetabolismGNN(obs, training=training, **SMALL_ARCH)
-    model.fit_steps(model.steps_per_epoch())
+    fit_model(model, tmp_path)
     assert all(math.isfinite(v) for v in model.loss_history)
     assert model.node_amplification == pytest.approx(1.0)  # decayed by the end
     multi = MetabolismGNN(obs, training={**training, "multi_scale_rollout": True}, **SMALL_ARCH)
@@ -148,7 +147,7 @@ def test_phase2_without_checkpoint_trains_and_caches_phase1(tiny, tmp_path):
         "homeostasis_time_step": 2,
     }
     first = MetabolismGNN(obs, training=training, **SMALL_ARCH)
-    cached = list(tmp_path.glob("metabolism_phase1-*.pt"))
+    cached = list(tmp_path.glob("metabolism_phase1-*.ckpt"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     second = MetabolismGNN(obs, training=training, **SMALL_ARCH)
@@ -170,7 +169,7 @@ def test_checkpoint_mismatch_and_bad_options_raise(tiny, tiny_phase1, tmp_path):
     with pytest.raises(ValueError, match="training.lr_schedule.*allowed values"):
         training_options({"lr_schedule": "step"})
     with pytest.raises(ValueError, match="training.phase1_checkpoint"):
-        training_options({"phase": 2})
+        training_options({"phase": 2, "phase1": None})
     with pytest.raises(ValueError, match="model.aggr_type"):
         MetabolismGNN(obs, training={}, aggr_type="max")
     bare = Observations(activity=obs.activity, derivative=obs.derivative, dt=obs.dt, n_train_frames=10)
@@ -178,10 +177,42 @@ def test_checkpoint_mismatch_and_bad_options_raise(tiny, tiny_phase1, tmp_path):
         MetabolismGNN(bare, training={})
 
 
-def test_learnable_stoichiometry_and_additive_aggregation_train(tiny):
+def test_the_trainer_runs_the_loop_the_options_describe(tiny, tmp_path):
+    obs, _ = tiny
+    training = {
+        "data_augmentation_loop": 20,
+        "gradient_accumulation": 2,
+        "k_least_squares_every": 3,
+        "lr_schedule": "warmup_decay",
+    }
+    model = MetabolismGNN(obs, training=training, **SMALL_ARCH)
+    refits: list[int] = []
+    refit = model.refit_rate_constants
+    model.refit_rate_constants = lambda: (refits.append(model.optimiser_step), refit())
+    trainer = fit_model(model, tmp_path)
+    total = model.steps_per_epoch() // 2
+    assert trainer.global_step == model.total_steps == total
+    # k is refit after every 3rd optimiser step, and once more at the epoch's end
+    assert refits == [*range(3, total + 1, 3), total]
+    # the LambdaLR schedule, stepped once per optimiser step, ends where lr_factor says
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(
+        model.opts["learning_rate_k"] * lr_factor("warmup_decay", total, total, model.opts)
+    )
+    checkpoint = torch.load(tmp_path / "metabolism_phase1.ckpt", weights_only=False)
+    assert checkpoint["metabolism"]["phase"] == 1 and checkpoint["optimizer_states"]
+    other = MetabolismGNN(obs, training=training, **SMALL_ARCH)
+    with pytest.raises(
+        ValueError, match="trainer.accumulate_grad_batches=1 but the training options ask for 2"
+    ):
+        fit_model(other, tmp_path / "x", accumulate_grad_batches=1)
+
+
+def test_learnable_stoichiometry_and_additive_aggregation_train(tiny, tmp_path):
     obs, _ = tiny
     model = _phase1(
         obs,
+        tmp_path,
         data_augmentation_loop=3,
         freeze_stoichiometry=False,
         coeff_S_L1=0.01,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hydra_llm.simulation.frames import FrameSampling, start_frame_loader
 from hydra_llm.simulation.metabolism import (
     MetabolismDataModule,
     build_reaction_network,
@@ -128,11 +129,11 @@ def test_bad_input_names_the_key(kwargs, key):
 def test_dataloader_serves_reproducible_start_frames():
     dm = MetabolismDataModule(**TINY)
     dm.setup()
-    dm.configure_sampling(batch_size=4, steps_per_epoch=5, window=8, seed=1)
-    first = torch.cat(list(dm.train_dataloader()))
-    again = torch.cat(list(dm.train_dataloader()))
+    n_train = dm.observations.n_train_frames
+    sampling = FrameSampling(batch_size=4, batches_per_epoch=5, seed=1)
+    first = torch.cat([b["frame"] for b in start_frame_loader(n_train, sampling, window=9)])
+    again = torch.cat([b["frame"] for b in start_frame_loader(n_train, sampling, window=9)])
     assert first.shape == (20,) and torch.equal(first, again)
-    assert int(first.max()) < dm.observations.n_train_frames - 8
+    assert int(first.max()) < n_train - 8
     with pytest.raises(ValueError, match="simulation.n_frames"):
-        dm.configure_sampling(batch_size=4, steps_per_epoch=5, window=500)
-        dm.train_dataloader()
+        start_frame_loader(n_train, sampling, window=501)

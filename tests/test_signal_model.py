@@ -7,6 +7,7 @@ import torch
 
 from hydra_llm.models.layers import EdgeMessagePassing
 from hydra_llm.models.signal_gnn import SignalGNN
+from hydra_llm.schemas.training import SignalTraining
 from hydra_llm.simulation.signal import SignalDataModule
 
 TRAINING = dict(
@@ -164,10 +165,14 @@ def test_bad_training_values_are_rejected(sparse_dm, training, message):
     assert message in str(err.value)
 
 
-def test_missing_training_key_and_bad_model_options(sparse_dm):
+def test_misspelt_training_key_and_bad_model_options(sparse_dm):
+    # a key left out takes the schema's default; a misspelt one is named with the allowed keys
     incomplete = {k: v for k, v in TRAINING.items() if k != "coeff_phi_zero"}
-    with pytest.raises(ValueError, match="training.coeff_phi_zero is missing"):
-        SignalGNN(sparse_dm.observations, incomplete)
+    assert SignalGNN.check_training(incomplete)["coeff_phi_zero"] == SignalTraining.coeff_phi_zero
+    with pytest.raises(
+        ValueError, match=r"training: unknown keys \['coeff_phi_zer'\]; allowed keys: \[.*'coeff_phi_zero'"
+    ):
+        SignalGNN(sparse_dm.observations, {**incomplete, "coeff_phi_zer": 1.0})
     with pytest.raises(ValueError, match="model.w_layout='csr'"):
         SignalGNN(sparse_dm.observations, TRAINING, w_layout="csr")
     obs = sparse_dm.observations

@@ -119,7 +119,7 @@ def test_default_run_reaches_the_issue_gates(tmp_path):
     [
         (
             "training.learning_rate_W_start=-1",
-            "training.learning_rate_W_start=-1: must be a finite float > 0",
+            "training.learning_rate_W_start=-1.0: must be a finite float > 0",  # typed: -1 is the float -1.0
         ),
         ("training.batch_size=0", "training.batch_size=0: must be an integer >= 1"),
         ("simulation.connectivity_filling_factor=1.5", "simulation.connectivity_filling_factor=1.5"),

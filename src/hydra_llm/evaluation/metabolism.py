@@ -152,7 +152,7 @@ def evaluate(
     dbscan_min_samples: int = 5,
     make_plots: bool = True,
 ) -> dict[str, float]:
-    """All metabolism metrics of a trained :class:`~hydra_llm.models.metabolism_gnn.MetabolismGNN`."""
+    """All metabolism metrics of a trained :class:`~hydra_llm.models.metabolism.MetabolismGNN`."""
     if slope_c_max <= slope_c_min:
         raise ValueError(f"evaluation.slope_c_max must be > slope_c_min, got {slope_c_min}, {slope_c_max}")
     out_dir = Path(out_dir)

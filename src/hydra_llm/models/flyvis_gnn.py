@@ -41,65 +41,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from hydra_llm.models.checks import (
-    check_augmentation,
-    check_coefficients,
-    check_counts,
-    check_rates,
-    require_keys,
-)
 from hydra_llm.models.frame_gnn import FrameGNN
 from hydra_llm.models.layers import EdgeMessagePassing
 from hydra_llm.models.mlp import MLP
+from hydra_llm.schemas import as_dict
+from hydra_llm.schemas.training import FlyvisTraining
 from hydra_llm.simulation.base import Observations
 from hydra_llm.simulation.frames import FrameSampling, iterations_per_epoch
 
-LEARNING_RATES = ("learning_rate_W_start", "learning_rate_start", "learning_rate_embedding_start")
-COEFFICIENTS = (
-    "coeff_W_L1",
-    "coeff_W_L2",
-    "coeff_g_phi_diff",
-    "coeff_g_phi_norm",
-    "coeff_g_phi_weight_L1",
-    "coeff_g_phi_weight_L2",
-    "coeff_f_theta_weight_L1",
-    "coeff_f_theta_weight_L2",
-    "coeff_f_theta_msg_diff",
-    "regul_annealing_rate",
-)
-SCHEDULE = ("data_augmentation_loop", "batch_size", "n_epochs", "seed")
 W_INIT_MODES = ("zeros", "randn", "randn_scaled")
 AGGREGATIONS = ("node", "edge")
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "learning_rate_update_start": None,
-    "max_steps_per_epoch": None,
-    "alternate_training": False,
-    "n_alternations": 4,
-    "alternate_vrest_ratio": 0.5,
-    "alternate_lr_ratio": 0.001,
-    "alternate_lr_W": None,
-    "alternate_lr_edge": None,
-    "alternate_lr_update": None,
-    "alternate_lr_embedding": None,
-    "recurrent_training": False,
-    "time_step": 1,
-    "noise_recurrent_level": 0.0,
-}
 
 
-def validate_training(training: Mapping[str, Any]) -> dict[str, Any]:
-    """Fill optional keys and check the ones this model reads; ValueError names the bad key."""
-    cfg = {**TRAINING_DEFAULTS, **dict(training)}
-    require_keys(cfg, (*LEARNING_RATES, *COEFFICIENTS, *SCHEDULE), "flyvis GNN")
-    check_rates(cfg, LEARNING_RATES)
-    check_coefficients(cfg, COEFFICIENTS)
-    check_counts(cfg, ("batch_size", "n_epochs", "n_alternations", "time_step"))
-    if not 0.0 < float(cfg["alternate_vrest_ratio"]) < 1.0:
-        raise ValueError(
-            f"training.alternate_vrest_ratio={cfg['alternate_vrest_ratio']!r}: must be in (0, 1)"
-        )
-    check_augmentation(cfg)
-    return cfg
+def validate_training(training: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``training`` over the :class:`FlyvisTraining` defaults, checked; ValueError names the bad key."""
+    return as_dict(FlyvisTraining, training)
 
 
 def aggregate_source_messages(

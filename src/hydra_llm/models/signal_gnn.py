@@ -29,34 +29,21 @@ import torch
 from torch import nn
 
 from hydra_llm.code_edits.loader import strategy
-from hydra_llm.models.checks import (
-    check_augmentation,
-    check_coefficients,
-    check_counts,
-    check_rates,
-    require_keys,
-)
 from hydra_llm.models.frame_gnn import FrameGNN
 from hydra_llm.models.layers import EdgeGraph, aggregate_dense, aggregate_edges
 from hydra_llm.models.mlp import MLP
+from hydra_llm.schemas import as_dict
+from hydra_llm.schemas.training import SignalTraining
 from hydra_llm.simulation.base import Observations
 from hydra_llm.simulation.frames import FrameSampling, iterations_per_epoch
 
-LEARNING_RATES = ("learning_rate_W_start", "learning_rate_start", "learning_rate_embedding_start")
-COEFFICIENTS = ("coeff_W_L1", "coeff_edge_diff", "coeff_edge_norm", "coeff_phi_zero")
-SCHEDULE = ("data_augmentation_loop", "batch_size", "n_epochs", "seed")
 W_LAYOUTS = ("auto", "dense", "edges")
 SIGNAL_LOSS = "hydra_llm.strategies.signal_loss"  # the editable loss (see its module)
 
 
-def validate_training(training: Mapping[str, Any]) -> dict[str, Any]:
-    """Check the training keys this model reads; raise ValueError naming the first bad key."""
-    require_keys(training, (*LEARNING_RATES, *COEFFICIENTS, *SCHEDULE), "signal GNN")
-    check_rates(training, LEARNING_RATES)
-    check_coefficients(training, COEFFICIENTS)
-    check_counts(training, ("batch_size", "n_epochs"))
-    check_augmentation(training)
-    return dict(training)
+def validate_training(training: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``training`` over the :class:`SignalTraining` defaults, checked; ValueError names the bad key."""
+    return as_dict(SignalTraining, training)
 
 
 class SignalGNN(FrameGNN):

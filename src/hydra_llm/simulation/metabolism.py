@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader
 
 from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
+from hydra_llm.simulation.frames import start_frame_loader
 
 log = logging.getLogger(__name__)
 
@@ -144,26 +145,12 @@ def baseline_at(time: float, baseline: torch.Tensor, amplitude: float, period: f
     return baseline * (1.0 + amplitude * math.sin(2.0 * math.pi * time / period))
 
 
-class _FrameRange(Dataset):
-    """Frame indices ``0 .. n_valid - 1``."""
-
-    def __init__(self, n_valid: int) -> None:
-        self.n_valid = n_valid
-
-    def __len__(self) -> int:
-        return self.n_valid
-
-    def __getitem__(self, idx: int) -> int:
-        return idx
-
-
 class MetabolismDataModule(SimulationDataModule):
     """Simulate (or load from cache) the metabolic network; serve random start frames.
 
-    Training frames are served as start indices (int64 batches); the model reads the frames (and the
-    following ``window`` frames for rollouts) from its own copy of the Observations. The model sets the
-    batch size, the number of steps per epoch and the window through :meth:`configure_sampling`
-    before the dataloader is requested (its ``setup`` hook).
+    Training frames are served as start indices (batches ``{"frame": (B,)}``); the model reads the frames
+    (and the following ones for rollouts) from its own copy of the Observations. The attached module's
+    ``frame_sampling`` and ``frame_window`` set the batch size, the batches per epoch and the window.
     """
 
     def __init__(
@@ -256,7 +243,6 @@ class MetabolismDataModule(SimulationDataModule):
         self.stoichiometry_known = bool(stoichiometry_known)
         self.seed = int(seed)
         self.cache_dir = cache_dir
-        self._sampling = {"batch_size": 8, "steps_per_epoch": 100, "window": 1, "seed": 0}
 
     # ----------------------------------------------------------------- cache
     def cache_key_params(self) -> dict[str, Any]:
@@ -373,33 +359,10 @@ class MetabolismDataModule(SimulationDataModule):
         )
         return obs, gt
 
-    # ------------------------------------------------------------- sampling
-    def configure_sampling(self, batch_size: int, steps_per_epoch: int, window: int, seed: int = 0) -> None:
-        """Set how training frames are drawn: ``steps_per_epoch`` batches of ``batch_size`` start frames,
-        each followed by at least ``window`` recorded frames inside the training range."""
-        _check(batch_size >= 1, "batch_size", f"must be >= 1, got {batch_size}")
-        _check(steps_per_epoch >= 1, "steps_per_epoch", f"must be >= 1, got {steps_per_epoch}")
-        self._sampling = {
-            "batch_size": int(batch_size),
-            "steps_per_epoch": int(steps_per_epoch),
-            "window": int(window),
-            "seed": int(seed),
-        }
-
+    # ------------------------------------------------------------- Lightning hooks
     def train_dataloader(self) -> DataLoader:
-        s = self._sampling
-        n_valid = self.observations.n_train_frames - int(s["window"])
-        _check(
-            n_valid >= 1,
-            "n_frames",
-            f"too few training frames ({self.observations.n_train_frames}) for a rollout of {s['window']}",
+        """Random start frames for the attached module (its ``frame_sampling`` and ``frame_window``)."""
+        module = self.trainer.lightning_module
+        return start_frame_loader(
+            self.observations.n_train_frames, module.frame_sampling, module.frame_window
         )
-        # sampling with replacement; a seeded generator makes every epoch a new, reproducible draw
-        generator = torch.Generator().manual_seed(int(s["seed"]))
-        sampler = RandomSampler(
-            _FrameRange(n_valid),
-            replacement=True,
-            num_samples=s["batch_size"] * s["steps_per_epoch"],
-            generator=generator,
-        )
-        return DataLoader(_FrameRange(n_valid), batch_size=s["batch_size"], sampler=sampler, num_workers=0)

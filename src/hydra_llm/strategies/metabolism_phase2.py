@@ -1,7 +1,7 @@
 """The phase-2 loss of the metabolism GNN (an editable strategy).
 
 ``phase2_losses(model, starts)`` returns every loss term of one batch, already weighted; the update
-step sums them. ``model`` is the :class:`~hydra_llm.models.metabolism_gnn.MetabolismGNN` in phase 2:
+step sums them. ``model`` is the :class:`~hydra_llm.models.metabolism.MetabolismGNN` in phase 2:
 its recorded concentrations ``activity`` (T, N) and their derivative ``derivative`` (T, N), the frozen
 phase-1 reaction term, the homeostasis (node) term being learned, and its options ``opts``. It holds
 no ground truth.

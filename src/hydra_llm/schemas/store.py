@@ -1,0 +1,23 @@
+"""Registers the typed options in Hydra's ConfigStore (called on every Hydra start, see the package)."""
+
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+
+from hydra_llm.schemas.training import (
+    FlyvisTraining,
+    MetabolismPhase1Training,
+    MetabolismPhase2Training,
+    SignalTraining,
+)
+
+
+def register() -> None:
+    """``training=default|flyvis|metabolism_phase1|metabolism_phase2`` as typed configs."""
+    cs = ConfigStore.instance()
+    cs.store(group="training", name="default", node=SignalTraining)
+    cs.store(group="training", name="flyvis", node=FlyvisTraining)
+    cs.store(group="training", name="metabolism_phase1", node=MetabolismPhase1Training)
+    # in a Hydra run the phase-1 cache sits with the other cached data
+    phase2 = MetabolismPhase2Training(phase1_cache_dir="${paths.cache_dir}")
+    cs.store(group="training", name="metabolism_phase2", node=phase2)
