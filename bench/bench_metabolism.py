@@ -17,6 +17,7 @@ Prints the machine load with every timing.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import sys
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one table row per fit, no banners
 
     sim_cfg = load_yaml("simulation/metabolism_homeostasis.yaml")["simulation"]
     sim_cfg.pop("_target_")

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from hydra_llm.code_edits.loader import strategy
+from hydra_llm.files import atomic_write
 from hydra_llm.models.metabolism import least_squares, losses
 from hydra_llm.models.metabolism.network import REACTION_ARCH_KEYS, ReactionNetwork
 from hydra_llm.models.metabolism.options import amplification, lr_factor, trainer_settings, training_options
@@ -223,7 +224,7 @@ class MetabolismGNN(ReactionNetwork):
 
     def on_train_end(self) -> None:
         path = Path(self.trainer.default_root_dir) / f"metabolism_phase{self.opts['phase']}.ckpt"
-        save_checkpoint(self.trainer, path)
+        atomic_write(path, self.trainer.save_checkpoint)  # never a partial file for phase 2 to load
 
     # ------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -319,19 +320,6 @@ def fit_model(model: MetabolismGNN, out_dir: Path, **trainer_kwargs: Any) -> pl.
     loader = start_frame_loader(model.n_train_frames, model.frame_sampling, model.frame_window)
     trainer.fit(model, train_dataloaders=loader)
     return trainer
-
-
-def save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
-    """``trainer.save_checkpoint`` under a unique temporary name, then renamed: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        trainer.save_checkpoint(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _digest(observations: Observations) -> str:
