@@ -81,7 +81,7 @@ def test_aggregation_is_the_sparse_sum():
 @pytest.mark.parametrize(
     ("model_kw", "train_kw", "message"),
     [
-        ({"w_init_mode": "ones"}, {}, "allowed: \\['zeros', 'randn', 'randn_scaled'\\]"),
+        ({"w_init_mode": "ones"}, {}, r"w_init_mode='ones': allowed values: \[zeros, randn, randn_scaled\]"),
         ({"aggregation": "dense"}, {}, "model.aggregation"),
         ({}, {"coeff_W_L1": -1.0}, "training.coeff_W_L1"),
         ({}, {"learning_rate_W_start": 0.0}, "training.learning_rate_W_start"),

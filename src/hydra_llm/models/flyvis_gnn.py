@@ -44,13 +44,11 @@ from torch import nn
 from hydra_llm.models.frame_gnn import FrameGNN
 from hydra_llm.models.layers import EdgeMessagePassing
 from hydra_llm.models.mlp import MLP
-from hydra_llm.schemas import as_dict
+from hydra_llm.schemas import as_dict, plain, validate
+from hydra_llm.schemas.models import FlyvisModel
 from hydra_llm.schemas.training import FlyvisTraining
 from hydra_llm.simulation.base import Observations
 from hydra_llm.simulation.frames import FrameSampling, iterations_per_epoch
-
-W_INIT_MODES = ("zeros", "randn", "randn_scaled")
-AGGREGATIONS = ("node", "edge")
 
 
 def validate_training(training: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -78,39 +76,28 @@ class FlyvisGNN(FrameGNN):
     log_every = 100
 
     def __init__(
-        self,
-        observations: Observations,
-        training: Mapping[str, Any],
-        embedding_dim: int = 2,
-        hidden_dim: int = 80,
-        n_layers: int = 3,
-        hidden_dim_update: int = 80,
-        n_layers_update: int = 3,
-        activation: str = "relu",
-        g_phi_positive: bool = True,
-        w_init_mode: str = "randn_scaled",
-        w_init_scale: float = 1.0,
-        aggregation: str = "node",
+        self, observations: Observations, training: Mapping[str, Any] | None = None, **architecture: Any
     ) -> None:
+        """Args:
+        observations: voltages and their derivative (T, N), ``edge_index`` (2, E), ``external_input``.
+        training: training options (:class:`~hydra_llm.schemas.training.FlyvisTraining`).
+        **architecture: :class:`~hydra_llm.schemas.models.FlyvisModel` keys; missing ones take its defaults.
+        """
         super().__init__()
         if observations.edge_index is None or observations.external_input is None:
             raise ValueError(
                 "the flyvis GNN needs Observations.edge_index and external_input (simulation=flyvis_*)"
             )
-        if w_init_mode not in W_INIT_MODES:
-            raise ValueError(f"model.w_init_mode={w_init_mode!r}; allowed: {list(W_INIT_MODES)}")
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"model.aggregation={aggregation!r}; allowed: {list(AGGREGATIONS)}")
-        if int(embedding_dim) < 1:
-            raise ValueError(f"model.embedding_dim={embedding_dim!r}: must be >= 1")
+        arch = validate(FlyvisModel, architecture)
         self.training_cfg = validate_training(training)
-        self.save_hyperparameters(ignore=["observations"])
+        hparams = {k: v for k, v in plain(arch).items() if k != "_target_"}
+        self.save_hyperparameters({**hparams, "training": self.training_cfg})
         self.observations = observations
         self.n_neurons = observations.n_neurons
         self.n_train_frames = observations.n_train_frames
         self.dt = float(observations.dt)
-        self.aggregation = aggregation
-        self.g_phi_positive = bool(g_phi_positive)
+        self.aggregation = arch.aggregation
+        self.g_phi_positive = arch.g_phi_positive
         train_v = observations.activity[: self.n_train_frames]
         train_dv = observations.derivative[: self.n_train_frames]
         self.xnorm = float(1.5 * train_v.std())
@@ -118,10 +105,11 @@ class FlyvisGNN(FrameGNN):
         self.register_buffer("edge_index", observations.edge_index.long().clone(), persistent=False)
         n_edges = int(observations.edge_index.shape[1])
 
-        self.a = nn.Parameter(torch.ones(self.n_neurons, int(embedding_dim)))
-        self.W = nn.Parameter(self._init_W(n_edges, w_init_mode, float(w_init_scale)))
-        self.g_phi = MLP(1 + int(embedding_dim), 1, hidden_dim, n_layers, activation, out_init_std=0.1)
-        self.f_theta = MLP(3 + int(embedding_dim), 1, hidden_dim_update, n_layers_update, activation)
+        emb = arch.embedding_dim
+        self.a = nn.Parameter(torch.ones(self.n_neurons, emb))
+        self.W = nn.Parameter(self._init_W(n_edges, arch.w_init_mode, arch.w_init_scale))
+        self.g_phi = MLP(1 + emb, 1, arch.hidden_dim, arch.n_layers, arch.activation, out_init_std=0.1)
+        self.f_theta = MLP(3 + emb, 1, arch.hidden_dim_update, arch.n_layers_update, arch.activation)
         self.edge_oracle = EdgeMessagePassing(self._psi_features)
         self.phase = "joint"
         self._data: dict[str, torch.Tensor] | None = None

@@ -32,12 +32,12 @@ from hydra_llm.code_edits.loader import strategy
 from hydra_llm.models.frame_gnn import FrameGNN
 from hydra_llm.models.layers import EdgeGraph, aggregate_dense, aggregate_edges
 from hydra_llm.models.mlp import MLP
-from hydra_llm.schemas import as_dict
+from hydra_llm.schemas import as_dict, plain, validate
+from hydra_llm.schemas.models import SignalModel
 from hydra_llm.schemas.training import SignalTraining
 from hydra_llm.simulation.base import Observations
 from hydra_llm.simulation.frames import FrameSampling, iterations_per_epoch
 
-W_LAYOUTS = ("auto", "dense", "edges")
 SIGNAL_LOSS = "hydra_llm.strategies.signal_loss"  # the editable loss (see its module)
 
 
@@ -53,44 +53,22 @@ class SignalGNN(FrameGNN):
     check_training = staticmethod(validate_training)
 
     def __init__(
-        self,
-        observations: Observations,
-        training: Mapping[str, Any],
-        embedding_dim: int = 2,
-        hidden_dim: int = 64,
-        n_layers: int = 3,
-        hidden_dim_update: int = 64,
-        n_layers_update: int = 3,
-        activation: str = "relu",
-        w_layout: str = "auto",
-        w_init_std: float = 0.0,
-        cpu_threads: int | None = 1,
+        self, observations: Observations, training: Mapping[str, Any] | None = None, **architecture: Any
     ) -> None:
+        """Args:
+        observations: the recorded data (activity and derivative (T, N); ``edge_index`` when known).
+        training: training options (:class:`~hydra_llm.schemas.training.SignalTraining`).
+        **architecture: :class:`~hydra_llm.schemas.models.SignalModel` keys; missing ones take its defaults.
+        """
         super().__init__()
         if not isinstance(observations, Observations):
             raise TypeError(f"observations must be an Observations, got {type(observations).__name__}")
-        if w_layout not in W_LAYOUTS:
-            raise ValueError(f"model.w_layout={w_layout!r}: must be one of {list(W_LAYOUTS)}")
-        if cpu_threads is not None and int(cpu_threads) < 1:
-            raise ValueError(f"model.cpu_threads={cpu_threads!r}: must be >= 1 or null")
-        if int(embedding_dim) < 1:
-            raise ValueError(f"model.embedding_dim={embedding_dim!r}: must be >= 1")
-        if w_layout == "edges" and observations.edge_index is None:
+        arch = validate(SignalModel, architecture)
+        if arch.w_layout == "edges" and observations.edge_index is None:
             raise ValueError("model.w_layout='edges' needs a known graph (simulation.structure_known=true)")
         self.training_cfg = validate_training(training)
-        self.save_hyperparameters(
-            {
-                "embedding_dim": embedding_dim,
-                "hidden_dim": hidden_dim,
-                "n_layers": n_layers,
-                "hidden_dim_update": hidden_dim_update,
-                "n_layers_update": n_layers_update,
-                "activation": activation,
-                "w_layout": w_layout,
-                "w_init_std": w_init_std,
-                **self.training_cfg,
-            }
-        )
+        hparams = {k: v for k, v in plain(arch).items() if k not in ("_target_", "cpu_threads")}
+        self.save_hyperparameters({**hparams, **self.training_cfg})
         n = observations.n_neurons
         self.n_neurons = n
         self.n_frames = observations.n_frames
@@ -100,7 +78,9 @@ class SignalGNN(FrameGNN):
         self.ynorm = float(observations.derivative[: observations.n_train_frames].std()) or 1.0
 
         generator = torch.Generator().manual_seed(int(self.training_cfg["seed"]))
-        self.use_edges = w_layout == "edges" or (w_layout == "auto" and observations.edge_index is not None)
+        self.use_edges = arch.w_layout == "edges" or (
+            arch.w_layout == "auto" and observations.edge_index is not None
+        )
         if self.use_edges:
             self.graph = EdgeGraph(observations.edge_index, n)
             # W[e] is the weight of edge_index[:, e], in the graph's (target, source) order.
@@ -109,11 +89,12 @@ class SignalGNN(FrameGNN):
         else:
             self.register_buffer("offdiag", 1.0 - torch.eye(n))
             n_weights = (n, n)
-        self.W = nn.Parameter(torch.randn(n_weights, generator=generator) * float(w_init_std))
-        self.a = nn.Parameter(torch.ones(n, int(embedding_dim)))
-        self.phi = MLP(1 + int(embedding_dim), 1, int(hidden_dim_update), int(n_layers_update), activation)
-        self.psi = MLP(1 + int(embedding_dim), 1, int(hidden_dim), int(n_layers), activation)
-        self.cpu_threads = None if cpu_threads is None else int(cpu_threads)
+        self.W = nn.Parameter(torch.randn(n_weights, generator=generator) * arch.w_init_std)
+        self.a = nn.Parameter(torch.ones(n, arch.embedding_dim))
+        n_in = 1 + arch.embedding_dim
+        self.phi = MLP(n_in, 1, arch.hidden_dim_update, arch.n_layers_update, arch.activation)
+        self.psi = MLP(n_in, 1, arch.hidden_dim, arch.n_layers, arch.activation)
+        self.cpu_threads = arch.cpu_threads
         self._threads_before: int | None = None
 
     # ----------------------------------------------------------------- the learned functions

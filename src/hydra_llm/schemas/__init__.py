@@ -1,6 +1,7 @@
 """Typed schemas of the settings objects, and the check that turns plain options into them.
 
-``training`` options are dataclasses in :mod:`hydra_llm.schemas.training`; ``store`` registers them in
+``training`` and ``model`` options are dataclasses in :mod:`.training` and :mod:`.models`, each with a
+``GROUP`` (its config group, for error messages); ``store`` registers them in
 Hydra's ConfigStore (on every Hydra start, through ``hydra_plugins.hydra_llm_schemas``). Importing this
 package is cheap (no torch).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, fields
+from enum import Enum
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -17,13 +19,14 @@ T = TypeVar("T")
 _ONE_OF = re.compile(r"expected one of \[(.*?)\]")
 
 
-def validate(schema: type[T], options: Mapping[str, Any] | None, prefix: str = "training") -> T:
+def validate(schema: type[T], options: Mapping[str, Any] | None) -> T:
     """``options`` merged over the defaults of ``schema`` and checked (types, then the schema's own
-    ``__post_init__`` ranges). A bad key or value raises one ``ValueError`` line naming ``prefix.key``
-    and what is allowed."""
+    ``__post_init__`` ranges). A bad key or value raises one ``ValueError`` line naming
+    ``<schema.GROUP>.<key>`` and what is allowed."""
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+    prefix = schema.GROUP  # type: ignore[attr-defined]
     data = OmegaConf.to_container(options) if OmegaConf.is_config(options) else dict(options or {})
     allowed = [f.name for f in fields(schema)]  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(allowed))
@@ -45,6 +48,16 @@ def validate(schema: type[T], options: Mapping[str, Any] | None, prefix: str = "
         raise ValueError(f"{prefix}: {str(err).splitlines()[0]}") from None
 
 
-def as_dict(schema: type, options: Mapping[str, Any] | None, prefix: str = "training") -> dict[str, Any]:
-    """:func:`validate`, as a plain dict (nested schemas as dicts; enum members are ``str``)."""
-    return asdict(validate(schema, options, prefix))  # type: ignore[call-overload]
+def plain(options: Any) -> dict[str, Any]:
+    """A validated schema as a plain dict: nested schemas as dicts, enum members as their ``str`` values
+    (so loggers and YAML writers see plain data)."""
+
+    def factory(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        return {key: value.value if isinstance(value, Enum) else value for key, value in items}
+
+    return asdict(options, dict_factory=factory)
+
+
+def as_dict(schema: type, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:func:`validate`, as a plain dict (see :func:`plain`)."""
+    return plain(validate(schema, options))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
+from hydra_llm.schemas.models import FlyvisModel, MetabolismModel, SignalModel
 from hydra_llm.schemas.training import (
     FlyvisTraining,
     MetabolismPhase1Training,
@@ -13,8 +14,12 @@ from hydra_llm.schemas.training import (
 
 
 def register() -> None:
-    """``training=default|flyvis|metabolism_phase1|metabolism_phase2`` as typed configs."""
+    """``model=signal_gnn|flyvis_gnn|metabolism_gnn`` and
+    ``training=default|flyvis|metabolism_phase1|metabolism_phase2`` as typed configs."""
     cs = ConfigStore.instance()
+    cs.store(group="model", name="signal_gnn", node=SignalModel)
+    cs.store(group="model", name="flyvis_gnn", node=FlyvisModel)
+    cs.store(group="model", name="metabolism_gnn", node=MetabolismModel)
     cs.store(group="training", name="default", node=SignalTraining)
     cs.store(group="training", name="flyvis", node=FlyvisTraining)
     cs.store(group="training", name="metabolism_phase1", node=MetabolismPhase1Training)

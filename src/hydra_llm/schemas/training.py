@@ -9,10 +9,11 @@ models and the preflight call). Importing this module is cheap (no torch).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import ClassVar
+
+from hydra_llm.schemas.ranges import at_least_one, fail, non_negative, positive, prefixed
 
 
 class LRSchedule(StrEnum):
@@ -30,38 +31,6 @@ LossNormalisation.__doc__ = (
 )
 
 
-def _fail(key: str, value: Any, rule: str) -> None:
-    raise ValueError(f"training.{key}={value!r}: {rule}")
-
-
-def positive(options: Any, *keys: str) -> None:
-    """Learning rates and similar: finite floats > 0."""
-    for key in keys:
-        value = getattr(options, key)
-        if not (float(value) > 0 and math.isfinite(float(value))):
-            _fail(key, value, "must be a finite float > 0")
-
-
-def non_negative(options: Any, *keys: str) -> None:
-    """Regulariser weights and similar: finite floats >= 0."""
-    for key in keys:
-        value = getattr(options, key)
-        if not (float(value) >= 0 and math.isfinite(float(value))):
-            _fail(key, value, "must be a finite float >= 0")
-
-
-def at_least_one(options: Any, *keys: str) -> None:
-    """Counts (batch size, epochs, steps): integers >= 1."""
-    for key in keys:
-        if int(getattr(options, key)) < 1:
-            _fail(key, getattr(options, key), "must be an integer >= 1")
-
-
-def prefixed(options: Any, *prefixes: str) -> list[str]:
-    """The field names of ``options`` that start with one of ``prefixes``."""
-    return [f.name for f in fields(options) if f.name.startswith(prefixes)]
-
-
 # ------------------------------------------------------------------------------------------- signal
 @dataclass
 class SignalTraining:
@@ -71,6 +40,7 @@ class SignalTraining:
     10000 * 60 // 8 * 0.2 = 15000 Adam steps of 8 random training frames.
     """
 
+    GROUP: ClassVar[str] = "training"
     n_epochs: int = 1
     batch_size: int = 8
     data_augmentation_loop: float = 60.0
@@ -100,6 +70,7 @@ class FlyvisTraining:
     defaults were set on extent-1 runs (``bench/bench_flyvis.py``).
     """
 
+    GROUP: ClassVar[str] = "training"
     n_epochs: int = 1
     batch_size: int = 4
     data_augmentation_loop: float = 35.0
@@ -139,7 +110,7 @@ class FlyvisTraining:
         non_negative(self, *prefixed(self, "coeff_"), "regul_annealing_rate", "noise_recurrent_level")
         at_least_one(self, "batch_size", "n_epochs", "n_alternations", "time_step")
         if not 0.0 < self.alternate_vrest_ratio < 1.0:
-            _fail("alternate_vrest_ratio", self.alternate_vrest_ratio, "must be in (0, 1)")
+            fail(self, "alternate_vrest_ratio", self.alternate_vrest_ratio, "must be in (0, 1)")
 
 
 # --------------------------------------------------------------------------------------- metabolism
@@ -155,6 +126,7 @@ class MetabolismPhase1Training:
     ``gradient_clip_val`` (``conf/trainer/cpu.yaml`` reads them from here).
     """
 
+    GROUP: ClassVar[str] = "training"
     phase: int = 1
     seed: int = 0
     n_epochs: int = 1
@@ -191,9 +163,9 @@ class MetabolismPhase1Training:
         positive(self, "data_augmentation_loop", "iterations_fraction")
         at_least_one(self, "batch_size", "n_epochs", "gradient_accumulation", "time_step")
         if self.k_least_squares_every < 0:
-            _fail("k_least_squares_every", self.k_least_squares_every, "must be >= 0 (0: off)")
+            fail(self, "k_least_squares_every", self.k_least_squares_every, "must be >= 0 (0: off)")
         if self.phase != 1:
-            _fail("phase", self.phase, "must be 1 for phase-1 training (training=metabolism_phase1)")
+            fail(self, "phase", self.phase, "must be 1 for phase-1 training (training=metabolism_phase1)")
 
 
 @dataclass
@@ -244,7 +216,12 @@ class MetabolismPhase2Training(MetabolismPhase1Training):
         if self.phase1 is not None:
             self.phase1.__post_init__()
         elif self.phase1_checkpoint is None:
-            _fail("phase1_checkpoint", None, "phase 2 needs a phase-1 checkpoint path or a `phase1` config")
+            fail(
+                self,
+                "phase1_checkpoint",
+                None,
+                "phase 2 needs a phase-1 checkpoint path or a `phase1` config",
+            )
         non_negative(self, *prefixed(self, "learning_rate", "coeff_", "node_target"))
         non_negative(self, "rollout_loss_weight", "residual_supervision_weight", "conservation_loss_weight")
         non_negative(self, "gradient_clip_val")
@@ -252,14 +229,15 @@ class MetabolismPhase2Training(MetabolismPhase1Training):
         at_least_one(self, "batch_size", "n_epochs", "gradient_accumulation", "time_step")
         at_least_one(self, "homeostasis_time_step", "embedding_aux_grid_points")
         if self.phase != 2:
-            _fail("phase", self.phase, "must be 2 for phase-2 training (training=metabolism_phase2)")
+            fail(self, "phase", self.phase, "must be 2 for phase-2 training (training=metabolism_phase2)")
         if self.amplification_factor < 1.0:
-            _fail("amplification_factor", self.amplification_factor, "must be >= 1")
+            fail(self, "amplification_factor", self.amplification_factor, "must be >= 1")
         if not self.rollout_lengths or min(self.rollout_lengths) < 1:
-            _fail("rollout_lengths", self.rollout_lengths, "needs positive lengths")
+            fail(self, "rollout_lengths", self.rollout_lengths, "needs positive lengths")
         data_terms = ("rollout_loss_weight", "residual_supervision_weight", "conservation_loss_weight")
         if all(getattr(self, key) <= 0 for key in data_terms):
-            _fail(
+            fail(
+                self,
                 "rollout_loss_weight",
                 self.rollout_loss_weight,
                 f"phase 2 needs one of {list(data_terms)} > 0",

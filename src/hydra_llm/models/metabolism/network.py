@@ -22,19 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from hydra_llm.models.mlp import MLP
+from hydra_llm.schemas import plain, validate
+from hydra_llm.schemas.models import MetabolismModel
 from hydra_llm.simulation.base import Observations
 
 LN10 = math.log(10.0)
-AGGREGATIONS = ("mul", "add")
-SUBSTRATE_INPUTS = ("log", "linear")
-NODE_FORMS = ("mlp", "affine")
 REACTION_ARCH_KEYS = ("hidden_dim_sub", "n_layers_sub", "activation_sub", "substrate_input", "aggr_type")
 SUB_LOG_FLOOR = 1e-4  # concentrations below this count as this for the log-input substrate MLP
-
-
-def _allowed(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"model.{key}: got {value!r}; allowed values: {list(allowed)}")
 
 
 class ReactionNetwork(pl.LightningModule):
@@ -43,38 +37,17 @@ class ReactionNetwork(pl.LightningModule):
     Args:
         observations: the recorded data (concentrations (T, N), derivatives (T, N), dt, and the known
             ``stoichiometry`` (N, R) and ``substrate_order`` (N, R) in ``extras``).
-        hidden_dim_sub, n_layers_sub: MLP_sub width and number of linear layers.
-        hidden_dim_node, n_layers_node: MLP_node width and number of linear layers.
-        embedding_dim: size of the per-metabolite embedding a_i.
-        node_form: ``mlp``: MLP_node(c, a) is a free function of both; ``affine``: MLP_node(a) gives a
-            slope and an offset and the node term is ``slope(a) * c / c_scale + offset(a)``.
-        aggr_type: ``mul`` (log-space product) or ``add``.
-        activation, activation_sub: of MLP_node and MLP_sub.
-        substrate_input: ``log``: MLP_sub reads log c (a power law is a line); ``linear``: reads c.
-        log_k_init: (low, high) of the uniform initialisation of log10 k.
         learnable_stoichiometry: S a parameter (initialised at the observed S) instead of a buffer.
+        **architecture: :class:`~hydra_llm.schemas.models.MetabolismModel` keys (MLP sizes, embedding size,
+            ``node_form``, ``aggr_type``, activations, ``substrate_input``, ``log_k_init``); missing ones
+            take its defaults.
     """
 
     def __init__(
-        self,
-        observations: Observations,
-        hidden_dim_sub: int = 64,
-        n_layers_sub: int = 4,
-        hidden_dim_node: int = 32,
-        n_layers_node: int = 2,
-        embedding_dim: int = 2,
-        node_form: str = "mlp",
-        aggr_type: str = "mul",
-        activation: str = "tanh",
-        activation_sub: str = "silu",
-        substrate_input: str = "log",
-        log_k_init: tuple[float, float] | list[float] = (-3.0, 0.0),
-        learnable_stoichiometry: bool = False,
+        self, observations: Observations, learnable_stoichiometry: bool = False, **architecture: Any
     ) -> None:
         super().__init__()
-        _allowed("substrate_input", substrate_input, SUBSTRATE_INPUTS)
-        _allowed("node_form", node_form, NODE_FORMS)
-        _allowed("aggr_type", aggr_type, AGGREGATIONS)
+        arch = validate(MetabolismModel, architecture)
         extras = observations.extras
         missing = [k for k in ("stoichiometry", "substrate_order") if k not in extras]
         if missing:
@@ -82,22 +55,10 @@ class ReactionNetwork(pl.LightningModule):
                 f"simulation.stoichiometry_known: the metabolism model needs the observed {missing}; "
                 "set stoichiometry_known: true"
             )
-        self.arch = {
-            "hidden_dim_sub": int(hidden_dim_sub),
-            "n_layers_sub": int(n_layers_sub),
-            "hidden_dim_node": int(hidden_dim_node),
-            "n_layers_node": int(n_layers_node),
-            "embedding_dim": int(embedding_dim),
-            "node_form": str(node_form),
-            "aggr_type": str(aggr_type),
-            "activation": str(activation),
-            "activation_sub": str(activation_sub),
-            "substrate_input": str(substrate_input),
-            "log_k_init": [float(v) for v in log_k_init],
-        }
-        self.aggr_type = str(aggr_type)
-        self.substrate_input = str(substrate_input)
-        self.node_form = str(node_form)
+        self.arch = {k: v for k, v in plain(arch).items() if k != "_target_"}
+        self.aggr_type = arch.aggr_type
+        self.substrate_input = arch.substrate_input
+        self.node_form = arch.node_form
         self.log_c_scale = 3.0
         self.dt = float(observations.dt)
         self.n_train_frames = int(observations.n_train_frames)
@@ -117,13 +78,18 @@ class ReactionNetwork(pl.LightningModule):
 
         low, high = self.arch["log_k_init"]
         self.log_k = nn.Parameter(torch.empty(n_rxn).uniform_(low, high))
-        self.MLP_sub = MLP(2, 1, hidden_dim_sub, n_layers_sub, activation_sub, out_init_std=None)
-        node_in, node_out = (1 + embedding_dim, 1) if node_form == "mlp" else (embedding_dim, 2)
-        self.MLP_node = MLP(node_in, node_out, hidden_dim_node, n_layers_node, activation, out_init_std=None)
+        self.MLP_sub = MLP(
+            2, 1, arch.hidden_dim_sub, arch.n_layers_sub, arch.activation_sub, out_init_std=None
+        )
+        emb = arch.embedding_dim
+        node_in, node_out = (1 + emb, 1) if arch.node_form == "mlp" else (emb, 2)
+        self.MLP_node = MLP(
+            node_in, node_out, arch.hidden_dim_node, arch.n_layers_node, arch.activation, out_init_std=None
+        )
         # zero output layer only: the node term starts at 0 but its hidden layers still get gradient
         nn.init.zeros_(self.MLP_node.net[-1].weight)
         nn.init.zeros_(self.MLP_node.net[-1].bias)
-        self.embedding = nn.Parameter(1.0 + 0.01 * torch.randn(n_met, embedding_dim))
+        self.embedding = nn.Parameter(1.0 + 0.01 * torch.randn(n_met, emb))
         if learnable_stoichiometry:
             self.stoichiometry = nn.Parameter(stoich.clone())
         else:
