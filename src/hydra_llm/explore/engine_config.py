@@ -1,16 +1,37 @@
 """The sweep's settings (``hydra.sweeper.*`` minus the search space and the proposer) and the errors
-that stop a sweep."""
+that stop a sweep.
+
+Their defaults and choices are the sweeper schema's (:mod:`hydra_plugins.llm_ucb_sweeper._schema`,
+which imports nothing of Hydra or of this package): through Hydra they arrive typed and checked, and
+a config built here directly is coerced and checked against the same schema.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
-from hydra_llm.explore.proposers.rules import SLOT_ROLES
-from hydra_llm.explore.tree import Objective, ucb_scores
+from hydra_llm.explore.tree import Objective
+from hydra_plugins.llm_ucb_sweeper._schema import (
+    LLMUCBSweeperConf,
+    ReplicateReward,
+    SimulationSeed,
+    SlotRole,
+    UCBFormula,
+)
 
-SIMULATION_SEED_MODES = ("slot", "iteration", "fixed")
+_SCHEMA = LLMUCBSweeperConf()  # the schema's defaults
+# hydra.sweeper.ucb.<key> -> the EngineConfig field
+_UCB_FIELDS = {
+    "formula": "ucb_formula",
+    "c": "ucb_c",
+    "replicate_reward": "replicate_reward",
+    "lcb_kappa": "lcb_kappa",
+}
+_Choice = TypeVar("_Choice", bound=StrEnum)
 
 
 class SweepConfigError(ValueError):
@@ -23,95 +44,92 @@ class SweepFailedError(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Sweep settings (``hydra.sweeper.*`` minus the search space and the proposer).
+    """Sweep settings (``hydra.sweeper.*`` minus the search space and the proposer; ``ucb.*`` as
+    ``ucb_formula``, ``ucb_c``, ``replicate_reward`` and ``lcb_kappa``).
 
     ``slot_params`` maps a config key to one value per slot (``n_parallel`` values): every child of
     slot ``s`` gets ``values[s]``, forced like its seeds but part of its config (and replicate hash);
-    a proposal may never set such a key.
+    a proposal may never set such a key. ``max_reasks`` is the engine's own (re-asks of a proposer
+    whose proposals were invalid), not a sweeper setting.
     """
 
-    n_iterations: int = 12
-    n_parallel: int = 4
-    n_iter_block: int = 12
-    slot_roles: tuple[str, ...] = ("exploit", "exploit", "replicate", "replicate")
+    n_iterations: int = _SCHEMA.n_iterations
+    n_parallel: int = _SCHEMA.n_parallel
+    n_iter_block: int = _SCHEMA.n_iter_block
+    slot_roles: tuple[SlotRole, ...] = tuple(_SCHEMA.slot_roles)
     objective: Objective = field(default_factory=Objective)
-    ucb_formula: str = "ucb1"
-    ucb_c: float = 1.414
-    replicate_reward: str = "mean"
-    lcb_kappa: float = 1.0
-    max_failure_rate: float = 0.8
-    seed: int = 0
-    memory_max_lines: int = 400
-    seed_keys: Mapping[str, str] = field(
-        default_factory=lambda: {"simulation": "simulation.seed", "training": "training.seed"}
-    )
-    simulation_seed: str = "slot"
-    tree_plot: bool = True
+    ucb_formula: UCBFormula = _SCHEMA.ucb.formula
+    ucb_c: float = _SCHEMA.ucb.c
+    replicate_reward: ReplicateReward = _SCHEMA.ucb.replicate_reward
+    lcb_kappa: float = _SCHEMA.ucb.lcb_kappa
+    max_failure_rate: float = _SCHEMA.max_failure_rate
+    seed: int = _SCHEMA.seed
+    memory_max_lines: int = _SCHEMA.memory_max_lines
+    seed_keys: Mapping[str, str] = field(default_factory=lambda: dict(_SCHEMA.seed_keys))
+    simulation_seed: SimulationSeed = _SCHEMA.simulation_seed
+    tree_plot: bool = _SCHEMA.tree_plot
     max_reasks: int = 1
     slot_params: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # key -> one value per slot
 
+    def __post_init__(self) -> None:
+        """The choices as their enums (a config built in Python may give plain strings)."""
+        set_field = object.__setattr__  # the dataclass is frozen
+        roles = tuple(self.slot_roles)
+        try:
+            set_field(self, "slot_roles", tuple(SlotRole(role) for role in roles))
+        except ValueError:
+            raise SweepConfigError(
+                f"hydra.sweeper.slot_roles: {list(roles)!r}; allowed roles: {', '.join(SlotRole)}"
+            ) from None
+        set_field(self, "simulation_seed", _choice(SimulationSeed, "simulation_seed", self.simulation_seed))
+        set_field(self, "ucb_formula", _choice(UCBFormula, "ucb.formula", self.ucb_formula))
+        set_field(
+            self, "replicate_reward", _choice(ReplicateReward, "ucb.replicate_reward", self.replicate_reward)
+        )
+
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> EngineConfig:
-        """Build from plain ``hydra.sweeper.*`` settings (missing keys keep their defaults); checked."""
-        s = settings
-        given = {k: v for k, v in dict(s.get("objective") or {}).items() if v is not None}
+    def from_settings(
+        cls, settings: LLMUCBSweeperConf | Mapping[str, Any], objective: Mapping[str, Any] | None = None
+    ) -> EngineConfig:
+        """Build from ``hydra.sweeper.*`` (the typed schema, or a mapping of some of its keys: one left
+        out keeps its default, keys that are no engine setting are ignored); checked.
+
+        ``objective`` stands for the settings' objective fields when the caller completed them (the
+        sweeper fills null fields from the regime); a null field keeps the built-in objective's value.
+        """
+        given = _fields(settings)
+        ucb = _fields(given.get("ucb"))
+        wanted = {f.name for f in dataclasses.fields(cls)} - {"objective"}
+        values = {name: value for name, value in given.items() if name in wanted}
+        values.update({_UCB_FIELDS[name]: value for name, value in ucb.items() if name in _UCB_FIELDS})
+        fields_ = _fields(given.get("objective")) if objective is None else dict(objective)
         try:  # a null objective field keeps the default
-            objective = Objective(**given)
+            built = Objective(**{k: v for k, v in fields_.items() if v is not None})
         except (TypeError, ValueError) as err:
             raise SweepConfigError(f"hydra.sweeper.objective: {err}") from err
-        ucb = dict(s.get("ucb") or {})
-        default = cls()
-        config = cls(
-            n_iterations=int(s.get("n_iterations", default.n_iterations)),
-            n_parallel=int(s.get("n_parallel", default.n_parallel)),
-            n_iter_block=int(s.get("n_iter_block", default.n_iter_block)),
-            slot_roles=tuple(s.get("slot_roles") or default.slot_roles),
-            objective=objective,
-            ucb_formula=str(ucb.get("formula", default.ucb_formula)),
-            ucb_c=float(ucb.get("c", default.ucb_c)),
-            replicate_reward=str(ucb.get("replicate_reward", default.replicate_reward)),
-            lcb_kappa=float(ucb.get("lcb_kappa", default.lcb_kappa)),
-            max_failure_rate=float(s.get("max_failure_rate", default.max_failure_rate)),
-            seed=int(s.get("seed", default.seed)),
-            memory_max_lines=int(s.get("memory_max_lines", default.memory_max_lines)),
-            seed_keys=dict(default.seed_keys if s.get("seed_keys") is None else s["seed_keys"]),
-            simulation_seed=str(s.get("simulation_seed", default.simulation_seed)),
-            tree_plot=bool(s.get("tree_plot", default.tree_plot)),
-            slot_params=dict(s.get("slot_params") or {}),
-        )
+        config = cls(objective=built, **values)
         config.check()
         return config
 
     def check(self) -> None:
-        """Raise :class:`SweepConfigError` naming the key and the allowed values."""
+        """Raise :class:`SweepConfigError` naming the key and what is allowed (what the schema's types
+        cannot say: ranges, seed names, slot values; the choices are checked when it is built)."""
         for key in ("n_iterations", "n_parallel", "n_iter_block"):
             if int(getattr(self, key)) < 1:
                 raise SweepConfigError(
                     f"hydra.sweeper.{key}: {getattr(self, key)!r}; allowed: an integer >= 1"
                 )
-        bad = [r for r in self.slot_roles if r not in SLOT_ROLES]
-        if bad or not self.slot_roles:
-            raise SweepConfigError(
-                f"hydra.sweeper.slot_roles: {list(self.slot_roles)!r}; allowed roles: {', '.join(SLOT_ROLES)}"
-            )
+        if not self.slot_roles:
+            raise SweepConfigError(f"hydra.sweeper.slot_roles: []; allowed roles: {', '.join(SlotRole)}")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise SweepConfigError(
                 f"hydra.sweeper.max_failure_rate: {self.max_failure_rate!r}; allowed: 0 to 1"
-            )
-        if self.simulation_seed not in SIMULATION_SEED_MODES:
-            raise SweepConfigError(
-                f"hydra.sweeper.simulation_seed: {self.simulation_seed!r}; "
-                f"allowed: {', '.join(SIMULATION_SEED_MODES)}"
             )
         unknown = set(self.seed_keys) - {"simulation", "training"}
         if unknown:
             raise SweepConfigError(
                 f"hydra.sweeper.seed_keys: {sorted(unknown)}; allowed: simulation, training"
             )
-        try:
-            ucb_scores([], self.ucb_formula, self.ucb_c, self.replicate_reward)
-        except ValueError as err:
-            raise SweepConfigError(str(err)) from err
         self._check_slot_params()
 
     def _check_slot_params(self) -> None:
@@ -137,3 +155,18 @@ class EngineConfig:
     def slot_values(self, slot: int) -> dict[str, Any]:
         """The values ``slot_params`` fixes for ``slot`` (0-based)."""
         return {key: values[slot] for key, values in self.slot_params.items()}
+
+
+def _choice(enum: type[_Choice], key: str, value: Any) -> _Choice:
+    """``value`` as a member of ``enum``, or a :class:`SweepConfigError` naming ``key`` and the choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise SweepConfigError(f"hydra.sweeper.{key}: {value!r}; allowed: {', '.join(enum)}") from None
+
+
+def _fields(settings: Any) -> dict[str, Any]:
+    """A settings node as a dict: a schema dataclass's fields, or a mapping's items (None: none)."""
+    if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
+        return dict(vars(settings))
+    return dict(settings or {})

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from hydra_plugins.llm_ucb_sweeper._schema import ReplicateReward, UCBConf, UCBFormula
+
 Direction = Literal["maximize", "minimize", "target"]
-UCB_FORMULAS = ("ucb1", "puct")
-REPLICATE_REWARDS = ("mean", "lcb")
 
 
 @dataclass(frozen=True)
@@ -260,10 +260,10 @@ class UCBScore:
 
 def ucb_scores(
     nodes: Sequence[Node],
-    formula: str = "ucb1",
-    c: float = 1.414,
-    replicate_reward: str = "mean",
-    lcb_kappa: float = 1.0,
+    formula: str = UCBConf.formula,
+    c: float = UCBConf.c,
+    replicate_reward: str = UCBConf.replicate_reward,
+    lcb_kappa: float = UCBConf.lcb_kappa,
 ) -> list[UCBScore]:
     """UCB of every node of one block, sorted by UCB descending (ties: lower id first).
 
@@ -271,12 +271,12 @@ def ucb_scores(
     ucb1: R + c*sqrt(ln N_total / (1 + visits)); puct: R + c*sqrt(N_total) / (1 + visits).
     R is the mean reward of the node's replicate group, or mean - kappa*std/sqrt(runs) for ``lcb``.
     """
-    if formula not in UCB_FORMULAS:
-        raise ValueError(f"ucb.formula: {formula!r} is not allowed; allowed: {', '.join(UCB_FORMULAS)}")
-    if replicate_reward not in REPLICATE_REWARDS:
+    if formula not in tuple(UCBFormula):
+        raise ValueError(f"ucb.formula: {formula!r} is not allowed; allowed: {', '.join(UCBFormula)}")
+    if replicate_reward not in tuple(ReplicateReward):
         raise ValueError(
             f"ucb.replicate_reward: {replicate_reward!r} is not allowed; "
-            f"allowed: {', '.join(REPLICATE_REWARDS)}"
+            f"allowed: {', '.join(ReplicateReward)}"
         )
     if not nodes:
         return []

@@ -30,10 +30,18 @@ from hydra_llm.explore.engine import ExplorationEngine
 from hydra_llm.explore.engine_config import EngineConfig, SweepConfigError, SweepFailedError
 from hydra_llm.explore.interrupts import InterruptGuard, SweepInterrupted, exit_now, watch_sweeper
 from hydra_llm.explore.proposers.base import Proposer
-from hydra_llm.explore.space import SearchSpaceError, format_value, parse_space, to_override_strings
+from hydra_llm.explore.space import (
+    SearchSpace,
+    SearchSpaceError,
+    format_value,
+    parse_space,
+    to_override_strings,
+)
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
 from hydra_llm.explore.tree import Node
 from hydra_llm.files import atomic_write_text
+
+from ._schema import CodeEditsConf, LLMUCBSweeperConf
 
 log = logging.getLogger(__name__)
 # A worker of a process pool died (os._exit, a signal, the OOM killer): the pool takes every running
@@ -51,12 +59,18 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+def _objective(settings: LLMUCBSweeperConf, regime: Mapping[str, Any]) -> dict[str, Any]:
+    """The objective's fields: the sweeper's, each null one filled from the regime's
+    ``exploration.objective`` (a field null in both keeps the built-in objective's value)."""
+    given = {k: v for k, v in vars(settings.objective).items() if v is not None}
+    return {**dict(regime.get("objective") or {}), **given}
+
+
 class LLMUCBSweeperImpl:
     """The sweeper's settings and work; ``outer`` is the registered Sweeper (validate_batch_is_legal)."""
 
-    def __init__(self, outer: Any, **settings: Any) -> None:
+    def __init__(self, outer: Any) -> None:
         self.outer = outer
-        self.settings = {k: _plain(v) if k != "proposer" else v for k, v in settings.items()}
         self.returns: list[list[JobReturn]] = []
         self.space: Any = None
         self.code_editor: Any = None  # set when the sweep edits code: a node's version -> its folder
@@ -69,6 +83,8 @@ class LLMUCBSweeperImpl:
             hydra_context=hydra_context, task_function=RecordingTask(task_function), config=config
         )
         self.config = config
+        # ``hydra.sweeper`` as its schema's dataclass: typed and checked when Hydra composed it.
+        self.settings: LLMUCBSweeperConf = OmegaConf.to_object(config.hydra.sweeper)
 
     # ------------------------------------------------------------------ sweep
     def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
@@ -82,17 +98,26 @@ class LLMUCBSweeperImpl:
     def _sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
         for name in _LAUNCHER_LOGGERS:  # the sweep prints one line per node instead of each job's overrides
             logging.getLogger(name).setLevel(logging.WARNING)
-        config = self.config
-        self.space, s = self._space_and_settings(arguments)
+        config, settings = self.config, self.settings
+        regime = _plain(OmegaConf.select(config, "exploration", default=None)) or {}
+        self.space, space_record = self._space(regime, arguments)
         self._preflight()
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        engine_config = EngineConfig.from_settings(s)
-        objective = engine_config.objective
-        proposer = self._proposer(s.get("proposer"))
+        objective = _objective(settings, regime)
+        engine_config = EngineConfig.from_settings(settings, objective=objective)
+        proposer = self._proposer(config.hydra.sweeper.proposer)
         self.seed_keys = engine_config.seed_keys
-        self.metric = objective.metric
+        self.metric = engine_config.objective.metric
         self.sweep_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.hydra.job.name}-{sweep_dir.name}")
-        code_editor = self.code_editor = self._code_editor(s, proposer, sweep_dir)
+        code_editor = self.code_editor = self._code_editor(settings.code_edits, proposer, sweep_dir)
+        summary = {
+            "n_iterations": settings.n_iterations,
+            "n_parallel": settings.n_parallel,
+            "n_iter_block": settings.n_iter_block,
+            "slot_roles": [str(role) for role in settings.slot_roles],
+            "objective": objective,
+            **space_record,
+        }
         engine = ExplorationEngine(
             engine_config,
             self.space,
@@ -100,13 +125,13 @@ class LLMUCBSweeperImpl:
             self._launch,
             sweep_dir,
             check_child=self._check_child,
-            protocol=self._protocol_text(s.get("protocol")),
+            protocol=self._protocol_text(settings.protocol or regime.get("protocol")),
             sweep_id=self.sweep_id,
             name=str(config.hydra.job.name),
-            resume=bool(s.get("resume", False)),
+            resume=settings.resume,
             proposer_note=getattr(proposer, "choice_note", None)
             or getattr(proposer, "name", type(proposer).__name__),
-            after_batch=self._wandb_hook(sweep_dir, s),
+            after_batch=self._wandb_hook(sweep_dir, summary),
             code_editor=code_editor,
         )
         self.sweep_id = engine.state.sweep_id  # a resumed sweep keeps its W&B group
@@ -124,19 +149,19 @@ class LLMUCBSweeperImpl:
             )
         return self.returns
 
-    def _space_and_settings(self, arguments: list[str]) -> tuple[Any, dict[str, Any]]:
-        """The search space and the sweeper settings, completed from the regime's ``exploration`` node.
+    def _space(
+        self, regime: Mapping[str, Any], arguments: list[str]
+    ) -> tuple[SearchSpace, dict[str, dict[str, str]]]:
+        """The search space and the ``params`` / ``block_params`` it was parsed from.
 
-        Settings the sweeper leaves unset (an empty space with no sweep on the command line, a null
-        protocol, null objective fields) come from the task config's ``exploration`` node, which each
-        regime selects; an empty space after that is an error (the sweep would only replicate).
+        Both empty (and no sweep on the command line): the regime's, from the task config's
+        ``exploration`` node; an empty space after that is an error (the sweep would only replicate).
         """
-        s = dict(self.settings)
-        regime = _plain(OmegaConf.select(self.config, "exploration", default=None)) or {}
-        space = self._parse(s, arguments)
+        record = {"params": dict(self.settings.params), "block_params": dict(self.settings.block_params)}
+        space = self._parse(record, arguments)
         if not space.params and not space.block_params and regime:
-            s["params"], s["block_params"] = regime.get("params") or {}, regime.get("block_params") or {}
-            space = self._parse(s, arguments)
+            record = {k: dict(regime.get(k) or {}) for k in ("params", "block_params")}
+            space = self._parse(record, arguments)
         if not space.params and not space.block_params:
             raise SweepConfigError(
                 "hydra.sweeper.params: the search space is empty, so the sweep could only repeat the root "
@@ -144,14 +169,11 @@ class LLMUCBSweeperImpl:
                 "training.lr='tag(log, interval(1e-4, 1e-2))'), choose an experiment=..., or a regime "
                 "whose exploration/ config declares a space"
             )
-        s["protocol"] = s.get("protocol") or regime.get("protocol")
-        objective = dict(regime.get("objective") or {})
-        objective.update({k: v for k, v in dict(s.get("objective") or {}).items() if v is not None})
-        s["objective"] = objective
-        return space, s
+        return space, record
 
-    def _wandb_hook(self, sweep_dir: Path, settings: Mapping[str, Any]) -> Any:
-        """After each batch, the sweep-level W&B run (when the task logs to W&B and W&B is not off)."""
+    def _wandb_hook(self, sweep_dir: Path, summary: Mapping[str, Any]) -> Any:
+        """After each batch, the sweep-level W&B run (when the task logs to W&B and W&B is not off);
+        ``summary``: the settings it records as its config."""
         logger = OmegaConf.select(self.config, "logger", default=None)
         if logger is None or not str(logger.get("_target_", "")).endswith("WandbLogger"):
             return None
@@ -161,23 +183,14 @@ class LLMUCBSweeperImpl:
         from hydra_llm.explore.reports import best_so_far
         from hydra_llm.wandb_runs import SweepRun
 
-        keep = (
-            "n_iterations",
-            "n_parallel",
-            "n_iter_block",
-            "slot_roles",
-            "objective",
-            "params",
-            "block_params",
-        )
         wandb_run = SweepRun(
             project=str(logger.get("project") or "hydra-llm"),
             group=self.sweep_id,
             mode=mode,
             folder=sweep_dir / "exploration",
-            config={k: settings.get(k) for k in keep},
+            config=dict(summary),
         )
-        metric = str(dict(settings.get("objective") or {}).get("metric") or "connectivity_R2")
+        metric = self.metric
 
         def update(state: Any) -> None:
             wandb_run.group = self.sweep_id  # a resumed sweep keeps its first id
@@ -192,10 +205,9 @@ class LLMUCBSweeperImpl:
 
         return update
 
-    def _code_editor(self, settings: Mapping[str, Any], proposer: Proposer, sweep_dir: Path) -> Any:
+    def _code_editor(self, conf: CodeEditsConf, proposer: Proposer, sweep_dir: Path) -> Any:
         """The code editor when ``hydra.sweeper.code_edits.enabled`` (checked before any child runs)."""
-        conf = dict(settings.get("code_edits") or {})
-        if not conf.get("enabled"):
+        if not conf.enabled:
             return None
         from hydra_llm.code_edits.regions import RegionError
         from hydra_llm.code_edits.review import CodeEditor, CodeEditSettings, client_completer
@@ -214,25 +226,23 @@ class LLMUCBSweeperImpl:
                 "conf/train.yaml); the task must call hydra_llm.code_edits.loader.use_version(cfg.code.dir)"
             )
         regime = _plain(OmegaConf.select(self.config, "exploration.code", default=None)) or {}
-        modules = tuple(conf.get("modules") or regime.get("modules") or ())
+        modules = tuple(conf.modules or regime.get("modules") or ())
         if not modules:
             raise SweepConfigError(
                 f"{key}.modules: empty, and the regime declares none (exploration.code.modules); allowed: "
                 "dotted names of modules with '# region: <name>' blocks, e.g. "
                 "[hydra_llm.strategies.signal_loss]"
             )
-        limits = {name: int(conf[name]) for name in ("max_reasks", "max_repairs", "max_edits")}
+        limits = {name: getattr(conf, name) for name in ("max_reasks", "max_repairs", "max_edits")}
         for name, value in limits.items():
             if value < int(name == "max_edits"):
                 raise SweepConfigError(
                     f"{key}.{name}: {value}; allowed: an integer >= {int(name == 'max_edits')}"
                 )
-        if float(conf["check_timeout_s"]) <= 0:
-            raise SweepConfigError(f"{key}.check_timeout_s: {conf['check_timeout_s']}; allowed: seconds > 0")
-        self._check_overrides = [
-            str(o) for o in conf.get("check_overrides") or regime.get("check_overrides") or []
-        ]
-        self._check_timeout = float(conf["check_timeout_s"])
+        if conf.check_timeout_s <= 0:
+            raise SweepConfigError(f"{key}.check_timeout_s: {conf.check_timeout_s}; allowed: seconds > 0")
+        self._check_overrides = [str(o) for o in conf.check_overrides or regime.get("check_overrides") or []]
+        self._check_timeout = conf.check_timeout_s
         editor_settings = CodeEditSettings(modules=modules, **limits)
         try:
             completer = client_completer(proposer.client)
@@ -297,9 +307,8 @@ class LLMUCBSweeperImpl:
         except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
             raise SweepConfigError(f"preflight: {' '.join(str(err).split())}") from None
 
-    def _parse(self, settings: dict[str, Any], arguments: list[str]) -> Any:
-        params = dict(settings.get("params") or {})
-        block_params = dict(settings.get("block_params") or {})
+    def _parse(self, record: Mapping[str, Mapping[str, str]], arguments: list[str]) -> SearchSpace:
+        params, block_params = record["params"], record["block_params"]
         return parse_space(params, block_params, arguments, self._defaults([*params, *block_params]))
 
     def _defaults(self, keys: Sequence[str]) -> dict[str, Any]:

@@ -7,9 +7,12 @@ from typing import Any
 
 from hydra_llm.explore.proposers.base import Proposer
 from hydra_llm.explore.proposers.rules import RulesProposer
+from hydra_plugins.llm_ucb_sweeper._schema import AutoProposerConf
 
 
-def choose(api_key_env: str = "OPENAI_API_KEY", base_url: str | None = None) -> tuple[str, str]:
+def choose(
+    api_key_env: str = AutoProposerConf.api_key_env, base_url: str | None = AutoProposerConf.base_url
+) -> tuple[str, str]:
     """(``llm`` | ``rules``, why) from the environment and ``base_url`` only (the key is never read out)."""
     if os.environ.get(api_key_env):
         return "llm", f"auto: ${api_key_env} is set"
@@ -19,7 +22,9 @@ def choose(api_key_env: str = "OPENAI_API_KEY", base_url: str | None = None) -> 
 
 
 def auto_proposer(
-    api_key_env: str = "OPENAI_API_KEY", base_url: str | None = None, **llm_kwargs: Any
+    api_key_env: str = AutoProposerConf.api_key_env,
+    base_url: str | None = AutoProposerConf.base_url,
+    **llm_kwargs: Any,
 ) -> Proposer:
     """Build the chosen proposer; its ``choice_note`` says which and why (logged first by the sweep)."""
     kind, why = choose(api_key_env, base_url)

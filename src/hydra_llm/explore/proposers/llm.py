@@ -33,11 +33,12 @@ from hydra_llm.explore.proposers.llm_prompt import PromptBuilder, PromptLimits, 
 from hydra_llm.explore.proposers.llm_schema import LLMReply, check_reply, to_proposer_reply
 from hydra_llm.explore.protocol import RulesPolicy
 from hydra_llm.llm.client import Completion, LLMClient, LLMError, LLMSettings, reask_messages
+from hydra_plugins.llm_ucb_sweeper._schema import LLMProposerConf
 
 log = logging.getLogger(__name__)
 
 
-def endpoint_configured(api_key_env: str = "OPENAI_API_KEY", base_url: str | None = None) -> bool:
+def endpoint_configured(api_key_env: str = LLMProposerConf.api_key_env, base_url: str | None = None) -> bool:
     """True when an LLM endpoint is usable: a ``base_url`` is set or the key variable is set."""
     return bool(base_url) or bool(os.environ.get(api_key_env))
 
@@ -58,21 +59,21 @@ class LLMProposer(Proposer):
     def __init__(
         self,
         model: str,
-        base_url: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        temperature: float = 0.2,
-        timeout: float = 120.0,
-        deadline: float = 300.0,
-        max_retries: int = 2,
-        max_reasks: int = 1,
-        structured_output: str = "auto",
-        max_tokens: int | None = None,
-        vision: bool = False,
+        base_url: str | None = LLMProposerConf.base_url,
+        api_key_env: str = LLMProposerConf.api_key_env,
+        temperature: float = LLMProposerConf.temperature,
+        timeout: float = LLMProposerConf.timeout,
+        deadline: float = LLMProposerConf.deadline,
+        max_retries: int = LLMProposerConf.max_retries,
+        max_reasks: int = LLMProposerConf.max_reasks,
+        structured_output: str = LLMProposerConf.structured_output,
+        max_tokens: int | None = LLMProposerConf.max_tokens,
+        vision: bool = LLMProposerConf.vision,
         record_dir: str | Path | None = None,
-        memory_max_lines: int = 400,
-        min_rule_evidence: int = 3,
-        max_rules: int = 20,
-        max_rules_chars: int = 4000,
+        memory_max_lines: int = LLMProposerConf.memory_max_lines,
+        min_rule_evidence: int = LLMProposerConf.min_rule_evidence,
+        max_rules: int = LLMProposerConf.max_rules,
+        max_rules_chars: int = LLMProposerConf.max_rules_chars,
         fallback: Proposer | None = None,
     ) -> None:
         self.settings = LLMSettings(
@@ -83,7 +84,7 @@ class LLMProposer(Proposer):
             timeout=timeout,
             deadline=deadline,
             max_retries=max_retries,
-            structured_output=structured_output,
+            structured_output=str(structured_output),
             max_reasks=max_reasks,
             max_tokens=max_tokens,
         )

@@ -31,8 +31,8 @@ from hydra_llm.explore.proposers.base import (
     SlotObservation,
 )
 from hydra_llm.explore.tree import Node, Objective, UCBScore, config_hash
+from hydra_plugins.llm_ucb_sweeper._schema import RulesProposerConf
 
-SLOT_ROLES = ("exploit", "explore", "failure-probe", "replicate")
 _MIN_REPLICATES = 3
 
 
@@ -55,7 +55,12 @@ class RulesProposer(Proposer):
 
     name = "rules"
 
-    def __init__(self, step_factor: float = 2.0, probe_factor: float = 10.0, n_steps: int = 8) -> None:
+    def __init__(
+        self,
+        step_factor: float = RulesProposerConf.step_factor,
+        probe_factor: float = RulesProposerConf.probe_factor,
+        n_steps: int = RulesProposerConf.n_steps,
+    ) -> None:
         if step_factor <= 1.0 or probe_factor <= 1.0:
             raise ValueError("rules proposer: step_factor and probe_factor must be > 1")
         if n_steps < 1:
