@@ -38,7 +38,10 @@ def make(**overrides) -> SignalDataModule:
         ({"connectivity_type": "low_rank", "connectivity_rank": 0}, "simulation.connectivity_rank=0"),
         ({"delta_t": 0.0}, "simulation.delta_t=0.0: must be > 0"),
         ({"delta_t": -0.01}, "simulation.delta_t=-0.01: must be > 0"),
-        ({"connectivity_type": "Lorentz"}, "must be one of ['chaotic', 'low_rank']"),
+        (
+            {"connectivity_type": "Lorentz"},
+            "simulation.connectivity_type='Lorentz': allowed values: [chaotic, low_rank]",
+        ),
         ({"n_neuron_types": 5}, "simulation.neuron_type_params"),
         ({"gain": [1.0]}, "simulation.gain"),
         ({"noise_model_level": -1.0}, "simulation.noise_model_level=-1.0"),

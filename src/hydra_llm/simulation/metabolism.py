@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from hydra_llm.schemas import validate
+from hydra_llm.schemas.simulation import MetabolismSimulation
 from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
 from hydra_llm.simulation.frames import start_frame_loader
 
@@ -153,95 +154,34 @@ class MetabolismDataModule(SimulationDataModule):
     ``frame_sampling`` and ``frame_window`` set the batch size, the batches per epoch and the window.
     """
 
-    def __init__(
-        self,
-        n_metabolites: int = 100,
-        n_metabolite_types: int = 2,
-        n_reactions: int = 256,
-        max_metabolites_per_reaction: int = 4,
-        cycle_fraction: float = 1.0,
-        cycle_length: int = 3,
-        use_mass_action: bool = True,
-        log_k_min: float = -2.0,
-        log_k_max: float = -1.0,
-        concentration_min: float = 1.0,
-        concentration_max: float = 9.0,
-        n_frames: int = 2880,
-        delta_t: float = 0.1,
-        train_fraction: float = 0.8,
-        homeostatic_lambda_per_type: Sequence[float] = (0.001, 0.002),
-        homeostatic_baseline_per_type: Sequence[float] = (4.0, 6.0),
-        circadian_amplitude: float = 0.0,
-        circadian_period: float = 240.0,
-        flux_limit: bool = False,
-        stoichiometry_known: bool = True,
-        seed: int = 0,
-        cache_dir: str | Path | None = None,
-    ) -> None:
+    def __init__(self, cache_dir: str | Path | None = None, **options: Any) -> None:
+        """Args:
+        cache_dir: where simulated data is cached (None: no cache).
+        **options: :class:`~hydra_llm.schemas.simulation.MetabolismSimulation` keys; missing ones take its
+            defaults. Every value is checked here, before any simulation.
+        """
         super().__init__()
-        _check(n_metabolites >= 2, "n_metabolites", f"must be >= 2, got {n_metabolites}")
-        _check(
-            1 <= n_metabolite_types <= n_metabolites,
-            "n_metabolite_types",
-            f"must be in [1, n_metabolites={n_metabolites}], got {n_metabolite_types}",
-        )
-        _check(n_reactions >= 1, "n_reactions", f"must be >= 1, got {n_reactions}")
-        _check(
-            2 <= max_metabolites_per_reaction <= n_metabolites,
-            "max_metabolites_per_reaction",
-            f"must be in [2, n_metabolites], got {max_metabolites_per_reaction}",
-        )
-        _check(0.0 <= cycle_fraction <= 1.0, "cycle_fraction", f"must be in [0, 1], got {cycle_fraction}")
-        _check(
-            2 <= cycle_length <= n_metabolites,
-            "cycle_length",
-            f"must be in [2, n_metabolites], got {cycle_length}",
-        )
-        _check(
-            use_mass_action,
-            "use_mass_action",
-            "only true is implemented (mass-action kinetics); allowed values: [true]",
-        )
-        _check(log_k_min <= log_k_max, "log_k_min", f"must be <= log_k_max ({log_k_min} > {log_k_max})")
-        _check(
-            0.0 < concentration_min <= concentration_max,
-            "concentration_min",
-            f"need 0 < concentration_min <= concentration_max, got {concentration_min}, {concentration_max}",
-        )
-        _check(n_frames >= 4, "n_frames", f"must be >= 4, got {n_frames}")
-        _check(delta_t > 0, "delta_t", f"must be > 0, got {delta_t}")
-        _check(0.0 < train_fraction <= 1.0, "train_fraction", f"must be in (0, 1], got {train_fraction}")
-        for key, values in (
-            ("homeostatic_lambda_per_type", homeostatic_lambda_per_type),
-            ("homeostatic_baseline_per_type", homeostatic_baseline_per_type),
-        ):
-            _check(
-                len(values) == n_metabolite_types,
-                key,
-                f"needs one value per type (n_metabolite_types={n_metabolite_types}), got {list(values)}",
-            )
-        _check(circadian_period > 0, "circadian_period", f"must be > 0, got {circadian_period}")
-
-        self.n_metabolites = int(n_metabolites)
-        self.n_metabolite_types = int(n_metabolite_types)
-        self.n_reactions = int(n_reactions)
-        self.max_metabolites_per_reaction = int(max_metabolites_per_reaction)
-        self.cycle_fraction = float(cycle_fraction)
-        self.cycle_length = int(cycle_length)
-        self.log_k_min = float(log_k_min)
-        self.log_k_max = float(log_k_max)
-        self.concentration_min = float(concentration_min)
-        self.concentration_max = float(concentration_max)
-        self.n_frames = int(n_frames)
-        self.delta_t = float(delta_t)
-        self.train_fraction = float(train_fraction)
-        self.homeostatic_lambda_per_type = [float(v) for v in homeostatic_lambda_per_type]
-        self.homeostatic_baseline_per_type = [float(v) for v in homeostatic_baseline_per_type]
-        self.circadian_amplitude = float(circadian_amplitude)
-        self.circadian_period = float(circadian_period)
-        self.flux_limit = bool(flux_limit)
-        self.stoichiometry_known = bool(stoichiometry_known)
-        self.seed = int(seed)
+        o = validate(MetabolismSimulation, options)
+        self.n_metabolites = o.n_metabolites
+        self.n_metabolite_types = o.n_metabolite_types
+        self.n_reactions = o.n_reactions
+        self.max_metabolites_per_reaction = o.max_metabolites_per_reaction
+        self.cycle_fraction = o.cycle_fraction
+        self.cycle_length = o.cycle_length
+        self.log_k_min = o.log_k_min
+        self.log_k_max = o.log_k_max
+        self.concentration_min = o.concentration_min
+        self.concentration_max = o.concentration_max
+        self.n_frames = o.n_frames
+        self.delta_t = o.delta_t
+        self.train_fraction = o.train_fraction
+        self.homeostatic_lambda_per_type = [float(v) for v in o.homeostatic_lambda_per_type]
+        self.homeostatic_baseline_per_type = [float(v) for v in o.homeostatic_baseline_per_type]
+        self.circadian_amplitude = o.circadian_amplitude
+        self.circadian_period = o.circadian_period
+        self.flux_limit = o.flux_limit
+        self.stoichiometry_known = o.stoichiometry_known
+        self.seed = o.seed
         self.cache_dir = cache_dir
 
     # ----------------------------------------------------------------- cache

@@ -29,28 +29,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hydra_llm.schemas import validate
+from hydra_llm.schemas.simulation import SignalSimulation
 from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
 from hydra_llm.simulation.frames import FrameSampling, frame_loader
 
 # CSR products are what we rely on; torch flags them as beta on every first use.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-
-CONNECTIVITY_TYPES = ("chaotic", "low_rank")
-
-# The paper's Fig. 2 table (tau in {0.5, 1}, s in {1, 2}); one row [tau, s] per type, ordered so
-# that the first 2 or 3 rows already differ in both tau and s.
-DEFAULT_TYPE_PARAMS = ((0.5, 1.0), (1.0, 2.0), (0.5, 2.0), (1.0, 1.0))
-
-
-def _require(condition: bool, key: str, value: Any, rule: str) -> None:
-    if not condition:
-        raise ValueError(f"simulation.{key}={value!r}: {rule}")
 
 
 class SignalDataModule(SimulationDataModule):
@@ -61,97 +51,30 @@ class SignalDataModule(SimulationDataModule):
     all types or a list with one value per type.
     """
 
-    def __init__(
-        self,
-        n_neurons: int = 100,
-        n_neuron_types: int = 4,
-        n_frames: int = 10_000,
-        delta_t: float = 0.01,
-        connectivity_type: str = "chaotic",
-        connectivity_filling_factor: float = 1.0,
-        connectivity_rank: int = 20,
-        Dale_law: bool = False,
-        Dale_law_factor: float = 0.5,
-        noise_model_level: float = 0.0,
-        gain: float | Sequence[float] = 10.0,
-        neuron_type_params: Sequence[Sequence[float]] = DEFAULT_TYPE_PARAMS,
-        burn_in_frames: int = 1000,
-        test_fraction: float = 0.2,
-        structure_known: bool = False,
-        seed: int = 0,
-        cache_dir: str | Path | None = None,
-    ) -> None:
+    def __init__(self, cache_dir: str | Path | None = None, **options: Any) -> None:
+        """Args:
+        cache_dir: where simulated data is cached (None: no cache).
+        **options: :class:`~hydra_llm.schemas.simulation.SignalSimulation` keys; missing ones take its
+            defaults. Every value is checked here, before any simulation.
+        """
         super().__init__()
-        _require(int(n_neurons) > 0, "n_neurons", n_neurons, "must be > 0")
-        _require(
-            1 <= int(n_neuron_types) <= int(n_neurons),
-            "n_neuron_types",
-            n_neuron_types,
-            f"must be in [1, n_neurons={n_neurons}]",
-        )
-        _require(int(n_frames) >= 10, "n_frames", n_frames, "must be >= 10")
-        _require(float(delta_t) > 0 and math.isfinite(float(delta_t)), "delta_t", delta_t, "must be > 0")
-        _require(
-            connectivity_type in CONNECTIVITY_TYPES,
-            "connectivity_type",
-            connectivity_type,
-            f"must be one of {list(CONNECTIVITY_TYPES)}",
-        )
-        _require(
-            0.0 < float(connectivity_filling_factor) <= 1.0,
-            "connectivity_filling_factor",
-            connectivity_filling_factor,
-            "must be in (0, 1]",
-        )
-        if connectivity_type == "low_rank":
-            _require(
-                1 <= int(connectivity_rank) <= int(n_neurons),
-                "connectivity_rank",
-                connectivity_rank,
-                f"must be in [1, n_neurons={n_neurons}]",
-            )
-        _require(
-            0.0 <= float(Dale_law_factor) <= 1.0, "Dale_law_factor", Dale_law_factor, "must be in [0, 1]"
-        )
-        _require(float(noise_model_level) >= 0, "noise_model_level", noise_model_level, "must be >= 0")
-        _require(int(burn_in_frames) >= 0, "burn_in_frames", burn_in_frames, "must be >= 0")
-        _require(0.0 < float(test_fraction) < 1.0, "test_fraction", test_fraction, "must be in (0, 1)")
-        rows = [list(map(float, row)) for row in neuron_type_params]
-        _require(
-            len(rows) >= int(n_neuron_types) and all(len(row) == 2 for row in rows),
-            "neuron_type_params",
-            neuron_type_params,
-            f"must hold at least n_neuron_types={n_neuron_types} rows [tau, s]",
-        )
-        _require(
-            all(row[0] > 0 for row in rows), "neuron_type_params", neuron_type_params, "every tau must be > 0"
-        )
-        gains = (
-            [float(gain)] * int(n_neuron_types) if isinstance(gain, int | float) else [float(g) for g in gain]
-        )
-        _require(
-            len(gains) >= int(n_neuron_types),
-            "gain",
-            gain,
-            f"must be a float or a list of >= {n_neuron_types} floats",
-        )
-
-        self.n_neurons = int(n_neurons)
-        self.n_neuron_types = int(n_neuron_types)
-        self.n_frames = int(n_frames)
-        self.delta_t = float(delta_t)
-        self.connectivity_type = str(connectivity_type)
-        self.connectivity_filling_factor = float(connectivity_filling_factor)
-        self.connectivity_rank = int(connectivity_rank)
-        self.Dale_law = bool(Dale_law)
-        self.Dale_law_factor = float(Dale_law_factor)
-        self.noise_model_level = float(noise_model_level)
-        self.gains = gains[: self.n_neuron_types]
-        self.type_params = rows[: self.n_neuron_types]
-        self.burn_in_frames = int(burn_in_frames)
-        self.test_fraction = float(test_fraction)
-        self.structure_known = bool(structure_known)
-        self.seed = int(seed)
+        o = validate(SignalSimulation, options)
+        self.n_neurons = o.n_neurons
+        self.n_neuron_types = o.n_neuron_types
+        self.n_frames = o.n_frames
+        self.delta_t = o.delta_t
+        self.connectivity_type = str(o.connectivity_type)
+        self.connectivity_filling_factor = o.connectivity_filling_factor
+        self.connectivity_rank = o.connectivity_rank
+        self.Dale_law = o.Dale_law
+        self.Dale_law_factor = o.Dale_law_factor
+        self.noise_model_level = o.noise_model_level
+        self.gains = o.gains()[: self.n_neuron_types]
+        self.type_params = [list(map(float, row)) for row in o.neuron_type_params[: self.n_neuron_types]]
+        self.burn_in_frames = o.burn_in_frames
+        self.test_fraction = o.test_fraction
+        self.structure_known = o.structure_known
+        self.seed = o.seed
         self.cache_dir = cache_dir
         self.default_sampling = FrameSampling(batch_size=8, batches_per_epoch=100, seed=self.seed)
 
