@@ -69,41 +69,42 @@ def llm_args(base_url: str) -> list[str]:
 
 def synthetic_view(tmp: Path):
     """A 4-slot view mid-block: 20 UCB rows, the signal protocol, a 300-line memory, plots on disk."""
-    from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec, SlotResult, UCBRow
+    from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec
+    from hydra_llm.explore.tree import Node, UCBScore
 
     space = (
         ParamSpec("training.lr", "float", 1e-4, 1e-1, log=True, default=0.01),
         ParamSpec("training.width", "int", 2, 15, default=4),
     )
+
+    def node(i: int, parent: int | None, slot: int, lr: float, metrics: dict[str, float]) -> Node:
+        return Node(
+            id=i,
+            parent=parent,
+            block=2,
+            slot=slot,
+            strategy="exploit",
+            overrides={"training.lr": lr},
+            mutation={"training.lr": lr},
+            simulation={},
+            seeds={"simulation": slot, "training": 1000 * i + slot},
+            job_num=i - 1,
+            metrics=metrics,
+            reward=metrics["score"],
+            output_dir=str(tmp),
+            mutation_text=f"training.lr: 0.01 -> {lr:g}",
+        )
+
     rows = tuple(
-        UCBRow(
-            i,
+        UCBScore(
+            node(i, None if i == 1 else i - 1, 0, 1e-3 * i, {"score": 0.5 + i / 50}),
             2.0 - i / 20,
-            None if i == 1 else i - 1,
-            1 + 20 - i,
+            21 - i,
             0.5 + i / 50,
-            {"score": 0.5 + i / 50},
-            f"training.lr: 0.01 -> {1e-3 * i:g}",
-            {"training.lr": 1e-3 * i},
         )
         for i in range(1, 21)
     )
-    results = tuple(
-        SlotResult(
-            17 + s,
-            16,
-            s,
-            "exploit",
-            {"training.lr": 1e-3 * (17 + s)},
-            "completed",
-            {"score": 0.8, "test_R2": 0.7},
-            0.8,
-            {"simulation": s, "training": 17000 + s},
-            16 + s,
-            str(tmp),
-        )
-        for s in range(4)
-    )
+    results = tuple(node(17 + s, 16, s, 1e-3 * (17 + s), {"score": 0.8, "test_R2": 0.7}) for s in range(4))
     memory = "".join(f"- observation line {i}: lr 1e-3 works (nodes 3, 7, 9)\n" for i in range(300))
     return ExplorationView(
         first_iteration=21,

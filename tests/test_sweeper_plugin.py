@@ -60,13 +60,15 @@ def cli(sweep_dir, *overrides, check=True, timeout=240, space=SPACE, base=BASE, 
 def test_discovered_and_import_light():
     names = [cls.__name__ for cls in Plugins.instance().discover(Sweeper)]
     assert "LLMUCBSweeper" in names
+    # of hydra_llm only the (torch-free) schemas: nothing heavy on a Hydra start
     code = (
         "import sys, hydra_plugins.llm_ucb_sweeper.llm_ucb_sweeper; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'torch', 'matplotlib', 'openai', 'wandb', 'lightning', 'hydra_llm', 'numpy'}))"
+        "{'torch', 'matplotlib', 'openai', 'wandb', 'lightning', 'numpy'}), "
+        "sorted({m.split('.')[1] for m in sys.modules if m.startswith('hydra_llm.')}))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "[] ['schemas']"
 
 
 def test_in_process_sweep_records_raise_and_nan(hydra_sweep_runner, tmp_path):

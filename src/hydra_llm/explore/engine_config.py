@@ -1,7 +1,7 @@
 """The sweep's settings (``hydra.sweeper.*`` minus the search space and the proposer) and the errors
 that stop a sweep.
 
-Their defaults and choices are the sweeper schema's (:mod:`hydra_plugins.llm_ucb_sweeper._schema`,
+Their defaults and choices are the sweeper schema's (:mod:`hydra_llm.schemas.sweeper`,
 which imports nothing of Hydra or of this package): through Hydra they arrive typed and checked, and
 a config built here directly is coerced and checked against the same schema.
 """
@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from hydra_llm.explore.tree import Objective
-from hydra_plugins.llm_ucb_sweeper._schema import (
+from hydra_llm.schemas.sweeper import (
     LLMUCBSweeperConf,
     ReplicateReward,
     SimulationSeed,

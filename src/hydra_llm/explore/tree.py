@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from hydra_plugins.llm_ucb_sweeper._schema import ReplicateReward, UCBConf, UCBFormula
+from hydra_llm.schemas.sweeper import ReplicateReward, UCBConf, UCBFormula
 
 Direction = Literal["maximize", "minimize", "target"]
 

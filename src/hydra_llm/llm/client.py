@@ -48,12 +48,13 @@ from hydra_llm.llm.structured import (
     schema_instructions,
     validate,
 )
+from hydra_llm.schemas.sweeper import LLMProposerConf, StructuredOutput
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
-STRUCTURED_OUTPUT_CHOICES = ("auto", *LADDER)
+STRUCTURED_OUTPUT_CHOICES = tuple(StructuredOutput)  # "auto", then the ladder's modes
 # Words in a server's error body that say it rejected the *format* of the request, per mode.
 _REJECTION_WORDS: dict[Mode, tuple[str, ...]] = {
     "json_schema": ("response_format", "json_schema", "schema"),
@@ -100,16 +101,17 @@ class LLMSettings:
     is sent back with its validation error.
     """
 
+    # defaults: the llm proposer's (hydra_llm.schemas.sweeper.LLMProposerConf), declared once there
     model: str
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.2
-    timeout: float = 120.0
-    max_retries: int = 2
-    structured_output: str = "auto"
-    max_reasks: int = 1
-    max_tokens: int | None = None
-    deadline: float = 300.0
+    base_url: str | None = LLMProposerConf.base_url
+    api_key_env: str = LLMProposerConf.api_key_env
+    temperature: float = LLMProposerConf.temperature
+    timeout: float = LLMProposerConf.timeout
+    max_retries: int = LLMProposerConf.max_retries
+    structured_output: str = LLMProposerConf.structured_output
+    max_reasks: int = LLMProposerConf.max_reasks
+    max_tokens: int | None = LLMProposerConf.max_tokens
+    deadline: float = LLMProposerConf.deadline
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the key and the allowed values for any bad setting."""

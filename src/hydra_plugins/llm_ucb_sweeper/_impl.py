@@ -40,8 +40,7 @@ from hydra_llm.explore.space import (
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
 from hydra_llm.explore.tree import Node
 from hydra_llm.files import atomic_write_text
-
-from ._schema import CodeEditsConf, LLMUCBSweeperConf
+from hydra_llm.schemas.sweeper import CodeEditsConf, LLMUCBSweeperConf
 
 log = logging.getLogger(__name__)
 # A worker of a process pool died (os._exit, a signal, the OOM killer): the pool takes every running

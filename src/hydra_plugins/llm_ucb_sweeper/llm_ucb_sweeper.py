@@ -1,7 +1,8 @@
 """Registration of ``hydra/sweeper: llm_ucb`` and its proposers; a thin Sweeper.
 
 Hydra imports this module on every app start, so it imports nothing heavy: the schema lives in
-``_schema.py``, the work in ``_impl.py`` (imported in ``setup``) and in ``hydra_llm.explore``.
+``hydra_llm.schemas.sweeper`` (no torch, no Hydra), the work in ``_impl.py`` (imported in ``setup``) and
+in ``hydra_llm.explore``.
 """
 
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 
-from ._schema import (
+from hydra_llm.schemas.sweeper import (
     AutoProposerConf,
     CodeEditsConf,
     LLMProposerConf,

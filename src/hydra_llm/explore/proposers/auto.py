@@ -7,7 +7,7 @@ from typing import Any
 
 from hydra_llm.explore.proposers.base import Proposer
 from hydra_llm.explore.proposers.rules import RulesProposer
-from hydra_plugins.llm_ucb_sweeper._schema import AutoProposerConf
+from hydra_llm.schemas.sweeper import AutoProposerConf
 
 
 def choose(

@@ -33,7 +33,7 @@ from hydra_llm.explore.proposers.llm_prompt import PromptBuilder, PromptLimits, 
 from hydra_llm.explore.proposers.llm_schema import LLMReply, check_reply, to_proposer_reply
 from hydra_llm.explore.protocol import RulesPolicy
 from hydra_llm.llm.client import Completion, LLMClient, LLMError, LLMSettings, reask_messages
-from hydra_plugins.llm_ucb_sweeper._schema import LLMProposerConf
+from hydra_llm.schemas.sweeper import LLMProposerConf
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from hydra_llm.explore.proposers.base import (
     SlotObservation,
 )
 from hydra_llm.explore.tree import Node, Objective, UCBScore, config_hash
-from hydra_plugins.llm_ucb_sweeper._schema import RulesProposerConf
+from hydra_llm.schemas.sweeper import RulesProposerConf
 
 _MIN_REPLICATES = 3
 

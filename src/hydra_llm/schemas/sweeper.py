@@ -1,12 +1,11 @@
 """The schema of ``hydra/sweeper=llm_ucb`` and its proposers: the one declaration of every setting,
 its type and its default.
 
-``llm_ucb_sweeper.py`` registers these dataclasses in Hydra's ConfigStore, so a misspelt key, a value
-of the wrong type or a choice outside its enum fails when Hydra composes the config. The engine takes
-its defaults and choices from here too (``EngineConfig``, the proposers' constructors). This module
-imports no ``hydra_llm`` and nothing heavy, so the plugin stays import-light and the engine Hydra-free;
-its leading underscore keeps Hydra's plugin scan from executing it a second time (which would replace
-its classes after the engine has imported them).
+The plugin (``hydra_plugins.llm_ucb_sweeper``) registers these dataclasses in Hydra's ConfigStore, so a
+misspelt key, a value of the wrong type or a choice outside its enum fails when Hydra composes the
+config. The engine takes its defaults and choices from here too (``EngineConfig``, the proposers'
+constructors). It imports nothing heavy and no Hydra, so the plugin stays import-light and the engine
+Hydra-free; both depend on it, it on neither.
 
 Enums are StrEnums whose member names equal their values: YAML and overrides name the value, and a
 member compares equal to its string.
