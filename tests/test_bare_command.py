@@ -114,7 +114,7 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
     [
         (
             "training.learning_rate_W_start=-1",
-            "training.learning_rate_W_start=-1: must be a finite float > 0",
+            "training.learning_rate_W_start=-1.0: must be a finite float > 0",
         ),
         ("simulation.n_neuron_types=0", "simulation.n_neuron_types"),
     ],
