@@ -16,10 +16,13 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
 import yaml
+
+from hydra_llm.schemas.training import FlyvisTraining
 
 
 def read_yaml(*parts: str) -> dict:
@@ -74,7 +77,7 @@ def bench_step(extent: int, batch: int, repeats: int, steps: int) -> None:
         edge_index=torch.from_numpy(np.stack([c.edge_src, c.edge_tgt])).long(),
         external_input=torch.rand(T, N, generator=gen),
     )
-    training = read_yaml("training", "flyvis.yaml")
+    training = asdict(FlyvisTraining())
     times = {}
     for aggregation in ("node", "edge"):
         torch.manual_seed(0)
@@ -136,10 +139,8 @@ def bench_recovery(extent: int, frames: int, steps: int, noise: float, batch: in
     dm = FlyvisDataModule(**sim)
     dm.setup()
     sim_s = time.perf_counter() - t0
-    training = read_yaml("training", "flyvis.yaml")
-    training.update({"max_steps_per_epoch": steps, "batch_size": batch})
-    model_cfg = read_yaml("model", "flyvis_gnn.yaml")
-    model_cfg.pop("_target_")
+    training = {**asdict(FlyvisTraining()), "max_steps_per_epoch": steps, "batch_size": batch}
+    model_cfg: dict = {}  # the flyvis_gnn defaults (hydra_llm.schemas.models.FlyvisModel)
     pl.seed_everything(training["seed"], verbose=False)
     model = FlyvisGNN(dm.observations, training, **model_cfg)
     out = os.path.join("outputs", "bench_flyvis_recovery")

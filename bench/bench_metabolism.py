@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -70,12 +69,6 @@ def meets_target(m: dict[str, float]) -> bool:
         all(low <= r <= high for r in ratios)
         and m["embedding_cluster_acc"] >= TARGET["embedding_cluster_acc"]
     )
-
-
-def load_yaml(name: str) -> dict[str, Any]:
-    data = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / name), resolve=False)
-    data.pop("defaults", None)
-    return data
 
 
 def load() -> str:
@@ -131,8 +124,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one table row per fit, no banners
 
-    sim_cfg = load_yaml("simulation/metabolism_homeostasis.yaml")["simulation"]
-    sim_cfg.pop("_target_")
+    sim_cfg: dict[str, Any] = {}  # the regime's defaults (hydra_llm.schemas.simulation.MetabolismSimulation)
     model_cfg: dict[str, Any] = {}  # the metabolism_gnn defaults (hydra_llm.schemas.models.MetabolismModel)
     phase1 = training_options({})
     phase2 = training_options({"phase": 2})
