@@ -172,8 +172,8 @@ def test_datamodule_cache_is_reused_and_keyed_by_seed(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"parameters": {"mode": "trained"}}, "allowed: \\['flyvis_init'"),
-        ({"stimulus": {"source": "sintel"}}, "allowed: \\['synthetic', 'davis'\\]"),
+        ({"parameters": {"mode": "trained"}}, r"parameters.mode='trained': allowed values: \[flyvis_init"),
+        ({"stimulus": {"source": "sintel"}}, r"source='sintel': allowed values: \[synthetic, davis\]"),
         ({"stimulus": {"source": "synthetic", "families": FAMS, "ood_families": ["grating"]}}, "overlap"),
         ({"test_fraction": 1.5}, "test_fraction"),
         ({"parameters": {"mode": "checkpoint", "checkpoint_path": "/nowhere"}}, "checkpoint_path"),

@@ -1,9 +1,8 @@
-"""Typed simulation options of the signal and metabolism regimes: the one place their defaults live.
+"""Typed simulation options of the regimes: the one place their defaults live.
 
 A regime's YAML (``conf/simulation/*.yaml``) puts its values over one of these (its defaults list names
 ``/schema/simulation/<regime>``), so a misspelt key or a value of the wrong type fails when Hydra
-composes; the datamodule validates its keyword arguments against the same dataclass. The flyvis regime's
-options are checked by its datamodule.
+composes; the datamodule validates its keyword arguments against the same dataclass.
 """
 
 from __future__ import annotations
@@ -152,3 +151,140 @@ class MetabolismSimulation:
         for key in ("homeostatic_lambda_per_type", "homeostatic_baseline_per_type"):
             if len(getattr(self, key)) != self.n_metabolite_types:
                 fail(self, key, getattr(self, key), f"needs one value per type ({self.n_metabolite_types})")
+
+
+# ------------------------------------------------------------------------------------------- flyvis
+class ConnectomeSource(StrEnum):
+    """flyvis: the flyvis wheel's connectome JSON; file: a JSON of the same schema at ``path`` (no
+    checksum); synthetic: a tiny random one (tests)."""
+
+    flyvis = "flyvis"
+    file = "file"
+    synthetic = "synthetic"
+
+
+class ParameterMode(StrEnum):
+    """Where the ground-truth parameters come from: flyvis's initialisation, a random draw shaped like a
+    trained model, or a flyvis checkpoint file."""
+
+    flyvis_init = "flyvis_init"
+    random_trained_like = "random_trained_like"
+    checkpoint = "checkpoint"
+
+
+class StimulusSource(StrEnum):
+    """synthetic: edges, bars, gratings, flashes, noise; davis: DAVIS-2017 videos from a local folder."""
+
+    synthetic = "synthetic"
+    davis = "davis"
+
+
+@dataclass
+class ConnectomeOptions:
+    """``simulation.connectome``: which connectome, and how many hex columns of it."""
+
+    GROUP: ClassVar[str] = "simulation.connectome"
+    source: ConnectomeSource = ConnectomeSource.flyvis
+    # hex columns |u|, |v|, |u+v| <= extent: 0 -> 65 neurons, 1 -> 443, 4 -> 3,865, 8 -> 13,741
+    extent: int = 8
+    path: str | None = None  # source=file
+    seed: int = 0  # source=synthetic
+
+    def __post_init__(self) -> None:
+        if self.extent < 0:
+            fail(self, "extent", self.extent, "must be >= 0")
+        if self.source == ConnectomeSource.file and self.path is None:
+            fail(self, "path", None, "is required when connectome.source=file")
+
+
+@dataclass
+class ParameterOptions:
+    """``simulation.parameters``: the ground truth's time constants, resting potentials and weights.
+
+    The ``random_trained_like`` draw: a ``fast_fraction`` of cell types with tau just below dt (trained
+    models: 51/65), the rest log-uniform in [dt, ``tau_max``] s; V_rest uniform in ``V_rest_range``;
+    per-pair mean |w| log-normal around ``median_abs_weight`` (``log_sigma``), ``zero_fraction`` of the
+    pairs off (trained: 31/604 strengths are 0); weights shrink by 0.7 until a flicker probe stays below
+    ``max_abs_voltage``.
+    """
+
+    GROUP: ClassVar[str] = "simulation.parameters"
+    mode: ParameterMode = ParameterMode.random_trained_like
+    checkpoint_path: str | None = None  # mode=checkpoint: a flyvis checkpoint file
+    fast_fraction: float = 0.78
+    tau_max: float = 0.3
+    V_rest_range: list[float] = field(default_factory=lambda: [0.0, 0.8])
+    median_abs_weight: float = 0.03
+    log_sigma: float = 1.0
+    zero_fraction: float = 0.04
+    max_abs_voltage: float = 20.0
+    probe_noise: float | None = None  # process noise of the flicker probe; None: noise_model_level
+
+    def __post_init__(self) -> None:
+        _in(self, "fast_fraction", 0.0, 1.0, "must be in [0, 1]")
+        _in(self, "zero_fraction", 0.0, 1.0, "must be in [0, 1]")
+        positive(self, "tau_max", "median_abs_weight", "max_abs_voltage")
+        non_negative(self, "log_sigma")
+        if len(self.V_rest_range) != 2 or self.V_rest_range[0] > self.V_rest_range[1]:
+            fail(self, "V_rest_range", self.V_rest_range, "must be [low, high] with low <= high")
+
+
+@dataclass
+class StimulusOptions:
+    """``simulation.stimulus``: what drives the photoreceptors. ``families`` and ``ood_families`` name the
+    synthetic families (``hydra_llm.simulation.flyvis.stimuli``); the out-of-distribution families are
+    never in training. The DAVIS keys apply to ``source: davis`` (root: ``davis_root`` or $DATAVIS_ROOT)."""
+
+    GROUP: ClassVar[str] = "simulation.stimulus"
+    source: StimulusSource = StimulusSource.synthetic
+    families: list[str] = field(
+        default_factory=lambda: ["moving_edge", "moving_bar", "grating", "flash", "white_noise", "blank"]
+    )
+    ood_families: list[str] = field(default_factory=lambda: ["pink_noise"])
+    clip_s: list[float] = field(default_factory=lambda: [0.5, 2.0])  # clip durations (s) of the sequence
+    davis_root: str | None = None
+    video_test_fraction: float = 0.2  # split by source video
+    rotations: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # quarter turns (augmented copies)
+    flips: list[bool] = field(default_factory=lambda: [False, True])
+    crop: float = 0.6  # centre crop fraction
+    kernel_px: int = 13  # box filter / column spacing in pixels
+    fps: float = 24.0
+    max_clip_frames: int = 80
+
+    def __post_init__(self) -> None:
+        if len(self.clip_s) != 2 or not 0 < self.clip_s[0] <= self.clip_s[1]:
+            fail(self, "clip_s", self.clip_s, "must be [low, high] seconds with 0 < low <= high")
+        if not 0.0 < self.video_test_fraction < 1.0:
+            fail(self, "video_test_fraction", self.video_test_fraction, "must be in (0, 1)")
+        _in(self, "crop", 1e-6, 1.0, "must be in (0, 1]")
+        positive(self, "fps")
+        at_least_one(self, "kernel_px", "max_clip_frames")
+
+
+@dataclass
+class FlyvisSimulation:
+    """``simulation=flyvis_*``: the fly visual system (flyvis's connectome and dynamics) under a stimulus."""
+
+    GROUP: ClassVar[str] = "simulation"
+    _target_: str = "hydra_llm.simulation.flyvis.FlyvisDataModule"
+    connectome: ConnectomeOptions = field(default_factory=ConnectomeOptions)
+    parameters: ParameterOptions = field(default_factory=ParameterOptions)
+    stimulus: StimulusOptions = field(default_factory=StimulusOptions)
+    n_frames: int = 64_000  # recorded frames (training and held out)
+    test_fraction: float = 0.2
+    n_ood_frames: int = 1000  # the out-of-distribution recording
+    delta_t: float = 0.02  # s (flyvis trains at 1/50)
+    noise_model_level: float = 0.05  # process noise per Euler step; the studied values are 0, 0.05, 0.5
+    measurement_noise_level: float = 0.0
+    clamp_tau: bool = True  # tau_eff = max(tau, dt), as flyvis does
+    warmup_s: float = 2.0  # grey (0.5) warm-up to steady state, not recorded
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            fail(self, "test_fraction", self.test_fraction, "must be in (0, 1)")
+        if self.n_frames < 10:
+            fail(self, "n_frames", self.n_frames, "must be >= 10")
+        at_least_one(self, "n_ood_frames")
+        positive(self, "delta_t")
+        non_negative(self, "noise_model_level", "measurement_noise_level", "warmup_s")

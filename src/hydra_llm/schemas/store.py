@@ -5,7 +5,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 
 from hydra_llm.schemas.models import FlyvisModel, MetabolismModel, SignalModel
-from hydra_llm.schemas.simulation import MetabolismSimulation, SignalSimulation
+from hydra_llm.schemas.simulation import FlyvisSimulation, MetabolismSimulation, SignalSimulation
 from hydra_llm.schemas.training import (
     FlyvisTraining,
     MetabolismPhase1Training,
@@ -15,12 +15,13 @@ from hydra_llm.schemas.training import (
 
 
 def register() -> None:
-    """``schema/simulation/signal|metabolism``, ``model=signal_gnn|flyvis_gnn|metabolism_gnn`` and
+    """``schema/simulation/signal|metabolism|flyvis``, ``model=signal_gnn|flyvis_gnn|metabolism_gnn`` and
     ``training=default|flyvis|metabolism_phase1|metabolism_phase2`` as typed configs."""
     cs = ConfigStore.instance()
-    # the schemas under the signal and metabolism regimes' YAML (their defaults lists name them)
+    # the schemas under the regimes' YAML (their defaults lists name them)
     cs.store(group="schema/simulation", name="signal", node=SignalSimulation)
     cs.store(group="schema/simulation", name="metabolism", node=MetabolismSimulation)
+    cs.store(group="schema/simulation", name="flyvis", node=FlyvisSimulation)
     cs.store(group="model", name="signal_gnn", node=SignalModel)
     cs.store(group="model", name="flyvis_gnn", node=FlyvisModel)
     cs.store(group="model", name="metabolism_gnn", node=MetabolismModel)

@@ -28,6 +28,10 @@ import numpy as np
 from matplotlib.path import Path as PolygonPath
 from scipy.spatial import ConvexHull
 
+from hydra_llm.schemas.simulation import ConnectomeOptions
+
+_OPTIONS = ConnectomeOptions()  # build_connectome's defaults, declared once in the schema
+
 FLYVIS_JSON = "flyvis/connectome/fib25-fib19_v2.2.json"
 FLYVIS_JSON_SHA256 = "bfbb0766251ff09e22723d0ebbf7b14793e70b3ae8ad0eea64eac9d28223351a"
 INSTALL_HINT = (
@@ -302,7 +306,10 @@ def synthetic_spec(n_types: int = 6, n_input_types: int = 2, seed: int = 0) -> d
 
 
 def build_connectome(
-    source: str = "flyvis", extent: int = 8, path: str | None = None, seed: int = 0
+    source: str = _OPTIONS.source,
+    extent: int = _OPTIONS.extent,
+    path: str | None = _OPTIONS.path,
+    seed: int = _OPTIONS.seed,
 ) -> Connectome:
     """Compile the connectome named by ``source``: 'flyvis' (the wheel's JSON), 'file' (a JSON of the
     same schema at ``path``, no checksum) or 'synthetic' (:func:`synthetic_spec` with ``seed``)."""

@@ -15,19 +15,19 @@ connectome's edge list; W, tau, V_rest and cell types stay in :class:`GroundTrut
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from hydra_llm.schemas import plain, validate
+from hydra_llm.schemas.simulation import FlyvisSimulation
 from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
 from hydra_llm.simulation.flyvis import davis as davis_io
 from hydra_llm.simulation.flyvis.connectome import FLYVIS_JSON_SHA256, Connectome, build_connectome
 from hydra_llm.simulation.flyvis.dynamics import FlyvisODE
 from hydra_llm.simulation.flyvis.parameters import (
-    PARAMETER_MODES,
     FlyvisParameters,
     flyvis_init,
     load_checkpoint,
@@ -37,7 +37,6 @@ from hydra_llm.simulation.flyvis.stimuli import check_families, synthetic_sequen
 from hydra_llm.simulation.frames import FrameSampling, frame_loader
 
 log = logging.getLogger(__name__)
-STIMULUS_SOURCES = ("synthetic", "davis")
 
 
 def finite_difference(voltages: np.ndarray, dt: float) -> np.ndarray:
@@ -51,76 +50,47 @@ def finite_difference(voltages: np.ndarray, dt: float) -> np.ndarray:
 class FlyvisDataModule(SimulationDataModule):
     """The flyvis regime. Sizes: N neurons (13,741 at extent 8), E edges, C columns, T frames."""
 
-    def __init__(
-        self,
-        connectome: Mapping[str, Any],
-        parameters: Mapping[str, Any],
-        stimulus: Mapping[str, Any],
-        n_frames: int = 4000,
-        test_fraction: float = 0.2,
-        n_ood_frames: int = 500,
-        delta_t: float = 0.02,
-        noise_model_level: float = 0.05,
-        measurement_noise_level: float = 0.0,
-        clamp_tau: bool = True,
-        warmup_s: float = 2.0,
-        seed: int = 42,
-        cache_dir: str | None = None,
-    ) -> None:
+    def __init__(self, cache_dir: str | None = None, **options: Any) -> None:
+        """Args:
+        cache_dir: where simulated data is cached (None: no cache).
+        **options: :class:`~hydra_llm.schemas.simulation.FlyvisSimulation` keys (``connectome``,
+            ``parameters``, ``stimulus`` as mappings of their own keys); missing ones take its defaults.
+            Every value is checked here, and the data a stimulus needs is found, before any simulation.
+        """
         super().__init__()
-        self.connectome_cfg = dict(connectome)
-        self.parameters_cfg = dict(parameters)
-        self.stimulus_cfg = dict(stimulus)
-        self.n_frames = int(n_frames)
-        self.test_fraction = float(test_fraction)
-        self.n_ood_frames = int(n_ood_frames)
-        self.delta_t = float(delta_t)
-        self.noise_model_level = float(noise_model_level)
-        self.measurement_noise_level = float(measurement_noise_level)
-        self.clamp_tau = bool(clamp_tau)
-        self.warmup_s = float(warmup_s)
-        self.seed = int(seed)
+        o = validate(FlyvisSimulation, options)
+        self.connectome_cfg = plain(o.connectome)
+        self.parameters_cfg = plain(o.parameters)
+        self.stimulus_cfg = plain(o.stimulus)
+        self.n_frames = o.n_frames
+        self.test_fraction = o.test_fraction
+        self.n_ood_frames = o.n_ood_frames
+        self.delta_t = o.delta_t
+        self.noise_model_level = o.noise_model_level
+        self.measurement_noise_level = o.measurement_noise_level
+        self.clamp_tau = o.clamp_tau
+        self.warmup_s = o.warmup_s
+        self.seed = o.seed
         self.cache_dir = cache_dir
         self._validate()
 
     # ------------------------------------------------------------------ configuration
     def _validate(self) -> None:
-        """Every bad value raises here, before anything is simulated."""
-        mode = self.parameters_cfg.get("mode", "random_trained_like")
-        if mode not in PARAMETER_MODES:
-            raise ValueError(f"simulation.parameters.mode={mode!r}; allowed: {list(PARAMETER_MODES)}")
-        if mode == "checkpoint" and not Path(str(self.parameters_cfg.get("checkpoint_path"))).is_file():
+        """What the schema cannot check: family names, files and folders."""
+        params, stimulus = self.parameters_cfg, self.stimulus_cfg
+        if params["mode"] == "checkpoint" and not Path(str(params["checkpoint_path"])).is_file():
             raise FileNotFoundError(
-                f"simulation.parameters.checkpoint_path={self.parameters_cfg.get('checkpoint_path')!r} "
-                "is not a file"
+                f"simulation.parameters.checkpoint_path={params['checkpoint_path']!r} is not a file"
             )
-        source = self.connectome_cfg.get("source", "flyvis")
-        if source not in ("flyvis", "file", "synthetic"):
-            raise ValueError(
-                f"simulation.connectome.source={source!r}; allowed: ['flyvis', 'file', 'synthetic']"
-            )
-        stim = self.stimulus_cfg.get("source", "synthetic")
-        if stim not in STIMULUS_SOURCES:
-            raise ValueError(f"simulation.stimulus.source={stim!r}; allowed: {list(STIMULUS_SOURCES)}")
-        train = check_families(
-            self.stimulus_cfg.get("families", ["moving_edge"]), "simulation.stimulus.families"
-        )
-        ood = check_families(
-            self.stimulus_cfg.get("ood_families", ["pink_noise"]), "simulation.stimulus.ood_families"
-        )
-        if stim == "synthetic" and set(train) & set(ood):
+        train = check_families(stimulus["families"], "simulation.stimulus.families")
+        ood = check_families(stimulus["ood_families"], "simulation.stimulus.ood_families")
+        if stimulus["source"] == "synthetic" and set(train) & set(ood):
             raise ValueError(
                 f"simulation.stimulus.ood_families {ood} overlap the training families {train}; "
                 "the out-of-distribution test needs families never seen in training"
             )
-        if stim == "davis":
-            davis_io.find_root(self.stimulus_cfg.get("davis_root"))
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"simulation.test_fraction={self.test_fraction}; allowed: 0 < value < 1")
-        if self.n_frames < 10:
-            raise ValueError(f"simulation.n_frames={self.n_frames}; need >= 10")
-        if self.delta_t <= 0 or self.noise_model_level < 0 or self.measurement_noise_level < 0:
-            raise ValueError("simulation.delta_t must be > 0 and the noise levels >= 0")
+        if stimulus["source"] == "davis":
+            davis_io.find_root(stimulus["davis_root"])
 
     def cache_key_params(self) -> dict[str, Any]:
         params = {
@@ -139,10 +109,10 @@ class FlyvisDataModule(SimulationDataModule):
             "warmup_s": self.warmup_s,
             "seed": self.seed,
         }
-        if self.connectome_cfg.get("source", "flyvis") == "flyvis":
+        if self.connectome_cfg["source"] == "flyvis":
             params["flyvis_sha256"] = FLYVIS_JSON_SHA256
-        if self.stimulus_cfg.get("source") == "davis":
-            root = davis_io.find_root(self.stimulus_cfg.get("davis_root"))
+        if self.stimulus_cfg["source"] == "davis":
+            root = davis_io.find_root(self.stimulus_cfg["davis_root"])
             params["davis_root"] = str(root.resolve())
             params["davis_videos"] = [
                 (v.name, len(list(v.glob("*.jpg")))) for v in davis_io.list_videos(root)
@@ -152,18 +122,17 @@ class FlyvisDataModule(SimulationDataModule):
     # ------------------------------------------------------------------ generation
     def build_connectome(self) -> Connectome:
         cfg = self.connectome_cfg
-        return build_connectome(
-            cfg.get("source", "flyvis"), int(cfg.get("extent", 8)), cfg.get("path"), int(cfg.get("seed", 0))
-        )
+        return build_connectome(cfg["source"], cfg["extent"], cfg["path"], cfg["seed"])
 
     def build_parameters(self, connectome: Connectome) -> FlyvisParameters:
         cfg = {k: v for k, v in self.parameters_cfg.items() if k not in ("mode", "checkpoint_path")}
-        mode = self.parameters_cfg.get("mode", "random_trained_like")
+        mode = self.parameters_cfg["mode"]
         if mode == "flyvis_init":
             return flyvis_init(connectome, seed=self.seed)
         if mode == "checkpoint":
             return load_checkpoint(self.parameters_cfg["checkpoint_path"], connectome)
-        cfg.setdefault("probe_noise", self.noise_model_level)
+        if cfg["probe_noise"] is None:
+            cfg["probe_noise"] = self.noise_model_level
         return random_trained_like(connectome, self.seed, self.delta_t, self.clamp_tau, **cfg)
 
     def stimuli(
@@ -173,28 +142,19 @@ class FlyvisDataModule(SimulationDataModule):
         cfg, columns, dt = self.stimulus_cfg, connectome.columns, self.delta_t
         n_test = max(2, int(round(self.test_fraction * self.n_frames)))
         n_train = self.n_frames - n_test
-        clip_s = tuple(cfg.get("clip_s", (0.5, 2.0)))
-        ood = synthetic_sequence(
-            columns, self.n_ood_frames, dt, cfg.get("ood_families", ["pink_noise"]), rng, clip_s
-        )
-        if cfg.get("source", "synthetic") == "synthetic":
-            families = cfg.get("families")
+        clip_s = tuple(cfg["clip_s"])
+        ood = synthetic_sequence(columns, self.n_ood_frames, dt, cfg["ood_families"], rng, clip_s)
+        if cfg["source"] == "synthetic":
+            families = cfg["families"]
             train = synthetic_sequence(columns, n_train, dt, families, rng, clip_s)
             test = synthetic_sequence(columns, n_test, dt, families, rng, clip_s)
             return train, test, ood
-        root = davis_io.find_root(cfg.get("davis_root"))
+        root = davis_io.find_root(cfg["davis_root"])
         train_videos, test_videos = davis_io.split_videos(
-            davis_io.list_videos(root), float(cfg.get("video_test_fraction", 0.2)), self.seed
+            davis_io.list_videos(root), cfg["video_test_fraction"], self.seed
         )
-        kwargs = {
-            "rotations": list(cfg.get("rotations", [0, 1, 2, 3])),
-            "flips": list(cfg.get("flips", [False, True])),
-            "max_clip_frames": int(cfg.get("max_clip_frames", 80)),
-            "fps": float(cfg.get("fps", 24.0)),
-            "kernel_px": int(cfg.get("kernel_px", 13)),
-            "crop": float(cfg.get("crop", 0.6)),
-            "cache_dir": self.cache_dir,
-        }
+        keys = ("rotations", "flips", "max_clip_frames", "fps", "kernel_px", "crop")
+        kwargs = {**{key: cfg[key] for key in keys}, "cache_dir": self.cache_dir}
         train = davis_io.davis_sequence(train_videos, columns, n_train, dt, rng, **kwargs)
         test = davis_io.davis_sequence(test_videos, columns, n_test, dt, rng, **kwargs)
         return train, test, ood

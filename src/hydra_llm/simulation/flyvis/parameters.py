@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hydra_llm.schemas.simulation import ParameterOptions
 from hydra_llm.simulation.flyvis.connectome import Connectome
 
-PARAMETER_MODES = ("flyvis_init", "random_trained_like", "checkpoint")
+_OPTIONS = ParameterOptions()  # the random_trained_like defaults, declared once in the schema
 
 
 @dataclass(frozen=True)
@@ -155,13 +156,13 @@ def random_trained_like(
     seed: int,
     dt: float,
     clamp_tau: bool = True,
-    fast_fraction: float = 0.78,
-    tau_max: float = 0.3,
-    V_rest_range: tuple[float, float] = (0.0, 0.8),
-    median_abs_weight: float = 0.03,
-    log_sigma: float = 1.0,
-    zero_fraction: float = 0.04,
-    max_abs_voltage: float = 20.0,
+    fast_fraction: float = _OPTIONS.fast_fraction,
+    tau_max: float = _OPTIONS.tau_max,
+    V_rest_range: tuple[float, float] | list[float] = tuple(_OPTIONS.V_rest_range),
+    median_abs_weight: float = _OPTIONS.median_abs_weight,
+    log_sigma: float = _OPTIONS.log_sigma,
+    zero_fraction: float = _OPTIONS.zero_fraction,
+    max_abs_voltage: float = _OPTIONS.max_abs_voltage,
     shrink: float = 0.7,
     max_tries: int = 12,
     probe_steps: int = 500,
