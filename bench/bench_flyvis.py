@@ -20,14 +20,10 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-import yaml
 
+from hydra_llm.schemas import plain
+from hydra_llm.schemas.simulation import FlyvisSimulation
 from hydra_llm.schemas.training import FlyvisTraining
-
-
-def read_yaml(*parts: str) -> dict:
-    with open(os.path.join(os.path.dirname(__file__), "..", "conf", *parts)) as fh:
-        return yaml.safe_load(fh)
 
 
 def load() -> str:
@@ -131,7 +127,7 @@ def bench_recovery(extent: int, frames: int, steps: int, noise: float, batch: in
     from hydra_llm.models.flyvis_gnn import FlyvisGNN
     from hydra_llm.simulation.flyvis import FlyvisDataModule
 
-    sim = read_yaml("simulation", "flyvis_synthetic.yaml")["simulation"]
+    sim = plain(FlyvisSimulation())  # the flyvis_synthetic preset is the schema's defaults
     sim.pop("_target_")
     sim.update({"n_frames": frames, "noise_model_level": noise, "seed": seed, "n_ood_frames": 500})
     sim["connectome"]["extent"] = extent
