@@ -79,13 +79,19 @@ def frame_loader(
     )
 
 
-def start_frame_loader(n_train_frames: int, sampling: FrameSampling, window: int) -> DataLoader:
-    """Batches ``{"frame": (batch_size,)}`` of start frames, each followed by ``window - 1`` more frames
-    inside the training range (a rollout of ``window - 1`` steps); the draw is :class:`FrameBatches`'."""
+def start_frame_loader(
+    n_train_frames: int,
+    sampling: FrameSampling,
+    window: int,
+    tensors: Mapping[str, torch.Tensor] | None = None,
+) -> DataLoader:
+    """Batches of start frames (``"frame"``, (batch_size,), with ``tensors`` gathered at them), each
+    followed by ``window - 1`` more frames inside the training range (a rollout of ``window - 1``
+    steps); the draw is :class:`FrameBatches`'."""
     n_starts = int(n_train_frames) - int(window) + 1
     if n_starts < 1:
         raise ValueError(
             f"simulation.n_frames: {n_train_frames} training frames leave no start for a window of {window} "
             "frames (lower the rollout length, or raise n_frames)"
         )
-    return frame_loader({}, n_starts, sampling)
+    return frame_loader(tensors or {}, n_starts, sampling)

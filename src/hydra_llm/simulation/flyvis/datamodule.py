@@ -34,7 +34,7 @@ from hydra_llm.simulation.flyvis.parameters import (
     random_trained_like,
 )
 from hydra_llm.simulation.flyvis.stimuli import check_families, synthetic_sequence
-from hydra_llm.simulation.frames import FrameSampling, frame_loader
+from hydra_llm.simulation.frames import FrameSampling, start_frame_loader
 
 log = logging.getLogger(__name__)
 
@@ -228,14 +228,9 @@ class FlyvisDataModule(SimulationDataModule):
             sampling = getattr(module, "frame_sampling", sampling)
             window = int(getattr(module, "frame_window", 1))
         obs = self.observations
-        n_starts = obs.n_train_frames - window + 1 if window > 1 else obs.n_train_frames
-        if n_starts < 1:
-            raise ValueError(
-                f"training.time_step={window} leaves no start frame in {obs.n_train_frames} training frames"
-            )
         tensors = {
             "activity": obs.activity,
             "derivative": obs.derivative,
             "external_input": obs.external_input,
         }
-        return frame_loader(tensors, n_starts, sampling)
+        return start_frame_loader(obs.n_train_frames, sampling, window, tensors)
