@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
 
-from hydra_llm.schemas.ranges import at_least_one, fail, non_negative
+from hydra_llm.schemas.ranges import at_least_one, fail, non_negative, ordered_pair
 
 
 class Activation(StrEnum):
@@ -134,5 +134,4 @@ class MetabolismModel:
         at_least_one(
             self, "hidden_dim_sub", "n_layers_sub", "hidden_dim_node", "n_layers_node", "embedding_dim"
         )
-        if len(self.log_k_init) != 2 or self.log_k_init[0] > self.log_k_init[1]:
-            fail(self, "log_k_init", self.log_k_init, "must be [low, high] with low <= high")
+        ordered_pair(self, "log_k_init")

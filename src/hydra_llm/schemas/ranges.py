@@ -35,6 +35,20 @@ def at_least_one(options: Any, *keys: str) -> None:
             fail(options, key, getattr(options, key), "must be an integer >= 1")
 
 
+def within(options: Any, key: str, low: float, high: float, rule: str) -> None:
+    """``low <= value <= high`` (``rule`` says so in the error, e.g. with the bound's own key)."""
+    value = getattr(options, key)
+    if not low <= value <= high:
+        fail(options, key, value, rule)
+
+
+def ordered_pair(options: Any, key: str) -> None:
+    """A ``[low, high]`` list with ``low <= high``."""
+    pair = getattr(options, key)
+    if len(pair) != 2 or pair[0] > pair[1]:
+        fail(options, key, pair, "must be [low, high] with low <= high")
+
+
 def prefixed(options: Any, *prefixes: str) -> list[str]:
     """The field names of ``options`` that start with one of ``prefixes``."""
     return [f.name for f in fields(options) if f.name.startswith(prefixes)]

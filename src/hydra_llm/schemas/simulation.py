@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from hydra_llm.schemas.ranges import at_least_one, fail, non_negative, positive
+from hydra_llm.schemas.ranges import at_least_one, fail, non_negative, ordered_pair, positive, within
 
 
 class ConnectivityType(StrEnum):
@@ -20,12 +20,6 @@ class ConnectivityType(StrEnum):
 
     chaotic = "chaotic"
     low_rank = "low_rank"
-
-
-def _in(options: Any, key: str, low: float, high: float, rule: str) -> None:
-    value = getattr(options, key)
-    if not low <= value <= high:
-        fail(options, key, value, rule)
 
 
 @dataclass
@@ -62,7 +56,8 @@ class SignalSimulation:
     def __post_init__(self) -> None:
         if self.n_neurons < 1:
             fail(self, "n_neurons", self.n_neurons, "must be > 0")
-        _in(self, "n_neuron_types", 1, self.n_neurons, f"must be in [1, n_neurons={self.n_neurons}]")
+        up_to_n = f"must be in [1, n_neurons={self.n_neurons}]"
+        within(self, "n_neuron_types", 1, self.n_neurons, up_to_n)
         if self.n_frames < 10:
             fail(self, "n_frames", self.n_frames, "must be >= 10")
         if not (self.delta_t > 0 and math.isfinite(self.delta_t)):
@@ -70,8 +65,10 @@ class SignalSimulation:
         if not 0.0 < self.connectivity_filling_factor <= 1.0:
             fail(self, "connectivity_filling_factor", self.connectivity_filling_factor, "must be in (0, 1]")
         if self.connectivity_type == ConnectivityType.low_rank:
-            _in(self, "connectivity_rank", 1, self.n_neurons, f"must be in [1, n_neurons={self.n_neurons}]")
-        _in(self, "Dale_law_factor", 0.0, 1.0, "must be in [0, 1]")
+            within(
+                self, "connectivity_rank", 1, self.n_neurons, f"must be in [1, n_neurons={self.n_neurons}]"
+            )
+        within(self, "Dale_law_factor", 0.0, 1.0, "must be in [0, 1]")
         if self.noise_model_level < 0:
             fail(self, "noise_model_level", self.noise_model_level, "must be >= 0")
         if self.burn_in_frames < 0:
@@ -131,11 +128,11 @@ class MetabolismSimulation:
         n = self.n_metabolites
         if n < 2:
             fail(self, "n_metabolites", n, "must be >= 2")
-        _in(self, "n_metabolite_types", 1, n, f"must be in [1, n_metabolites={n}]")
+        within(self, "n_metabolite_types", 1, n, f"must be in [1, n_metabolites={n}]")
         at_least_one(self, "n_reactions")
-        _in(self, "max_metabolites_per_reaction", 2, n, "must be in [2, n_metabolites]")
-        _in(self, "cycle_fraction", 0.0, 1.0, "must be in [0, 1]")
-        _in(self, "cycle_length", 2, n, "must be in [2, n_metabolites]")
+        within(self, "max_metabolites_per_reaction", 2, n, "must be in [2, n_metabolites]")
+        within(self, "cycle_fraction", 0.0, 1.0, "must be in [0, 1]")
+        within(self, "cycle_length", 2, n, "must be in [2, n_metabolites]")
         if not self.use_mass_action:
             fail(self, "use_mass_action", False, "only true is implemented (mass-action kinetics)")
         if self.log_k_min > self.log_k_max:
@@ -221,12 +218,11 @@ class ParameterOptions:
     probe_noise: float | None = None  # process noise of the flicker probe; None: noise_model_level
 
     def __post_init__(self) -> None:
-        _in(self, "fast_fraction", 0.0, 1.0, "must be in [0, 1]")
-        _in(self, "zero_fraction", 0.0, 1.0, "must be in [0, 1]")
+        within(self, "fast_fraction", 0.0, 1.0, "must be in [0, 1]")
+        within(self, "zero_fraction", 0.0, 1.0, "must be in [0, 1]")
         positive(self, "tau_max", "median_abs_weight", "max_abs_voltage")
         non_negative(self, "log_sigma")
-        if len(self.V_rest_range) != 2 or self.V_rest_range[0] > self.V_rest_range[1]:
-            fail(self, "V_rest_range", self.V_rest_range, "must be [low, high] with low <= high")
+        ordered_pair(self, "V_rest_range")
 
 
 @dataclass
@@ -252,11 +248,12 @@ class StimulusOptions:
     max_clip_frames: int = 80
 
     def __post_init__(self) -> None:
-        if len(self.clip_s) != 2 or not 0 < self.clip_s[0] <= self.clip_s[1]:
-            fail(self, "clip_s", self.clip_s, "must be [low, high] seconds with 0 < low <= high")
+        ordered_pair(self, "clip_s")
+        if self.clip_s[0] <= 0:
+            fail(self, "clip_s", self.clip_s, "clip durations must be > 0 s")
         if not 0.0 < self.video_test_fraction < 1.0:
             fail(self, "video_test_fraction", self.video_test_fraction, "must be in (0, 1)")
-        _in(self, "crop", 1e-6, 1.0, "must be in (0, 1]")
+        within(self, "crop", 1e-6, 1.0, "must be in (0, 1]")
         positive(self, "fps")
         at_least_one(self, "kernel_px", "max_clip_frames")
 

@@ -158,14 +158,17 @@ class MetabolismPhase1Training:
     k_least_squares_ridge: float = 1.0e-3  # relative ridge (towards the current k)
     loss_normalisation: LossNormalisation = LossNormalisation.per_metabolite
 
+    PHASE: ClassVar[int] = 1
+
     def __post_init__(self) -> None:
         non_negative(self, *prefixed(self, "learning_rate", "coeff_"), "gradient_clip_val")
         positive(self, "data_augmentation_loop", "iterations_fraction")
         at_least_one(self, "batch_size", "n_epochs", "gradient_accumulation", "time_step")
         if self.k_least_squares_every < 0:
             fail(self, "k_least_squares_every", self.k_least_squares_every, "must be >= 0 (0: off)")
-        if self.phase != 1:
-            fail(self, "phase", self.phase, "must be 1 for phase-1 training (training=metabolism_phase1)")
+        if self.phase != self.PHASE:
+            option = f"metabolism_phase{self.PHASE}"
+            fail(self, "phase", self.phase, f"must be {self.PHASE} for training={option}")
 
 
 @dataclass
@@ -212,33 +215,19 @@ class MetabolismPhase2Training(MetabolismPhase1Training):
     node_target_offset_weight: float = 0.1  # relative weight of the weakly identified offsets
     node_target_ridge: float = 1.0e-11  # relative ridge of the least-squares solve
 
+    PHASE: ClassVar[int] = 2
+
     def __post_init__(self) -> None:
-        if self.phase1 is not None:
-            self.phase1.__post_init__()
-        elif self.phase1_checkpoint is None:
-            fail(
-                self,
-                "phase1_checkpoint",
-                None,
-                "phase 2 needs a phase-1 checkpoint path or a `phase1` config",
-            )
-        non_negative(self, *prefixed(self, "learning_rate", "coeff_", "node_target"))
-        non_negative(self, "rollout_loss_weight", "residual_supervision_weight", "conservation_loss_weight")
-        non_negative(self, "gradient_clip_val")
-        positive(self, "data_augmentation_loop", "iterations_fraction")
-        at_least_one(self, "batch_size", "n_epochs", "gradient_accumulation", "time_step")
+        super().__post_init__()  # the phase-1 block checked itself when it was built
+        if self.phase1 is None and self.phase1_checkpoint is None:
+            fail(self, "phase1_checkpoint", None, "phase 2 needs a phase-1 checkpoint or a `phase1` config")
+        data_terms = ("rollout_loss_weight", "residual_supervision_weight", "conservation_loss_weight")
+        non_negative(self, *prefixed(self, "node_target"), *data_terms)
         at_least_one(self, "homeostasis_time_step", "embedding_aux_grid_points")
-        if self.phase != 2:
-            fail(self, "phase", self.phase, "must be 2 for phase-2 training (training=metabolism_phase2)")
         if self.amplification_factor < 1.0:
             fail(self, "amplification_factor", self.amplification_factor, "must be >= 1")
         if not self.rollout_lengths or min(self.rollout_lengths) < 1:
             fail(self, "rollout_lengths", self.rollout_lengths, "needs positive lengths")
-        data_terms = ("rollout_loss_weight", "residual_supervision_weight", "conservation_loss_weight")
         if all(getattr(self, key) <= 0 for key in data_terms):
-            fail(
-                self,
-                "rollout_loss_weight",
-                self.rollout_loss_weight,
-                f"phase 2 needs one of {list(data_terms)} > 0",
-            )
+            rule = f"phase 2 needs one of {list(data_terms)} > 0"
+            fail(self, "rollout_loss_weight", self.rollout_loss_weight, rule)
