@@ -105,6 +105,23 @@ def test_blocks_reset_tree_and_change_simulation(tmp_path):
     assert all(n.observation for n in state.nodes)  # the last batch got its observations at the end
 
 
+def test_without_block_params_the_tree_carries_over_block_ends(tmp_path):
+    space = parse_space(PARAMS, {}, [], DEFAULTS)
+    config = EngineConfig(
+        n_iterations=12, n_parallel=4, n_iter_block=4, objective=Objective(metric="r2"), tree_plot=False
+    )
+    engine = ExplorationEngine(config, space, RulesProposer(), ToyLauncher(), tmp_path, protocol=PROTOCOL)
+    state = engine.run()
+    assert [n.block for n in state.nodes] == [1] * 4 + [2] * 4 + [3] * 4
+    # block ends still happen (summaries, memory), but later blocks branch from earlier blocks' nodes
+    assert set(state.block_summaries) == {"1", "2"}
+    crossing = [n for n in state.nodes if n.parent is not None and state.node(n.parent).block < n.block]
+    assert crossing and all(n.block > 1 for n in crossing)
+    assert not any(n.parent is None and n.overrides == {} and n.strategy != "baseline" for n in state.nodes[4:])
+    ucb = (tmp_path / "exploration" / "ucb_scores.txt").read_text()
+    assert ucb.count("Node ") == 12  # the UCB table spans every block of the one regime
+
+
 def test_seeds_are_forced_per_slot(tmp_path):
     state = make(tmp_path, n_iterations=4).run()
     assert [n.seeds for n in state.nodes] == [
@@ -313,7 +330,8 @@ def test_slot_params_are_forced_recorded_hashed_and_never_proposed(tmp_path):
     )
     proposer = Scripted([sneaky])
     launcher = ToyLauncher()
-    state = make(tmp_path, proposer, launcher, n_iterations=8, slot_params=HORIZONS).run()
+    roles = ["exploit", "exploit", "replicate", "replicate"]
+    state = make(tmp_path, proposer, launcher, n_iterations=8, slot_params=HORIZONS, slot_roles=roles).run()
     assert proposer.feedback[1] == [
         "slot 0: training.horizon: fixed per slot by hydra.sweeper.slot_params "
         "(slot 0=4, slot 1=16, slot 2=32, slot 3=64) and never proposed; "
@@ -327,7 +345,7 @@ def test_slot_params_are_forced_recorded_hashed_and_never_proposed(tmp_path):
     assert [n.overrides["training.horizon"] for n in state.nodes] == [4, 16, 32, 64] * 2
     # Batch 1's slots 2 and 3 both run the block root: the same config without slot_params, two
     # configs with them (their horizons differ), so they are not replicates of each other.
-    plain = make(tmp_path / "plain", n_iterations=4).run()
+    plain = make(tmp_path / "plain", n_iterations=4, slot_roles=roles).run()
     assert plain.nodes[2].config_hash == plain.nodes[3].config_hash
     assert state.nodes[2].overrides == {"training.horizon": 32} and state.nodes[2].mutation == {}
     assert state.nodes[2].config_hash != state.nodes[3].config_hash

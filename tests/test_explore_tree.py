@@ -176,3 +176,41 @@ def test_tree_picture_is_written(tmp_path):
         n.metrics = {"r2": n.reward}
     path = plot_tree(tree, ucb_scores(tree), tmp_path / "t.png", "UCB tree: block 1", "r2", {"sim.k": 1})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def _run(i, reward, overrides):
+    n = node(i, None, reward, overrides=overrides)
+    n.metrics = {"score": reward}
+    return n
+
+
+def test_best_config_is_judged_on_its_replicates_not_one_lucky_run():
+    from hydra_llm.explore.reports import best_config, optimization_results, pooled_std
+
+    a, b, c = {"lr": 1}, {"lr": 2}, {"lr": 3}
+    # A ran three times (0.80, 0.84, 0.82), B twice (0.70, 0.74); C once, at 0.85: the highest single run.
+    nodes = [
+        _run(1, 0.80, a),
+        _run(2, 0.84, a),
+        _run(3, 0.70, b),
+        _run(4, 0.85, c),
+        _run(5, 0.82, a),
+        _run(6, 0.74, b),
+    ]
+    # pooled over A (dof 2, var 4e-4) and B (dof 1, var 8e-4): sqrt((2*4e-4 + 8e-4) / 3)
+    sigma = math.sqrt((2 * 4e-4 + 8e-4) / 3)
+    assert pooled_std(nodes) == pytest.approx(sigma)
+    # With this tight spread C's single run still has the higher bound: 0.85 - sigma > 0.82 - sigma/sqrt(3).
+    best = best_config(nodes)
+    assert [n.id for n in best.runs] == [4] and best.score == pytest.approx(0.85 - sigma)
+    # With a larger run-to-run spread the single run loses its lead.
+    noisy = [*nodes, _run(7, 0.90, b), _run(8, 0.60, b)]
+    best = best_config(noisy)
+    assert [n.id for n in best.runs] == [1, 2, 5] and best.node.id == 2
+    results = optimization_results(noisy, Objective(metric="score"), [], "t")
+    assert results["best_value"] == pytest.approx(0.82) and results["best_run_value"] == pytest.approx(0.84)
+    assert results["best_config_replicates"]["nodes"] == [1, 2, 5]
+    assert results["best_config_replicates"]["values"] == pytest.approx([0.80, 0.84, 0.82])
+    # No replicates at all: the plain highest run.
+    assert best_config([_run(1, 0.5, a), _run(2, 0.6, b)]).node.id == 2
+    assert best_config([]) is None

@@ -113,9 +113,13 @@ def test_in_process_sweep_records_raise_and_nan(hydra_sweep_runner, tmp_path):
         assert child["sweep_node"]["sweep_id"] == state["sweep_id"]
         assert child["training"]["seed"] == 2 * 1000 + 1 + 500 and child["simulation"]["seed"] == 1
         results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
-        best = max(done, key=lambda n: n["metrics"]["score"])
+        # the best config is named with all its runs and judged on their mean
+        runs = [n for n in nodes if n["id"] in results["best_config_replicates"]["nodes"]]
+        assert runs and len({json.dumps(n["overrides"], sort_keys=True) for n in runs}) == 1
+        best = max((n for n in runs if n["status"] == "completed"), key=lambda n: n["metrics"]["score"])
         assert results["best_node"] == best["id"] and results["best_job_num"] == best["job_num"]
-        assert results["best_value"] == pytest.approx(best["metrics"]["score"])
+        scores = [n["metrics"]["score"] for n in runs if n["status"] == "completed"]
+        assert results["best_value"] == pytest.approx(sum(scores) / len(scores))
         for name in ("analysis.md", "memory.md", "ucb_scores.txt", "variance.md"):
             assert (tmp_path / "exploration" / name).stat().st_size > 0
         assert (tmp_path / "multirun.yaml").exists()
@@ -147,6 +151,20 @@ def test_cli_between_batches_resume_extends(tmp_path):
     assert proc.returncode != 0 and "hydra.sweeper.resume=true" in proc.stderr
     cli(tmp_path, "hydra.sweeper.n_iterations=8", "hydra.sweeper.resume=true")
     assert [n["job_num"] for n in load(tmp_path)["nodes"]] == list(range(8))
+
+
+def test_cli_sweep_keys_start_from_their_config_values(tmp_path):
+    # The space as command-line sweeps (as Optuna users write it): each key's default is its config value.
+    space = "training.lr=tag(log,interval(1e-5,1e-1))"
+    cli(tmp_path, "training.width=range(1,17)", "hydra.sweeper.n_iterations=4", space=space)
+    state = load(tmp_path)
+    defaults = {p["key"]: p["default"] for p in state["search_space"]["params"]}
+    assert defaults == {"training.lr": 0.01, "training.width": 4}
+    moved = [n for n in state["nodes"] if n["mutation"]]
+    assert moved and all("None" not in n["mutation_text"] for n in moved)
+    for n in moved:  # a move from the root is one step from the config's value
+        ((key, value),) = n["mutation"].items()
+        assert value in {"training.lr": (0.005, 0.02), "training.width": (2, 6)}[key]  # steps: x/÷2, 16/8
 
 
 def test_cli_joblib_raise_nan_and_hard_crash_fails_alone(tmp_path):

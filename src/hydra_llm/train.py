@@ -157,6 +157,18 @@ def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def optimized(metrics: dict[str, float], key: str | None) -> dict[str, float] | float:
+    """The run's return value: every metric, or only ``optimized_metric`` (raises after the run's
+    files are written when it names no metric of the run)."""
+    if not key:
+        return metrics
+    if key not in metrics:
+        raise ValueError(
+            f"optimized_metric={key}: not a metric of this run; allowed: {', '.join(sorted(metrics))}"
+        )
+    return float(metrics[key])
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Simulate, fit, evaluate and log one configuration; return its metrics."""
     import torch

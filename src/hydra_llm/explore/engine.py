@@ -59,7 +59,7 @@ from hydra_llm.explore.sweep_folder import (
     write_child_record,
 )
 from hydra_llm.explore.text import LIMITS, clean_reply, clip, one_line
-from hydra_llm.explore.tree import Node, UCBScore, describe_mutation, ucb_scores
+from hydra_llm.explore.tree import Node, UCBScore, describe_mutation, stats, ucb_scores
 from hydra_llm.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -451,7 +451,7 @@ class ExplorationEngine:
             is_block_end=is_block_end,
             n_parallel=size,
             slot_roles=tuple(self.config.slot_roles[i % len(self.config.slot_roles)] for i in range(size)),
-            ucb_table=self._ucb_rows(block),
+            ucb_table=self._ucb_rows(self._tree_nodes(block)),
             last_batch=last,
             search_space=self.space.params,
             block_search_space=self.space.block_params,
@@ -472,16 +472,25 @@ class ExplorationEngine:
                 "classes": objective.describe_classes(),
             },
             sweep_seed=self.config.seed,
-            finished_block=self._ucb_rows(block - 1) if is_block_end else (),
+            finished_block=self._ucb_rows([n for n in self.state.nodes if n.block == block - 1])
+            if is_block_end
+            else (),
             slot_params={k: tuple(v) for k, v in self.config.slot_params.items()},
             code=self.code_editor.describe() if self.code_editor is not None else "",
         )
 
-    def _ucb_rows(self, block: int) -> tuple[UCBScore, ...]:
-        """The UCB table of ``block`` (best first); empty for a block without nodes."""
-        block_nodes = [n for n in self.state.nodes if n.block == block]
+    def _tree_nodes(self, block: int) -> list[Node]:
+        """The nodes a batch of ``block`` may branch from: the block's own, and, when the sweep has no
+        block-level keys (its simulation never changes), those of the blocks before it too, so a block
+        end does not send the search back to the root config."""
+        if self.space.block_params:
+            return [n for n in self.state.nodes if n.block == block]
+        return [n for n in self.state.nodes if n.block <= block]
+
+    def _ucb_rows(self, nodes: Sequence[Node]) -> tuple[UCBScore, ...]:
+        """The UCB table of ``nodes`` (best first)."""
         c = self.config
-        return tuple(ucb_scores(block_nodes, c.ucb_formula, c.ucb_c, c.replicate_reward, c.lcb_kappa))
+        return tuple(ucb_scores(nodes, c.ucb_formula, c.ucb_c, c.replicate_reward, c.lcb_kappa))
 
     def _pending_user_input(self) -> str:
         path = self.sweep_dir / "user_input.md"
@@ -672,14 +681,16 @@ class ExplorationEngine:
             self.state.replies.append(
                 {"iteration": view.first_iteration, "final": True, "extra": dict(reply.extra)}
             )
-        best = reports.best_node(self.state.nodes)
+        best = reports.best_config(self.state.nodes)
         if best is not None:
-            value = best.metrics.get(self.config.objective.metric)
+            metric = self.config.objective.metric
+            s = stats(n.metrics[metric] for n in best.runs if n.status == "completed" and metric in n.metrics)
+            runs = ",".join(str(n.id) for n in best.runs)
             self._event(
                 self.state,
-                f"done: best node {best.id} {self.config.objective.metric}={_value(value)} "
-                f"(job {best.job_num}, {best.output_dir or 'no folder'}); report: "
-                f"{self.exploration / 'report.html'}",
+                f"done: best config {metric}={_value(s.mean)} +- {_value(s.std)} over nodes {runs} "
+                f"(best run node {best.node.id}, job {best.node.job_num}, "
+                f"{best.node.output_dir or 'no folder'}); report: {self.exploration / 'report.html'}",
             )
         self.persist()
 
@@ -699,9 +710,9 @@ class ExplorationEngine:
             atomic_write_text(self.exploration / "protocol.md", state.protocol)
         atomic_write_text(self.exploration / "variance.md", reports.render_variance(state.nodes, objective))
         block = state.nodes[-1].block if state.nodes else 1
-        block_nodes = [n for n in state.nodes if n.block == block]
+        block_nodes = self._tree_nodes(block)
         c = self.config
-        scores = ucb_scores(block_nodes, c.ucb_formula, c.ucb_c, c.replicate_reward, c.lcb_kappa)
+        scores = list(self._ucb_rows(block_nodes))
         atomic_write_text(
             self.exploration / "ucb_scores.txt",
             reports.render_ucb(scores, objective, block, c.ucb_formula, c.ucb_c),

@@ -3,7 +3,8 @@
 - ``analysis.md``: one ``## Iter N:`` entry per node (config, metrics, reading);
 - ``ucb_scores.txt``: ``Node N: UCB=..., parent=..., visits=..., R2=...`` sorted by UCB;
 - ``variance.md``: replicate groups (runs, mean, std, CV per metric);
-- ``optimization_results.yaml`` content: the best node's overrides, value, job number and folder;
+- ``optimization_results.yaml`` content: the best config (judged on its replicate mean), its runs, and
+  its best run's job number and folder;
 - ``user_input.md`` bookkeeping (pending instructions, acknowledgements).
 """
 
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from hydra_llm.explore.space import format_value
-from hydra_llm.explore.tree import Node, Objective, UCBScore, stats
+from hydra_llm.explore.tree import Node, Objective, UCBScore, group_rewards, stats
 
 VARIANCE_METRICS = ("tau_R2", "V_rest_R2", "cluster_accuracy", "test_R2")
 _EXTRA_UCB_METRICS = (
@@ -164,29 +166,76 @@ def render_variance(nodes: Sequence[Node], objective: Objective) -> str:
     return "\n".join(rows) + "\n"
 
 
-def best_node(nodes: Sequence[Node]) -> Node | None:
-    """The completed node with the highest reward (lowest id on ties)."""
+@dataclass(frozen=True)
+class BestConfig:
+    """The configuration a sweep names as its best, judged on its replicate group, never one run.
+
+    ``score`` is the group's mean reward minus one standard error, the standard deviation being the
+    run-to-run spread pooled over every group with two or more runs (a config run once is judged with
+    that spread too, so a single lucky draw does not win). ``node`` is the group's best run (its folder
+    and job are the ones to open); ``runs`` every run of the group.
+    """
+
+    node: Node
+    runs: tuple[Node, ...]
+    score: float
+    pooled_std: float
+
+
+def pooled_std(nodes: Sequence[Node]) -> float:
+    """Run-to-run standard deviation of the reward, pooled over the replicate groups of ``nodes``
+    (0 when no group has two runs)."""
+    sum_sq, dof = 0.0, 0
+    for rewards in group_rewards(nodes).values():
+        s = stats(rewards)
+        if s.runs > 1 and math.isfinite(s.std):
+            sum_sq += (s.runs - 1) * s.std**2
+            dof += s.runs - 1
+    return math.sqrt(sum_sq / dof) if dof else 0.0
+
+
+def best_config(nodes: Sequence[Node]) -> BestConfig | None:
+    """The config group with the highest lower confidence bound of its mean reward (see
+    :class:`BestConfig`); ties go to the group whose first run has the lower id."""
     done = [n for n in nodes if n.status == "completed"]
-    return max(done, key=lambda n: (n.reward, -n.id)) if done else None
+    if not done:
+        return None
+    sigma = pooled_std(nodes)
+    groups: dict[str, list[Node]] = {}
+    for node in sorted(nodes, key=lambda n: n.id):
+        groups.setdefault(node.config_hash, []).append(node)
+    best: BestConfig | None = None
+    for members in groups.values():
+        completed = [n for n in members if n.status == "completed"]
+        if not completed:
+            continue
+        s = stats(n.reward for n in members)
+        score = s.mean - sigma / math.sqrt(s.runs)
+        if best is None or score > best.score:
+            top = max(completed, key=lambda n: (n.reward, -n.id))
+            best = BestConfig(top, tuple(members), score, sigma)
+    return best
+
+
+def best_node(nodes: Sequence[Node]) -> Node | None:
+    """The best run of the best config group (:func:`best_config`)."""
+    best = best_config(nodes)
+    return best.node if best is not None else None
 
 
 def best_so_far(nodes: Sequence[Node]) -> list[Node | None]:
-    """For each node in id order, the best completed node among it and the nodes before it
-    (as :func:`best_node` picks: highest reward, lowest id on ties)."""
-    out: list[Node | None] = []
-    top: Node | None = None
-    for node in sorted(nodes, key=lambda n: n.id):
-        if node.status == "completed" and (top is None or node.reward > top.reward):
-            top = node
-        out.append(top)
-    return out
+    """For each node in id order, :func:`best_node` among it and the nodes before it."""
+    ordered = sorted(nodes, key=lambda n: n.id)
+    return [best_node(ordered[: i + 1]) for i in range(len(ordered))]
 
 
 def optimization_results(
     nodes: Sequence[Node], objective: Objective, fixed: Sequence[str], name: str
 ) -> dict[str, Any]:
-    """Content of optimization_results.yaml (Hydra's convention plus the best node's job and folder)."""
-    best = best_node(nodes)
+    """Content of optimization_results.yaml: Hydra's ``best_params`` / ``best_value`` for the best
+    config (:func:`best_config`, ``best_value`` its replicate mean), its runs, and its best run's job
+    and folder."""
+    best = best_config(nodes)
     result: dict[str, Any] = {
         "name": name,
         "objective": {
@@ -200,26 +249,33 @@ def optimization_results(
     if best is None:
         result["best_node"] = None
         return result
-    group = [n for n in nodes if n.config_hash == best.config_hash]
-    s = stats(n.metrics.get(objective.metric, math.nan) for n in group if n.status == "completed")
+    node, metric = best.node, objective.metric
+    values = [n.metrics.get(metric, math.nan) for n in best.runs if n.status == "completed"]
+    s = stats(values)
     overrides = list(fixed) + [
-        f"{k}={format_value(v)}" for k, v in {**best.simulation, **best.overrides}.items()
+        f"{k}={format_value(v)}" for k, v in {**node.simulation, **node.overrides}.items()
     ]
     result.update(
         {
-            "best_node": best.id,
+            "best_node": node.id,
             "best_params": overrides,
-            "best_value": float(best.metrics.get(objective.metric, math.nan)),
-            "best_reward": float(best.reward),
-            "best_job_num": best.job_num,
-            "best_output_dir": best.output_dir,
-            "best_seeds": dict(best.seeds),
+            "best_value": float(s.mean),
+            "judged_on": "replicate mean; the config with the highest mean reward - pooled std / sqrt(runs)",
             "best_config_replicates": {
-                "runs": s.runs,
-                "mean": s.mean,
-                "std": s.std,
-                "nodes": [n.id for n in group],
+                "runs": len(best.runs),
+                "failed": len(best.runs) - s.runs,
+                "mean": float(s.mean),
+                "std": float(s.std),
+                "lower_bound_reward": float(best.score),
+                "pooled_run_std": float(best.pooled_std),
+                "nodes": [n.id for n in best.runs],
+                "values": [float(v) for v in values],
             },
+            "best_run_value": float(node.metrics.get(metric, math.nan)),
+            "best_reward": float(node.reward),
+            "best_job_num": node.job_num,
+            "best_output_dir": node.output_dir,
+            "best_seeds": dict(node.seeds),
         }
     )
     return result

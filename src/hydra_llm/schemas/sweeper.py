@@ -160,7 +160,7 @@ class LLMUCBSweeperConf:
     n_parallel: int = 4
     n_iter_block: int = 12
     slot_roles: list[SlotRole] = field(
-        default_factory=lambda: [SlotRole.exploit, SlotRole.exploit, SlotRole.replicate, SlotRole.replicate]
+        default_factory=lambda: [SlotRole.exploit, SlotRole.exploit, SlotRole.exploit, SlotRole.replicate]
     )
     objective: ObjectiveConf = field(default_factory=ObjectiveConf)
     ucb: UCBConf = field(default_factory=UCBConf)

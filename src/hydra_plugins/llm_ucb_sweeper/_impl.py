@@ -307,8 +307,14 @@ class LLMUCBSweeperImpl:
             raise SweepConfigError(f"preflight: {' '.join(str(err).split())}") from None
 
     def _parse(self, record: Mapping[str, Mapping[str, str]], arguments: list[str]) -> SearchSpace:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
         params, block_params = record["params"], record["block_params"]
-        return parse_space(params, block_params, arguments, self._defaults([*params, *block_params]))
+        # A sweep on the command line joins params: its default is its value in the config too.
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
+        keys = [*params, *block_params, *swept]
+        return parse_space(params, block_params, arguments, self._defaults(keys))
 
     def _defaults(self, keys: Sequence[str]) -> dict[str, Any]:
         """Each key's value in the composed root config; a config group gives its selected option."""

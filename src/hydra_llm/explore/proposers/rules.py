@@ -1,18 +1,28 @@
-"""The offline ``rules`` proposer: a fixed strategy table per slot role, deterministic for a given sweep seed.
+"""The offline ``rules`` proposer: a fixed strategy per slot role, guided by the tree's own evidence,
+deterministic for a given sweep seed.
 
-Per slot role (default exploit, exploit, replicate, replicate):
+Per slot role (default exploit, exploit, exploit, replicate):
 
-- exploit: the k-th highest-UCB node of the block is the parent; one parameter is mutated on its
-  declared scale (x/÷ ``step_factor`` for log parameters, steps of 1/``n_steps`` of the range for
-  linear ones and integers, another value for choices);
+- exploit: the parent is the best config (highest replicate mean) for the first exploit slot, the
+  next highest-UCB nodes for the others, and one move is made from it:
+  - *continue*: when the parent's own move gained over its parent's replicate mean, the same key in the
+    same direction, with a 1.5x longer step (up to ``probe_factor``);
+  - *combine* (first exploit slot): when a sibling of the best node gained by moving another key, that
+    move applied on top of the best node;
+  - otherwise the (key, direction) with the highest mean gain anywhere in the tree that the parent has
+    not tried yet (untried moves count as no gain); once both directions of a key were tried from the
+    parent, half steps become available. Steps are ``step_factor`` (x/÷) for log parameters, 1/``n_steps``
+    of the range for linear ones and integers, another value for choices;
 - failure-probe (first exploit slot after 3 consecutive converged nodes): an extreme step
   (x/÷ ``probe_factor``, or the range bound) to find where the config breaks;
 - explore (second exploit slot after n_iter_block/4 consecutive converged nodes): the highest-UCB node
   outside the last n_iter_block/4 nodes, mutating the least-explored parameter;
 - replicate (robustness-test): re-run the best config group with fewer than 3 runs (no mutation).
 
-At a block end it picks the next simulation regime from the block-level space (one key at a time,
-cycling through the keys), and writes observations, memory and block summary from templates.
+A move's gain is the child's reward minus its parent's replicate mean, so a replicated parent is judged
+on its mean, not on one draw. At a block end it picks the next simulation regime from the block-level
+space (one key at a time, cycling through the keys), and writes observations, memory and block summary
+from templates.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from hydra_llm.explore.proposers.base import (
@@ -34,6 +45,17 @@ from hydra_llm.explore.tree import Node, Objective, UCBScore, config_hash
 from hydra_llm.schemas.sweeper import RulesProposerConf
 
 _MIN_REPLICATES = 3
+
+
+@dataclass(frozen=True)
+class _Move:
+    """A node's single-key move: the key, its direction (+1/-1, or the chosen value of a choice), its
+    length in steps, and the node's reward minus its parent's replicate mean."""
+
+    key: str
+    direction: Any
+    scale: float
+    gain: float
 
 
 def objective_from_view(view: ExplorationView) -> Objective:
@@ -79,6 +101,7 @@ class RulesProposer(Proposer):
         window = max(1, view.n_iter_block // 4)
         proposals: list[Proposal] = []
         taken: set[tuple[Any, str]] = set()
+        moved: set[tuple[int | None, str, Any, float]] = set()  # (parent, key, direction, scale) this batch
         replicated: set[str] = set()
         exploit_rank = 0
         for slot in range(view.n_parallel):
@@ -97,7 +120,8 @@ class RulesProposer(Proposer):
             else:
                 rank = 0
             parent = self._parent(rows, by_id, strategy, rank, window)
-            proposals.append(self._mutate(view, parent, strategy, rng, taken, by_id))
+            guided = self._guided(view, parent, rows, rng, taken, moved) if strategy == "exploit" else None
+            proposals.append(guided or self._mutate(view, parent, strategy, rng, taken, by_id))
         observations = [self._observe(result, objective, view) for result in view.last_batch]
         reply = ProposerReply(
             observations=observations, proposals=proposals, memory=self._memory(view, objective)
@@ -119,7 +143,11 @@ class RulesProposer(Proposer):
             older = [r for r in rows if r.node_id not in recent]
             if older:
                 return older[0]
-        return rows[rank % len(rows)]
+        # The first exploit slot climbs from the best config (highest replicate mean), the others
+        # branch from the UCB order.
+        best = max(rows, key=lambda r: (r.reward, -r.node_id))
+        ranked = [best, *(r for r in rows if r is not best)]
+        return ranked[rank % len(ranked)]
 
     def _replicate(
         self, rows: Sequence[UCBScore], view: ExplorationView, replicated: set[str], slot: int
@@ -150,6 +178,157 @@ class RulesProposer(Proposer):
             strategy="robustness-test",
             hypothesis=f"re-run Node {node.node_id}'s config ({len(members)} run(s) so far) for its variance",
         )
+
+    def _guided(
+        self,
+        view: ExplorationView,
+        parent: UCBScore | None,
+        rows: Sequence[UCBScore],
+        rng: random.Random,
+        taken: set[tuple[Any, str]],
+        moved: set[tuple[int | None, str, Any, float]],
+    ) -> Proposal | None:
+        """The exploit move from ``parent`` that the tree's evidence favours (see the module docstring),
+        or None when every move from it was tried (the caller then makes a random one-step move)."""
+        specs = {s.key: s for s in view.search_space}
+        if not specs:
+            return None
+        by_id: dict[int | None, UCBScore] = {r.node_id: r for r in rows}
+        # The root config's runs (baselines, replicates of it) stand for the root as a parent.
+        root = next((r for r in rows if not r.overrides), None)
+        if root is not None:
+            by_id[None] = root
+        moves = {r.node_id: m for r in rows if (m := self._move_of(r, by_id, specs)) is not None}
+        gains: dict[tuple[str, Any], list[float]] = {}
+        for move in moves.values():
+            gains.setdefault((move.key, move.direction), []).append(move.gain)
+        parent_id = parent.node_id if parent else None
+        config = dict(parent.overrides) if parent else {}
+        tried = {(m.key, m.direction, m.scale) for i, m in moves.items() if by_id[i].parent == parent_id}
+        tried |= {(k, d, sc) for p, k, d, sc in moved if p == parent_id}
+        seen = {config_hash(r.overrides, {}) for r in rows} | {h for p, h in taken if p == "config"}
+
+        candidates: list[tuple[float, str, Any, float, str]] = []  # (score, key, direction, scale, why)
+        own = moves.get(parent_id) if parent_id is not None else None
+        if own is not None and own.gain > 0:
+            limit = math.log(self.probe_factor) / math.log(self.step_factor)
+            scale = min(1.5 * own.scale, limit) if specs[own.key].log else 1.5 * own.scale
+            why = f"continue Node {parent_id}'s move ({own.gain:+.3g} over its parent)"
+            candidates.append((1e6 + own.gain, own.key, own.direction, scale, why))
+        for sibling in self._improving_siblings(parent, rows, moves):
+            move = moves[sibling]
+            why = f"combine: Node {sibling}'s move ({move.gain:+.3g}) on top of Node {parent_id}"
+            candidates.append((1e6 + move.gain, move.key, move.direction, move.scale, why))
+        for key, spec in specs.items():
+            directions: list[Any] = (
+                [c for c in spec.choices if c != config.get(key, spec.default)]
+                if spec.kind == "choice"
+                else [1, -1]
+            )
+            full_tried = all((key, d, 1.0) in tried for d in directions)
+            for d in directions:
+                evidence = gains.get((key, d), [])
+                score = sum(evidence) / len(evidence) if evidence else 0.0
+                candidates.append(
+                    (score, key, d, 1.0, f"mean gain {score:+.3g} over {len(evidence)} move(s)")
+                )
+                if full_tried and spec.kind != "choice":
+                    candidates.append((score, key, d, 0.5, "half step: both full steps were tried here"))
+        # deterministic tie-breaking through the sweep's rng
+        order = sorted(candidates, key=lambda c: (-c[0], rng.random()))
+        for _, key, direction, scale, why in order:
+            if (key, direction, scale) in tried:
+                continue
+            spec = specs[key]
+            current = config.get(key, spec.default)
+            value = self._step(spec, current, direction, scale)
+            if value is None:
+                continue
+            candidate = {k: v for k, v in {**config, key: value}.items() if v != specs[k].default}
+            digest = config_hash(candidate, {})
+            if digest in seen:
+                continue
+            moved.add((parent_id, key, direction, scale))
+            taken.add(("config", digest))
+            taken.add((parent_id, key))
+            origin = f"Node {parent_id}" if parent_id is not None else "the block root"
+            return Proposal(
+                parent=parent_id,
+                overrides={key: value},
+                strategy="exploit",
+                hypothesis=f"{key} {_fmt(current)} -> {_fmt(value)} from {origin}: {why}",
+            )
+        return None
+
+    def _step(self, spec: ParamSpec, current: Any, direction: Any, scale: float) -> Any:
+        """``current`` moved one step (times ``scale``) in ``direction`` (+1/-1, or a choice), or None
+        when that leaves it unchanged (a bound)."""
+        if spec.kind == "choice":
+            return direction if direction != current else None
+        assert spec.low is not None and spec.high is not None
+        cur = (
+            _clip(float(current), spec.low, spec.high) if isinstance(current, int | float) else _middle(spec)
+        )
+        if spec.log:
+            new = cur * self.step_factor ** (direction * scale)
+        else:
+            new = cur + direction * scale * (spec.high - spec.low) / self.n_steps
+        new = _clip(new, spec.low, spec.high)
+        if spec.kind == "int":
+            new = int(round(new))
+            if new == int(round(cur)):
+                return None
+            return new
+        if math.isclose(new, cur, rel_tol=1e-9):
+            return None
+        return _round_sig(new)
+
+    def _move_of(
+        self, row: UCBScore, by_id: dict[int | None, UCBScore], specs: dict[str, ParamSpec]
+    ) -> _Move | None:
+        """A completed node's single-key move from its parent, with its gain over the parent's mean."""
+        if row.status != "completed" or row.parent not in by_id or len(row.node.mutation) != 1:
+            return None
+        ((key, value),) = row.node.mutation.items()
+        spec = specs.get(key)
+        parent = by_id[row.parent]
+        if spec is None or parent.status != "completed":
+            return None
+        old = parent.overrides.get(key, spec.default)
+        gain = row.node.reward - parent.reward
+        if spec.kind == "choice":
+            return _Move(key, value, 1.0, gain)
+        try:
+            old_f, new_f = float(old), float(value)
+        except (TypeError, ValueError):
+            return None
+        if new_f == old_f:
+            return None
+        if spec.log and old_f > 0 and new_f > 0:
+            scale = abs(math.log(new_f / old_f)) / math.log(self.step_factor)
+        else:
+            assert spec.low is not None and spec.high is not None
+            scale = abs(new_f - old_f) / ((spec.high - spec.low) / self.n_steps)
+        return _Move(key, 1 if new_f > old_f else -1, round(scale, 6), gain)
+
+    @staticmethod
+    def _improving_siblings(
+        parent: UCBScore | None, rows: Sequence[UCBScore], moves: dict[int, _Move]
+    ) -> list[int]:
+        """Siblings of ``parent`` whose move gained, on a key ``parent``'s own move did not touch
+        (only when ``parent``'s move gained too): candidates to combine with it."""
+        if parent is None or parent.node_id not in moves or moves[parent.node_id].gain <= 0:
+            return []
+        own = moves[parent.node_id]
+        return [
+            r.node_id
+            for r in rows
+            if r.parent == parent.parent
+            and r.node_id != parent.node_id
+            and r.node_id in moves
+            and moves[r.node_id].gain > 0
+            and moves[r.node_id].key != own.key
+        ]
 
     def _mutate(
         self,
