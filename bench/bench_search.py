@@ -100,7 +100,9 @@ def _space_args() -> list[str]:
     return [f"{key}={value}" for key, value in SPACE.items()]
 
 
-def run_sweep(landscape: str, method: str, seed: int, budget: int, out: Path) -> Sweep:
+def run_sweep(
+    landscape: str, method: str, seed: int, budget: int, out: Path, llm_ucb_args: Sequence[str] = ()
+) -> Sweep:
     folder = out / "sweeps" / landscape / method / str(seed)
     args = [*LANDSCAPES[landscape], *COMMON, f"hydra.sweep.dir={folder}", f"paths.cache_dir={out / 'cache'}"]
     if method == "llm_ucb":
@@ -114,6 +116,7 @@ def run_sweep(landscape: str, method: str, seed: int, budget: int, out: Path) ->
             "hydra.sweeper.tree_plot=false",
             f"hydra.sweeper.objective.metric={METRIC}",
             "hydra.sweeper.objective.direction=maximize",
+            *llm_ucb_args,
         ]
     else:
         import optuna
@@ -320,6 +323,12 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "outputs" / "bench_search" / time.strftime("%Y%m%d-%H%M%S")
     )
+    parser.add_argument(
+        "--llm-ucb-args",
+        default="",
+        help="extra overrides for the llm_ucb sweeps, space-separated "
+        "(e.g. 'hydra.sweeper.slot_roles=[exploit,exploit,replicate,replicate]')",
+    )
     args = parser.parse_args()
     landscapes = args.landscapes.split(",")
     methods = args.methods.split(",")
@@ -338,7 +347,8 @@ def main() -> None:
     # 1. the sweeps, two at a time
     todo = [(lc, m, seed) for lc in landscapes for m in methods for seed in range(args.seeds)]
     with ThreadPoolExecutor(2) as pool:
-        sweeps = list(pool.map(lambda t: run_sweep(*t, args.budget, out), todo))
+        extra = args.llm_ucb_args.split()
+        sweeps = list(pool.map(lambda t: run_sweep(*t, args.budget, out, extra), todo))
     for s in sweeps:
         print(
             f"[{time.perf_counter() - t0:6.0f}s] {s.landscape}/{s.method}/{s.seed}: {s.wall_s:.0f} s",

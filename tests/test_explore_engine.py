@@ -117,7 +117,9 @@ def test_without_block_params_the_tree_carries_over_block_ends(tmp_path):
     assert set(state.block_summaries) == {"1", "2"}
     crossing = [n for n in state.nodes if n.parent is not None and state.node(n.parent).block < n.block]
     assert crossing and all(n.block > 1 for n in crossing)
-    assert not any(n.parent is None and n.overrides == {} and n.strategy != "baseline" for n in state.nodes[4:])
+    assert not any(
+        n.parent is None and n.overrides == {} and n.strategy != "baseline" for n in state.nodes[4:]
+    )
     ucb = (tmp_path / "exploration" / "ucb_scores.txt").read_text()
     assert ucb.count("Node ") == 12  # the UCB table spans every block of the one regime
 

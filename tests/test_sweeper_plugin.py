@@ -89,7 +89,7 @@ def test_in_process_sweep_records_raise_and_nan(hydra_sweep_runner, tmp_path):
             "hydra.sweeper.n_iterations=8",
             "hydra.sweeper.max_failure_rate=1.0",
             "behaviour.raise_if_lr_above=0.015",
-            "behaviour.nan_if_width=6",
+            "behaviour.nan_if_width=2",
         ],
         temp_dir=str(tmp_path),
     )
@@ -103,7 +103,7 @@ def test_in_process_sweep_records_raise_and_nan(hydra_sweep_runner, tmp_path):
         nan = [n for n in nodes if n["status"] == "failed" and "is nan" in (n["error"] or "")]
         assert raised and nan, [(n["overrides"], n["error"]) for n in nodes]
         assert all(n["overrides"].get("training.lr", 0.01) > 0.015 for n in raised)
-        assert all({**n["overrides"]}.get("training.width") == 6 for n in nan)
+        assert all({**n["overrides"]}.get("training.width") == 2 for n in nan)
         done = [n for n in nodes if n["status"] == "completed"]
         assert done and all(n["output_dir"].startswith(str(tmp_path)) for n in done)
         assert all(n["plots"] and n["plots"][0].endswith("plots/activity.png") for n in done)
@@ -164,7 +164,8 @@ def test_cli_sweep_keys_start_from_their_config_values(tmp_path):
     assert moved and all("None" not in n["mutation_text"] for n in moved)
     for n in moved:  # a move from the root is one step from the config's value
         ((key, value),) = n["mutation"].items()
-        assert value in {"training.lr": (0.005, 0.02), "training.width": (2, 6)}[key]  # steps: x/÷2, 16/8
+        steps = {"training.lr": (0.01 / 3, 0.03), "training.width": (2, 6)}[key]  # x/÷3; 16/8
+        assert any(value == pytest.approx(step, rel=1e-5) for step in steps)
 
 
 def test_cli_joblib_raise_nan_and_hard_crash_fails_alone(tmp_path):
@@ -175,7 +176,7 @@ def test_cli_joblib_raise_nan_and_hard_crash_fails_alone(tmp_path):
         "hydra.sweeper.n_iterations=8",
         "hydra.sweeper.max_failure_rate=1.0",
         "behaviour.raise_if_lr_above=0.015",
-        "behaviour.nan_if_width=6",
+        "behaviour.nan_if_width=2",
         "behaviour.exit_at_node=6",
         "behaviour.sleep=0.5",
     )
@@ -183,9 +184,10 @@ def test_cli_joblib_raise_nan_and_hard_crash_fails_alone(tmp_path):
     state = load(tmp_path)
     nodes = state["nodes"]
     errors = [n["error"] or "" for n in nodes]
-    # batch 1 (rules, seed 0): node 1 sets width=6 (NaN), node 2 lr=0.02 (raises), 3-4 run the root config
-    assert "is nan" in errors[0] and errors[1].startswith("ValueError: lr 0.02")
-    assert [n["status"] for n in nodes[2:4]] == ["completed", "completed"]
+    # batch 1 (rules, seed 0): node 1 sets lr=0.03 (raises), node 2 act=tanh, node 3 width=2 (NaN),
+    # node 4 runs the root config
+    assert errors[0].startswith("ValueError: lr 0.03") and "is nan" in errors[2]
+    assert [nodes[1]["status"], nodes[3]["status"]] == ["completed", "completed"]
     # node 6 calls os._exit in a loky worker: launch() raises for the whole batch. Its mates keep their
     # results (recorded, or re-run alone); node 6 crashes again alone and is the only failed node.
     assert [n["status"] for n in nodes[4:]] == ["completed", "failed", "completed", "completed"]

@@ -91,7 +91,7 @@ class RulesProposerConf:
     """``hydra/sweeper/proposer=rules``: the offline proposer (``RulesProposer``'s arguments)."""
 
     _target_: str = "hydra_llm.explore.proposers.rules.RulesProposer"
-    step_factor: float = 2.0
+    step_factor: float = 3.0
     probe_factor: float = 10.0
     n_steps: int = 8
 

@@ -101,7 +101,7 @@ class RulesProposer(Proposer):
         window = max(1, view.n_iter_block // 4)
         proposals: list[Proposal] = []
         taken: set[tuple[Any, str]] = set()
-        moved: set[tuple[int | None, str, Any, float]] = set()  # (parent, key, direction, scale) this batch
+        moved: set[tuple[str, str, Any, float]] = set()  # (parent config, key, direction, scale)
         replicated: set[str] = set()
         exploit_rank = 0
         for slot in range(view.n_parallel):
@@ -186,27 +186,34 @@ class RulesProposer(Proposer):
         rows: Sequence[UCBScore],
         rng: random.Random,
         taken: set[tuple[Any, str]],
-        moved: set[tuple[int | None, str, Any, float]],
+        moved: set[tuple[str, str, Any, float]],
     ) -> Proposal | None:
         """The exploit move from ``parent`` that the tree's evidence favours (see the module docstring),
         or None when every move from it was tried (the caller then makes a random one-step move)."""
         specs = {s.key: s for s in view.search_space}
         if not specs:
             return None
-        by_id: dict[int | None, UCBScore] = {r.node_id: r for r in rows}
+        # Every node is evidence, a failed one too (its gain is the failure reward minus its parent's).
+        by_id: dict[int | None, UCBScore] = {r.node_id: r for r in view.ucb_table}
         # The root config's runs (baselines, replicates of it) stand for the root as a parent.
         root = next((r for r in rows if not r.overrides), None)
         if root is not None:
             by_id[None] = root
-        moves = {r.node_id: m for r in rows if (m := self._move_of(r, by_id, specs)) is not None}
+        moves = {r.node_id: m for r in view.ucb_table if (m := self._move_of(r, by_id, specs)) is not None}
         gains: dict[tuple[str, Any], list[float]] = {}
         for move in moves.values():
             gains.setdefault((move.key, move.direction), []).append(move.gain)
         parent_id = parent.node_id if parent else None
         config = dict(parent.overrides) if parent else {}
-        tried = {(m.key, m.direction, m.scale) for i, m in moves.items() if by_id[i].parent == parent_id}
-        tried |= {(k, d, sc) for p, k, d, sc in moved if p == parent_id}
-        seen = {config_hash(r.overrides, {}) for r in rows} | {h for p, h in taken if p == "config"}
+        # A move made from any run of the parent's config counts as tried from the parent.
+        here = config_hash(config, {})
+        tried = {
+            (m.key, m.direction, m.scale)
+            for i, m in moves.items()
+            if config_hash(by_id[by_id[i].parent].overrides, {}) == here
+        }
+        tried |= {(k, d, sc) for p, k, d, sc in moved if p == here}
+        seen = {config_hash(r.overrides, {}) for r in view.ucb_table} | {h for p, h in taken if p == "config"}
 
         candidates: list[tuple[float, str, Any, float, str]] = []  # (score, key, direction, scale, why)
         own = moves.get(parent_id) if parent_id is not None else None
@@ -244,11 +251,13 @@ class RulesProposer(Proposer):
             value = self._step(spec, current, direction, scale)
             if value is None:
                 continue
-            candidate = {k: v for k, v in {**config, key: value}.items() if v != specs[k].default}
+            candidate = {
+                k: v for k, v in {**config, key: value}.items() if v != _default(view.search_space, k)
+            }
             digest = config_hash(candidate, {})
             if digest in seen:
                 continue
-            moved.add((parent_id, key, direction, scale))
+            moved.add((here, key, direction, scale))
             taken.add(("config", digest))
             taken.add((parent_id, key))
             origin = f"Node {parent_id}" if parent_id is not None else "the block root"
@@ -286,8 +295,8 @@ class RulesProposer(Proposer):
     def _move_of(
         self, row: UCBScore, by_id: dict[int | None, UCBScore], specs: dict[str, ParamSpec]
     ) -> _Move | None:
-        """A completed node's single-key move from its parent, with its gain over the parent's mean."""
-        if row.status != "completed" or row.parent not in by_id or len(row.node.mutation) != 1:
+        """A node's single-key move from its (completed) parent, with its gain over the parent's mean."""
+        if row.parent not in by_id or len(row.node.mutation) != 1:
             return None
         ((key, value),) = row.node.mutation.items()
         spec = specs.get(key)
