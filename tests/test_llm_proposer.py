@@ -302,7 +302,24 @@ def test_missing_block_end_or_wrong_slots_are_reasked(server, proposer, tmp_path
     reply = proposer.propose(make_view(tmp_path, block_end=True))
     assert len(reply.proposals) == 2 and reply.next_simulation == {"simulation.n_frames": 4000}
     reask = server.requests[1].text()
-    assert "one proposal per slot 0..1" in reask and "block_end: required" in reask
+    assert "slots must be 0..1; you sent [0]: send exactly 2 proposals" in reask
+    assert "block_end: required" in reask
+
+
+@pytest.mark.parametrize(
+    ("slots", "fix"),
+    [
+        ([1, 2], "slots must be 0..1; you sent 1..2: subtract 1 from every slot"),
+        ([0, 0], "slots must be 0..1; you sent [0, 0]: give each slot number once"),
+        ([0, 1, 2], "slots must be 0..1; you sent 0..2: send exactly 2 proposals, one per slot"),
+    ],
+)
+def test_a_wrong_slot_numbering_is_reasked_with_the_fix(server, proposer, tmp_path, slots, fix):
+    wrong = good_reply()
+    wrong["proposals"] = [{**wrong["proposals"][i % 2], "slot": s} for i, s in enumerate(slots)]
+    server.push(FakeReply(wrong), FakeReply(good_reply()))
+    reply = proposer.propose(make_view(tmp_path))
+    assert len(reply.proposals) == 2 and fix in server.requests[1].text()
 
 
 def test_feedback_continues_the_conversation(server, proposer, tmp_path):

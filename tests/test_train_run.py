@@ -152,3 +152,15 @@ def test_children_take_their_share_of_the_cores(launcher, expected):
         cfg = compose("train", overrides=launcher, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     assert threads_for_child(cfg.get("num_threads")) == expected(len(os.sched_getaffinity(0)))
+
+
+def test_optimized_metric_returns_one_number_or_names_the_allowed_ones():
+    from hydra_llm.train import optimized
+
+    metrics = {"connectivity_R2": 0.91, "tau_R2": 0.5}
+    assert optimized(metrics, None) is metrics
+    assert optimized(metrics, "tau_R2") == 0.5
+    with pytest.raises(
+        ValueError, match="optimized_metric=R2: not a metric of this run; allowed: connectivity_R2, tau_R2"
+    ):
+        optimized(metrics, "R2")

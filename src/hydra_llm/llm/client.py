@@ -221,8 +221,9 @@ class LLMClient:
     def _step_down(self, reason: str, provisional: bool) -> bool:
         """Move to the next ladder mode after a rejection; False when there is none (or it is pinned).
 
-        A provisional step-down is confirmed (logged and cached) by :meth:`complete` once the lower
-        mode produced a valid reply, and undone if the call fails."""
+        A provisional step-down is confirmed (logged and cached) once the server answers a request in
+        the lower mode (whether or not the model's reply then validates), and undone if the call ends
+        without such an answer."""
         if self.settings.structured_output != "auto" or self._mode == LADDER[-1]:
             return False
         old = self._mode
@@ -270,8 +271,6 @@ class LLMClient:
             if self._provisional is not None:  # an unconfirmed step-down is undone
                 self._mode, self._rejected = self._provisional[0], self._provisional[1]
             raise
-        if self._provisional is not None:
-            self._confirm_mode(self._provisional[0])
         return completion
 
     def _complete(
@@ -290,7 +289,7 @@ class LLMClient:
         while True:
             mode = self._mode
             sent = self._with_schema_prompt(conversation, model, mode)
-            record: dict[str, Any] = {"tag": tag, "mode": mode, "reask": reasks}
+            record: dict[str, Any] = {"tag": tag, "mode": mode, "reask": reasks, "max_tokens": limit}
             start = time.perf_counter()
             try:
                 response = self._create_before(
@@ -337,6 +336,9 @@ class LLMClient:
             record.update(self._usage_record(response, start))
             self._record(record, sent, mode, model, response=response)
             calls.append(record)
+            if self._provisional is not None:  # the server answered in the lower mode: the step-down holds
+                self._confirm_mode(self._provisional[0])
+                self._provisional = None
             text = ""
             try:
                 if not response.choices:
@@ -435,6 +437,7 @@ class LLMClient:
             "model": self.settings.model,
             "base_url": self.settings.base_url,
             "mode": mode,
+            "max_tokens": record.get("max_tokens"),
             "messages": sent,
         }
         request["structured_output"] = request_kwargs(mode, model)

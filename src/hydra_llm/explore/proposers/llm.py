@@ -146,7 +146,12 @@ class LLMProposer(Proposer):
                 check=lambda r: check_reply(r, view),
                 tag=tag,
                 max_tokens=reply_token_budget(
-                    view.n_parallel, len(view.last_batch), self.builder.limits.memory_lines, view.is_block_end
+                    view.n_parallel,
+                    len(view.last_batch),
+                    min(
+                        self.builder.limits.memory_lines, len(view.memory.splitlines()) + MEMORY_GROWTH_LINES
+                    ),
+                    view.is_block_end,
                 ),
             )
         except LLMError as err:
@@ -188,6 +193,11 @@ class LLMProposer(Proposer):
             **_usage(err.calls),
         }
         return reply
+
+
+# Lines the working memory may grow by in one reply (its budget is the current memory plus these, up to
+# the cap: a budget for the full cap would let a small model ramble for thousands of tokens).
+MEMORY_GROWTH_LINES = 40
 
 
 def reply_token_budget(n_parallel: int, n_observed: int, memory_lines: int, block_end: bool) -> int:

@@ -97,10 +97,8 @@ def check_reply(reply: LLMReply, view: ExplorationView) -> list[str]:
     if unknown:
         errors.append(f"observations: node ids {unknown} are not in the last batch (expected {expected})")
     slots = [p.slot for p in reply.proposals]
-    if view.n_parallel and sorted(slots) != list(range(view.n_parallel)):
-        errors.append(
-            f"proposals: need exactly one proposal per slot 0..{view.n_parallel - 1}; got slots {slots}"
-        )
+    if view.n_parallel:
+        errors += _slot_errors(slots, view.n_parallel)
     for proposal in reply.proposals:
         keys = [item.key for item in proposal.overrides or []]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
@@ -109,6 +107,22 @@ def check_reply(reply: LLMReply, view: ExplorationView) -> list[str]:
     if view.is_block_end and reply.block_end is None:
         errors.append("block_end: required at a BLOCK END (summary, rules, rules_change, next_simulation)")
     return errors
+
+
+def _slot_errors(slots: list[int], n: int) -> list[str]:
+    """What is wrong with the proposals' slot numbers, said as the fix to make."""
+    want = list(range(n))
+    if sorted(slots) == want:
+        return []
+    contiguous = len(slots) > 1 and sorted(slots) == list(range(min(slots), max(slots) + 1))
+    shown = f"{min(slots)}..{max(slots)}" if contiguous else str(slots)
+    if len(slots) == n and sorted(slots) == [s + 1 for s in want]:
+        fix = "subtract 1 from every slot (slots are numbered from 0)"
+    elif len(slots) != n:
+        fix = f"send exactly {n} proposals, one per slot"
+    else:
+        fix = "give each slot number once"
+    return [f"proposals: slots must be 0..{n - 1}; you sent {shown}: {fix}"]
 
 
 def to_proposer_reply(reply: LLMReply, view: ExplorationView, memory: str) -> ProposerReply:
