@@ -299,3 +299,15 @@ def _completion_body(payload: dict) -> dict:
             }
         ],
     }
+
+
+def test_the_schema_prompt_joins_the_static_prefix(key_env, tmp_path):
+    # Without server-side schemas the schema goes right after the system prompt, before what changes
+    # per call, so a server's prompt cache can reuse it; a re-ask still ends with its feedback.
+    with FakeOpenAIServer(rejects={"json_schema"}, default=FakeReply(GOOD)) as server:
+        server.push(FakeReply({"nonsense": 1}), FakeReply(GOOD))
+        make_client(server, key_env, tmp_path, max_retries=0).complete(MESSAGES, Mutation)
+    first, reask = (r.body["messages"] for r in server.requests if r.mode == "json_object")
+    assert [m["role"] for m in first] == ["system", "system", "user"]
+    assert first[0] == MESSAGES[0] and "Answer with ONE JSON object" in first[1]["content"]
+    assert reask[:3] == first and reask[-1]["role"] == "user" and "rejected" in reask[-1]["content"]

@@ -404,10 +404,14 @@ class LLMClient:
     def _with_schema_prompt(
         self, messages: list[dict[str, Any]], model: type[pydantic.BaseModel], mode: Mode
     ) -> list[dict[str, Any]]:
-        """Modes without server-side schema get the schema as an extra system message."""
+        """Modes without server-side schema get the schema as an extra system message, right after the
+        leading system messages: the same for every call of a sweep, so it joins the prompt prefix that
+        servers cache (llama.cpp, vLLM, OpenAI) instead of following the part that changes."""
         if mode not in ("json_object", "text"):
             return messages
-        return [*messages, {"role": "system", "content": schema_instructions(model)}]
+        lead = next((i for i, m in enumerate(messages) if m.get("role") != "system"), len(messages))
+        schema = {"role": "system", "content": schema_instructions(model)}
+        return [*messages[:lead], schema, *messages[lead:]]
 
     def _error_record(self, err: Exception, start: float) -> dict[str, Any]:
         status = getattr(err, "status_code", None)
