@@ -19,12 +19,12 @@ import time
 import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from tests.test_llm_sweep import APP, PROTOCOL, ROOT, assert_no_secret, child_overrides
+from tests.test_llm_sweep import SECRET, assert_no_secret, child_overrides, run_sweep
 
-SECRET = "sk-real-SERVER-SECRET-9876543210"
 DEADLINE_S = 100.0  # per proposal call, retries and re-asks included
 
 
@@ -98,33 +98,19 @@ def _wait_until_up(base_url: str, proc: subprocess.Popen, log: Path, timeout: fl
 
 def test_two_batch_sweep_against_llama_cpp_server(server, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    env = {
-        **os.environ,
-        "HYDRA_LLM_REAL_KEY": SECRET,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "WANDB_SILENT": "true",
-    }
-    args = [
-        sys.executable,
-        str(APP),
-        "-m",
-        f"hydra.sweep.dir={sweep_dir}",
-        f"hydra.sweeper.protocol={PROTOCOL}",
-        "hydra/sweeper/proposer=llm",
-        "hydra.sweeper.proposer.model=smollm2",
-        f"hydra.sweeper.proposer.base_url={server}",
-        "hydra.sweeper.proposer.api_key_env=HYDRA_LLM_REAL_KEY",
+    start = time.monotonic()
+    run_sweep(
+        SimpleNamespace(base_url=server),
+        sweep_dir,
         f"hydra.sweeper.proposer.deadline={DEADLINE_S}",
-        "hydra.sweeper.proposer.timeout=90",
-        "hydra.sweeper.proposer.max_retries=1",
         "hydra.sweeper.proposer.max_reasks=0",  # the engine still re-asks once with its validation errors
         "hydra.sweeper.n_iterations=4",  # two batches of two slots
-    ]
-    start = time.monotonic()
-    proc = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        wait_s=900,
+        model="smollm2",
+        timeout=90,
+        max_retries=1,
+    )
     wall = time.monotonic() - start
-    assert proc.returncode == 0, proc.stderr[-4000:]
 
     state = json.loads((sweep_dir / "exploration" / "state.json").read_text())
     assert [n["id"] for n in state["nodes"]] == [1, 2, 3, 4]

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -27,11 +28,11 @@ SECRET = "sk-fake-SWEEP-SECRET-0123456789"
 SEED_KEYS = {"training.seed", "simulation.seed"}
 
 
-def llm_args(base_url: str, timeout: float = 5, max_retries: int = 2) -> list[str]:
+def llm_args(base_url: str, timeout: float = 5, max_retries: int = 2, model: str = "fake-model") -> list[str]:
     """Command-line overrides that select the LLM proposer on ``base_url``."""
     return [
         "hydra/sweeper/proposer=llm",
-        "hydra.sweeper.proposer.model=fake-model",
+        f"hydra.sweeper.proposer.model={model}",
         f"hydra.sweeper.proposer.base_url={base_url}",
         "hydra.sweeper.proposer.api_key_env=HYDRA_LLM_FAKE_KEY",
         f"hydra.sweeper.proposer.timeout={timeout}",
@@ -39,7 +40,10 @@ def llm_args(base_url: str, timeout: float = 5, max_retries: int = 2) -> list[st
     ]
 
 
-def run_sweep(server: FakeOpenAIServer, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def run_sweep(
+    server: FakeOpenAIServer, sweep_dir: Path, *overrides: str, wait_s: float = 180, **llm: Any
+) -> subprocess.CompletedProcess:
+    """The LLM toy sweep against ``server`` (anything with a ``base_url``); ``llm``: :func:`llm_args`'s."""
     env = {
         **os.environ,
         "HYDRA_LLM_FAKE_KEY": SECRET,
@@ -53,9 +57,11 @@ def run_sweep(server: FakeOpenAIServer, sweep_dir: Path, *overrides: str) -> sub
         "-m",
         f"hydra.sweep.dir={sweep_dir}",
         f"hydra.sweeper.protocol={PROTOCOL}",
-        *llm_args(server.base_url),
+        *llm_args(server.base_url, **llm),
     ]
-    proc = subprocess.run([*args, *overrides], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [*args, *overrides], env=env, cwd=ROOT, capture_output=True, text=True, timeout=wait_s
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
