@@ -50,7 +50,8 @@ def view(
     )
 
 
-def row(i, ucb, r2, parent=None, overrides=None, mutation=""):
+def row(i, ucb, r2, parent=None, overrides=None, mutation="", moved=None, status="completed"):
+    """A UCB row; ``moved``: the node's move from its parent (its ``mutation``)."""
     node = Node(
         id=i,
         parent=parent,
@@ -58,15 +59,16 @@ def row(i, ucb, r2, parent=None, overrides=None, mutation=""):
         slot=0,
         strategy="exploit",
         overrides=overrides or {},
-        mutation={},
+        mutation=dict(moved or {}),
         simulation={},
         seeds={},
         job_num=i,
-        metrics={"r2": r2},
-        reward=r2,
+        status=status,
+        metrics={"r2": r2} if status == "completed" else {},
+        reward=r2 if status == "completed" else 0.0,
         mutation_text=mutation,
     )
-    return UCBScore(node, ucb, 1, r2)
+    return UCBScore(node, ucb, 1, node.reward)
 
 
 def test_deterministic_for_a_seed_and_varies_with_it():
@@ -179,22 +181,7 @@ def test_replicates_stay_in_the_slot_whose_fixed_values_they_ran_with():
 
 def moved(i, r2, mutation, parent=None, base=None, status="completed"):
     """A node that moved ``mutation`` from ``parent`` (whose overrides are ``base``)."""
-    node = Node(
-        id=i,
-        parent=parent,
-        block=1,
-        slot=0,
-        strategy="exploit",
-        overrides={**(base or {}), **mutation},
-        mutation=dict(mutation),
-        simulation={},
-        seeds={},
-        job_num=i,
-        status=status,
-        metrics={"r2": r2} if status == "completed" else {},
-        reward=r2 if status == "completed" else 0.0,
-    )
-    return UCBScore(node, r2, 1, node.reward)
+    return row(i, r2, r2, parent, {**(base or {}), **mutation}, moved=mutation, status=status)
 
 
 ROOT_RUN = moved(1, 0.5, {})  # a run of the root config: the parent of the root's children
