@@ -45,6 +45,7 @@ from hydra_llm.explore.tree import Node, Objective, UCBScore, config_hash
 from hydra_llm.schemas.sweeper import RulesProposerConf
 
 _MIN_REPLICATES = 3
+_CONTINUE_STEP = 1.5  # a gaining move is continued with a step this much longer
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,8 @@ class RulesProposer(Proposer):
         own = moves.get(parent_id) if parent_id is not None else None
         if own is not None and own.gain > 0:
             limit = math.log(self.probe_factor) / math.log(self.step_factor)
-            scale = min(1.5 * own.scale, limit) if specs[own.key].log else 1.5 * own.scale
+            longer = _CONTINUE_STEP * own.scale
+            scale = min(longer, limit) if specs[own.key].log else longer
             why = f"continue Node {parent_id}'s move ({own.gain:+.3g} over its parent)"
             candidates.append((1e6 + own.gain, own.key, own.direction, scale, why))
         for sibling in self._improving_siblings(parent, rows, moves):
@@ -269,28 +271,32 @@ class RulesProposer(Proposer):
             )
         return None
 
-    def _step(self, spec: ParamSpec, current: Any, direction: Any, scale: float) -> Any:
-        """``current`` moved one step (times ``scale``) in ``direction`` (+1/-1, or a choice), or None
-        when that leaves it unchanged (a bound)."""
+    def _step(
+        self, spec: ParamSpec, current: Any, direction: Any, scale: float = 1.0, extreme: bool = False
+    ) -> Any:
+        """``current`` moved in ``direction`` (+1/-1, or a choice's value): ``scale`` steps (x/÷
+        ``step_factor`` on a log scale, 1/``n_steps`` of the range otherwise, at least 1 for integers),
+        or with ``extreme`` a probe (x/÷ ``probe_factor``, or the range's bound); None when that leaves
+        it unchanged (at a bound)."""
         if spec.kind == "choice":
             return direction if direction != current else None
         assert spec.low is not None and spec.high is not None
-        cur = (
-            _clip(float(current), spec.low, spec.high) if isinstance(current, int | float) else _middle(spec)
-        )
-        if spec.log:
-            new = cur * self.step_factor ** (direction * scale)
+        low, high = spec.low, spec.high
+        cur = _clip(float(current), low, high) if isinstance(current, int | float) else _middle(spec)
+        if extreme and not spec.log:
+            new = high if direction > 0 else low
+        elif spec.log:
+            factor = self.probe_factor if extreme else self.step_factor**scale
+            new = cur * factor**direction
         else:
-            new = cur + direction * scale * (spec.high - spec.low) / self.n_steps
-        new = _clip(new, spec.low, spec.high)
+            new = cur + direction * scale * (high - low) / self.n_steps
+        new = _clip(new, low, high)
         if spec.kind == "int":
-            new = int(round(new))
-            if new == int(round(cur)):
-                return None
-            return new
-        if math.isclose(new, cur, rel_tol=1e-9):
-            return None
-        return _round_sig(new)
+            step = int(round(new))
+            if step == int(round(cur)):
+                step = int(_clip(int(round(cur)) + direction, low, high))
+            return None if step == int(round(cur)) else step
+        return None if math.isclose(new, cur, rel_tol=1e-9) else _round_sig(new)
 
     def _move_of(
         self, row: UCBScore, by_id: dict[int | None, UCBScore], specs: dict[str, ParamSpec]
@@ -401,35 +407,17 @@ class RulesProposer(Proposer):
         return fresh[0]
 
     def mutate_value(self, spec: ParamSpec, current: Any, rng: random.Random, extreme: bool = False) -> Any:
-        """A new value for ``spec`` one step (or, ``extreme``, a probe) away from ``current``."""
+        """A new value for ``spec`` one step (or, ``extreme``, a probe) away from ``current``, in a
+        random direction (the other one at a bound)."""
         if spec.kind == "choice":
             others = [c for c in spec.choices if c != current] or list(spec.choices)
             return others[-1] if extreme else rng.choice(others)
-        assert spec.low is not None and spec.high is not None
-        low, high = spec.low, spec.high
-        cur = _clip(float(current), low, high) if isinstance(current, int | float) else _middle(spec)
-        up = rng.random() < 0.5
-        candidates = []
-        for direction in (up, not up):
-            if extreme and not spec.log:
-                new = high if direction else low
-            elif spec.log:
-                factor = self.probe_factor if extreme else self.step_factor
-                new = cur * factor if direction else cur / factor
-            else:
-                step = (high - low) / self.n_steps
-                new = cur + step if direction else cur - step
-            new = _clip(new, low, high)
-            if spec.kind == "int":
-                new = int(round(new)) if new != cur else int(new)
-                if new == int(round(cur)):
-                    new = int(round(cur)) + (1 if direction else -1)
-                    new = int(_clip(new, low, high))
-            candidates.append(new)
-        for new in candidates:
-            if not math.isclose(float(new), cur, rel_tol=1e-12):
-                return _round_sig(new) if spec.kind == "float" else new
-        return candidates[0]
+        first = 1 if rng.random() < 0.5 else -1
+        for direction in (first, -first):
+            new = self._step(spec, current, direction, extreme=extreme)
+            if new is not None:
+                return new
+        return current  # a range of one value
 
     # ------------------------------------------------------------------ texts
     def _observe(self, result: Node, objective: Objective, view: ExplorationView) -> SlotObservation:
