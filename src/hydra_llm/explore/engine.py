@@ -346,7 +346,9 @@ class ExplorationEngine:
         for node in nodes:
             best = best_at[node.id]
             best_text = (
-                f"best {_value(best.metrics.get(metric))} (node {best.id})" if best is not None else "best -"
+                f"best {_value(best.mean(metric))} (node {best.node.id}, {len(best.runs)} run(s))"
+                if best is not None
+                else "best -"
             )
             parent = "root" if node.parent is None else node.parent
             change = node.mutation_text or ("replicate" if node.parent is not None else "root config")

@@ -181,6 +181,12 @@ class BestConfig:
     score: float
     pooled_std: float
 
+    def mean(self, metric: str) -> float:
+        """The mean of ``metric`` over the group's completed runs."""
+        return stats(
+            n.metrics[metric] for n in self.runs if n.status == "completed" and metric in n.metrics
+        ).mean
+
 
 def pooled_std(nodes: Sequence[Node]) -> float:
     """Run-to-run standard deviation of the reward, pooled over the replicate groups of ``nodes``
@@ -223,10 +229,10 @@ def best_node(nodes: Sequence[Node]) -> Node | None:
     return best.node if best is not None else None
 
 
-def best_so_far(nodes: Sequence[Node]) -> list[Node | None]:
-    """For each node in id order, :func:`best_node` among it and the nodes before it."""
+def best_so_far(nodes: Sequence[Node]) -> list[BestConfig | None]:
+    """For each node in id order, :func:`best_config` among it and the nodes before it."""
     ordered = sorted(nodes, key=lambda n: n.id)
-    return [best_node(ordered[: i + 1]) for i in range(len(ordered))]
+    return [best_config(ordered[: i + 1]) for i in range(len(ordered))]
 
 
 def optimization_results(

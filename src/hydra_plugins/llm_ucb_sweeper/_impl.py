@@ -193,10 +193,7 @@ class LLMUCBSweeperImpl:
 
         def update(state: Any) -> None:
             wandb_run.group = self.sweep_id  # a resumed sweep keeps its first id
-            best = [
-                top.metrics.get(metric, float("nan")) if top is not None else float("nan")
-                for top in best_so_far(state.nodes)
-            ]
+            best = [top.mean(metric) if top is not None else float("nan") for top in best_so_far(state.nodes)]
             pictures = sorted((sweep_dir / "exploration" / "tree").glob("ucb_tree_iter_*.png"))
             wandb_run.update(
                 [n.to_dict() for n in state.nodes], metric, best, pictures[-1] if pictures else None
