@@ -166,9 +166,8 @@ def _read_sweep(sweep: Sweep, folder: Path, budget: int) -> None:
             best = reports.best_config(nodes[:n])
             if best is None:
                 continue
-            runs = [r.metrics[METRIC] for r in best.runs if r.status == "completed"]
             config = {**DEFAULTS, **{k: v for k, v in best.node.overrides.items() if k in SPACE}}
-            sweep.picks[n] = {"config": config, "reported": statistics.mean(runs), "runs": len(best.runs)}
+            sweep.picks[n] = {"config": config, "reported": best.mean(METRIC), "runs": len(best.runs)}
         return
     trials = []
     for job in sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
