@@ -25,7 +25,10 @@ import pytest
 
 from tests.test_llm_sweep import SECRET, assert_no_secret, child_overrides, run_sweep
 
-DEADLINE_S = 100.0  # per proposal call, retries and re-asks included
+DEADLINE_S = 240.0  # per proposal call, retries and re-asks included
+# A 4k-token prompt takes this build ~65 s to read on 2 cores, and it writes ~17 tokens/s: the reply is
+# capped (the default budget, sized from the schema, is checked against the scripted server).
+MAX_TOKENS = 400
 
 
 def _gguf() -> Path | None:
@@ -104,6 +107,7 @@ def test_two_batch_sweep_against_llama_cpp_server(server, tmp_path):
         sweep_dir,
         f"hydra.sweeper.proposer.deadline={DEADLINE_S}",
         "hydra.sweeper.proposer.max_reasks=0",  # the engine still re-asks once with its validation errors
+        f"hydra.sweeper.proposer.max_tokens={MAX_TOKENS}",
         "hydra.sweeper.n_iterations=4",  # two batches of two slots
         wait_s=900,
         model="smollm2",
