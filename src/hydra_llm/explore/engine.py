@@ -341,10 +341,8 @@ class ExplorationEngine:
     def _report_batch(self, nodes: Sequence[Node], seconds: float) -> None:
         """One line per node (parent, slot, strategy, mutation, objective, best so far), one per batch."""
         metric = self.config.objective.metric
-        ids = sorted(n.id for n in self.state.nodes)
-        best_at = dict(zip(ids, reports.best_so_far(self.state.nodes), strict=True))
-        for node in nodes:
-            best = best_at[node.id]
+        for node in nodes:  # the best config up to this node (this batch's nodes only)
+            best = reports.best_config([n for n in self.state.nodes if n.id <= node.id])
             best_text = (
                 f"best {_value(best.mean(metric))} (node {best.node.id}, {len(best.runs)} run(s))"
                 if best is not None

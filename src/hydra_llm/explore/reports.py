@@ -223,12 +223,6 @@ def best_config(nodes: Sequence[Node]) -> BestConfig | None:
     return best
 
 
-def best_node(nodes: Sequence[Node]) -> Node | None:
-    """The best run of the best config group (:func:`best_config`)."""
-    best = best_config(nodes)
-    return best.node if best is not None else None
-
-
 def best_so_far(nodes: Sequence[Node]) -> list[BestConfig | None]:
     """For each node in id order, :func:`best_config` among it and the nodes before it."""
     ordered = sorted(nodes, key=lambda n: n.id)
