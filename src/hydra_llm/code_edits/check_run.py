@@ -25,6 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hydra_llm.blindness import differing
 from hydra_llm.code_edits import loader
 from hydra_llm.code_edits.regions import RegionError, find_regions
 
@@ -55,7 +56,7 @@ def run_check(cfg: DictConfig, datamodule: Any, ground_truth: Any, out: Path) ->
             result["stage"] = "blindness"
             garbage = ground_truth.garbage(seed=1)
             blind, _ = _fit(cfg, datamodule, garbage, out / "blind")
-            differs = _differing(reference, blind)
+            differs = differing(reference, blind)
             if differs:
                 result["error"] = (
                     "training with the ground truth replaced by garbage learned different parameters "
@@ -88,15 +89,6 @@ def _not_finite(model: Any) -> str:
     if not math.isfinite(loss):
         return f"the training loss is {loss}"
     return ""
-
-
-def _differing(a: Any, b: Any) -> list[str]:
-    import torch
-
-    sa, sb = a.state_dict(), b.state_dict()
-    if sa.keys() != sb.keys():
-        return ["the parameter names"]
-    return [k for k in sa if not torch.equal(sa[k], sb[k])]
 
 
 def _edited_traceback(err: BaseException) -> str:

@@ -1,32 +1,38 @@
-"""Evaluation of a trained signal GNN against the hidden ground truth.
+"""Evaluation of a trained signal GNN against the hidden ground truth: the one place that documents
+each read-out.
 
-Metrics (all floats, see :func:`evaluate`):
+Every headline metric is read from what the model learned; the ground truth is only what it is
+compared with. A read-out that borrows from the ground truth is reported under an ``_oracle`` suffix.
 
-* ``connectivity_R2`` / ``connectivity_R2_identity`` / ``connectivity_slope``: the corrected W vs
-  the true W over all N^2 entries; the same with suffix ``_edges`` on
-  the true edges only (the honest number for sparse W).
-* ``tau_R2`` (+ ``_identity``), ``s_R2``: read out from the learned phi.
+* ``connectivity_R2`` / ``connectivity_R2_identity`` / ``connectivity_slope``: W* (below) against
+  the effective true weights ``g_i W_ij`` over all N^2 entries (slope-fitted R2, R2 to the identity
+  line, fitted slope); the same with suffix ``_edges`` on the true edges only (the honest number for
+  sparse W). The simulator's W and gain g enter the dynamics only as their product, so the product is
+  what any read-out can recover.
+* ``tau_R2`` (+ ``_identity``, ``_slope``), ``s_R2``: tau and s read out of the learned phi (below).
 * ``cluster_accuracy``: trimmed k-means (see :func:`profile_cluster_labels`) of the learned update
   functions phi_i sampled on the value grid, k = the true number of types, Hungarian matching to
-  the true types. k comes from the ground truth, which evaluation (only) may read; the metric asks
-  whether the learned functions separate the true types, not how many types a blind reader would
-  guess. ``cluster_accuracy_embedding``: plain k-means of the raw embeddings a_i (it misreads a type
+  the true types. k comes from the ground truth: the metric asks whether the learned functions
+  separate the true types, not how many types a blind reader would guess.
+  ``cluster_accuracy_embedding``: plain k-means of the raw embeddings a_i (it misreads a type
   split over two embedding patches as two types).
 * ``test_R2``, ``test_pearson``: an Euler rollout of the model (no noise) from the first held-out
   frame over ``rollout_frames`` frames vs the recording (R2 against each neuron's temporal mean,
   pooled; Pearson per neuron, Fisher-pooled); ``test_one_step_R2``: the predicted
   derivative on every held-out frame.
+* ``connectivity_R2_oracle``, ``connectivity_R2_identity_oracle``, ``tau_R2_oracle``: the read-outs
+  of :func:`oracle_metrics`, which use the true link (tanh), the true gain and the true tau range.
 
-Corrected W. The model can only learn ``W_ij g_i psi_true(u_j)`` as ``W_learned_ij psi_j(u_j)``:
-a learned psi that is ``c_j`` times the true link tanh is compensated by ``W_learned_ij = g_i
-W_ij / c_j``. We therefore fit ``psi_j(u) ~ c_j tanh(u) + d_j`` on the recorded range (see
-:func:`value_grid`) and report ``W*_ij = W_learned_ij c_j / g_i`` with the true gain g_i of the
-target neuron (a per-row scale the model cannot separate from W). No constant is hard-coded.
+W*. The model learns ``W_learned_ij psi_j(u_j)``; the data fix this product only, so a per-source
+scale can move between W and psi. W* is read in the gauge in which every learned link has unit slope
+at rest: ``W*_ij = W_learned_ij c_j`` with ``c_j = psi_j'(0)`` (:func:`corrected_W`). The simulator's
+link tanh has unit slope at rest, so W* is on the scale of ``g_i W_ij`` without using tanh or g.
 
-tau read-out. The true ``phi(u) = -u/tau + s tanh(u)``; fitting ``phi_i(u) ~ alpha_i u + beta_i
-tanh(u) + gamma_i`` on the recorded range gives ``tau_i = -1/alpha_i`` (clipped to
-``[0, 100 * max(true tau)]`` only to keep a flat phi finite) and ``s_i = beta_i``. A plain linear fit
-would mix the tanh slope into 1/tau.
+tau and s. The read-out takes the self term of phi to have the shape of the population's learned link
+L (the mean of ``psi_j / c_j``, :func:`learned_link`): fitting ``phi_i(u) ~ alpha_i u + beta_i L(u) +
+gamma_i`` on the recorded range (see :func:`value_grid`) gives ``tau_i = -1/alpha_i`` and
+``s_i = beta_i``. A flat or rising phi, or a time constant longer than the recording, reads as the
+recording's duration. A plain linear fit would mix the link's slope into 1/tau.
 """
 
 from __future__ import annotations
@@ -79,23 +85,64 @@ def fit_basis(grid: torch.Tensor, values: torch.Tensor, basis: list[torch.Tensor
     return torch.linalg.lstsq(design, target).solution.squeeze(-1).T
 
 
+def rest_slope(fn, grid: torch.Tensor) -> torch.Tensor:
+    """d fn / du (N,) at u = 0 (or the nearest end of ``grid`` (G, N) when 0 lies outside it), by a
+    central difference over 0.1% of the grid's range; ``fn`` maps (B, N) values to (B, N)."""
+    lo, hi = grid[0], grid[-1]
+    h = 1e-3 * (hi - lo)
+    rest = torch.zeros_like(lo).clamp(min=lo + h, max=hi - h)
+    values = fn(torch.stack([rest - h, rest + h]))
+    return (values[1] - values[0]) / (2 * h)
+
+
 @torch.no_grad()
-def corrected_W(model, grid: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The corrected W* (N, N) and the per-source psi scale c (N,), see the module docstring."""
+def corrected_W(model, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W* (N, N) and the per-source psi slope c (N,), from the model alone.
+
+    The data fix ``W_ij psi_j`` only up to a per-source scale; W* is read in the gauge in which every
+    learned link has unit slope at rest, ``W*_ij = W_learned_ij c_j`` with ``c_j = psi_j'(0)``.
+    """
+    slope = rest_slope(model.psi_of, grid)
+    return model.learned_W().detach() * slope[None, :], slope
+
+
+@torch.no_grad()
+def learned_link(model, grid: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """The population's learned link (G,) on ``grid``: the mean over neurons of psi_j / c_j (unit slope
+    at rest), so a read-out can use the link the model learned instead of the simulator's."""
     psi = model.psi_of(grid)
-    coef = fit_basis(grid, psi, [torch.tanh(grid), torch.ones_like(grid)])
-    scale = coef[0].float()
-    return model.learned_W().detach() * scale[None, :] / gain[:, None], scale
+    safe = torch.where(slope.abs() > 1e-8, slope, torch.ones_like(slope))
+    return (psi / safe[None, :]).mean(dim=1)
 
 
 @torch.no_grad()
-def read_out_phi(model, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """tau (N,) and s (N,) from the learned phi on ``grid`` (G, N)."""
+def read_out_phi(
+    model, grid: torch.Tensor, link: torch.Tensor, tau_max: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """tau (N,) and s (N,) from the learned phi on ``grid`` (G, N), with ``link`` (G, N) the basis of
+    the self-coupling term: ``phi_i ~ alpha_i u + beta_i link + gamma_i``, ``tau_i = -1/alpha_i``
+    (a flat or rising phi, or a longer time, reads as ``tau_max``), ``s_i = beta_i``."""
     phi = model.phi_of(grid)
-    coef = fit_basis(grid, phi, [grid, torch.tanh(grid), torch.ones_like(grid)])
+    coef = fit_basis(grid, phi, [grid, link, torch.ones_like(grid)])
     alpha, beta = coef[0], coef[1]
     tau = torch.where(alpha < 0, -1.0 / alpha.clamp(max=-1e-12), torch.full_like(alpha, float("inf")))
-    return tau.float(), beta.float()
+    return tau.clamp(max=float(tau_max)).float(), beta.float()
+
+
+def oracle_metrics(model, grid: torch.Tensor, ground_truth: GroundTruth) -> dict[str, float]:
+    """The read-outs that borrow from the ground truth, reported under ``_oracle`` only: W* with the
+    true link (tanh) and gain, ``W_learned_ij c_j / g_i`` with ``psi_j ~ c_j tanh + d_j``, against the
+    true W; tau with tanh as the self-coupling basis and clipped at 100 times the true maximum."""
+    with torch.no_grad():
+        coef = fit_basis(grid, model.psi_of(grid), [torch.tanh(grid), torch.ones_like(grid)])
+        W_star = model.learned_W().detach() * coef[0].float()[None, :] / ground_truth["gain"][:, None]
+    tau_true = ground_truth["tau"]
+    tau_hat, _ = read_out_phi(model, grid, torch.tanh(grid), 100.0 * float(tau_true.max()))
+    return {
+        "connectivity_R2_oracle": r2_slope(ground_truth["W"], W_star)[0],
+        "connectivity_R2_identity_oracle": r2_identity(ground_truth["W"], W_star),
+        "tau_R2_oracle": r2_slope(tau_true, tau_hat)[0],
+    }
 
 
 def profile_cluster_labels(
@@ -179,15 +226,17 @@ def evaluate(
     types = ground_truth["types"]
     n_types = int(ground_truth.meta.get("n_neuron_types", int(types.max()) + 1))
 
-    W_star, _ = corrected_W(model, grid, ground_truth["gain"])
-    metrics = connectivity_metrics(ground_truth["W"], W_star, ground_truth["edge_index"])
+    W_star, slope = corrected_W(model, grid)
+    W_true = ground_truth["gain"][:, None] * ground_truth["W"]  # what the dynamics determine: g_i W_ij
+    metrics = connectivity_metrics(W_true, W_star, ground_truth["edge_index"])
 
-    tau_hat, s_hat = read_out_phi(model, grid)
+    link = learned_link(model, grid, slope)[:, None].expand_as(grid)
+    tau_hat, s_hat = read_out_phi(model, grid, link, tau_max=observations.n_frames * observations.dt)
     tau_true = ground_truth["tau"]
-    tau_hat = tau_hat.clamp(0.0, 100.0 * float(tau_true.max()))
     metrics["tau_R2"], metrics["tau_slope"] = r2_slope(tau_true, tau_hat)
     metrics["tau_R2_identity"] = r2_identity(tau_true, tau_hat)
     metrics["s_R2"], _ = r2_slope(ground_truth["s"], s_hat)
+    metrics.update(oracle_metrics(model, grid, ground_truth))
 
     embeddings = model.a.detach().cpu()
     with torch.no_grad():
@@ -217,10 +266,10 @@ def evaluate(
             split=observations.n_train_frames,
         )
         plots.plot_scatter(
-            ground_truth["W"].numpy(),
+            W_true.numpy(),
             W_star.numpy(),
             folder / "connectivity.png",
-            "W",
+            "g W",
             f"R2={metrics['connectivity_R2']:.3f}  identity R2={metrics['connectivity_R2_identity']:.3f}",
         )
         plots.plot_scatter(

@@ -22,6 +22,20 @@ class ConnectivityType(StrEnum):
     low_rank = "low_rank"
 
 
+def check_recording(options: Any) -> None:
+    """The keys every regime shares for what is recorded: ``measurement_noise_level`` and
+    ``smoothing_window`` (1, or odd in [5, n_frames])."""
+    non_negative(options, "measurement_noise_level")
+    window = options.smoothing_window
+    if window != 1 and (window < 5 or window % 2 == 0 or window > options.n_frames):
+        fail(
+            options,
+            "smoothing_window",
+            window,
+            f"must be 1 or an odd integer in [5, n_frames={options.n_frames}]",
+        )
+
+
 @dataclass
 class SignalSimulation:
     """``simulation=signal_*``: ``du_i/dt = -u_i / tau_k + s_k tanh(u_i) + g_k sum_j W_ij tanh(u_j)``.
@@ -50,6 +64,10 @@ class SignalSimulation:
     Dale_law: bool = False
     Dale_law_factor: float = 0.5  # fraction of excitatory presynaptic neurons
     noise_model_level: float = 0.0  # process-noise sigma: each Euler step adds sigma * sqrt(dt) * N(0, 1)
+    measurement_noise_level: float = 0.0  # added to the record, in units of each recorded variable's std
+    smoothing_window: int = (
+        1  # 1: the raw record; odd >= 5: Savitzky-Golay cubic over that many frames (simulation/recording.py)
+    )
     structure_known: bool = False  # true: the true edge set is observed and W is learned on it only
     seed: int = 42
 
@@ -71,6 +89,7 @@ class SignalSimulation:
         within(self, "Dale_law_factor", 0.0, 1.0, "must be in [0, 1]")
         if self.noise_model_level < 0:
             fail(self, "noise_model_level", self.noise_model_level, "must be >= 0")
+        check_recording(self)
         if self.burn_in_frames < 0:
             fail(self, "burn_in_frames", self.burn_in_frames, "must be >= 0")
         if not 0.0 < self.test_fraction < 1.0:
@@ -122,6 +141,10 @@ class MetabolismSimulation:
     circadian_period: float = 240.0
     flux_limit: bool = False  # rescale rates so that no substrate goes below zero within one step
     stoichiometry_known: bool = True  # S and substrate orders are observed (the model needs them)
+    measurement_noise_level: float = 0.0  # added to the record, in units of each recorded variable's std
+    smoothing_window: int = (
+        1  # 1: the raw record; odd >= 5: Savitzky-Golay cubic over that many frames (simulation/recording.py)
+    )
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -145,6 +168,7 @@ class MetabolismSimulation:
         non_negative(self, "circadian_amplitude")
         if not 0.0 < self.train_fraction <= 1.0:
             fail(self, "train_fraction", self.train_fraction, "must be in (0, 1]")
+        check_recording(self)
         for key in ("homeostatic_lambda_per_type", "homeostatic_baseline_per_type"):
             if len(getattr(self, key)) != self.n_metabolite_types:
                 fail(self, key, getattr(self, key), f"needs one value per type ({self.n_metabolite_types})")
@@ -272,7 +296,10 @@ class FlyvisSimulation:
     n_ood_frames: int = 1000  # the out-of-distribution recording
     delta_t: float = 0.02  # s (flyvis trains at 1/50)
     noise_model_level: float = 0.05  # process noise per Euler step; the studied values are 0, 0.05, 0.5
-    measurement_noise_level: float = 0.0
+    measurement_noise_level: float = 0.0  # added to the record, in units of each neuron's voltage std
+    smoothing_window: int = (
+        1  # 1: the raw record; odd >= 5: Savitzky-Golay cubic over that many frames (simulation/recording.py)
+    )
     clamp_tau: bool = True  # tau_eff = max(tau, dt), as flyvis does
     warmup_s: float = 2.0  # grey (0.5) warm-up to steady state, not recorded
     seed: int = 42
@@ -284,4 +311,5 @@ class FlyvisSimulation:
             fail(self, "n_frames", self.n_frames, "must be >= 10")
         at_least_one(self, "n_ood_frames")
         positive(self, "delta_t")
-        non_negative(self, "noise_model_level", "measurement_noise_level", "warmup_s")
+        non_negative(self, "noise_model_level", "warmup_s")
+        check_recording(self)

@@ -67,7 +67,8 @@ class Observations:
 @dataclass(frozen=True)
 class GroundTruth:
     """Hidden parameters of a simulated network, keyed by name (e.g. ``W`` (N, N), ``tau`` (N,),
-    ``types`` (N,) int64). Only evaluation code may read it."""
+    ``types`` (N,) int64). Only evaluation code may read it. ``meta["observed"]`` names the tensors that
+    the regime's Observations also hold (e.g. a known stoichiometry), which are not hidden."""
 
     tensors: Mapping[str, torch.Tensor]
     meta: Mapping[str, Any] = field(default_factory=dict)

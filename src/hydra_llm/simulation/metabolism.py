@@ -16,8 +16,10 @@ high-rank oscillations (a generalised rock-paper-scissors system) instead of a q
 equilibrium. The remaining reactions are random molecule-conserving reactions of at most
 ``max_metabolites_per_reaction`` distinct metabolites.
 
-Integration is explicit Euler at ``delta_t``; the recorded derivative is the forward finite
-difference of the recording, so one-step targets are exact up to float32 rounding.
+Integration is explicit Euler at ``delta_t``. Measurement noise (``measurement_noise_level`` times each
+metabolite's std) is added to the record; the derivative is estimated from the record
+(:mod:`hydra_llm.simulation.recording`). With no measurement noise and ``smoothing_window: 1`` it is
+the forward difference, so one-step targets are exact up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from hydra_llm.schemas import validate
 from hydra_llm.schemas.simulation import MetabolismSimulation
 from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
 from hydra_llm.simulation.frames import start_frame_loader
+from hydra_llm.simulation.recording import add_measurement_noise, smooth_and_differentiate
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +184,8 @@ class MetabolismDataModule(SimulationDataModule):
         self.circadian_period = o.circadian_period
         self.flux_limit = o.flux_limit
         self.stoichiometry_known = o.stoichiometry_known
+        self.measurement_noise_level = o.measurement_noise_level
+        self.smoothing_window = o.smoothing_window
         self.seed = o.seed
         self.cache_dir = cache_dir
 
@@ -206,6 +211,8 @@ class MetabolismDataModule(SimulationDataModule):
             "circadian_period",
             "flux_limit",
             "stoichiometry_known",
+            "measurement_noise_level",
+            "smoothing_window",
             "seed",
         ]
         return {"regime": "metabolism", "version": 1, **{k: getattr(self, k) for k in keys}}
@@ -252,10 +259,9 @@ class MetabolismDataModule(SimulationDataModule):
             "the simulation diverged (non-finite concentrations); lower delta_t or log_k_max",
         )
 
-        activity = traj.to(torch.float32)
-        derivative = torch.zeros_like(traj)
-        derivative[:-1] = (traj[1:] - traj[:-1]) / dt
-        derivative[-1] = derivative[-2]
+        record = add_measurement_noise(traj, self.measurement_noise_level, self.seed)
+        activity, derivative = smooth_and_differentiate(record, dt, self.smoothing_window)
+        activity = activity.to(torch.float32)
         # the last frame has no successor; keep it out of training
         n_train = max(2, min(self.n_frames - 1, int(self.train_fraction * self.n_frames)))
         extras: dict[str, torch.Tensor] = {}
@@ -287,6 +293,7 @@ class MetabolismDataModule(SimulationDataModule):
                 "circadian_amplitude": self.circadian_amplitude,
                 "circadian_period": self.circadian_period,
                 "flux_limit": self.flux_limit,
+                "observed": ["stoichiometry", "substrate_order"] if self.stoichiometry_known else [],
             },
         )
         log.info(

@@ -19,10 +19,13 @@ Connectivity ``W`` (N, N), ``W_ij`` = weight from source ``j`` to target ``i``:
 * the diagonal is always zero. The true edge set (non-zero entries) is recorded in the ground truth.
 
 The first ``burn_in_frames`` steps are simulated and discarded. ``n_frames + 1`` states are then
-recorded; ``activity`` holds the first ``n_frames`` and the training target ``derivative`` is the
-forward difference of the recording, ``(u[t+1] - u[t]) / delta_t``, which with Euler equals
-``f(u[t]) + noise/delta_t`` exactly. Frames ``[0, n_train_frames)`` (the first
-``1 - test_fraction``) are for training; the rest are held out for the rollout test.
+recorded, with measurement noise of ``measurement_noise_level`` times each neuron's std added to the
+record (:mod:`hydra_llm.simulation.recording`). ``activity`` and the training target ``derivative``
+hold the first ``n_frames``, both computed from the record. With ``smoothing_window: 1`` (the default)
+they are the record and its forward difference ``(u[t+1] - u[t]) / delta_t``, which without
+measurement noise equals ``f(u[t]) + noise/delta_t`` exactly; under measurement noise a
+Savitzky-Golay window smooths both. Frames ``[0, n_train_frames)`` (the first ``1 - test_fraction``)
+are for training; the rest are held out for the rollout test.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from hydra_llm.schemas import validate
 from hydra_llm.schemas.simulation import SignalSimulation
 from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
 from hydra_llm.simulation.frames import FrameSampling, frame_loader
+from hydra_llm.simulation.recording import add_measurement_noise, smooth_and_differentiate
 
 # CSR products are what we rely on; torch flags them as beta on every first use.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -69,6 +73,8 @@ class SignalDataModule(SimulationDataModule):
         self.Dale_law = o.Dale_law
         self.Dale_law_factor = o.Dale_law_factor
         self.noise_model_level = o.noise_model_level
+        self.measurement_noise_level = o.measurement_noise_level
+        self.smoothing_window = o.smoothing_window
         self.gains = o.gains()[: self.n_neuron_types]
         self.type_params = [list(map(float, row)) for row in o.neuron_type_params[: self.n_neuron_types]]
         self.burn_in_frames = o.burn_in_frames
@@ -83,7 +89,7 @@ class SignalDataModule(SimulationDataModule):
     def cache_key_params(self) -> dict[str, Any]:
         return {
             "regime": "signal",
-            "version": 2,  # 2: Dale E/I split is exact (was Bernoulli)
+            "version": 3,  # 2: Dale E/I split is exact (was Bernoulli); 3: measurement noise
             "n_neurons": self.n_neurons,
             "n_neuron_types": self.n_neuron_types,
             "n_frames": self.n_frames,
@@ -94,6 +100,8 @@ class SignalDataModule(SimulationDataModule):
             "Dale_law": self.Dale_law,
             "Dale_law_factor": self.Dale_law_factor if self.Dale_law else None,
             "noise_model_level": self.noise_model_level,
+            "measurement_noise_level": self.measurement_noise_level,
+            "smoothing_window": self.smoothing_window,
             "gains": self.gains,
             "type_params": self.type_params,
             "burn_in_frames": self.burn_in_frames,
@@ -115,12 +123,13 @@ class SignalDataModule(SimulationDataModule):
         states = integrate(
             W, tau, s, g, self.delta_t, self.n_frames + 1, self.burn_in_frames, self.noise_model_level, gen
         )
-        derivative = (states[1:] - states[:-1]) / self.delta_t
+        record = add_measurement_noise(states, self.measurement_noise_level, self.seed)
+        activity, derivative = smooth_and_differentiate(record, self.delta_t, self.smoothing_window)
         edge_index = edge_index_of(W)
         n_train = int(round(self.n_frames * (1.0 - self.test_fraction)))
         observations = Observations(
-            activity=states[:-1].float().contiguous(),
-            derivative=derivative.float().contiguous(),
+            activity=activity[:-1].float().contiguous(),
+            derivative=derivative[:-1].float().contiguous(),
             dt=self.delta_t,
             n_train_frames=n_train,
             edge_index=edge_index.clone() if self.structure_known else None,
@@ -134,7 +143,12 @@ class SignalDataModule(SimulationDataModule):
                 "types": types.long(),
                 "edge_index": edge_index,
             },
-            meta={"regime": "signal", "n_neuron_types": self.n_neuron_types, "link": "tanh"},
+            meta={
+                "regime": "signal",
+                "n_neuron_types": self.n_neuron_types,
+                "link": "tanh",
+                "observed": ["edge_index"] if self.structure_known else [],
+            },
         )
         return observations, truth
 

@@ -8,7 +8,9 @@ One run simulates three recordings from the grey steady state:
 * an out-of-distribution recording (stimulus families never used in training), also noise-free,
   in ``Observations.extras['ood_activity']`` / ``['ood_external_input']``.
 
-The model gets voltages, their finite-difference derivative, the known photoreceptor input and the
+Each recording gets measurement noise (``measurement_noise_level`` times each neuron's voltage std,
+:mod:`hydra_llm.simulation.recording`). The model gets the recorded voltages, the derivative estimated
+from them, the known photoreceptor input and the
 connectome's edge list; W, tau, V_rest and cell types stay in :class:`GroundTruth`.
 """
 
@@ -35,16 +37,9 @@ from hydra_llm.simulation.flyvis.parameters import (
 )
 from hydra_llm.simulation.flyvis.stimuli import check_families, synthetic_sequence
 from hydra_llm.simulation.frames import FrameSampling, start_frame_loader
+from hydra_llm.simulation.recording import add_measurement_noise, smooth_and_differentiate
 
 log = logging.getLogger(__name__)
-
-
-def finite_difference(voltages: np.ndarray, dt: float) -> np.ndarray:
-    """(T, N) forward difference (V[t+1] - V[t]) / dt; the last frame repeats the previous one."""
-    d = np.empty_like(voltages)
-    d[:-1] = (voltages[1:] - voltages[:-1]) / dt
-    d[-1] = d[-2] if len(voltages) > 1 else 0.0
-    return d
 
 
 class FlyvisDataModule(SimulationDataModule):
@@ -68,6 +63,7 @@ class FlyvisDataModule(SimulationDataModule):
         self.delta_t = o.delta_t
         self.noise_model_level = o.noise_model_level
         self.measurement_noise_level = o.measurement_noise_level
+        self.smoothing_window = o.smoothing_window
         self.clamp_tau = o.clamp_tau
         self.warmup_s = o.warmup_s
         self.seed = o.seed
@@ -95,7 +91,7 @@ class FlyvisDataModule(SimulationDataModule):
     def cache_key_params(self) -> dict[str, Any]:
         params = {
             "regime": "flyvis",
-            "version": 1,
+            "version": 2,  # 2: measurement noise in units of each neuron's std
             "connectome": self.connectome_cfg,
             "parameters": self.parameters_cfg,
             "stimulus": self.stimulus_cfg,
@@ -105,6 +101,7 @@ class FlyvisDataModule(SimulationDataModule):
             "delta_t": self.delta_t,
             "noise_model_level": self.noise_model_level,
             "measurement_noise_level": self.measurement_noise_level,
+            "smoothing_window": self.smoothing_window,
             "clamp_tau": self.clamp_tau,
             "warmup_s": self.warmup_s,
             "seed": self.seed,
@@ -170,17 +167,19 @@ class FlyvisDataModule(SimulationDataModule):
         V0 = ode.steady_state(self.warmup_s)
 
         recordings = []
-        for stim, noise in ((train_stim, self.noise_model_level), (test_stim, 0.0), (ood_stim, 0.0)):
+        for index, (stim, noise) in enumerate(
+            ((train_stim, self.noise_model_level), (test_stim, 0.0), (ood_stim, 0.0))
+        ):
             voltages, _ = ode.run(stim, V0, noise, rng)
             if not np.all(np.isfinite(voltages)):
                 raise FloatingPointError(
                     "flyvis simulation diverged; lower the weight scale or use clamp_tau"
                 )
-            if self.measurement_noise_level > 0:
-                voltages = voltages + self.measurement_noise_level * rng.standard_normal(
-                    voltages.shape
-                ).astype(np.float32)
-            recordings.append((voltages, finite_difference(voltages, self.delta_t), ode.input_movie(stim)))
+            record = add_measurement_noise(
+                torch.from_numpy(voltages), self.measurement_noise_level, self.seed + index
+            )
+            activity, derivative = smooth_and_differentiate(record, self.delta_t, self.smoothing_window)
+            recordings.append((activity.numpy(), derivative.numpy(), ode.input_movie(stim)))
         (v_tr, d_tr, e_tr), (v_te, d_te, e_te), (v_ood, _, e_ood) = recordings
 
         def t(a: np.ndarray) -> torch.Tensor:

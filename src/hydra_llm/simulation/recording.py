@@ -1,0 +1,74 @@
+"""What an experimenter records, shared by every regime: measurement noise on the recorded variables,
+and the time derivative estimated from the (noisy) record.
+
+Measurement (observation) noise is added to what is recorded, after the simulation: it does not
+change the dynamics, only what training and evaluation see. Process noise, in contrast, is part of the
+simulated dynamics (each regime's ``noise_model_level``).
+
+Smoothing and derivative (``simulation.smoothing_window``), both computed from the record alone:
+
+* ``1``: the record as it is, and the forward difference ``(x[t+1] - x[t]) / dt``. Exact for an
+  Euler-integrated, noise-free record, and unbiased under process noise (the step's noise is
+  independent of ``x[t]``). Under measurement noise it fails twice: it multiplies the noise by
+  ``sqrt(2) / dt``, and its error ``(n[t+1] - n[t]) / dt`` is correlated with the input
+  ``x[t] + n[t]``, which the model learns as a spurious decay ``-1/dt``.
+* odd ``w >= 5``: Savitzky-Golay. A cubic is fitted by least squares to the ``w`` frames centred on
+  each frame; its value is the activity training sees and its slope the derivative. The slope's
+  weights are antisymmetric, so its error is uncorrelated with the smoothed value's; the derivative's
+  noise falls as ``w^-3/2`` and the activity's as ``w^-1/2``, while the fit's bias grows with the
+  curvature of the dynamics over ``w * dt``. On the default signal network (dt 0.01, tau 0.5 to 1)
+  at measurement noise 0.1, the derivative's error is 0.95 of the true derivative's std at ``w = 31``
+  and 0.23 at ``w = 81``; the activity's error falls from 0.10 to 0.016 of its std.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SAVGOL_ORDER = 3
+_COLUMNS_PER_CHUNK = 2048  # savgol works in float64; chunks keep a (T, N) record of 13k neurons small
+
+
+def add_measurement_noise(record: torch.Tensor, level: float, seed: int) -> torch.Tensor:
+    """``record`` (T, N) plus Gaussian noise of ``level`` times each column's standard deviation.
+
+    The noise comes from its own generator (seeded by ``seed``), so the simulated trajectory is the
+    same at every noise level and a noise table compares like with like. Returns a new tensor of the
+    record's dtype; ``level == 0`` returns ``record`` itself.
+    """
+    if level <= 0:
+        return record
+    gen = torch.Generator().manual_seed(int(seed) + 7919)  # a stream apart from the simulation's
+    scale = record.double().std(dim=0, keepdim=True).to(record.dtype) * float(level)
+    return record + scale * torch.randn(record.shape, generator=gen, dtype=record.dtype)
+
+
+def smooth_and_differentiate(
+    record: torch.Tensor, dt: float, window: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The activity (T, N) training sees and its time derivative (T, N), from the record (T, N) alone.
+
+    ``window == 1``: the record itself and its forward difference (the last frame repeats the one
+    before). Otherwise the Savitzky-Golay cubic over ``window`` frames (odd, >= 5: the schemas check
+    it, :func:`~hydra_llm.schemas.simulation.check_recording`), the edge frames
+    taken from the cubic fitted to the first and last ``window`` frames. Both in the record's dtype.
+    """
+    if window == 1 or record.shape[0] < 2:
+        derivative = torch.zeros_like(record)
+        if record.shape[0] >= 2:
+            derivative[:-1] = (record[1:] - record[:-1]) / dt
+            derivative[-1] = derivative[-2]
+        return record, derivative
+    from scipy.signal import savgol_filter
+
+    values = record.detach().cpu().numpy()
+    smooth, slope = np.empty_like(values), np.empty_like(values)
+    for start in range(0, values.shape[1], _COLUMNS_PER_CHUNK):
+        columns = slice(start, start + _COLUMNS_PER_CHUNK)
+        chunk = values[:, columns].astype(np.float64)
+        smooth[:, columns] = savgol_filter(chunk, window, SAVGOL_ORDER, axis=0, mode="interp")
+        slope[:, columns] = savgol_filter(
+            chunk, window, SAVGOL_ORDER, deriv=1, delta=dt, axis=0, mode="interp"
+        )
+    return torch.from_numpy(smooth), torch.from_numpy(slope)

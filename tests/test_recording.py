@@ -1,0 +1,100 @@
+"""Measurement noise and the derivative estimated from the record, in every regime."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hydra_llm.simulation.flyvis import FlyvisDataModule
+from hydra_llm.simulation.metabolism import MetabolismDataModule
+from hydra_llm.simulation.recording import add_measurement_noise, smooth_and_differentiate
+from hydra_llm.simulation.signal import SignalDataModule
+from tests.test_blindness import FLYVIS_TINY
+
+SIGNAL = dict(n_neurons=20, n_neuron_types=2, n_frames=2000, burn_in_frames=100, seed=4)
+METABOLISM = dict(n_metabolites=12, n_reactions=10, n_frames=300)
+FLYVIS = dict(
+    connectome={"source": "file", "path": str(FLYVIS_TINY), "extent": 1},
+    n_frames=120,
+    n_ood_frames=20,
+    noise_model_level=0.0,
+)
+REGIMES = {"signal": (SignalDataModule, SIGNAL), "metabolism": (MetabolismDataModule, METABOLISM)}
+REGIMES["flyvis"] = (FlyvisDataModule, FLYVIS)
+
+
+def observations(regime: str, **options):
+    cls, base = REGIMES[regime]
+    dm = cls(**{**base, **options})
+    dm.setup()
+    return dm.observations, dm.release_ground_truth()
+
+
+def test_measurement_noise_has_the_asked_std_per_variable_and_its_own_stream():
+    record = torch.randn(20_000, 3, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1], dtype=torch.float64)
+    noisy = add_measurement_noise(record, 0.1, seed=0)
+    ratio = (noisy - record).std(0) / record.std(0)
+    assert torch.allclose(ratio, torch.full((3,), 0.1, dtype=torch.float64), rtol=0.03)
+    assert torch.equal(noisy, add_measurement_noise(record, 0.1, seed=0))
+    assert add_measurement_noise(record, 0.0, seed=0) is record
+
+
+@pytest.mark.parametrize("regime", sorted(REGIMES))
+def test_every_regime_records_with_measurement_noise_on_the_same_trajectory(regime):
+    clean, truth = observations(regime)
+    noisy, noisy_truth = observations(regime, measurement_noise_level=0.2)
+    for key in truth.tensors:  # the network and the simulated trajectory do not change with the noise
+        assert torch.equal(truth[key], noisy_truth[key]), key
+    ratio = (noisy.activity - clean.activity).std(0) / clean.activity.std(0)
+    moving = clean.activity.std(0) > 1e-6
+    assert 0.15 < float(ratio[moving].median()) < 0.25
+    train = noisy.activity[: noisy.n_train_frames]  # flyvis appends a second recording after it
+    forward = (train[1:] - train[:-1]) / noisy.dt  # float32 here, float64 when recorded
+    derivative = noisy.derivative[: noisy.n_train_frames - 1]
+    assert torch.allclose(derivative, forward, rtol=1e-3, atol=1e-3 * float(forward.abs().max()))
+
+
+@pytest.mark.parametrize("regime", sorted(REGIMES))
+@pytest.mark.parametrize(
+    "key, value", [("smoothing_window", 4), ("smoothing_window", 3), ("measurement_noise_level", -0.1)]
+)
+def test_bad_recording_keys_fail_before_simulating(regime, key, value):
+    cls, base = REGIMES[regime]
+    with pytest.raises(ValueError, match=rf"^simulation\.{key}={value}: must be"):
+        cls(**{**base, key: value})
+
+
+def test_savitzky_golay_beats_the_forward_difference_under_measurement_noise():
+    """A sum of sines sampled at dt 0.01 with noise of 0.1 of its std: the forward difference drowns
+    the derivative and is biased towards -1/dt on the noisy input; the cubic fit is neither."""
+    dt, t = 0.01, torch.arange(4000, dtype=torch.float64) * 0.01
+    clean = torch.stack([torch.sin(t) + 0.5 * torch.sin(2.3 * t), torch.cos(0.7 * t)], dim=1)
+    truth = torch.stack([torch.cos(t) + 1.15 * torch.cos(2.3 * t), -0.7 * torch.sin(0.7 * t)], dim=1)
+    noisy = add_measurement_noise(clean, 0.1, seed=1)
+    noise = noisy - clean
+
+    raw, forward = smooth_and_differentiate(noisy, dt, 1)
+    smooth, savgol = smooth_and_differentiate(noisy, dt, 61)
+    assert raw is noisy
+    error = {"forward": forward - truth, "savgol": savgol - truth}
+    assert float(error["forward"].std() / truth.std()) > 5.0
+    assert float(error["savgol"].std() / truth.std()) < 0.2
+    assert float((smooth - clean).std() / clean.std()) < 0.03
+    # regression of the derivative's error on the input's noise: -1/dt for the forward difference
+    bias = {k: float((e[:-1] * noise[:-1]).mean() / noise.var()) for k, e in error.items()}
+    assert bias["forward"] == pytest.approx(-1 / dt, rel=0.1)
+    assert abs(bias["savgol"]) < 1.0
+
+
+def test_signal_training_data_under_measurement_noise_is_smoothed_from_the_record_only():
+    clean, _ = observations("signal")
+    noisy, _ = observations("signal", measurement_noise_level=0.1, smoothing_window=61)
+    raw, _ = observations("signal", measurement_noise_level=0.1)
+    assert noisy.activity.shape == clean.activity.shape and noisy.derivative.shape == clean.derivative.shape
+    # what training sees is the smoothed record: far closer to the clean activity than the raw record
+    err_smooth = float((noisy.activity - clean.activity).std())
+    err_raw = float((raw.activity - clean.activity).std())
+    assert err_smooth < err_raw / 3
+    assert math.isfinite(float(noisy.derivative.abs().max()))
