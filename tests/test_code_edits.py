@@ -42,6 +42,8 @@ def static_problems(body: str) -> list[str]:
 class TruthHolder(pl.Callback):
     """An evaluation callback that holds the ground truth, like flyvis's R2 log does."""
 
+    holds_ground_truth = True
+
     def __init__(self, observations, ground_truth, out_dir) -> None:
         self.truth = ground_truth
 

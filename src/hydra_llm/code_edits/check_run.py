@@ -5,7 +5,8 @@
 
 1. **import**: every edited module of the version loads;
 2. **smoke**: training on the tiny regime finishes with a finite loss and finite parameters;
-3. **blindness**: training again with the ground truth replaced by garbage
+3. **blindness** (:mod:`hydra_llm.blindness`): nothing training holds reaches a ground-truth tensor,
+   and training again with the ground truth replaced by garbage
    (:meth:`~hydra_llm.simulation.base.GroundTruth.garbage`) gives bit-identical parameters. The
    datamodule handed to Lightning holds no ground truth (``train.run`` releases it to evaluation), but
    the Trainer's evaluation callbacks do, as in a real run: code that reads the answer through them
@@ -25,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hydra_llm.blindness import differing
+from hydra_llm.blindness import differing, truth_paths
 from hydra_llm.code_edits import loader
 from hydra_llm.code_edits.regions import RegionError, find_regions
 
@@ -54,10 +55,14 @@ def run_check(cfg: DictConfig, datamodule: Any, ground_truth: Any, out: Path) ->
                 raise FloatingPointError(problem)
             result["final_loss"] = float(getattr(reference, "final_loss", math.nan))
             result["stage"] = "blindness"
+            held = {"observations": datamodule.observations, "model": reference, "trainer": reference.trainer}
+            reachable = truth_paths(held, ground_truth)
             garbage = ground_truth.garbage(seed=1)
             blind, _ = _fit(cfg, datamodule, garbage, out / "blind")
             differs = differing(reference, blind)
-            if differs:
+            if reachable:
+                result["error"] = f"the ground truth is reachable from training at {', '.join(reachable[:3])}"
+            elif differs:
                 result["error"] = (
                     "training with the ground truth replaced by garbage learned different parameters "
                     f"({', '.join(differs[:5])}): the code reads the ground truth"
