@@ -114,6 +114,27 @@ def test_default_run_reaches_the_issue_gates(tmp_path):
     assert metrics["cluster_accuracy"] >= 0.95
 
 
+@pytest.mark.slow
+def test_noisy_recording_preset_reaches_the_issue_gates(tmp_path):
+    """``python train.py simulation=signal_noisy`` (the default network, measurement noise 0.1, window 61,
+    20k frames): the read-outs without ground truth reach 0.9."""
+    out = tmp_path / "job"
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "simulation=signal_noisy",
+                "logger=none",
+                "trainer.enable_progress_bar=false",
+                f"paths.output_dir={out}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+            ],
+        )
+    metrics = run(cfg)
+    for name in ("connectivity_R2", "connectivity_R2_identity", "tau_R2", "cluster_accuracy"):
+        assert metrics[name] >= 0.9, name
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
