@@ -168,7 +168,7 @@ def main() -> None:
         m = evaluate(model, obs, gt, out / f"seed{seed}" / "phase1", make_plots=True)
         print(
             f"| {seed} | {steps_note} | {m['rate_constants_R2']:.3f} | "
-            f"{m['rate_constants_trimmed_R2']:.3f} | "
+            f"{m['rate_constants_R2_trimmed_oracle']:.3f} | "
             f"{int(m['rate_constants_n_outliers'])} | {m['rate_constants_R2_identity']:.3f} | "
             f"{m['alpha']:.3f} | {minutes:.2f} | {load()} |",
             flush=True,

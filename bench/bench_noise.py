@@ -39,7 +39,7 @@ REGIMES = {
     },
     "metabolism_phase1": {
         "overrides": ["simulation=metabolism_homeostasis"],
-        "metrics": ["rate_constants_R2", "rate_constants_trimmed_R2", "rate_constants_R2_identity"],
+        "metrics": ["rate_constants_R2", "rate_constants_R2_trimmed_oracle", "rate_constants_R2_identity"],
         "oracle": [],
     },
     "metabolism_conservation": {

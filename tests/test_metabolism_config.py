@@ -37,7 +37,7 @@ PHASE2_TINY = [
 
 SEED_METRICS = [
     "rate_constants_R2",
-    "rate_constants_trimmed_R2",
+    "rate_constants_R2_trimmed_oracle",
     "rate_constants_n_outliers",
     "MLP_node_slope_0",
     "MLP_node_gt_slope_1",
