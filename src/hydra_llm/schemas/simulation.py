@@ -65,9 +65,7 @@ class SignalSimulation:
     Dale_law_factor: float = 0.5  # fraction of excitatory presynaptic neurons
     noise_model_level: float = 0.0  # process-noise sigma: each Euler step adds sigma * sqrt(dt) * N(0, 1)
     measurement_noise_level: float = 0.0  # added to the record, in units of each recorded variable's std
-    smoothing_window: int = (
-        1  # 1: the raw record; odd >= 5: Savitzky-Golay cubic over that many frames (simulation/recording.py)
-    )
+    smoothing_window: int = 1  # 1: the raw record; odd >= 5: Savitzky-Golay frames (simulation/recording.py)
     structure_known: bool = False  # true: the true edge set is observed and W is learned on it only
     seed: int = 42
 
@@ -142,9 +140,7 @@ class MetabolismSimulation:
     flux_limit: bool = False  # rescale rates so that no substrate goes below zero within one step
     stoichiometry_known: bool = True  # S and substrate orders are observed (the model needs them)
     measurement_noise_level: float = 0.0  # added to the record, in units of each recorded variable's std
-    smoothing_window: int = (
-        1  # 1: the raw record; odd >= 5: Savitzky-Golay cubic over that many frames (simulation/recording.py)
-    )
+    smoothing_window: int = 1  # 1: the raw record; odd >= 5: Savitzky-Golay frames (simulation/recording.py)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -297,9 +293,7 @@ class FlyvisSimulation:
     delta_t: float = 0.02  # s (flyvis trains at 1/50)
     noise_model_level: float = 0.05  # process noise per Euler step; the studied values are 0, 0.05, 0.5
     measurement_noise_level: float = 0.0  # added to the record, in units of each neuron's voltage std
-    smoothing_window: int = (
-        1  # 1: the raw record; odd >= 5: Savitzky-Golay cubic over that many frames (simulation/recording.py)
-    )
+    smoothing_window: int = 1  # 1: the raw record; odd >= 5: Savitzky-Golay frames (simulation/recording.py)
     clamp_tau: bool = True  # tau_eff = max(tau, dt), as flyvis does
     warmup_s: float = 2.0  # grey (0.5) warm-up to steady state, not recorded
     seed: int = 42

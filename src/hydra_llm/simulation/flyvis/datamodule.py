@@ -10,8 +10,8 @@ One run simulates three recordings from the grey steady state:
 
 Each recording gets measurement noise (``measurement_noise_level`` times each neuron's voltage std,
 :mod:`hydra_llm.simulation.recording`). The model gets the recorded voltages, the derivative estimated
-from them, the known photoreceptor input and the
-connectome's edge list; W, tau, V_rest and cell types stay in :class:`GroundTruth`.
+from them, the known photoreceptor input and the connectome's edge list; W, tau, V_rest and cell
+types stay in :class:`GroundTruth`.
 """
 
 from __future__ import annotations
