@@ -56,6 +56,12 @@ class BlindnessReport:
         return "; ".join(parts)
 
 
+def held_by_training(observations: Any, model: Any) -> dict[str, Any]:
+    """The roots of the walk after a fit: the Observations, the module, and its Trainer (with the
+    datamodule, callbacks and loops the Trainer holds)."""
+    return {"observations": observations, "model": model, "trainer": getattr(model, "_trainer", None)}
+
+
 def truth_paths(roots: Mapping[str, Any], truth: GroundTruth, limit: int = 10) -> list[str]:
     """Paths (``model._trainer.datamodule.kept.tensors['W']``) from ``roots`` to ground-truth tensors."""
     observed = set(truth.meta.get("observed", ()))
@@ -147,7 +153,6 @@ def check(cfg: Any, out: Path, garbage_seed: int = 1) -> BlindnessReport:
         return model
 
     reference = train(truth, "truth")
-    roots = {"observations": datamodule.observations, "model": reference, "trainer": reference.trainer}
-    reachable = truth_paths(roots, truth)
+    reachable = truth_paths(held_by_training(datamodule.observations, reference), truth)
     blind = train(truth.garbage(seed=garbage_seed), "garbage")
     return BlindnessReport(reachable=reachable, differs=differing(reference, blind))

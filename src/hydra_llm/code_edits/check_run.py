@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hydra_llm.blindness import differing, truth_paths
+from hydra_llm.blindness import differing, held_by_training, truth_paths
 from hydra_llm.code_edits import loader
 from hydra_llm.code_edits.regions import RegionError, find_regions
 
@@ -55,8 +55,7 @@ def run_check(cfg: DictConfig, datamodule: Any, ground_truth: Any, out: Path) ->
                 raise FloatingPointError(problem)
             result["final_loss"] = float(getattr(reference, "final_loss", math.nan))
             result["stage"] = "blindness"
-            held = {"observations": datamodule.observations, "model": reference, "trainer": reference.trainer}
-            reachable = truth_paths(held, ground_truth)
+            reachable = truth_paths(held_by_training(datamodule.observations, reference), ground_truth)
             garbage = ground_truth.garbage(seed=1)
             blind, _ = _fit(cfg, datamodule, garbage, out / "blind")
             differs = differing(reference, blind)
