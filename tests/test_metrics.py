@@ -104,25 +104,27 @@ def test_euler_rollout_of_exponential_decay():
 
 
 class ExactSignalModel(torch.nn.Module):
-    """The true signal ODE written in the model interface, with a psi scaled by 3 and W by g / 3.
+    """The true signal ODE written in the model interface, in another gauge: psi_j = c_j tanh and
+    W = g W / c, with c = ``scale`` (a float, or one value per source neuron).
 
-    Evaluating it must give perfect scores: this checks the W correction, the tau read-out, the
+    Evaluating it must give perfect scores: this checks the W read-out, the tau read-out, the
     clustering and the rollout end to end, independently of any training.
     """
 
-    def __init__(self, truth):
+    def __init__(self, truth, scale: float | torch.Tensor = 3.0):
         super().__init__()
         self.tau, self.s, self.g, self.W = truth["tau"], truth["s"], truth["gain"], truth["W"]
         self.a = torch.nn.functional.one_hot(truth["types"]).float()
+        self.scale = torch.as_tensor(scale, dtype=torch.float32)
 
     def phi_of(self, u):
         return -u / self.tau + self.s * torch.tanh(u)
 
     def psi_of(self, u):
-        return 3.0 * torch.tanh(u)
+        return self.scale * torch.tanh(u)
 
     def learned_W(self):
-        return self.g[:, None] * self.W / 3.0
+        return self.g[:, None] * self.W / self.scale
 
     def forward(self, u):
         return self.phi_of(u) + self.psi_of(u) @ self.learned_W().T

@@ -17,8 +17,8 @@ from hydra_llm.evaluation.signal import (
     profile_cluster_labels,
     read_out_phi,
 )
-from hydra_llm.simulation.base import GroundTruth
 from hydra_llm.simulation.signal import SignalDataModule
+from tests.test_metrics import ExactSignalModel
 
 
 def test_function_profiles_recover_a_type_split_across_two_embedding_patches():
@@ -62,57 +62,25 @@ def test_isolated_neurons_do_not_claim_a_cluster_of_their_own():
     assert trimmed >= 57 / 60
 
 
-class ExactModel:
-    """The true dynamics written in another gauge, as a trained model could hold them: link
-    ``psi_j = c_j tanh`` (c_j arbitrary) with ``W_learned = g W / c``, and ``phi = -u/tau + s tanh``.
-    It exposes what SignalGNN exposes to evaluation."""
-
-    def __init__(self, truth: GroundTruth, seed: int = 0) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        n = truth["W"].shape[0]
-        self.c = 0.5 + 2.0 * torch.rand(n, generator=gen)
-        self.W = truth["gain"][:, None] * truth["W"] / self.c[None, :]
-        self.tau, self.s = truth["tau"], truth["s"]
-        self.a = torch.randn(n, 2, generator=gen)
-
-    def cpu(self):
-        return self
-
-    def eval(self):
-        return self
-
-    def learned_W(self) -> torch.Tensor:
-        return self.W
-
-    def psi_of(self, u: torch.Tensor) -> torch.Tensor:
-        return self.c * torch.tanh(u)
-
-    def phi_of(self, u: torch.Tensor) -> torch.Tensor:
-        return -u / self.tau + self.s * torch.tanh(u)
-
-    def __call__(self, u: torch.Tensor) -> torch.Tensor:
-        return self.phi_of(u) + torch.tanh(u) @ (self.W * self.c).T
-
-
-def test_headline_readouts_recover_an_exact_model_in_any_gauge_without_the_ground_truth(tmp_path):
+def test_headline_readouts_take_nothing_from_the_ground_truth(tmp_path):
     """W* and tau come from the model alone (its link's slope at rest, its own link as the basis of the
-    self term, a cap from the recording's length): an exact model in an arbitrary gauge scores ~1, and
-    the functions that compute them are never handed the ground truth."""
+    self term, a cap from the recording's length): the exact model in a random per-source gauge scores
+    ~1, the same as in another gauge, and the functions that read them are never handed the truth."""
     dm = SignalDataModule(n_neurons=30, n_neuron_types=2, n_frames=600, burn_in_frames=100, seed=3)
     dm.setup()
     truth = dm.release_ground_truth()
-    metrics = evaluate(
-        ExactModel(truth), dm.observations, truth, tmp_path, rollout_frames=50, make_plots=False
-    )
-    assert metrics["connectivity_R2_identity"] > 0.999 and abs(metrics["connectivity_slope"] - 1) < 1e-3
+    scores = []
+    for seed in (0, 1):
+        scale = 0.5 + 2.0 * torch.rand(30, generator=torch.Generator().manual_seed(seed))
+        model = ExactSignalModel(truth, scale)
+        scores.append(evaluate(model, dm.observations, truth, tmp_path, rollout_frames=50, make_plots=False))
+    metrics = scores[0]
+    assert metrics["connectivity_R2_identity"] > 0.9999 and abs(metrics["connectivity_slope"] - 1) < 1e-4
     assert metrics["tau_R2_identity"] > 0.999 and metrics["s_R2"] > 0.999
-    assert metrics["cluster_accuracy"] == 1.0
+    assert scores[1]["connectivity_R2_identity"] == pytest.approx(
+        metrics["connectivity_R2_identity"], abs=1e-5
+    )
     for name in ("connectivity_R2", "connectivity_R2_identity", "tau_R2"):
         assert f"{name}_oracle" in metrics
     for fn in (corrected_W, learned_link, read_out_phi):
         assert "ground_truth" not in inspect.signature(fn).parameters
-
-    # the same model with W scaled per source and the link compensating: nothing a gauge can hide moves
-    other = ExactModel(truth, seed=1)
-    again = evaluate(other, dm.observations, truth, tmp_path, rollout_frames=50, make_plots=False)
-    assert again["connectivity_R2_identity"] == pytest.approx(metrics["connectivity_R2_identity"], abs=1e-4)
