@@ -40,8 +40,14 @@ def add_measurement_noise(record: torch.Tensor, level: float, seed: int) -> torc
     if level <= 0:
         return record
     gen = torch.Generator().manual_seed(int(seed) + 7919)  # a stream apart from the simulation's
-    scale = record.double().std(dim=0, keepdim=True).to(record.dtype) * float(level)
-    return record + scale * torch.randn(record.shape, generator=gen, dtype=record.dtype)
+    std = torch.cat(  # float64 per column chunk: no float64 copy of a whole (T, N) record
+        [
+            record[:, c : c + _COLUMNS_PER_CHUNK].double().std(dim=0)
+            for c in range(0, record.shape[1], _COLUMNS_PER_CHUNK)
+        ]
+    )
+    noisy = torch.randn(record.shape, generator=gen, dtype=record.dtype)
+    return noisy.mul_(std.to(record.dtype) * float(level)).add_(record)  # one (T, N) allocation
 
 
 def smooth_and_differentiate(
