@@ -20,7 +20,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from hydra_llm import blindness
@@ -28,8 +27,8 @@ from hydra_llm.simulation.base import GroundTruth, SimulationDataModule
 from hydra_llm.simulation.flyvis import FlyvisDataModule
 from hydra_llm.simulation.metabolism import MetabolismDataModule
 from hydra_llm.simulation.signal import SignalDataModule
+from tests.test_train_run import compose_quiet
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 FLYVIS_TINY = Path(__file__).parent / "data" / "flyvis_tiny_connectome.json"
 
 SIGNAL = [
@@ -110,18 +109,7 @@ class NudgeFromTruth(pl.Callback):
 
 
 def compose_path(name: str, tmp_path: Path, leak: str | None = None):
-    _, overrides = PATHS[name]
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                *overrides,
-                "logger=none",
-                "trainer.enable_progress_bar=false",
-                f"paths.output_dir={tmp_path / 'job'}",
-                f"paths.cache_dir={tmp_path / 'cache'}",
-            ],
-        )
+    cfg = compose_quiet(tmp_path, *PATHS[name][1])
     if leak == "reads":
         with open_dict(cfg):
             callbacks = list(cfg.evaluation.get("callbacks") or [])

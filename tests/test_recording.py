@@ -100,14 +100,11 @@ def test_signal_training_data_under_measurement_noise_is_smoothed_from_the_recor
     assert math.isfinite(float(noisy.derivative.abs().max()))
 
 
-def test_the_noisy_preset_records_with_noise_and_smooths():
-    from hydra import compose, initialize_config_dir
+def test_the_noisy_preset_records_with_noise_and_smooths(tmp_path):
     from hydra.utils import get_class
 
-    from tests.test_blindness import CONF
+    from tests.test_train_run import compose_quiet
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["simulation=signal_noisy"])
-    sim = cfg.simulation
+    sim = compose_quiet(tmp_path, "simulation=signal_noisy").simulation
     assert (sim.measurement_noise_level, sim.smoothing_window, sim.n_frames) == (0.1, 61, 20000)
     assert get_class(sim._target_) is SignalDataModule

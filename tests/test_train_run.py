@@ -37,6 +37,21 @@ SIGNAL_METRICS = {
 }
 
 
+def compose_quiet(tmp_path: Path, *overrides: str):
+    """``train`` with ``overrides``, no logger, no progress bar, its job and cache in ``tmp_path``."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                *overrides,
+                "logger=none",
+                "trainer.enable_progress_bar=false",
+                f"paths.output_dir={tmp_path / 'job'}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+            ],
+        )
+
+
 def tiny_run(tmp_path: Path, *overrides: str) -> tuple[dict[str, float], Path]:
     out = tmp_path / "job"
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -110,19 +125,7 @@ def test_bad_simulation_value_fails_before_training(tmp_path):
 )
 def test_full_run_reaches_the_issue_gates(tmp_path, overrides, gates):
     """A full-size run with its issue's gates, read out without ground truth."""
-    out = tmp_path / "job"
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                *overrides,
-                "logger=none",
-                "trainer.enable_progress_bar=false",
-                f"paths.output_dir={out}",
-                f"paths.cache_dir={tmp_path / 'cache'}",
-            ],
-        )
-    metrics = run(cfg)
+    metrics = run(compose_quiet(tmp_path, *overrides))
     for name, gate in gates.items():
         assert metrics[name] >= gate, name
 
