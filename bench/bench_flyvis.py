@@ -33,13 +33,13 @@ def load() -> str:
 def bench_sim(extent: int, frames: int, repeats: int, noise: float) -> None:
     from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
     from hydra_llm.simulation.flyvis.dynamics import FlyvisODE
-    from hydra_llm.simulation.flyvis.parameters import random_trained_like
+    from hydra_llm.simulation.flyvis.parameters import trained
     from hydra_llm.simulation.flyvis.stimuli import synthetic_sequence
 
     t0 = time.perf_counter()
     c = compile_connectome(load_spec(), extent)
     compile_s = time.perf_counter() - t0
-    p = random_trained_like(c, seed=0, dt=0.02)
+    p = trained(c)  # the default ground truth (flow/0000/000)
     ode = FlyvisODE.build(c, p.edge_weights(c), p.neuron_tau(c), p.neuron_V_rest(c), 0.02)
     families = ["moving_edge", "moving_bar", "grating", "flash", "white_noise"]
     stim = synthetic_sequence(c.columns, frames, 0.02, families, np.random.default_rng(0))

@@ -68,6 +68,7 @@ PATHS = {
             "simulation.connectome.source=file",
             f"simulation.connectome.path={FLYVIS_TINY}",
             "simulation.connectome.extent=1",
+            "simulation.parameters.mode=random_trained_like",
             "simulation.n_frames=120",
             "simulation.n_ood_frames=20",
             "training.max_steps_per_epoch=8",

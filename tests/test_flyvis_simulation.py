@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+from hydra_llm.schemas.simulation import FlyvisSimulation
 from hydra_llm.simulation.flyvis import FlyvisDataModule
 from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
 from hydra_llm.simulation.flyvis.dynamics import FlyvisODE
-from hydra_llm.simulation.flyvis.parameters import flyvis_init, load_checkpoint, random_trained_like
+from hydra_llm.simulation.flyvis.parameters import (
+    flyvis_init,
+    load_checkpoint,
+    parameter_names,
+    random_trained_like,
+    trained,
+)
 from hydra_llm.simulation.flyvis.stimuli import FAMILIES, column_positions, synthetic_sequence
 
 TINY = Path(__file__).parent / "data" / "flyvis_tiny_connectome.json"
@@ -57,23 +64,64 @@ def test_random_trained_like_is_bounded_and_in_range():
     assert np.array_equal(p.pair_strength, again.pair_strength)
 
 
+def test_trained_ground_truth_at_extent_8_has_the_published_figures():
+    c = compile_connectome(load_spec(), 8)
+    p = trained(c)
+    w = p.edge_weights(c)
+    assert (round(float(w.min()), 2), round(float(w.max()), 2)) == (-1.50, 4.17)
+    assert int((p.pair_strength == 0).sum()) == 31 and c.n_pairs == 604
+    assert int((p.tau_type < 0.02).sum()) == 51
+    assert 0.0193 < p.tau_type.min() < 0.0195 and 0.315 < p.tau_type.max() < 0.317
+    assert 0.0066 < p.V_rest_type.min() < 0.0068 and 0.79 < p.V_rest_type.max() < 0.81
+    assert FlyvisSimulation().parameters.mode == "trained"
+
+
+def test_trained_ground_truth_maps_by_name_at_every_extent():
+    spec = load_spec()
+    small, large = compile_connectome(spec, 1), compile_connectome(spec, 8)
+    assert small.n_pairs == 597  # 7 pairs are not realised at extent 1
+    p_small, p_large = trained(small), trained(large)
+    _, pairs_small, groups_small = parameter_names(small)
+    _, pairs_large, groups_large = parameter_names(large)
+    at = {key: i for i, key in enumerate(pairs_large)}
+    assert np.array_equal(p_small.pair_strength, p_large.pair_strength[[at[k] for k in pairs_small]])
+    at = {key: i for i, key in enumerate(groups_large)}
+    assert np.array_equal(p_small.group_syn_count, p_large.group_syn_count[[at[k] for k in groups_small]])
+    assert np.array_equal(p_small.tau_type, p_large.tau_type)
+
+
 def test_checkpoint_round_trip_and_errors(tmp_path):
-    c = tiny()
+    reference = compile_connectome(load_spec(), 15)  # flyvis's parameter order
     rng = np.random.default_rng(0)
     state = {
-        "nodes_bias": torch.tensor(rng.uniform(0, 1, c.n_types)),
-        "nodes_time_const": torch.tensor(rng.uniform(0.02, 0.2, c.n_types)),
-        "edges_syn_strength": torch.tensor(rng.uniform(0, 0.1, c.n_pairs)),
-        "edges_syn_count": torch.tensor(np.log(c.group_n_syn)),
+        "nodes_bias": torch.tensor(rng.uniform(0, 1, reference.n_types)),
+        "nodes_time_const": torch.tensor(rng.uniform(0.02, 0.2, reference.n_types)),
+        "edges_sign": torch.tensor(reference.pair_sign),
+        "edges_syn_strength": torch.tensor(rng.uniform(0, 0.1, reference.n_pairs)),
+        "edges_syn_count": torch.tensor(np.log(reference.group_n_syn)),
     }
     path = tmp_path / "chkpt_00000"
     torch.save({"network": state}, path)
+    c = compile_connectome(load_spec(), 1)
     p = load_checkpoint(path, c)
-    expected = c.pair_sign[c.edge_pair] * c.edge_n_syn * state["edges_syn_strength"].numpy()[c.edge_pair]
-    assert np.allclose(p.edge_weights(c), expected)
-    torch.save({"network": {**state, "edges_syn_strength": torch.zeros(3)}}, path)
-    with pytest.raises(ValueError, match="edges_syn_strength has 3 values"):
+    strength = dict(zip(parameter_names(reference)[1], state["edges_syn_strength"].numpy(), strict=True))
+    by_name = np.array([strength[key] for key in parameter_names(c)[1]])
+    assert np.allclose(p.edge_weights(c), c.pair_sign[c.edge_pair] * c.edge_n_syn * by_name[c.edge_pair])
+
+    swapped = state["edges_sign"].clone()
+    swapped[[0, -1]] = swapped[[-1, 0]]
+    assert not torch.equal(swapped, state["edges_sign"])
+    torch.save({"network": {**state, "edges_sign": swapped}}, path)
+    with pytest.raises(ValueError, match="not flyvis's in flyvis's parameter order"):
         load_checkpoint(path, c)
+    torch.save({"network": {**state, "edges_syn_strength": torch.zeros(3)}}, path)
+    with pytest.raises(ValueError, match="edges_syn_strength has 3 values, flyvis's connectome has 604"):
+        load_checkpoint(path, c)
+    torch.save({"network": state}, path)
+    with pytest.raises(ValueError, match="has no cell type for .* it fits the flyvis connectome only"):
+        load_checkpoint(path, tiny())
+    with pytest.raises(ValueError, match="expected sha256"):
+        load_checkpoint(path, c, sha256="0" * 64)
     with pytest.raises(FileNotFoundError, match="checkpoint_path"):
         load_checkpoint(tmp_path / "nope", c)
 
@@ -172,7 +220,11 @@ def test_datamodule_cache_is_reused_and_keyed_by_seed(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"parameters": {"mode": "trained"}}, r"parameters.mode='trained': allowed values: \[flyvis_init"),
+        (
+            {"parameters": {"mode": "pretrained"}},
+            r"parameters.mode='pretrained': allowed values: \[trained, flyvis",
+        ),
+        ({"parameters": {"mode": "trained"}}, "it fits the flyvis connectome only"),
         ({"stimulus": {"source": "sintel"}}, r"source='sintel': allowed values: \[synthetic, davis\]"),
         ({"stimulus": {"source": "synthetic", "families": FAMS, "ood_families": ["grating"]}}, "overlap"),
         ({"test_fraction": 1.5}, "test_fraction"),

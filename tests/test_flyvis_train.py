@@ -20,6 +20,7 @@ def compose_flyvis(tmp_path: Path, *extra: str):
         "simulation.connectome.source=file",
         f"simulation.connectome.path={TINY}",
         "simulation.connectome.extent=1",
+        "simulation.parameters.mode=random_trained_like",
         "simulation.n_frames=300",
         "simulation.n_ood_frames=50",
         "training.max_steps_per_epoch=30",

@@ -17,6 +17,7 @@ SIGNAL = dict(n_neurons=20, n_neuron_types=2, n_frames=2000, burn_in_frames=100,
 METABOLISM = dict(n_metabolites=12, n_reactions=10, n_frames=300)
 FLYVIS = dict(
     connectome={"source": "file", "path": str(FLYVIS_TINY), "extent": 1},
+    parameters={"mode": "random_trained_like"},
     n_frames=120,
     n_ood_frames=20,
     noise_model_level=0.0,

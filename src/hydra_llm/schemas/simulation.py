@@ -181,9 +181,10 @@ class ConnectomeSource(StrEnum):
 
 
 class ParameterMode(StrEnum):
-    """Where the ground-truth parameters come from: flyvis's initialisation, a random draw shaped like a
-    trained model, or a flyvis checkpoint file."""
+    """Where the ground-truth parameters come from: the shipped trained model flow/0000/000, flyvis's
+    initialisation, a random draw shaped like a trained model, or a user's flyvis checkpoint file."""
 
+    trained = "trained"
     flyvis_init = "flyvis_init"
     random_trained_like = "random_trained_like"
     checkpoint = "checkpoint"
@@ -218,15 +219,17 @@ class ConnectomeOptions:
 class ParameterOptions:
     """``simulation.parameters``: the ground truth's time constants, resting potentials and weights.
 
-    The ``random_trained_like`` draw: a ``fast_fraction`` of cell types with tau just below dt (trained
-    models: 51/65), the rest log-uniform in [dt, ``tau_max``] s; V_rest uniform in ``V_rest_range``;
-    per-pair mean |w| log-normal around ``median_abs_weight`` (``log_sigma``), ``zero_fraction`` of the
-    pairs off (trained: 31/604 strengths are 0); weights shrink by 0.7 until a flicker probe stays below
-    ``max_abs_voltage``.
+    ``mode=trained`` (default) is the trained flyvis model flow/0000/000 shipped with the package, mapped
+    to the connectome by cell-type and type-pair name at any extent; ``checkpoint`` reads a user's file
+    the same way. The ``random_trained_like`` draw: a ``fast_fraction`` of cell types with tau just
+    below dt (trained models: 51/65), the rest log-uniform in [dt, ``tau_max``] s; V_rest uniform in
+    ``V_rest_range``; per-pair mean |w| log-normal around ``median_abs_weight`` (``log_sigma``),
+    ``zero_fraction`` of the pairs off (trained: 31/604 strengths are 0); weights shrink by 0.7 until a
+    flicker probe stays below ``max_abs_voltage``.
     """
 
     GROUP: ClassVar[str] = "simulation.parameters"
-    mode: ParameterMode = ParameterMode.random_trained_like
+    mode: ParameterMode = ParameterMode.trained
     checkpoint_path: str | None = None  # mode=checkpoint: a flyvis checkpoint file
     fast_fraction: float = 0.78
     tau_max: float = 0.3

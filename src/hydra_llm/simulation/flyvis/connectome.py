@@ -305,22 +305,27 @@ def synthetic_spec(n_types: int = 6, n_input_types: int = 2, seed: int = 0) -> d
     }
 
 
+def connectome_spec(
+    source: str = _OPTIONS.source, path: str | None = _OPTIONS.path, seed: int = _OPTIONS.seed
+) -> dict[str, Any]:
+    """The spec named by ``source``: 'flyvis' (the wheel's JSON), 'file' (a JSON of the same schema at
+    ``path``, no checksum) or 'synthetic' (:func:`synthetic_spec` with ``seed``)."""
+    if source == "flyvis":
+        return load_spec(None)
+    if source == "file":
+        if path is None:
+            raise ValueError("simulation.connectome.path is required when connectome.source='file'")
+        return load_spec(path, sha256=None)
+    if source == "synthetic":
+        return synthetic_spec(seed=seed)
+    raise ValueError(f"simulation.connectome.source={source!r}; allowed: 'flyvis', 'file', 'synthetic'")
+
+
 def build_connectome(
     source: str = _OPTIONS.source,
     extent: int = _OPTIONS.extent,
     path: str | None = _OPTIONS.path,
     seed: int = _OPTIONS.seed,
 ) -> Connectome:
-    """Compile the connectome named by ``source``: 'flyvis' (the wheel's JSON), 'file' (a JSON of the
-    same schema at ``path``, no checksum) or 'synthetic' (:func:`synthetic_spec` with ``seed``)."""
-    if source == "flyvis":
-        spec = load_spec(None)
-    elif source == "file":
-        if path is None:
-            raise ValueError("simulation.connectome.path is required when connectome.source='file'")
-        spec = load_spec(path, sha256=None)
-    elif source == "synthetic":
-        spec = synthetic_spec(seed=seed)
-    else:
-        raise ValueError(f"simulation.connectome.source={source!r}; allowed: 'flyvis', 'file', 'synthetic'")
-    return compile_connectome(spec, extent=extent)
+    """Compile the connectome named by ``source`` (:func:`connectome_spec`) at ``extent``."""
+    return compile_connectome(connectome_spec(source, path, seed), extent=extent)

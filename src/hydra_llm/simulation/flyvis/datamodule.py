@@ -27,13 +27,20 @@ from hydra_llm.schemas import plain, validate
 from hydra_llm.schemas.simulation import FlyvisSimulation
 from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
 from hydra_llm.simulation.flyvis import davis as davis_io
-from hydra_llm.simulation.flyvis.connectome import FLYVIS_JSON_SHA256, Connectome, build_connectome
+from hydra_llm.simulation.flyvis.connectome import (
+    FLYVIS_JSON_SHA256,
+    Connectome,
+    build_connectome,
+    connectome_spec,
+)
 from hydra_llm.simulation.flyvis.dynamics import FlyvisODE
 from hydra_llm.simulation.flyvis.parameters import (
     FlyvisParameters,
+    check_flyvis_names,
     flyvis_init,
     load_checkpoint,
     random_trained_like,
+    trained,
 )
 from hydra_llm.simulation.flyvis.stimuli import check_families, synthetic_sequence
 from hydra_llm.simulation.frames import FrameSampling, start_frame_loader
@@ -78,6 +85,9 @@ class FlyvisDataModule(SimulationDataModule):
             raise FileNotFoundError(
                 f"simulation.parameters.checkpoint_path={params['checkpoint_path']!r} is not a file"
             )
+        connectome = self.connectome_cfg
+        if params["mode"] in ("trained", "checkpoint") and connectome["source"] != "flyvis":
+            check_flyvis_names(connectome_spec(connectome["source"], connectome["path"], connectome["seed"]))
         train = check_families(stimulus["families"], "simulation.stimulus.families")
         ood = check_families(stimulus["ood_families"], "simulation.stimulus.ood_families")
         if stimulus["source"] == "synthetic" and set(train) & set(ood):
@@ -91,7 +101,7 @@ class FlyvisDataModule(SimulationDataModule):
     def cache_key_params(self) -> dict[str, Any]:
         params = {
             "regime": "flyvis",
-            "version": 2,  # 2: measurement noise in units of each neuron's std
+            "version": 3,  # 2: measurement noise in std units; 3: checkpoints mapped by name
             "connectome": self.connectome_cfg,
             "parameters": self.parameters_cfg,
             "stimulus": self.stimulus_cfg,
@@ -124,6 +134,8 @@ class FlyvisDataModule(SimulationDataModule):
     def build_parameters(self, connectome: Connectome) -> FlyvisParameters:
         cfg = {k: v for k, v in self.parameters_cfg.items() if k not in ("mode", "checkpoint_path")}
         mode = self.parameters_cfg["mode"]
+        if mode == "trained":
+            return trained(connectome)
         if mode == "flyvis_init":
             return flyvis_init(connectome, seed=self.seed)
         if mode == "checkpoint":

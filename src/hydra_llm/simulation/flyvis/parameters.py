@@ -6,17 +6,22 @@ count ``N`` per (pair, du, dv) group (2,355 values). Edge e weighs ``sign(pair) 
 
 Modes (``simulation.parameters.mode``):
 
+* ``trained`` (default): the trained model flow/0000/000 shipped in ``assets/`` (see its README and
+  licence), mapped by name (:func:`load_checkpoint`).
 * ``flyvis_init``: flyvis's initialisation rule: tau = 0.05 s, V_rest ~ N(0.5, 0.05) per type,
   alpha = 0.01 / <N>_pair so each pair's mean |w| is 0.01.
 * ``random_trained_like``: tau, V_rest and alpha drawn in the ranges of trained flyvis models, then
   rescaled until a flicker probe keeps the activity bounded (see :func:`random_trained_like`).
-* ``checkpoint``: a flyvis checkpoint file (torch zip with a ``network`` dict) at a user path.
+* ``checkpoint``: a user's flyvis checkpoint file (torch zip with a ``network`` dict), read the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +29,9 @@ from hydra_llm.schemas.simulation import ParameterOptions
 from hydra_llm.simulation.flyvis.connectome import Connectome
 
 _OPTIONS = ParameterOptions()  # the random_trained_like defaults, declared once in the schema
+TRAINED_CHECKPOINT = Path(__file__).parent / "assets" / "flow_0000_000_best_chkpt"
+TRAINED_SHA256 = "d8a57a022aa18ca338599be713af9db29b89cde4b00098ffe42b78f0d583e46a"
+CHECKPOINT_ORDER_EXTENT = 15  # flyvis's default extent; its parameter order is first appearance there
 
 
 @dataclass(frozen=True)
@@ -112,43 +120,125 @@ def scaled(params: FlyvisParameters, factor: float) -> FlyvisParameters:
     )
 
 
-def load_checkpoint(path: str | Path, connectome: Connectome) -> FlyvisParameters:
-    """Parameters from a flyvis checkpoint: a torch file whose ``network`` dict holds ``nodes_bias``
-    (65), ``nodes_time_const`` (65), ``edges_syn_strength`` (604) and ``edges_syn_count`` (2,355, log
-    of the mean count), in JSON / first-appearance order (the order of our compiler's pairs and groups)."""
+def parameter_names(
+    connectome: Connectome,
+) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str, int, int]]]:
+    """The names of a connectome's shared parameters, in its order: cell types (T,), type pairs
+    ``(source, target)`` (P,) and offset groups ``(source, target, du, dv)`` (G,)."""
+    names = connectome.type_names
+    pairs = [
+        (names[s], names[t]) for s, t in zip(connectome.pair_src_type, connectome.pair_tgt_type, strict=True)
+    ]
+    groups = [
+        (*pairs[p], int(du), int(dv))
+        for p, du, dv in zip(connectome.group_pair, connectome.group_du, connectome.group_dv, strict=True)
+    ]
+    return list(names), pairs, groups
+
+
+def _by_name(values: np.ndarray, file_keys: list, keys: list, what: str, file: Path) -> np.ndarray:
+    """``values`` (in ``file_keys`` order) picked for ``keys``; every key must be in the file."""
+    index = {key: i for i, key in enumerate(file_keys)}
+    missing = [key for key in keys if key not in index]
+    if missing:
+        raise ValueError(
+            f"simulation.parameters: checkpoint {file} has no {what} for {len(missing)} of the connectome's "
+            f"{len(keys)} (first: {missing[0]}); it fits the flyvis connectome only"
+        )
+    return values[[index[key] for key in keys]]
+
+
+def check_flyvis_names(spec: dict[str, Any]) -> None:
+    """Raise one line when a connectome spec has a cell type or type pair that flyvis's has not, so a
+    flyvis checkpoint cannot give it parameters (checked from the JSON, before anything is compiled)."""
+    from hydra_llm.simulation.flyvis.connectome import load_spec
+
+    flyvis = load_spec()
+    types = {node["name"] for node in flyvis["nodes"]}
+    pairs = {(edge["src"], edge["tar"]) for edge in flyvis["edges"]}
+    extra = [node["name"] for node in spec["nodes"] if node["name"] not in types]
+    extra += [(edge["src"], edge["tar"]) for edge in spec["edges"] if (edge["src"], edge["tar"]) not in pairs]
+    if extra:
+        raise ValueError(
+            f"simulation.parameters.mode: a flyvis checkpoint has no parameters for {extra[0]} (and "
+            f"{len(extra) - 1} more of this connectome); it fits the flyvis connectome only, so use "
+            "parameters.mode=random_trained_like or flyvis_init"
+        )
+
+
+def load_checkpoint(
+    path: str | Path | None, connectome: Connectome, sha256: str | None = None
+) -> FlyvisParameters:
+    """Parameters from a flyvis checkpoint, mapped to ``connectome`` by cell-type and type-pair name.
+
+    The file (a torch zip whose ``network`` dict holds ``nodes_bias`` and ``nodes_time_const`` per cell
+    type, ``edges_syn_strength`` and ``edges_sign`` per type pair, ``edges_syn_count``, the log mean
+    synapse count, per (pair, du, dv) group) stores its values in flyvis's order: types as in the
+    connectome JSON, pairs and groups by first appearance in the connectome compiled at
+    ``CHECKPOINT_ORDER_EXTENT``, where all of them are realised. The stored signs and counts must
+    equal that compilation's, which catches a file in another order; then each of ``connectome``'s types,
+    pairs and groups takes the value of its name, so one file serves every extent.
+    """
     import torch
+
+    from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
 
     file = Path(path) if path is not None else None
     if file is None or not file.is_file():
         raise FileNotFoundError(
             f"simulation.parameters.checkpoint_path={path!r} is not a file; point it to a flyvis checkpoint "
-            "(e.g. <results>/flow/0000/000/chkpts/chkpt_00000) or use parameters.mode=random_trained_like"
+            "(e.g. <results>/flow/0000/000/chkpts/chkpt_00000) or use parameters.mode=trained"
         )
-    blob = torch.load(file, map_location="cpu", weights_only=True)
-    state = blob.get("network", blob)
+    blob = file.read_bytes()
+    if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
+        raise ValueError(f"simulation.parameters: {file} does not have the expected sha256 {sha256}")
+    loaded = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    state = loaded.get("network", loaded)
+    reference = compile_connectome(load_spec(), extent=CHECKPOINT_ORDER_EXTENT)
     expected = {
-        "nodes_bias": connectome.n_types,
-        "nodes_time_const": connectome.n_types,
-        "edges_syn_strength": connectome.n_pairs,
-        "edges_syn_count": connectome.n_groups,
+        "nodes_bias": reference.n_types,
+        "nodes_time_const": reference.n_types,
+        "edges_syn_strength": reference.n_pairs,
+        "edges_syn_count": reference.n_groups,
     }
     for key, size in expected.items():
         if key not in state:
-            raise ValueError(f"checkpoint {file}: missing {key!r} (need {sorted(expected)})")
+            raise ValueError(
+                f"simulation.parameters: checkpoint {file} misses {key!r} (needs {sorted(expected)})"
+            )
         if int(state[key].numel()) != size:
             raise ValueError(
-                f"checkpoint {file}: {key} has {state[key].numel()} values, the connectome needs {size}"
+                f"simulation.parameters: checkpoint {file}: {key} has {state[key].numel()} values, flyvis's "
+                f"connectome has {size}"
             )
 
     def arr(key: str) -> np.ndarray:
         return state[key].detach().double().numpy().reshape(-1)
 
+    log_count = arr("edges_syn_count")
+    order_ok = np.allclose(log_count, np.log(reference.group_n_syn), atol=1e-4)
+    if "edges_sign" in state:
+        order_ok &= np.array_equal(arr("edges_sign"), reference.pair_sign)
+    if not order_ok:
+        raise ValueError(
+            f"simulation.parameters: checkpoint {file}: its signs and synapse counts are not flyvis's in "
+            "flyvis's parameter order, so its values cannot be matched to cell types and pairs"
+        )
+    types, pairs, groups = parameter_names(reference)
+    our_types, our_pairs, our_groups = parameter_names(connectome)
     return FlyvisParameters(
-        tau_type=arr("nodes_time_const"),
-        V_rest_type=arr("nodes_bias"),
-        pair_strength=np.clip(arr("edges_syn_strength"), 0.0, None),
-        group_syn_count=np.exp(arr("edges_syn_count")),
+        tau_type=_by_name(arr("nodes_time_const"), types, our_types, "cell type", file),
+        V_rest_type=_by_name(arr("nodes_bias"), types, our_types, "cell type", file),
+        pair_strength=np.clip(
+            _by_name(arr("edges_syn_strength"), pairs, our_pairs, "type pair", file), 0.0, None
+        ),
+        group_syn_count=np.exp(_by_name(log_count, groups, our_groups, "offset group", file)),
     )
+
+
+def trained(connectome: Connectome) -> FlyvisParameters:
+    """The shipped trained model flow/0000/000 (``assets/``, with its licence), mapped to ``connectome``."""
+    return load_checkpoint(TRAINED_CHECKPOINT, connectome, sha256=TRAINED_SHA256)
 
 
 def random_trained_like(
