@@ -183,12 +183,15 @@ class TrueModel(torch.nn.Module):
 def test_metrics_recover_the_truth_from_the_true_model(data, tmp_path):
     obs, gt = data.observations, data.ground_truth
     oracle = TrueModel(obs, gt, n_types=5)
-    corrected = corrected_weights(oracle, obs)
-    assert torch.allclose(corrected["W_star"], gt["W"], atol=1e-3)
+    for readout in ("line", "local"):
+        corrected = corrected_weights(oracle, obs)[readout]
+        assert torch.allclose(corrected["W_star"], gt["W"], atol=1e-3)
     metrics = evaluate(oracle, obs, gt, tmp_path, rollout_frames=50, cluster_n_components=5)
     assert metrics["connectivity_R2"] > 0.999 and abs(metrics["connectivity_slope"] - 1) < 1e-2
     assert metrics["connectivity_R2_identity"] > 0.999 and metrics["connectivity_R2_visible"] > 0.999
-    assert metrics["tau_R2"] > 0.999 and metrics["V_rest_R2"] > 0.999
+    for suffix in ("", "_local"):  # the original's line read-out, and the local linearisation
+        assert metrics[f"tau_R2{suffix}"] > 0.999 and metrics[f"V_rest_R2{suffix}"] > 0.999
+    assert metrics["connectivity_R2_local"] > 0.999 and metrics["connectivity_R2_identity_local"] > 0.999
     assert metrics["test_pearson"] > 0.99 and metrics["test_R2"] > 0.99
     assert metrics["test_pearson_ood"] > 0.99
     assert metrics["cluster_accuracy"] > 0.8

@@ -3,11 +3,12 @@
 The GNN learns ``msg_i = sum_e W_e psi(v_j)`` and ``dv_i/dt = f(v_i, msg_i, I_i)``; the true model is
 ``(-v + V_rest + sum w relu(v_j) + I) / tau``. Read-outs, per neuron:
 
-* self-decay slope s_i and offset c_i of f: by default (``readout: local``) the medians over 8
-  training frames of the local linearisation ``f ~ s v + g msg + k I + c`` at the recorded state;
-  ``readout: line`` is the line through f(v, msg=0, I=0) over [mu - 2 sigma, mu + 2 sigma]
-  (it extrapolates f to msg = 0, a state few neurons visit). tau_i = -1 / s_i (clipped to [0, 1] s),
-  V_rest_i = -c_i / s_i;
+* self-decay slope s_i and offset c_i of f, two ways: the original's read-out, the line through
+  f(v, msg=0, I=0) over [mu - 2 sigma, mu + 2 sigma], gives the headline ``connectivity_R2``,
+  ``tau_R2`` and ``V_rest_R2``; the local linearisation ``f ~ s v + g msg + k I + c`` at the recorded
+  state (medians over 8 training frames; it does not extrapolate f to msg = 0, a state few neurons
+  visit) gives the same metrics with the suffix ``_local`` and feeds the clustering features.
+  tau_i = -1 / s_i (clipped to [0, 1] s), V_rest_i = -c_i / s_i;
 * ``psi(v_j) ~ slope_g_j relu(v_j)`` on [max(mu - 2 sigma, 0), mu + 2 sigma] (slope 1 for neurons
   that never rise above 0: their outgoing weights are invisible to the data);
 * ``g_i = df/dmsg``, the median over the same 8 frames (autograd on real forward passes);
@@ -41,18 +42,20 @@ from hydra_llm.evaluation.metrics import (
 from hydra_llm.simulation.base import GroundTruth, Observations
 
 GRID_POINTS = 200
-READOUTS = ("local", "line")
+# read-out -> suffix of its metrics; the original's line read-out is the headline
+READOUTS = {"line": "", "local": "_local"}
 
 
 def neuron_grid(
     train_activity: torch.Tensor, n_points: int = GRID_POINTS, floor: float | None = None
 ) -> torch.Tensor:
-    """(K, N) voltages spanning [mu - 2 sigma, mu + 2 sigma] per neuron (lower end clipped at ``floor``)."""
+    """(K, N) voltages spanning [mu - 2 sigma, mu + 2 sigma] per neuron (lower end clipped at ``floor``),
+    at least 1e-3 wide."""
     mu, sigma = train_activity.mean(0), train_activity.std(0)
     lo, hi = mu - 2 * sigma, mu + 2 * sigma
     if floor is not None:
         lo = lo.clamp(min=floor)
-        hi = torch.maximum(hi, lo + 1e-3)
+    hi = torch.maximum(hi, lo + 1e-3)  # a neuron that never moves still gets a line fit
     steps = torch.linspace(0, 1, n_points)[:, None]
     return lo[None] + steps * (hi - lo)[None]
 
@@ -102,31 +105,30 @@ def local_linearisation(model, observations: Observations, n_frames: int = 8) ->
     }
 
 
-def corrected_weights(model, observations: Observations, readout: str = "local") -> dict[str, torch.Tensor]:
-    """W* (E,), tau_hat and V_rest_hat (N,) from the learned functions (see module docstring).
+def corrected_weights(model, observations: Observations) -> dict[str, dict[str, torch.Tensor]]:
+    """Per read-out (``READOUTS``): W* (E,), tau_hat and V_rest_hat (N,) and the self-decay slope
+    ``slope_f`` (N,) from the learned functions (see the module docstring).
 
-    ``readout='line'``: the self-decay slope s_i and offset come from the line through
-    f(v, msg=0, I=0). ``'local'`` (default) uses the local linearisation at recorded states instead:
-    msg = 0 is rarely visited by a real neuron, and extrapolating f there is what the line read-out
-    does. For the true model both give s = -1/tau and V_rest.
+    ``line``, the original's read-out: the self-decay slope s_i and offset of f come from the line
+    through f(v, msg=0, I=0). ``local``: from the local linearisation at recorded states instead
+    (msg = 0 is rarely visited by a real neuron, and the line extrapolates f there). For the true
+    model both give s = -1/tau and V_rest. g_i and psi's slope are shared by both.
     """
-    if readout not in READOUTS:
-        raise ValueError(f"evaluation.readout={readout!r}; allowed: {list(READOUTS)}")
     train = observations.activity[: observations.n_train_frames]
     local = local_linearisation(model, observations)
-    if readout == "line":
-        slope_f, offset_f = f_theta_line(model, train)
-    else:
-        slope_f, offset_f = local["slope_v"], local["constant"]
     slope_g = psi_slope(model, train)
     src, tgt = observations.edge_index
     W = model.W.detach()
-    W_star = -W * local["slope_msg"][tgt] * slope_g[src] / slope_f[tgt]
-    W_star = torch.where(torch.isfinite(W_star), W_star, torch.zeros_like(W_star))
-    tau_hat = torch.where(slope_f < 0, -1.0 / slope_f, torch.ones_like(slope_f)).clamp(0.0, 1.0)
-    V_rest_hat = -offset_f / slope_f
-    V_rest_hat = torch.where(torch.isfinite(V_rest_hat), V_rest_hat, torch.zeros_like(V_rest_hat))
-    return {"W_star": W_star, "tau_hat": tau_hat, "V_rest_hat": V_rest_hat, "slope_f": slope_f}
+    decay = {"line": f_theta_line(model, train), "local": (local["slope_v"], local["constant"])}
+    out = {}
+    for name, (slope_f, offset_f) in decay.items():
+        W_star = -W * local["slope_msg"][tgt] * slope_g[src] / slope_f[tgt]
+        W_star = torch.where(torch.isfinite(W_star), W_star, torch.zeros_like(W_star))
+        tau_hat = torch.where(slope_f < 0, -1.0 / slope_f, torch.ones_like(slope_f)).clamp(0.0, 1.0)
+        V_rest_hat = -offset_f / slope_f
+        V_rest_hat = torch.where(torch.isfinite(V_rest_hat), V_rest_hat, torch.zeros_like(V_rest_hat))
+        out[name] = {"W_star": W_star, "tau_hat": tau_hat, "V_rest_hat": V_rest_hat, "slope_f": slope_f}
+    return out
 
 
 def connectivity_metrics(
@@ -213,21 +215,29 @@ def evaluate(
     outlier_threshold: float = 5.0,
     cluster_n_components: int = 100,
     cluster_seed: int = 42,
-    readout: str = "local",
     make_plots: bool = True,
 ) -> dict[str, float]:
     """All flyvis metrics as floats; figures in ``out_dir/plots`` when ``make_plots``."""
     if int(rollout_frames) < 2:
         raise ValueError(f"evaluation.rollout_frames={rollout_frames!r}: must be >= 2")
     model = model.cpu().eval()
-    corrected = corrected_weights(model, observations, readout)
+    readouts = corrected_weights(model, observations)
+    corrected = readouts["line"]
     true_W = ground_truth["W"].double()
     metrics = connectivity_metrics(
         true_W, corrected["W_star"].double(), model.W.detach().double(), outlier_threshold
     )
-    for name, key in (("tau", "tau_hat"), ("V_rest", "V_rest_hat")):
-        metrics[f"{name}_R2"], metrics[f"{name}_slope"] = r2_slope(ground_truth[name], corrected[key])
-        metrics[f"{name}_R2_identity"] = r2_identity(ground_truth[name], corrected[key])
+    for readout, suffix in READOUTS.items():
+        values = readouts[readout]
+        pairs = [
+            ("tau", ground_truth["tau"], values["tau_hat"]),
+            ("V_rest", ground_truth["V_rest"], values["V_rest_hat"]),
+        ]
+        if suffix:  # the headline's connectivity metrics come from connectivity_metrics above
+            pairs.insert(0, ("connectivity", true_W, values["W_star"].double()))
+        for name, truth, estimate in pairs:
+            metrics[f"{name}_R2{suffix}"], metrics[f"{name}_slope{suffix}"] = r2_slope(truth, estimate)
+            metrics[f"{name}_R2_identity{suffix}"] = r2_identity(truth, estimate)
     visible = visible_edges(observations)
     if int(visible.sum()) >= 2:
         metrics["connectivity_R2_visible"] = r2_slope(true_W[visible], corrected["W_star"].double()[visible])[
@@ -235,7 +245,7 @@ def evaluate(
         ]
         metrics["visible_edge_fraction"] = float(visible.double().mean())
     types = ground_truth["types"].numpy()
-    features = cluster_features(model, corrected, observations.edge_index)
+    features = cluster_features(model, readouts["local"], observations.edge_index)
     metrics["cluster_accuracy"] = gmm_cluster_accuracy(features, types, cluster_n_components, cluster_seed)
 
     n_train = observations.n_train_frames
@@ -319,7 +329,7 @@ class ConnectivityR2Log(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            W_star = corrected_weights(pl_module, self.observations)["W_star"].double().cpu()
+            W_star = corrected_weights(pl_module, self.observations)["line"]["W_star"].double().cpu()
             r2 = r2_slope(self.true_W, W_star)[0]
         finally:
             pl_module.train(was_training)
