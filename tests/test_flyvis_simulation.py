@@ -15,6 +15,7 @@ from hydra_llm.simulation.flyvis import FlyvisDataModule
 from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
 from hydra_llm.simulation.flyvis.dynamics import FlyvisODE
 from hydra_llm.simulation.flyvis.parameters import (
+    TRAINED_CHECKPOINT,
     flyvis_init,
     load_checkpoint,
     parameter_names,
@@ -74,6 +75,7 @@ def test_trained_ground_truth_at_extent_8_has_the_published_figures():
     assert 0.0193 < p.tau_type.min() < 0.0195 and 0.315 < p.tau_type.max() < 0.317
     assert 0.0066 < p.V_rest_type.min() < 0.0068 and 0.79 < p.V_rest_type.max() < 0.81
     assert FlyvisSimulation().parameters.mode == "trained"
+    assert "Janelia Open-Source License" in (TRAINED_CHECKPOINT.parent / "LICENCE-flyvis-gnn.md").read_text()
 
 
 def test_trained_ground_truth_maps_by_name_at_every_extent():

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from hydra_llm.schemas.simulation import ParameterOptions
-from hydra_llm.simulation.flyvis.connectome import Connectome
+from hydra_llm.simulation.flyvis.connectome import Connectome, compile_connectome, load_spec
 
 _OPTIONS = ParameterOptions()  # the random_trained_like defaults, declared once in the schema
 TRAINED_CHECKPOINT = Path(__file__).parent / "assets" / "flow_0000_000_best_chkpt"
@@ -151,8 +151,6 @@ def _by_name(values: np.ndarray, file_keys: list, keys: list, what: str, file: P
 def check_flyvis_names(spec: dict[str, Any]) -> None:
     """Raise one line when a connectome spec has a cell type or type pair that flyvis's has not, so a
     flyvis checkpoint cannot give it parameters (checked from the JSON, before anything is compiled)."""
-    from hydra_llm.simulation.flyvis.connectome import load_spec
-
     flyvis = load_spec()
     types = {node["name"] for node in flyvis["nodes"]}
     pairs = {(edge["src"], edge["tar"]) for edge in flyvis["edges"]}
@@ -180,8 +178,6 @@ def load_checkpoint(
     pairs and groups takes the value of its name, so one file serves every extent.
     """
     import torch
-
-    from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
 
     file = Path(path) if path is not None else None
     if file is None or not file.is_file():
