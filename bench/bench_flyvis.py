@@ -31,30 +31,35 @@ def load() -> str:
 
 
 def bench_sim(extent: int, frames: int, repeats: int, noise: float) -> None:
+    """Simulation speed with the default ground truth (the trained model) and, in the same run, with a
+    random trained-like draw (the default before the trained model was shipped)."""
     from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
     from hydra_llm.simulation.flyvis.dynamics import FlyvisODE
-    from hydra_llm.simulation.flyvis.parameters import trained
+    from hydra_llm.simulation.flyvis.parameters import random_trained_like, trained
     from hydra_llm.simulation.flyvis.stimuli import synthetic_sequence
 
     t0 = time.perf_counter()
     c = compile_connectome(load_spec(), extent)
     compile_s = time.perf_counter() - t0
-    p = trained(c)  # the default ground truth (flow/0000/000)
-    ode = FlyvisODE.build(c, p.edge_weights(c), p.neuron_tau(c), p.neuron_V_rest(c), 0.02)
+    print(f"[sim] extent {extent}: {c.n_neurons} neurons, {c.n_edges} edges; compile {compile_s:.2f} s")
     families = ["moving_edge", "moving_bar", "grating", "flash", "white_noise"]
     stim = synthetic_sequence(c.columns, frames, 0.02, families, np.random.default_rng(0))
-    V0 = ode.steady_state(2.0)
-    rates = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        ode.run(stim, V0, noise, np.random.default_rng(r))
-        rates.append(frames / (time.perf_counter() - t0))
-    rate = statistics.median(rates)
-    print(f"[sim] extent {extent}: {c.n_neurons} neurons, {c.n_edges} edges; compile {compile_s:.2f} s")
-    print(
-        f"[sim] {frames} frames x {repeats}, noise {noise}: median {rate:,.0f} frames/s "
-        f"(64,000 frames in {64000 / rate:.0f} s; target 1,000 frames/s -> x{rate / 1000:.2f}); {load()}"
-    )
+    for name, p in (
+        ("trained", trained(c)),
+        ("random_trained_like", random_trained_like(c, seed=0, dt=0.02)),
+    ):
+        ode = FlyvisODE.build(c, p.edge_weights(c), p.neuron_tau(c), p.neuron_V_rest(c), 0.02)
+        V0 = ode.steady_state(2.0)
+        rates = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            ode.run(stim, V0, noise, np.random.default_rng(r))
+            rates.append(frames / (time.perf_counter() - t0))
+        rate = statistics.median(rates)
+        print(
+            f"[sim] {name}: {frames} frames x {repeats}, noise {noise}: median {rate:,.0f} frames/s "
+            f"(64,000 frames in {64000 / rate:.0f} s; target 1,000 frames/s -> x{rate / 1000:.2f}); {load()}"
+        )
 
 
 def bench_step(extent: int, batch: int, repeats: int, steps: int) -> None:

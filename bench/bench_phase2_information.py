@@ -66,12 +66,12 @@ def conserved_regression(c: np.ndarray, W: np.ndarray, dt: float) -> tuple[np.nd
     return A - q @ (q.T @ A), y - q @ (q.T @ y)
 
 
-def ridge_lambda(A: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
-    """Free lambda per metabolite, shrunk towards the common mean by ``ridge`` (relative)."""
-    n = A.shape[1]
-    gram = A.T @ A
-    shrink = ridge * float(gram.diagonal().mean()) * (np.eye(n) - 1.0 / n)
-    return np.linalg.solve(gram + shrink, A.T @ y)
+def ridge_lambda(G: np.ndarray, r: np.ndarray, ridge: float) -> np.ndarray:
+    """Free lambda per metabolite from the normal equations ``G = A^T A``, ``r = A^T y``, shrunk
+    towards the common mean by ``ridge`` (relative)."""
+    n = len(r)
+    shrink = ridge * float(G.diagonal().mean()) * (np.eye(n) - 1.0 / n)
+    return np.linalg.solve(G + shrink, r)
 
 
 def two_type_fit(G: np.ndarray, r: np.ndarray, yy: float, labels: np.ndarray) -> tuple[np.ndarray, float]:
@@ -132,12 +132,12 @@ def one(seed: int, level: float, restarts: int, ridge: float, extra: dict[str, f
     lam_t = gt["homeostatic_lambda_per_type"].double().numpy()
     A, y = conserved_regression(c, W, obs.dt)
 
-    free = ridge_lambda(A, y, ridge)
+    G, r, yy = A.T @ A, A.T @ y, float(y @ y)
+    free = ridge_lambda(G, r, ridge)
     split = (free > np.median(free)).astype(int)
     rng = np.random.default_rng(seed)
-    splits = [(f > np.median(f)).astype(int) for f in (ridge_lambda(A, y, r) for r in (1e-4, 1e-3, 1e-2))]
+    splits = [(f > np.median(f)).astype(int) for f in (ridge_lambda(G, r, k) for k in (1e-4, 1e-3, 1e-2))]
     starts = [split, *splits] + [rng.integers(0, 2, A.shape[1]) for _ in range(restarts)]
-    G, r, yy = A.T @ A, A.T @ y, float(y @ y)
     fits = [(two_type_fit(G, r, yy, lab), lab) for lab in (local_search(G, r, yy, s) for s in starts)]
     (lam, sse), labels = min(fits, key=lambda f: f[0][1])
     if lam[0] > lam[1]:  # name the slower type 0, as in the truth
