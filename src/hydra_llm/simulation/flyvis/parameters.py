@@ -17,6 +17,7 @@ Modes (``simulation.parameters.mode``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from dataclasses import dataclass
@@ -148,6 +149,13 @@ def _by_name(values: np.ndarray, file_keys: list, keys: list, what: str, file: P
     return values[[index[key] for key in keys]]
 
 
+@functools.cache
+def flyvis_order() -> Connectome:
+    """flyvis's connectome compiled at ``CHECKPOINT_ORDER_EXTENT``: its types, pairs and groups are in
+    the order of a flyvis checkpoint's values (compiled once per process; shared, so read only)."""
+    return compile_connectome(load_spec(), extent=CHECKPOINT_ORDER_EXTENT)
+
+
 def check_flyvis_names(spec: dict[str, Any]) -> None:
     """Raise one line when a connectome spec has a cell type or type pair that flyvis's has not, so a
     flyvis checkpoint cannot give it parameters (checked from the JSON, before anything is compiled)."""
@@ -190,7 +198,7 @@ def load_checkpoint(
         raise ValueError(f"simulation.parameters: {file} does not have the expected sha256 {sha256}")
     loaded = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     state = loaded.get("network", loaded)
-    reference = compile_connectome(load_spec(), extent=CHECKPOINT_ORDER_EXTENT)
+    reference = flyvis_order()
     expected = {
         "nodes_bias": reference.n_types,
         "nodes_time_const": reference.n_types,
