@@ -3,6 +3,7 @@
     python bench/bench_flyvis.py sim        # frames/s of the Euler simulator at extent 8
     python bench/bench_flyvis.py step       # node-wise g_phi + sparse sum vs per-edge MessagePassing
     python bench/bench_flyvis.py recovery   # simulate + train + evaluate on a CPU-sized budget
+    python bench/bench_flyvis.py memory     # peak memory of `python train.py` and of a 4-slot sweep
     python bench/bench_flyvis.py all
 
 Every timing is the median of ``--repeats`` runs; ratios compare variants measured in the same run.
@@ -13,10 +14,15 @@ Prints the machine load (``os.getloadavg``) next to each figure. Single-threaded
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -182,11 +188,99 @@ def bench_recovery(extent: int, frames: int, steps: int, noise: float, batch: in
         print(fh.read().strip())
 
 
+def _proc_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+    """Fields of /proc/<pid>/status in kB (0 for a process that has gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            rows = dict(line.split(":", 1) for line in fh if ":" in line)
+    except (FileNotFoundError, ProcessLookupError):
+        return dict.fromkeys(keys, 0)
+    return {k: int(rows.get(k, "0 kB").split()[0]) for k in keys}
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                todo += [int(c) for c in task.read_text().split()]
+    return out
+
+
+def _system_used_kb() -> int:
+    """MemTotal - MemAvailable: memory the system could not hand to a new process."""
+    rows = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return int(rows["MemTotal"].split()[0]) - int(rows["MemAvailable"].split()[0])
+
+
+def _watch(cmd: list[str], log_path: Path) -> dict[str, float]:
+    """Run ``cmd``; every 0.2 s sum VmRSS and RssAnon over its process tree and read the system's
+    used memory. Returns the peaks in GB (used: above the level before the start) and the wall time."""
+    peaks = {"rss": 0, "anon": 0, "used": 0}
+    base = _system_used_kb()
+    t0 = time.perf_counter()
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            rows = [_proc_kb(p, ("VmRSS", "RssAnon")) for p in _tree(proc.pid)]
+            peaks["rss"] = max(peaks["rss"], sum(r["VmRSS"] for r in rows))
+            peaks["anon"] = max(peaks["anon"], sum(r["RssAnon"] for r in rows))
+            peaks["used"] = max(peaks["used"], _system_used_kb() - base)
+            time.sleep(0.2)
+    if proc.returncode != 0:
+        raise SystemExit(f"[memory] {' '.join(cmd)} failed ({proc.returncode}); see {log_path}")
+    return {k: v / 1e6 for k, v in peaks.items()} | {"wall_s": time.perf_counter() - t0}
+
+
+def bench_memory(extent: int, frames: int, steps: int, slots: int) -> None:
+    """Peak memory of the real entry point at ``extent`` with ``frames`` frames (simulate + train
+    ``steps`` steps + evaluate, fresh cache), alone and as a ``slots``-slot joblib sweep of seeds that
+    share one simulation."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="bench_flyvis_memory_"))
+    common = [
+        "simulation=flyvis_synthetic",
+        f"simulation.connectome.extent={extent}",
+        f"simulation.n_frames={frames}",
+        f"training.max_steps_per_epoch={steps}",
+        "logger=none",
+    ]
+    python = [sys.executable, str(Path(__file__).resolve().parents[1] / "train.py")]
+    single = _watch(
+        python + common + [f"paths.cache_dir={work}/cache1", f"hydra.run.dir={work}/single"],
+        work / "single.log",
+    )
+    print(
+        f"[memory] one run, extent {extent}, {frames:,} frames, {steps} steps: "
+        f"peak RSS {single['rss']:.2f} GB "
+        f"(private {single['anon']:.2f} GB), system used +{single['used']:.2f} GB; {single['wall_s']:.0f} s; "
+        f"{load()}"
+    )
+    seeds = ",".join(str(s) for s in range(1, slots + 1))
+    sweep = _watch(
+        python
+        + ["-m", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={slots}", f"training.seed={seeds}"]
+        + common
+        + [f"paths.cache_dir={work}/cache{slots}", f"hydra.sweep.dir={work}/sweep"],
+        work / "sweep.log",
+    )
+    print(
+        f"[memory] {slots}-slot joblib sweep, same settings: summed RSS {sweep['rss']:.2f} GB "
+        f"(private {sweep['anon']:.2f} GB), system used +{sweep['used']:.2f} GB; {sweep['wall_s']:.0f} s; "
+        f"{load()}"
+    )
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["sim", "step", "recovery", "all"])
+    parser.add_argument("what", choices=["sim", "step", "recovery", "memory", "all"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sim-extent", type=int, default=8)
@@ -200,6 +294,10 @@ def main() -> None:
     parser.add_argument("--rec-batch", type=int, default=4)
     parser.add_argument("--rec-noise", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--mem-extent", type=int, default=8)
+    parser.add_argument("--mem-frames", type=int, default=64000)
+    parser.add_argument("--mem-steps", type=int, default=200)
+    parser.add_argument("--mem-slots", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -211,6 +309,8 @@ def main() -> None:
         bench_recovery(
             args.rec_extent, args.rec_frames, args.rec_steps, args.rec_noise, args.rec_batch, args.seed
         )
+    if args.what in ("memory", "all"):
+        bench_memory(args.mem_extent, args.mem_frames, args.mem_steps, args.mem_slots)
 
 
 if __name__ == "__main__":

@@ -235,14 +235,10 @@ def fit(cfg: DictConfig, datamodule, out: Path, *, callbacks=(), logger=None, **
 
     pl.seed_everything(int(cfg.training.seed), workers=True, verbose=False)
     training = OmegaConf.to_container(cfg.training, resolve=True)
-    # _convert_="object": without it Hydra turns the Observations dataclass into a DictConfig.
-    model = instantiate(
-        cfg.model,
-        observations=datamodule.observations,
-        training=training,
-        _recursive_=False,
-        _convert_="object",
-    )
+    # The observations are passed to the built partial, not through Hydra, which would turn the
+    # Observations dataclass into a config.
+    build_model = instantiate(cfg.model, _recursive_=False, _convert_="object", _partial_=True)
+    model = build_model(observations=datamodule.observations, training=training)
     trainer = instantiate(
         cfg.trainer,
         callbacks=list(callbacks),

@@ -26,6 +26,8 @@ model never sees it): :func:`r2_trajectory_callback`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -39,20 +41,43 @@ from hydra_llm.evaluation.metrics import (
     r2_identity,
     r2_slope,
 )
-from hydra_llm.simulation.base import GroundTruth, Observations
+from hydra_llm.simulation.base import GroundTruth, IndexedInput, Observations
 
 GRID_POINTS = 200
 # read-out -> suffix of its metrics; the original's line read-out is the headline
 READOUTS = {"line": "", "local": "_local"}
 
 
-def neuron_grid(
-    train_activity: torch.Tensor, n_points: int = GRID_POINTS, floor: float | None = None
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class NeuronRange:
+    """Per-neuron statistics (N,) of the training voltages that the read-outs span: ``mean`` and
+    ``std`` of v, and ``relu_std``, the std of relu(v) (what a neuron sends)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    relu_std: torch.Tensor
+
+    @classmethod
+    def of(cls, activity: torch.Tensor, chunk_frames: int = 512) -> NeuronRange:
+        """From the training voltages (T, N), in float64 over chunks of frames: a long record costs
+        no copy of its own size."""
+        n = activity.shape[0]
+        sums = torch.zeros(4, activity.shape[1], dtype=torch.float64)
+        for start in range(0, n, chunk_frames):
+            v = activity[start : start + chunk_frames].double()
+            r = v.clamp(min=0)
+            sums += torch.stack([v.sum(0), (v * v).sum(0), r.sum(0), (r * r).sum(0)])
+        mean, relu_mean = sums[0] / n, sums[2] / n
+        dof = max(n - 1, 1)
+        var = ((sums[1] - n * mean**2) / dof).clamp(min=0)
+        relu_var = ((sums[3] - n * relu_mean**2) / dof).clamp(min=0)
+        return cls(mean.float(), var.sqrt().float(), relu_var.sqrt().float())
+
+
+def neuron_grid(span: NeuronRange, n_points: int = GRID_POINTS, floor: float | None = None) -> torch.Tensor:
     """(K, N) voltages spanning [mu - 2 sigma, mu + 2 sigma] per neuron (lower end clipped at ``floor``),
     at least 1e-3 wide."""
-    mu, sigma = train_activity.mean(0), train_activity.std(0)
-    lo, hi = mu - 2 * sigma, mu + 2 * sigma
+    lo, hi = span.mean - 2 * span.std, span.mean + 2 * span.std
     if floor is not None:
         lo = lo.clamp(min=floor)
     hi = torch.maximum(hi, lo + 1e-3)  # a neuron that never moves still gets a line fit
@@ -67,20 +92,25 @@ def line_fit(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return slope, y.mean(0) - slope * x.mean(0)
 
 
+def on_grid(fn: Callable[[torch.Tensor], torch.Tensor], grid: torch.Tensor, rows: int = 16) -> torch.Tensor:
+    """``fn`` applied to a grid (K, N) a few rows at a time: the MLPs' hidden layers then hold
+    ``rows x N x hidden`` values, not ``K x N x hidden`` (0.7 GB per layer at extent 8)."""
+    return torch.cat([fn(grid[start : start + rows]) for start in range(0, grid.shape[0], rows)])
+
+
 @torch.no_grad()
-def f_theta_line(model, train_activity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def f_theta_line(model, span: NeuronRange) -> tuple[torch.Tensor, torch.Tensor]:
     """Slope s_i and offset b_i (N,) of f(v, msg=0, I=0) over each neuron's voltage range."""
-    grid = neuron_grid(train_activity)
-    zeros = torch.zeros_like(grid)
-    return line_fit(grid, model.f(grid, zeros, zeros))
+    grid = neuron_grid(span)
+    return line_fit(grid, on_grid(lambda v: model.f(v, torch.zeros_like(v), torch.zeros_like(v)), grid))
 
 
 @torch.no_grad()
-def psi_slope(model, train_activity: torch.Tensor) -> torch.Tensor:
+def psi_slope(model, span: NeuronRange) -> torch.Tensor:
     """(N,) slope of psi(v_j) over the positive part of each neuron's range; 1 for silent neurons."""
-    grid = neuron_grid(train_activity, floor=0.0)
-    slope, _ = line_fit(grid, model.psi(grid))
-    silent = train_activity.mean(0) + train_activity.std(0) <= 0
+    grid = neuron_grid(span, floor=0.0)
+    slope, _ = line_fit(grid, on_grid(model.psi, grid))
+    silent = span.mean + span.std <= 0
     return torch.where(silent, torch.ones_like(slope), slope)
 
 
@@ -105,21 +135,25 @@ def local_linearisation(model, observations: Observations, n_frames: int = 8) ->
     }
 
 
-def corrected_weights(model, observations: Observations) -> dict[str, dict[str, torch.Tensor]]:
+def corrected_weights(
+    model, observations: Observations, span: NeuronRange | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
     """Per read-out (``READOUTS``): W* (E,), tau_hat and V_rest_hat (N,) and the self-decay slope
     ``slope_f`` (N,) from the learned functions (see the module docstring).
 
     ``line``, the original's read-out: the self-decay slope s_i and offset of f come from the line
     through f(v, msg=0, I=0). ``local``: from the local linearisation at recorded states instead
     (msg = 0 is rarely visited by a real neuron, and the line extrapolates f there). For the true
-    model both give s = -1/tau and V_rest. g_i and psi's slope are shared by both.
+    model both give s = -1/tau and V_rest. g_i and psi's slope are shared by both. ``span``: the
+    training voltages' :class:`NeuronRange`, computed here when not given.
     """
-    train = observations.activity[: observations.n_train_frames]
+    if span is None:
+        span = NeuronRange.of(observations.activity[: observations.n_train_frames])
     local = local_linearisation(model, observations)
-    slope_g = psi_slope(model, train)
+    slope_g = psi_slope(model, span)
     src, tgt = observations.edge_index
     W = model.W.detach()
-    decay = {"line": f_theta_line(model, train), "local": (local["slope_v"], local["constant"])}
+    decay = {"line": f_theta_line(model, span), "local": (local["slope_v"], local["constant"])}
     out = {}
     for name, (slope_f, offset_f) in decay.items():
         W_star = -W * local["slope_msg"][tgt] * slope_g[src] / slope_f[tgt]
@@ -151,11 +185,10 @@ def connectivity_metrics(
     }
 
 
-def visible_edges(observations: Observations, min_std: float = 1e-3) -> torch.Tensor:
+def visible_edges(span: NeuronRange, edge_index: torch.Tensor, min_std: float = 1e-3) -> torch.Tensor:
     """(E,) bool: edges whose source's rectified voltage varies in the training frames. The others
     carry a constant (often zero) message, so their weight cannot be read from the data."""
-    train = observations.activity[: observations.n_train_frames]
-    return torch.relu(train).std(0)[observations.edge_index[0]] > min_std
+    return span.relu_std[edge_index[0]] > min_std
 
 
 def cluster_features(model, corrected: dict[str, torch.Tensor], edge_index: torch.Tensor) -> np.ndarray:
@@ -194,9 +227,11 @@ def fluctuation_r2(true: torch.Tensor, pred: torch.Tensor) -> float:
     return 1.0 - float(((p - t) ** 2).sum()) / ss if ss > 0 else float("nan")
 
 
-def rollout_metrics(model, activity: torch.Tensor, inputs: torch.Tensor, n_frames: int, prefix: str) -> dict:
-    """Free rollout from the first frame with the true input: per-neuron Pearson pooled in Fisher-z
-    space, and :func:`fluctuation_r2`."""
+def rollout_metrics(
+    model, activity: torch.Tensor, inputs: torch.Tensor | IndexedInput, n_frames: int, prefix: str
+) -> dict:
+    """Free rollout over the first ``n_frames`` of a recording (T, N) and its input (T, N) from its
+    first frame: per-neuron Pearson pooled in Fisher-z space, and :func:`fluctuation_r2`."""
     n = min(int(n_frames), activity.shape[0])
     true = activity[:n]
     pred = model.rollout(true[0], inputs[:n]).detach()
@@ -221,7 +256,8 @@ def evaluate(
     if int(rollout_frames) < 2:
         raise ValueError(f"evaluation.rollout_frames={rollout_frames!r}: must be >= 2")
     model = model.cpu().eval()
-    readouts = corrected_weights(model, observations)
+    span = NeuronRange.of(observations.activity[: observations.n_train_frames])
+    readouts = corrected_weights(model, observations, span)
     corrected = readouts["line"]
     true_W = ground_truth["W"].double()
     metrics = connectivity_metrics(
@@ -238,7 +274,7 @@ def evaluate(
         for name, truth, estimate in pairs:
             metrics[f"{name}_R2{suffix}"], metrics[f"{name}_slope{suffix}"] = r2_slope(truth, estimate)
             metrics[f"{name}_R2_identity{suffix}"] = r2_identity(truth, estimate)
-    visible = visible_edges(observations)
+    visible = visible_edges(span, observations.edge_index)
     if int(visible.sum()) >= 2:
         metrics["connectivity_R2_visible"] = r2_slope(true_W[visible], corrected["W_star"].double()[visible])[
             0
@@ -249,8 +285,13 @@ def evaluate(
     metrics["cluster_accuracy"] = gmm_cluster_accuracy(features, types, cluster_n_components, cluster_seed)
 
     n_train = observations.n_train_frames
+    test_frames = slice(n_train, n_train + int(rollout_frames))
     test, pred_test = rollout_metrics(
-        model, observations.activity[n_train:], observations.external_input[n_train:], rollout_frames, "test"
+        model,
+        observations.activity[test_frames],
+        observations.external_input[test_frames],
+        rollout_frames,
+        "test",
     )
     metrics.update(test)
     if "ood_activity" in observations.extras:
@@ -320,6 +361,7 @@ class ConnectivityR2Log(pl.Callback):
         self.path = Path(out_dir) / "connectivity_r2.log"
         self.every = int(every_n_steps)
         self.rows: list[tuple[int, int, float, str]] = []
+        self.range: NeuronRange | None = None  # of the training voltages, computed at the first record
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -329,7 +371,11 @@ class ConnectivityR2Log(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            W_star = corrected_weights(pl_module, self.observations)["line"]["W_star"].double().cpu()
+            if self.range is None:
+                obs = self.observations
+                self.range = NeuronRange.of(obs.activity[: obs.n_train_frames])
+            W_star = corrected_weights(pl_module, self.observations, self.range)["line"]["W_star"]
+            W_star = W_star.double().cpu()
             r2 = r2_slope(self.true_W, W_star)[0]
         finally:
             pl_module.train(was_training)

@@ -19,15 +19,24 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+RASTER_MAX = (2000, 1000)  # frames, neurons shown in an activity raster
+
+
 def plot_activity(
     activity: np.ndarray, dt: float, path: Path, n_traces: int = 8, split: int | None = None
 ) -> Path:
-    """Raster of the activity (T, N) and a few traces; ``split`` marks the first held-out frame."""
+    """Raster of the activity (T, N) and a few traces; ``split`` marks the first held-out frame.
+
+    The raster shows every k-th frame and neuron (at most ``RASTER_MAX`` of each), so a long record
+    of many neurons costs a small copy, not several of its own size.
+    """
     fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     t_max = activity.shape[0] * dt
-    vmax = float(np.percentile(np.abs(activity), 99)) or 1.0
+    steps = [-(-size // limit) for size, limit in zip(activity.shape, RASTER_MAX, strict=True)]
+    raster = np.asarray(activity[:: steps[0], :: steps[1]])
+    vmax = float(np.percentile(np.abs(raster), 99)) or 1.0
     ax0.imshow(
-        activity.T,
+        raster.T,
         aspect="auto",
         cmap="RdBu_r",
         vmin=-vmax,

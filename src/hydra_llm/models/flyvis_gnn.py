@@ -47,7 +47,7 @@ from hydra_llm.models.mlp import MLP
 from hydra_llm.schemas import as_dict, plain, validate
 from hydra_llm.schemas.models import FlyvisModel
 from hydra_llm.schemas.training import FlyvisTraining
-from hydra_llm.simulation.base import Observations
+from hydra_llm.simulation.base import IndexedInput, Observations
 from hydra_llm.simulation.frames import FrameSampling, iterations_per_epoch
 
 
@@ -151,7 +151,9 @@ class FlyvisGNN(FrameGNN):
         return self.f(v, self.messages(v), inp)
 
     @torch.no_grad()
-    def rollout(self, v0: torch.Tensor, inputs: torch.Tensor, clamp: float = 100.0) -> torch.Tensor:
+    def rollout(
+        self, v0: torch.Tensor, inputs: torch.Tensor | IndexedInput, clamp: float = 100.0
+    ) -> torch.Tensor:
         """Euler-integrate the learned model from v0 (N,) under inputs (T, N) -> (T, N), row 0 = v0."""
         out = torch.empty(inputs.shape[0], v0.shape[-1], dtype=v0.dtype)
         v = v0.to(self.device)[None]
@@ -229,7 +231,7 @@ class FlyvisGNN(FrameGNN):
             obs = self.observations
             self._data = {
                 "activity": obs.activity[: self.n_train_frames].to(self.device),
-                "input": obs.external_input[: self.n_train_frames].to(self.device),
+                "input": obs.external_input.to(self.device),  # rollouts index training frames only
             }
         return self._data
 

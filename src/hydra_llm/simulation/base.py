@@ -31,6 +31,62 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
 
 
+class IndexedInput:
+    """A known input that reaches few neurons, stored as its source movie: frame t of neuron
+    ``neuron[k]`` is ``values[t, channel[k]]``, every other neuron gets 0.
+
+    The flyvis photoreceptors read their column's luminance, so a (T, C) movie of 721 columns stands for
+    a (T, N) input of 13,741 neurons (19x smaller at extent 8). Indexing gives what the dense (T, N)
+    tensor would (``inputs[t]`` (N,), ``inputs[frames]`` (B, N), ``inputs[a:b]`` (b - a, N)), built
+    from the movie on the fly; ``to(device)`` moves the movie, not a dense copy.
+
+    Args:
+        values: (T, C) float32, the source movie.
+        neuron: (K,) int64, the neurons that receive input.
+        channel: (K,) int64, the movie channel (column) each of them reads.
+        n_neurons: N.
+    """
+
+    def __init__(self, values: torch.Tensor, neuron: torch.Tensor, channel: torch.Tensor, n_neurons: int):
+        if neuron.shape != channel.shape or neuron.ndim != 1:
+            raise ValueError(f"neuron {tuple(neuron.shape)} and channel {tuple(channel.shape)} must be (K,)")
+        self.values, self.neuron, self.channel = values, neuron.long(), channel.long()
+        self.n_neurons = int(n_neurons)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.values.shape[0], self.n_neurons))
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    def __getitem__(self, key: int | slice | torch.Tensor | tuple) -> torch.Tensor:
+        if isinstance(key, tuple):  # (frames, neurons...): the dense frames, then the rest
+            rows = self[key[0]]
+            return rows[(slice(None),) * (rows.ndim - 1) + key[1:]]
+        rows = self.values[key]  # (C,) or (B, C)
+        dense = rows.new_zeros((*rows.shape[:-1], self.n_neurons))
+        dense[..., self.neuron] = rows[..., self.channel]
+        return dense
+
+    def index_select(self, dim: int, index: torch.Tensor) -> torch.Tensor:
+        if dim != 0:
+            raise ValueError("IndexedInput selects frames only (dim 0)")
+        return self[index]
+
+    def to(self, device: torch.device | str) -> IndexedInput:
+        values, neuron, channel = (x.to(device) for x in (self.values, self.neuron, self.channel))
+        return IndexedInput(values, neuron, channel, self.n_neurons)
+
+    def dense(self) -> torch.Tensor:
+        """(T, N) float32: the whole input, materialised."""
+        return self[:]
+
+
 @dataclass(frozen=True)
 class Observations:
     """Recorded data of one simulated network.
@@ -43,7 +99,8 @@ class Observations:
         n_train_frames: frames ``[0, n_train_frames)`` are for training, the rest are held out.
         edge_index: (2, E) int64 known graph structure (source row 0, target row 1), or None when the
             structure is unknown and must be learned densely.
-        external_input: (T, N) float32 known input per frame, or None.
+        external_input: (T, N) float32 known input per frame (a tensor, or an :class:`IndexedInput`
+            when it reaches few neurons), or None.
         extras: regime-specific recorded tensors (e.g. a known stoichiometry), never hidden parameters.
     """
 
@@ -52,7 +109,7 @@ class Observations:
     dt: float
     n_train_frames: int
     edge_index: torch.Tensor | None = None
-    external_input: torch.Tensor | None = None
+    external_input: torch.Tensor | IndexedInput | None = None
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -151,7 +208,12 @@ class SimulationDataModule(pl.LightningDataModule):
         return truth
 
     def _cached(self, path: Path) -> tuple[Observations, GroundTruth]:
-        """The data of ``path``, simulated and written first (under its lock) when it is missing."""
+        """The data of ``path``, simulated and written first (under its lock) when it is missing.
+
+        The tensors are memory-mapped from the file (read-only pages of the page cache), so the
+        children of a sweep that share a cache file share one copy of the recording in RAM, and the
+        child that simulated it gives its own copy back once the file is written.
+        """
         from filelock import FileLock
 
         if not path.is_file():
@@ -160,7 +222,7 @@ class SimulationDataModule(pl.LightningDataModule):
                 if not path.is_file():  # another child may have written it while we waited
                     observations, truth = self.simulate()
                     atomic_torch_save({"observations": observations, "ground_truth": truth}, path)
-                    return observations, truth
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+                    del observations, truth
+        blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         log.info("data loaded from cache %s", path)
         return blob["observations"], blob["ground_truth"]

@@ -30,12 +30,15 @@ SAVGOL_ORDER = 3
 _COLUMNS_PER_CHUNK = 2048  # savgol works in float64; chunks keep a (T, N) record of 13k neurons small
 
 
-def add_measurement_noise(record: torch.Tensor, level: float, seed: int) -> torch.Tensor:
+def add_measurement_noise(
+    record: torch.Tensor, level: float, seed: int, *, inplace: bool = False
+) -> torch.Tensor:
     """``record`` (T, N) plus Gaussian noise of ``level`` times each column's standard deviation.
 
     The noise comes from its own generator (seeded by ``seed``), so the simulated trajectory is the
     same at every noise level and a noise table compares like with like. Returns a new tensor of the
-    record's dtype; ``level == 0`` returns ``record`` itself.
+    record's dtype, or ``record`` itself, noisy, when ``inplace`` (the same values either way);
+    ``level == 0`` returns ``record`` untouched.
     """
     if level <= 0:
         return record
@@ -47,11 +50,16 @@ def add_measurement_noise(record: torch.Tensor, level: float, seed: int) -> torc
         ]
     )
     noisy = torch.randn(record.shape, generator=gen, dtype=record.dtype)
-    return noisy.mul_(std.to(record.dtype) * float(level)).add_(record)  # one (T, N) allocation
+    noisy.mul_(std.to(record.dtype) * float(level))
+    return record.add_(noisy) if inplace else noisy.add_(record)  # one (T, N) allocation
 
 
 def smooth_and_differentiate(
-    record: torch.Tensor, dt: float, window: int = 1
+    record: torch.Tensor,
+    dt: float,
+    window: int = 1,
+    *,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The activity (T, N) training sees and its time derivative (T, N), from the record (T, N) alone.
 
@@ -59,22 +67,30 @@ def smooth_and_differentiate(
     before). Otherwise the Savitzky-Golay cubic over ``window`` frames (odd, >= 5: the schemas check
     it, :func:`~hydra_llm.schemas.simulation.check_recording`), the edge frames
     taken from the cubic fitted to the first and last ``window`` frames. Both in the record's dtype.
+    ``out``: CPU tensors (T, N) to write the activity and the derivative into; the activity's may be
+    ``record`` itself, so that a long record costs one more (T, N) array and no temporary.
     """
+    activity, derivative = out if out is not None else (None, torch.empty_like(record))
     if window == 1 or record.shape[0] < 2:
-        derivative = torch.zeros_like(record)
+        if activity is not None and activity is not record:
+            activity.copy_(record)
         if record.shape[0] >= 2:
-            derivative[:-1] = (record[1:] - record[:-1]) / dt
+            torch.sub(record[1:], record[:-1], out=derivative[:-1])
+            derivative[:-1].div_(dt)
             derivative[-1] = derivative[-2]
-        return record, derivative
+        else:
+            derivative.zero_()
+        return (record if activity is None else activity), derivative
     from scipy.signal import savgol_filter
 
     values = record.detach().cpu().numpy()
-    smooth, slope = np.empty_like(values), np.empty_like(values)
+    smooth = np.empty_like(values) if activity is None else activity.numpy()
+    slope = derivative.numpy()
     for start in range(0, values.shape[1], _COLUMNS_PER_CHUNK):
         columns = slice(start, start + _COLUMNS_PER_CHUNK)
-        chunk = values[:, columns].astype(np.float64)
+        chunk = values[:, columns].astype(np.float64)  # a copy, so ``smooth`` may be ``values``
         smooth[:, columns] = savgol_filter(chunk, window, SAVGOL_ORDER, axis=0, mode="interp")
         slope[:, columns] = savgol_filter(
             chunk, window, SAVGOL_ORDER, deriv=1, delta=dt, axis=0, mode="interp"
         )
-    return torch.from_numpy(smooth), torch.from_numpy(slope)
+    return (torch.from_numpy(smooth) if activity is None else activity), derivative

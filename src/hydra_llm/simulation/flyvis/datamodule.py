@@ -101,7 +101,7 @@ class FlyvisDataModule(SimulationDataModule):
     def cache_key_params(self) -> dict[str, Any]:
         params = {
             "regime": "flyvis",
-            "version": 3,  # 2: measurement noise in std units; 3: checkpoints mapped by name
+            "version": 4,  # 2: noise in std units; 3: checkpoints by name; 4: input as a column movie
             "connectome": self.connectome_cfg,
             "parameters": self.parameters_cfg,
             "stimulus": self.stimulus_cfg,
@@ -178,41 +178,56 @@ class FlyvisDataModule(SimulationDataModule):
         train_stim, test_stim, ood_stim = self.stimuli(connectome, rng)
         V0 = ode.steady_state(self.warmup_s)
 
-        recordings = []
-        for index, (stim, noise) in enumerate(
-            ((train_stim, self.noise_model_level), (test_stim, 0.0), (ood_stim, 0.0))
-        ):
-            voltages, _ = ode.run(stim, V0, noise, rng)
-            if not np.all(np.isfinite(voltages)):
+        # One (T, N) float32 array each for the voltages and their derivative, and nothing else of that
+        # size: the recordings are simulated into slices of one array, noise is added in place, and the
+        # input is kept as the column movie (IndexedInput).
+        n_train, n_test = train_stim.shape[0], test_stim.shape[0]
+        activity = np.empty((n_train + n_test, ode.n_neurons), dtype=np.float32)
+        ood_activity = np.empty((ood_stim.shape[0], ode.n_neurons), dtype=np.float32)
+        recordings = (
+            (train_stim, self.noise_model_level, activity[:n_train]),
+            (test_stim, 0.0, activity[n_train:]),
+            (ood_stim, 0.0, ood_activity),
+        )
+        for index, (stim, noise, record) in enumerate(recordings):
+            ode.run(stim, V0, noise, rng, out=record)
+            if not np.all(np.isfinite(record)):
                 raise FloatingPointError(
                     "flyvis simulation diverged; lower the weight scale or use clamp_tau"
                 )
-            record = add_measurement_noise(
-                torch.from_numpy(voltages), self.measurement_noise_level, self.seed + index
+            add_measurement_noise(
+                torch.from_numpy(record), self.measurement_noise_level, self.seed + index, inplace=True
             )
-            activity, derivative = smooth_and_differentiate(record, self.delta_t, self.smoothing_window)
-            recordings.append((activity.numpy(), derivative.numpy(), ode.input_movie(stim)))
-        (v_tr, d_tr, e_tr), (v_te, d_te, e_te), (v_ood, _, e_ood) = recordings
-
-        def t(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a))
+        activity_t, ood_activity_t = torch.from_numpy(activity), torch.from_numpy(ood_activity)
+        derivative = torch.empty_like(activity_t)
+        for part in (slice(0, n_train), slice(n_train, None)):  # each recording differentiated alone
+            record = activity_t[part]
+            smooth_and_differentiate(
+                record, self.delta_t, self.smoothing_window, out=(record, derivative[part])
+            )
+        smooth_and_differentiate(
+            ood_activity_t,
+            self.delta_t,
+            self.smoothing_window,
+            out=(ood_activity_t, torch.empty_like(ood_activity_t)),
+        )
 
         observations = Observations(
-            activity=t(np.concatenate([v_tr, v_te])),
-            derivative=t(np.concatenate([d_tr, d_te])),
+            activity=activity_t,
+            derivative=derivative,
             dt=self.delta_t,
-            n_train_frames=int(v_tr.shape[0]),
+            n_train_frames=n_train,
             edge_index=torch.from_numpy(np.stack([connectome.edge_src, connectome.edge_tgt])).long(),
-            external_input=t(np.concatenate([e_tr, e_te])),
-            extras={"ood_activity": t(v_ood), "ood_external_input": t(e_ood)},
+            external_input=ode.input_movie(np.concatenate([train_stim, test_stim])),
+            extras={"ood_activity": ood_activity_t, "ood_external_input": ode.input_movie(ood_stim)},
         )
         ground_truth = GroundTruth(
             tensors={
-                "W": t(weights.astype(np.float32)),
-                "tau": t(ode.tau_eff.astype(np.float32)),
-                "tau_raw": t(tau.astype(np.float32)),
-                "V_rest": t(V_rest.astype(np.float32)),
-                "types": t(connectome.node_type),
+                "W": torch.as_tensor(weights.astype(np.float32)),
+                "tau": torch.as_tensor(ode.tau_eff.astype(np.float32)),
+                "tau_raw": torch.as_tensor(tau.astype(np.float32)),
+                "V_rest": torch.as_tensor(V_rest.astype(np.float32)),
+                "types": torch.as_tensor(connectome.node_type),
             },
             meta={
                 "W_layout": "edges (aligned with Observations.edge_index)",

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
+from hydra_llm.simulation.base import IndexedInput
 from hydra_llm.simulation.flyvis.connectome import Connectome
 
 GREY = 0.5
@@ -64,17 +66,14 @@ class FlyvisODE:
     def n_neurons(self) -> int:
         return int(self.W.shape[0])
 
-    def input_vector(self, column_luminance: np.ndarray) -> np.ndarray:
-        """(N,) e(t) from one frame of column luminance (C,)."""
-        e = np.zeros(self.n_neurons, dtype=np.float32)
-        e[self.input_index] = column_luminance[self.input_column]
-        return e
-
-    def input_movie(self, stimulus: np.ndarray) -> np.ndarray:
-        """(T, N) e(t) for a column movie (T, C)."""
-        e = np.zeros((stimulus.shape[0], self.n_neurons), dtype=np.float32)
-        e[:, self.input_index] = stimulus[:, self.input_column]
-        return e
+    def input_movie(self, stimulus: np.ndarray) -> IndexedInput:
+        """e(t) for a column movie (T, C), stored as the movie: (T, N) when indexed."""
+        return IndexedInput(
+            torch.from_numpy(np.ascontiguousarray(stimulus, dtype=np.float32)),
+            torch.from_numpy(self.input_index).long(),
+            torch.from_numpy(self.input_column).long(),
+            self.n_neurons,
+        )
 
     def rate(self, V: np.ndarray, column_luminance: np.ndarray) -> np.ndarray:
         """(N,) dV/dt at voltages V (N,) under one frame of column luminance (C,)."""
@@ -97,15 +96,21 @@ class FlyvisODE:
         noise_level: float = 0.0,
         rng: np.random.Generator | None = None,
         record: bool = True,
+        out: np.ndarray | None = None,
     ) -> tuple[np.ndarray | None, np.ndarray]:
         """Integrate over a column movie (T, C); frame t of the result is V before step t.
 
-        Returns (voltages (T, N) float32 or None when ``record`` is false, final V (N,)).
+        Returns (voltages (T, N) float32 or None when ``record`` is false, final V (N,)); the voltages
+        are written into ``out`` (T, N) float32 when it is given (e.g. a slice of a longer record).
         """
         rng = rng if rng is not None else np.random.default_rng(0)
         stimulus = np.asarray(stimulus, dtype=np.float32)
         V = V0.astype(np.float32).copy()
-        out = np.empty((stimulus.shape[0], self.n_neurons), dtype=np.float32) if record else None
+        shape = (stimulus.shape[0], self.n_neurons)
+        if out is not None and (out.shape != shape or out.dtype != np.float32):
+            raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; needs {shape} float32")
+        if out is None and record:
+            out = np.empty(shape, dtype=np.float32)
         scale = self.dt / self.tau_eff
         rectified = np.empty_like(V)
         noise = np.empty_like(V)
