@@ -131,7 +131,9 @@ def least_squares_ceiling(obs, gt) -> float:
     return r2_slope(true[keep], est[keep])[0]
 
 
-def bench_recovery(extent: int, frames: int, steps: int, noise: float, batch: int, seed: int) -> None:
+def bench_recovery(
+    extent: int, frames: int, steps: int, noise: float, batch: int, seed: int, stimulus: str = "synthetic"
+) -> None:
     import lightning.pytorch as pl
 
     from hydra_llm.evaluation.flyvis import ConnectivityR2Log, evaluate
@@ -142,6 +144,10 @@ def bench_recovery(extent: int, frames: int, steps: int, noise: float, batch: in
     sim.pop("_target_")
     sim.update({"n_frames": frames, "noise_model_level": noise, "seed": seed, "n_ood_frames": 500})
     sim["connectome"]["extent"] = extent
+    if stimulus == "natural":  # conf/simulation/flyvis_natural.yaml
+        sim["stimulus"].update(
+            source="natural", ood_families=["moving_edge", "moving_bar", "grating", "flash"]
+        )
     t0 = time.perf_counter()
     dm = FlyvisDataModule(**sim)
     dm.setup()
@@ -165,7 +171,8 @@ def bench_recovery(extent: int, frames: int, steps: int, noise: float, batch: in
     fit_s = time.perf_counter() - t0
     metrics = evaluate(model, dm.observations, dm.ground_truth, out, rollout_frames=500)
     print(
-        f"[recovery] extent {extent} ({dm.observations.n_neurons} neurons), {frames} frames, noise {noise}, "
+        f"[recovery] extent {extent} ({dm.observations.n_neurons} neurons), {stimulus} stimuli, "
+        f"{frames} frames, noise {noise}, seed {seed}, "
         f"{steps} steps x batch {batch}; simulate {sim_s:.0f} s, train {fit_s:.0f} s; {load()}"
     )
     for key in (
@@ -174,6 +181,9 @@ def bench_recovery(extent: int, frames: int, steps: int, noise: float, batch: in
         "connectivity_R2_identity",
         "tau_R2",
         "V_rest_R2",
+        "connectivity_R2_local",
+        "tau_R2_local",
+        "V_rest_R2_local",
         "cluster_accuracy",
         "test_pearson",
         "test_R2",
@@ -260,6 +270,8 @@ def bench_memory(extent: int, frames: int, steps: int, slots: int) -> None:
         f"(private {single['anon']:.2f} GB), system used +{single['used']:.2f} GB; {single['wall_s']:.0f} s; "
         f"{load()}"
     )
+    if slots < 1:
+        return
     seeds = ",".join(str(s) for s in range(1, slots + 1))
     sweep = _watch(
         python
@@ -293,6 +305,7 @@ def main() -> None:
     parser.add_argument("--rec-steps", type=int, default=15000)
     parser.add_argument("--rec-batch", type=int, default=4)
     parser.add_argument("--rec-noise", type=float, default=0.05)
+    parser.add_argument("--rec-stimulus", choices=["synthetic", "natural"], default="synthetic")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--mem-extent", type=int, default=8)
     parser.add_argument("--mem-frames", type=int, default=64000)
@@ -307,7 +320,13 @@ def main() -> None:
         bench_step(args.step_extent, args.step_batch, args.repeats, args.step_iters)
     if args.what in ("recovery", "all"):
         bench_recovery(
-            args.rec_extent, args.rec_frames, args.rec_steps, args.rec_noise, args.rec_batch, args.seed
+            args.rec_extent,
+            args.rec_frames,
+            args.rec_steps,
+            args.rec_noise,
+            args.rec_batch,
+            args.seed,
+            args.rec_stimulus,
         )
     if args.what in ("memory", "all"):
         bench_memory(args.mem_extent, args.mem_frames, args.mem_steps, args.mem_slots)

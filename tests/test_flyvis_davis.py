@@ -55,6 +55,55 @@ def test_split_is_by_video_80_20(davis_root):
     assert davis.split_videos(videos, 0.2, seed=0) == (train, test)
 
 
+def test_official_split_files_are_used_when_present(davis_root):
+    videos = davis.list_videos(davis_root)
+    sets = davis_root / "ImageSets" / "2017"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("video0\nvideo2\nvideo4\nnot_here\n")
+    (sets / "val.txt").write_text("video1\nvideo3\n")
+    train, test = davis.split_videos(videos, 0.2, seed=0, root=davis_root)
+    assert [v.name for v in train] == ["video0", "video2", "video4"]
+    assert [v.name for v in test] == ["video1", "video3"]
+    (sets / "val.txt").write_text("gone\n")
+    with pytest.raises(ValueError, match="leave 3 training and 0 held-out videos"):
+        davis.split_videos(videos, 0.2, seed=0, root=davis_root)
+
+
+def test_download_checks_the_sha256_and_unpacks_a_davis_root(davis_root, tmp_path):
+    """The download helper against an archive served from the loopback (pooch, as for the real one)."""
+    import hashlib
+    import shutil
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = Path(
+        shutil.make_archive(str(served / "DAVIS-2017-trainval-480p"), "zip", davis_root.parent, "DAVIS")
+    )
+    sha256 = hashlib.sha256(archive.read_bytes()).hexdigest()
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{archive.name}"
+    try:
+        root = davis.download(tmp_path / "cache", url=url, sha256=sha256)
+        assert [v.name for v in davis.list_videos(root)] == [f"video{k}" for k in range(5)]
+        served_archive = tmp_path / "cache" / archive.name
+        stamp = served_archive.stat().st_mtime_ns
+        assert davis.download(tmp_path / "cache", url=url, sha256=sha256) == root
+        assert served_archive.stat().st_mtime_ns == stamp  # kept: no second download
+        with pytest.raises(ValueError, match="SHA256 hash of downloaded file"):
+            davis.download(tmp_path / "other", url=url, sha256="0" * 64)
+        # the command line checks the official archive's checksum, which this one is not
+        with pytest.raises(ValueError, match=davis.ARCHIVE_SHA256):
+            davis.main([str(tmp_path / "third"), "--url", url])
+        assert not list((tmp_path / "third").glob("*.zip"))  # nothing unchecked is kept
+    finally:
+        server.shutdown()
+
+
 def test_render_luminance_sampling_resampling_and_cache(davis_root, tmp_path):
     columns = hex_columns(2)
     video = davis.list_videos(davis_root)[3]  # grey level 3/5 = 0.6

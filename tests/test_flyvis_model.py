@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from hydra_llm.evaluation.flyvis import ConnectivityR2Log, corrected_weights, evaluate
+from hydra_llm.evaluation.flyvis import ConnectivityR2Log, NeuronRange, corrected_weights, evaluate
 from hydra_llm.models.flyvis_gnn import FlyvisGNN, aggregate_source_messages
 from hydra_llm.schemas.training import FlyvisTraining
 from hydra_llm.simulation.flyvis import FlyvisDataModule
@@ -213,3 +213,13 @@ def test_metrics_of_an_untrained_model_are_poor(data, tmp_path):
     )
     assert metrics["connectivity_R2"] < 0.5
     assert set(json.loads(json.dumps(metrics))) >= {"tau_R2", "V_rest_R2", "cluster_accuracy", "test_R2"}
+
+
+def test_neuron_range_in_chunks_equals_the_whole_record_statistics():
+    """The read-outs' voltage ranges are computed over chunks of frames (a 64,000-frame record is never
+    copied whole); they equal the statistics of the whole record."""
+    v = torch.randn(1003, 40, generator=torch.Generator().manual_seed(0)) * torch.linspace(0, 2, 40) - 0.3
+    span = NeuronRange.of(v, chunk_frames=64)
+    assert torch.allclose(span.mean, v.mean(0), atol=1e-6)
+    assert torch.allclose(span.std, v.std(0), atol=1e-5)
+    assert torch.allclose(span.relu_std, torch.relu(v).std(0), atol=1e-5)

@@ -152,6 +152,24 @@ def test_rate_matches_dense_formula_and_input_reaches_photoreceptors_only():
     assert np.allclose(raw.tau_eff, tau) and np.all(ode.tau_eff >= 0.02)
 
 
+def test_input_is_kept_as_the_column_movie_and_indexes_like_the_dense_input():
+    c = tiny()
+    p = random_trained_like(c, seed=0, dt=0.02)
+    ode = FlyvisODE.build(c, p.edge_weights(c), p.neuron_tau(c), p.neuron_V_rest(c), 0.02)
+    movie = np.random.default_rng(2).random((30, 7), dtype=np.float32)
+    inputs = ode.input_movie(movie)
+    assert inputs.values.shape == (30, 7) and inputs.shape == (30, c.n_neurons) and len(inputs) == 30
+    dense = np.zeros((30, c.n_neurons), np.float32)
+    dense[:, c.input_mask] = movie[:, c.node_column[c.input_mask]]
+    dense = torch.from_numpy(dense)
+    frames = torch.tensor([3, 0, 29, 3])
+    assert torch.equal(inputs.dense(), dense) and torch.equal(inputs[5], dense[5])
+    assert torch.equal(inputs[4:9], dense[4:9]) and torch.equal(inputs[frames], dense[frames])
+    assert torch.equal(inputs.index_select(0, frames), dense[frames])
+    assert torch.equal(inputs[frames, 2:6], dense[frames, 2:6]) and torch.equal(inputs[7, 3], dense[7, 3])
+    assert torch.equal(inputs.to("cpu")[frames], dense[frames])
+
+
 def test_euler_run_matches_rate_and_noise_is_seeded():
     c = tiny()
     p = random_trained_like(c, seed=0, dt=0.02)
@@ -164,6 +182,11 @@ def test_euler_run_matches_rate_and_noise_is_seeded():
     a, _ = ode.run(stim, V0, 0.05, np.random.default_rng(3))
     b, _ = ode.run(stim, V0, 0.05, np.random.default_rng(3))
     assert np.array_equal(a, b) and not np.allclose(a, out)
+    into = np.full((7, c.n_neurons), np.nan, np.float32)  # a longer record: the run fills a slice of it
+    ode.run(stim, V0, 0.05, np.random.default_rng(3), out=into[1:6])
+    assert np.array_equal(into[1:6], a) and np.isnan(into[0]).all() and np.isnan(into[6]).all()
+    with pytest.raises(ValueError, match="needs"):
+        ode.run(stim, V0, out=into)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -213,6 +236,8 @@ def test_datamodule_cache_is_reused_and_keyed_by_seed(tmp_path):
     second = datamodule(tmp_path)
     second.setup()
     assert torch.equal(first.observations.activity, second.observations.activity)
+    # memory-mapped from the file: the children of a sweep that share it share its pages
+    assert str(files[0].resolve()) in Path("/proc/self/maps").read_text()
     other = datamodule(tmp_path, seed=7)
     other.setup()
     assert len(list(tmp_path.glob("*.pt"))) == 2
@@ -227,7 +252,7 @@ def test_datamodule_cache_is_reused_and_keyed_by_seed(tmp_path):
             r"parameters.mode='pretrained': allowed values: \[trained, flyvis",
         ),
         ({"parameters": {"mode": "trained"}}, "it fits the flyvis connectome only"),
-        ({"stimulus": {"source": "sintel"}}, r"source='sintel': allowed values: \[synthetic, davis\]"),
+        ({"stimulus": {"source": "sintel"}}, r"source='sintel': allowed values: \[synthetic, natural, davis\]"),
         ({"stimulus": {"source": "synthetic", "families": FAMS, "ood_families": ["grating"]}}, "overlap"),
         ({"test_fraction": 1.5}, "test_fraction"),
         ({"parameters": {"mode": "checkpoint", "checkpoint_path": "/nowhere"}}, "checkpoint_path"),

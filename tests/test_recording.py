@@ -40,6 +40,22 @@ def test_measurement_noise_has_the_asked_std_per_variable_and_its_own_stream():
     assert torch.allclose(ratio, torch.full((3,), 0.1, dtype=torch.float64), rtol=0.03)
     assert torch.equal(noisy, add_measurement_noise(record, 0.1, seed=0))
     assert add_measurement_noise(record, 0.0, seed=0) is record
+    in_place = record.clone()
+    assert add_measurement_noise(in_place, 0.1, seed=0, inplace=True) is in_place
+    assert torch.equal(in_place, noisy)
+
+
+@pytest.mark.parametrize("window", [1, 21])
+def test_smoothing_into_given_arrays_gives_the_same_values_without_a_copy(window):
+    """``out=(record, derivative)`` (how flyvis records 13,741 neurons x 64,000 frames) writes the smoothed
+    activity over the record and the derivative into the given array, with the values of the plain call."""
+    record = torch.cumsum(torch.randn(300, 5000, generator=torch.Generator().manual_seed(0)), 0)
+    activity, derivative = smooth_and_differentiate(record, 0.02, window)
+    into = record.clone()
+    given = torch.empty_like(into)
+    out = smooth_and_differentiate(into, 0.02, window, out=(into, given))
+    assert out[0] is into and out[1] is given
+    assert torch.equal(into, activity) and torch.equal(given, derivative)
 
 
 @pytest.mark.parametrize("regime", sorted(REGIMES))

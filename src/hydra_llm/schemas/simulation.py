@@ -191,9 +191,11 @@ class ParameterMode(StrEnum):
 
 
 class StimulusSource(StrEnum):
-    """synthetic: edges, bars, gratings, flashes, noise; davis: DAVIS-2017 videos from a local folder."""
+    """synthetic: edges, bars, gratings, flashes, noise; natural: photographs moved over the lattice
+    (offline, from scikit-image's wheel); davis: DAVIS-2017 videos from a local folder."""
 
     synthetic = "synthetic"
+    natural = "natural"
     davis = "davis"
 
 
@@ -248,11 +250,31 @@ class ParameterOptions:
         ordered_pair(self, "V_rest_range")
 
 
+# Photographs of natural scenes and objects in scikit-image's wheel (skimage/data; drawings, text and
+# micrographs left out): the images of ``stimulus.source: natural``.
+NATURAL_IMAGES = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "moon.png",
+    "motorcycle_left.png",
+    "rocket.jpg",
+)
+
+
 @dataclass
 class StimulusOptions:
     """``simulation.stimulus``: what drives the photoreceptors. ``families`` and ``ood_families`` name the
     synthetic families (``hydra_llm.simulation.flyvis.stimuli``); the out-of-distribution families are
-    never in training. The DAVIS keys apply to ``source: davis`` (root: ``davis_root`` or $DATAVIS_ROOT)."""
+    never in training. ``held_out_fraction`` of the source images or videos make the held-out recording.
+    The natural keys apply to ``source: natural`` (``hydra_llm.simulation.flyvis.natural``), the DAVIS
+    keys to ``source: davis`` (root: ``davis_root`` or $DATAVIS_ROOT)."""
 
     GROUP: ClassVar[str] = "simulation.stimulus"
     source: StimulusSource = StimulusSource.synthetic
@@ -261,8 +283,11 @@ class StimulusOptions:
     )
     ood_families: list[str] = field(default_factory=lambda: ["pink_noise"])
     clip_s: list[float] = field(default_factory=lambda: [0.5, 2.0])  # clip durations (s) of the sequence
+    held_out_fraction: float = 0.2  # natural, davis: the split is by source image or video
+    natural_images: list[str] = field(default_factory=lambda: list(NATURAL_IMAGES))
+    pixels_per_column: float = 8.0  # natural: image pixels between neighbouring columns
+    contrast: float = 0.2  # natural: std of the normalised luminance (mean 0.5)
     davis_root: str | None = None
-    video_test_fraction: float = 0.2  # split by source video
     rotations: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # quarter turns (augmented copies)
     flips: list[bool] = field(default_factory=lambda: [False, True])
     crop: float = 0.6  # centre crop fraction
@@ -274,8 +299,15 @@ class StimulusOptions:
         ordered_pair(self, "clip_s")
         if self.clip_s[0] <= 0:
             fail(self, "clip_s", self.clip_s, "clip durations must be > 0 s")
-        if not 0.0 < self.video_test_fraction < 1.0:
-            fail(self, "video_test_fraction", self.video_test_fraction, "must be in (0, 1)")
+        if not 0.0 < self.held_out_fraction < 1.0:
+            fail(self, "held_out_fraction", self.held_out_fraction, "must be in (0, 1)")
+        positive(self, "pixels_per_column", "contrast")
+        unknown = [name for name in self.natural_images if name not in NATURAL_IMAGES]
+        if unknown or len(self.natural_images) < 2:
+            why = f"unknown images {unknown}" if unknown else "fewer than 2 images (the split is by image)"
+            fail(
+                self, "natural_images", self.natural_images, f"{why}; allowed values: {list(NATURAL_IMAGES)}"
+            )
         within(self, "crop", 1e-6, 1.0, "must be in (0, 1]")
         positive(self, "fps")
         at_least_one(self, "kernel_px", "max_clip_frames")

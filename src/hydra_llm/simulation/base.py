@@ -35,8 +35,8 @@ class IndexedInput:
     """A known input that reaches few neurons, stored as its source movie: frame t of neuron
     ``neuron[k]`` is ``values[t, channel[k]]``, every other neuron gets 0.
 
-    The flyvis photoreceptors read their column's luminance, so a (T, C) movie of 721 columns stands for
-    a (T, N) input of 13,741 neurons (19x smaller at extent 8). Indexing gives what the dense (T, N)
+    The flyvis photoreceptors read their column's luminance, so a (T, C) movie of 217 columns stands for
+    a (T, N) input of 13,741 neurons (63x smaller at extent 8). Indexing gives what the dense (T, N)
     tensor would (``inputs[t]`` (N,), ``inputs[frames]`` (B, N), ``inputs[a:b]`` (b - a, N)), built
     from the movie on the fly; ``to(device)`` moves the movie, not a dense copy.
 
@@ -187,8 +187,8 @@ class SimulationDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Simulate once into the cache (no-op when its file exists)."""
         path = self.cache_path(self.cache_dir)
-        if path is not None and not path.is_file():
-            self._cached(path)
+        if path is not None:
+            self._write_cache(path)
 
     def setup(self, stage: str | None = None) -> None:
         """Load from the cache (or simulate, and store when there is a cache); idempotent."""
@@ -198,7 +198,8 @@ class SimulationDataModule(pl.LightningDataModule):
         if path is None:
             self.observations, self.ground_truth = self.simulate()
         else:
-            self.observations, self.ground_truth = self._cached(path)
+            self._write_cache(path)
+            self.observations, self.ground_truth = self._load_cache(path)
 
     def release_ground_truth(self) -> GroundTruth:
         """Hand the ground truth over (to evaluation) and keep none, so that the datamodule given to
@@ -207,22 +208,23 @@ class SimulationDataModule(pl.LightningDataModule):
         del self.ground_truth
         return truth
 
-    def _cached(self, path: Path) -> tuple[Observations, GroundTruth]:
-        """The data of ``path``, simulated and written first (under its lock) when it is missing.
-
-        The tensors are memory-mapped from the file (read-only pages of the page cache), so the
-        children of a sweep that share a cache file share one copy of the recording in RAM, and the
-        child that simulated it gives its own copy back once the file is written.
-        """
+    def _write_cache(self, path: Path) -> None:
+        """Simulate into ``path`` under its lock when the file is missing (no-op when it exists)."""
         from filelock import FileLock
 
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(f"{path}.lock"):
-                if not path.is_file():  # another child may have written it while we waited
-                    observations, truth = self.simulate()
-                    atomic_torch_save({"observations": observations, "ground_truth": truth}, path)
-                    del observations, truth
+        if path.is_file():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock"):
+            if not path.is_file():  # another child may have written it while we waited
+                observations, truth = self.simulate()
+                atomic_torch_save({"observations": observations, "ground_truth": truth}, path)
+
+    @staticmethod
+    def _load_cache(path: Path) -> tuple[Observations, GroundTruth]:
+        """The data of ``path``, its tensors memory-mapped from the file (read-only pages of the page
+        cache): the children of a sweep that share a cache file share one copy of the recording in RAM,
+        and the child that simulated it gives its own copy back once the file is written."""
         blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         log.info("data loaded from cache %s", path)
         return blob["observations"], blob["ground_truth"]

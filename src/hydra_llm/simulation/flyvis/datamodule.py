@@ -27,6 +27,7 @@ from hydra_llm.schemas import plain, validate
 from hydra_llm.schemas.simulation import FlyvisSimulation
 from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
 from hydra_llm.simulation.flyvis import davis as davis_io
+from hydra_llm.simulation.flyvis import natural
 from hydra_llm.simulation.flyvis.connectome import (
     FLYVIS_JSON_SHA256,
     Connectome,
@@ -95,6 +96,8 @@ class FlyvisDataModule(SimulationDataModule):
                 f"simulation.stimulus.ood_families {ood} overlap the training families {train}; "
                 "the out-of-distribution test needs families never seen in training"
             )
+        if stimulus["source"] == "natural":
+            natural.image_dir()
         if stimulus["source"] == "davis":
             davis_io.find_root(stimulus["davis_root"])
 
@@ -118,12 +121,19 @@ class FlyvisDataModule(SimulationDataModule):
         }
         if self.connectome_cfg["source"] == "flyvis":
             params["flyvis_sha256"] = FLYVIS_JSON_SHA256
+        if self.stimulus_cfg["source"] == "natural":
+            folder = natural.image_dir()
+            params["natural_files"] = [
+                (n, (folder / n).stat().st_size) for n in self.stimulus_cfg["natural_images"]
+            ]
         if self.stimulus_cfg["source"] == "davis":
             root = davis_io.find_root(self.stimulus_cfg["davis_root"])
             params["davis_root"] = str(root.resolve())
             params["davis_videos"] = [
                 (v.name, len(list(v.glob("*.jpg")))) for v in davis_io.list_videos(root)
             ]
+            split = [root / name for name in davis_io.SPLIT_FILES]
+            params["davis_split"] = [f.read_text() for f in split if f.is_file()]
         return params
 
     # ------------------------------------------------------------------ generation
@@ -158,9 +168,21 @@ class FlyvisDataModule(SimulationDataModule):
             train = synthetic_sequence(columns, n_train, dt, families, rng, clip_s)
             test = synthetic_sequence(columns, n_test, dt, families, rng, clip_s)
             return train, test, ood
+        if cfg["source"] == "natural":
+            train_images, test_images = natural.split_images(
+                cfg["natural_images"], cfg["held_out_fraction"], self.seed
+            )
+            view = {
+                "clip_s": clip_s,
+                "pixels_per_column": cfg["pixels_per_column"],
+                "contrast": cfg["contrast"],
+            }
+            train = natural.natural_sequence(columns, n_train, dt, train_images, rng, **view)
+            test = natural.natural_sequence(columns, n_test, dt, test_images, rng, **view)
+            return train, test, ood
         root = davis_io.find_root(cfg["davis_root"])
         train_videos, test_videos = davis_io.split_videos(
-            davis_io.list_videos(root), cfg["video_test_fraction"], self.seed
+            davis_io.list_videos(root), cfg["held_out_fraction"], self.seed, root
         )
         keys = ("rotations", "flips", "max_clip_frames", "fps", "kernel_px", "crop")
         kwargs = {**{key: cfg[key] for key in keys}, "cache_dir": self.cache_dir}

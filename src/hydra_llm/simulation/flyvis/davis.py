@@ -6,8 +6,12 @@ Per frame: RGB -> luminance (0.299, 0.587, 0.114) in [0, 1]; centre crop; an opt
 rotation and mirror flip (augmented copies); resize so the lattice fits; mean over a
 ``kernel_px`` x ``kernel_px`` box at every column centre (integral image, no loops over columns).
 Videos are resampled from ``fps`` to 1/dt by holding each frame (piecewise constant). The split is
-80/20 **by source video**, so augmented copies of one video never straddle train and test. Rendered
-clips are cached as ``.npy`` keyed by the video's files and the rendering settings.
+**by source video**, so augmented copies of one video never straddle train and test: the official one
+(``<root>/ImageSets/2017/train.txt`` and ``val.txt``) when the folder has it, else a seeded 80/20 draw.
+Rendered clips are cached as ``.npy`` keyed by the video's files and the rendering settings.
+
+No folder yet? ``python -m hydra_llm.simulation.flyvis.davis <folder>`` downloads the official
+DAVIS-2017 trainval 480p archive (833 MB) with pooch, checks its sha256 and unpacks it there.
 """
 
 from __future__ import annotations
@@ -22,15 +26,21 @@ from hydra_llm.simulation.flyvis.stimuli import column_positions
 
 ENV_VAR = "DATAVIS_ROOT"
 LUMA = np.array([0.299, 0.587, 0.114])
+# The official archive, its size and sha256 as TensorFlow Datasets records them (video/davis/checksums.tsv).
+ARCHIVE_URL = "https://data.vision.ee.ethz.ch/csergi/share/davis/DAVIS-2017-trainval-480p.zip"
+ARCHIVE_SHA256 = "e3d0b5b77c3d031b000a19e0e25e3e2cac65d183755601bc2cf066df1a2aa492"
+ARCHIVE_BYTES = 832_766_765
+SPLIT_FILES = ("ImageSets/2017/train.txt", "ImageSets/2017/val.txt")
 
 
 def find_root(root: str | os.PathLike | None) -> Path:
     """The DAVIS folder from the config or ``DATAVIS_ROOT``; a clear error when it is missing."""
     chosen = root if root not in (None, "") else os.environ.get(ENV_VAR)
     hint = (
-        "put a DAVIS-2017-like folder at <root>/JPEGImages/480p/<video>/*.jpg and set "
-        f"simulation.stimulus.davis_root=<root> or {ENV_VAR}=<root>; to run offline without videos use "
-        "simulation=flyvis_synthetic"
+        "put a DAVIS-2017-like folder at <root>/JPEGImages/480p/<video>/*.jpg (or download the official "
+        "one: python -m hydra_llm.simulation.flyvis.davis <folder>) and set "
+        f"simulation.stimulus.davis_root=<root> or {ENV_VAR}=<root>; to run offline use "
+        "simulation=flyvis_natural or flyvis_synthetic"
     )
     if chosen is None:
         raise FileNotFoundError(
@@ -51,8 +61,24 @@ def list_videos(root: Path) -> list[Path]:
     return videos
 
 
-def split_videos(videos: list[Path], test_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
-    """Shuffle source videos with ``seed`` and hold out ``test_fraction`` of them (at least one each)."""
+def split_videos(
+    videos: list[Path], test_fraction: float, seed: int, root: Path | None = None
+) -> tuple[list[Path], list[Path]]:
+    """(train, test) source videos: DAVIS's official split when ``root`` holds its ImageSets files,
+    else a shuffle with ``seed`` that holds out ``test_fraction`` of them (at least one each)."""
+    if root is not None and all((root / name).is_file() for name in SPLIT_FILES):
+        by_name = {v.name: v for v in videos}
+        train, test = (
+            sorted(by_name[n] for n in (root / name).read_text().split() if n in by_name)
+            for name in SPLIT_FILES
+        )
+        if not train or not test:
+            raise ValueError(
+                f"DAVIS split files {[str(root / n) for n in SPLIT_FILES]} leave "
+                f"{len(train)} training and {len(test)} held-out videos among the {len(videos)} found; "
+                "both need at least one"
+            )
+        return train, test
     if len(videos) < 2:
         raise ValueError(f"DAVIS needs >= 2 videos for a train/test split by video, found {len(videos)}")
     order = np.random.default_rng(seed).permutation(len(videos))
@@ -183,3 +209,41 @@ def davis_sequence(
             if total >= n_frames:
                 break
     return np.concatenate(clips)[:n_frames]
+
+
+def download(folder: str | os.PathLike, url: str = ARCHIVE_URL, sha256: str = ARCHIVE_SHA256) -> Path:
+    """Download the DAVIS archive into ``folder`` (kept there: a second call downloads nothing), check
+    its sha256, unpack it, and return the root to set as ``simulation.stimulus.davis_root``."""
+    import pooch
+
+    folder = Path(folder)
+    unzip = pooch.Unzip(extract_dir="unpacked")  # relative to the archive's folder; unpacked once
+    pooch.retrieve(
+        url, known_hash=f"sha256:{sha256}", fname=Path(ARCHIVE_URL).name, path=folder, processor=unzip
+    )
+    unpacked = folder / "unpacked"
+    roots = sorted(p.parent.parent for p in unpacked.glob("*/JPEGImages/480p")) or sorted(
+        p.parent for p in unpacked.glob("JPEGImages/480p")
+    )
+    if not roots:
+        raise FileNotFoundError(f"the archive {url} holds no JPEGImages/480p folder")
+    return find_root(roots[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hydra_llm.simulation.flyvis.davis",
+        description=f"Download the DAVIS-2017 trainval 480p videos ({ARCHIVE_BYTES / 1e6:.0f} MB), check the "
+        "archive's sha256 and unpack them into FOLDER.",
+    )
+    parser.add_argument("folder")
+    parser.add_argument("--url", default=ARCHIVE_URL, help="a mirror of the official archive")
+    args = parser.parse_args(argv)
+    root = download(args.folder, args.url)
+    print(f"DAVIS is in {root}: run with simulation=flyvis_davis simulation.stimulus.davis_root={root}")
+
+
+if __name__ == "__main__":
+    main()

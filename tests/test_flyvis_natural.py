@@ -1,0 +1,87 @@
+"""`simulation=flyvis_natural`: photographs from scikit-image's wheel moved over the hex lattice, offline."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from hydra_llm.schemas.simulation import NATURAL_IMAGES
+from hydra_llm.simulation.flyvis import natural
+from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
+from hydra_llm.simulation.flyvis.stimuli import SPEEDS
+from tests.test_flyvis_simulation import datamodule, tiny
+
+NATURAL = {"source": "natural", "ood_families": ["moving_edge", "grating"]}
+
+
+def test_every_listed_image_ships_in_the_wheel_and_loads_normalised():
+    folder = natural.image_dir()
+    for name in NATURAL_IMAGES:
+        image = natural.load_image(name, 8.0, 0.2)
+        assert (folder / name).is_file() and image.ndim == 2 and min(image.shape) >= 256, name
+        assert image.min() >= 0.0 and image.max() <= 1.0, name
+        assert abs(float(image.mean()) - 0.5) < 0.05 and 0.1 < float(image.std()) < 0.25, name
+
+
+def test_natural_movie_drifts_at_edge_speeds_and_is_seeded():
+    columns = compile_connectome(load_spec(), 4).columns
+    movie = natural.natural_sequence(columns, 400, 0.02, NATURAL_IMAGES, np.random.default_rng(0))
+    again = natural.natural_sequence(columns, 400, 0.02, NATURAL_IMAGES, np.random.default_rng(0))
+    other = natural.natural_sequence(columns, 400, 0.02, NATURAL_IMAGES, np.random.default_rng(1))
+    assert movie.shape == (400, len(columns)) and movie.dtype == np.float32
+    assert np.array_equal(movie, again) and not np.array_equal(movie, other)
+    assert movie.min() >= 0.0 and movie.max() <= 1.0 and movie.std(axis=0).mean() > 0.05
+    # the gaze moves between 2.4 and 25 columns/s while it drifts, and jumps in saccades
+    path = natural.gaze_path(5000, 0.02, np.random.default_rng(0))
+    speed = np.linalg.norm(np.diff(path, axis=0), axis=1) / 0.02
+    drifting = speed < SPEEDS.max() + 1e-6
+    assert np.allclose(np.sort(np.unique(np.round(speed[drifting], 6))), np.sort(SPEEDS), atol=1e-6)
+    assert 0.02 < (~drifting).mean() < 0.2 and speed[~drifting].min() > SPEEDS.max()
+
+
+def test_mirrored_sampling_is_continuous_past_the_image_border():
+    image = np.random.default_rng(0).random((20, 30)).astype(np.float32)
+    rows, cols = np.full(5, 7.0), np.array([0.0, 29.0, 30.0, 58.0, -1.0])
+    values = natural.sample(image, rows, cols)
+    assert values[0] == image[7, 0] and values[1] == image[7, 29]
+    assert values[2] == image[7, 28] and values[3] == image[7, 0] and values[4] == image[7, 1]
+
+
+def test_flyvis_natural_holds_out_images_and_keeps_synthetic_families_out_of_distribution(tmp_path):
+    train, test = natural.split_images(list(NATURAL_IMAGES), 0.2, seed=42)
+    assert len(test) == 2 and not set(train) & set(test) and sorted(train + test) == sorted(NATURAL_IMAGES)
+    dm = datamodule(tmp_path, stimulus=NATURAL, n_frames=300)
+    dm.setup()
+    obs = dm.observations
+    photoreceptors = torch.from_numpy(np.flatnonzero(tiny().input_mask))
+    lum = obs.external_input[:, photoreceptors]
+    assert lum.shape == (300, len(photoreceptors)) and float(lum.std(0).mean()) > 0.05
+    assert torch.isfinite(obs.activity).all() and float(obs.activity.std(0).max()) > 0.01
+    assert "natural_files" in dm.cache_key_params()
+    other = datamodule(
+        tmp_path, stimulus={**NATURAL, "natural_images": ["grass.png", "gravel.png"]}, n_frames=300
+    )
+    assert other.cache_path(tmp_path) != dm.cache_path(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("stimulus", "message"),
+    [
+        ({"natural_images": ["lena.png", "grass.png"]}, r"natural_images=.*unknown images \['lena.png'\]"),
+        ({"natural_images": ["grass.png"]}, r"natural_images=\[.grass.png.\]: fewer than 2 images"),
+        ({"contrast": 0.0}, "contrast=0.0: must be a finite float > 0"),
+        ({"held_out_fraction": 1.0}, r"held_out_fraction=1.0: must be in \(0, 1\)"),
+    ],
+)
+def test_bad_natural_settings_fail_before_simulating(stimulus, message):
+    with pytest.raises(ValueError, match=f"simulation.stimulus.{message}"):
+        datamodule(stimulus={**NATURAL, **stimulus})
+
+
+def test_without_scikit_image_the_run_stops_with_one_line(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(FileNotFoundError, match="pip install scikit-image"):
+        datamodule(stimulus=NATURAL)
