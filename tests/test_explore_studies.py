@@ -53,4 +53,4 @@ def test_a_study_overrides_the_primary_config_defaults():
     _, quick = sweeper_settings("quick_sweep")
     assert "/quick_sweep/" in str(quick.hydra.sweep.dir)
     _, flyvis = sweeper_settings("flyvis_landscape")
-    assert flyvis.resources.mem_gb == 48 and flyvis.resources.timeout_min == 240
+    assert flyvis.resources.mem_gb == 16 and flyvis.resources.timeout_min == 240
