@@ -1,10 +1,11 @@
-"""``simulation=flyvis_synthetic`` / ``flyvis_davis``: the fly visual system regime as a DataModule.
+"""``simulation=flyvis_synthetic`` / ``flyvis_natural`` / ``flyvis_davis``: the fly visual system regime
+as a DataModule.
 
 One run simulates three recordings from the grey steady state:
 
 * training frames ``[0, n_train_frames)`` with process noise ``noise_model_level``;
-* held-out frames (same stimulus source, new clips or held-out videos), recorded without process
-  noise;
+* held-out frames (same stimulus source: new clips, or held-out images or videos), recorded without
+  process noise;
 * an out-of-distribution recording (stimulus families never used in training), also noise-free,
   in ``Observations.extras['ood_activity']`` / ``['ood_external_input']``.
 
@@ -200,48 +201,17 @@ class FlyvisDataModule(SimulationDataModule):
         train_stim, test_stim, ood_stim = self.stimuli(connectome, rng)
         V0 = ode.steady_state(self.warmup_s)
 
-        # One (T, N) float32 array each for the voltages and their derivative, and nothing else of that
-        # size: the recordings are simulated into slices of one array, noise is added in place, and the
-        # input is kept as the column movie (IndexedInput).
-        n_train, n_test = train_stim.shape[0], test_stim.shape[0]
-        activity = np.empty((n_train + n_test, ode.n_neurons), dtype=np.float32)
-        ood_activity = np.empty((ood_stim.shape[0], ode.n_neurons), dtype=np.float32)
-        recordings = (
-            (train_stim, self.noise_model_level, activity[:n_train]),
-            (test_stim, 0.0, activity[n_train:]),
-            (ood_stim, 0.0, ood_activity),
-        )
-        for index, (stim, noise, record) in enumerate(recordings):
-            ode.run(stim, V0, noise, rng, out=record)
-            if not np.all(np.isfinite(record)):
-                raise FloatingPointError(
-                    "flyvis simulation diverged; lower the weight scale or use clamp_tau"
-                )
-            add_measurement_noise(
-                torch.from_numpy(record), self.measurement_noise_level, self.seed + index, inplace=True
-            )
-        activity_t, ood_activity_t = torch.from_numpy(activity), torch.from_numpy(ood_activity)
-        derivative = torch.empty_like(activity_t)
-        for part in (slice(0, n_train), slice(n_train, None)):  # each recording differentiated alone
-            record = activity_t[part]
-            smooth_and_differentiate(
-                record, self.delta_t, self.smoothing_window, out=(record, derivative[part])
-            )
-        smooth_and_differentiate(
-            ood_activity_t,
-            self.delta_t,
-            self.smoothing_window,
-            out=(ood_activity_t, torch.empty_like(ood_activity_t)),
-        )
+        activity, derivative, ood_activity = self.record(ode, V0, (train_stim, test_stim, ood_stim), rng)
+        n_train = train_stim.shape[0]
 
         observations = Observations(
-            activity=activity_t,
+            activity=activity,
             derivative=derivative,
             dt=self.delta_t,
             n_train_frames=n_train,
             edge_index=torch.from_numpy(np.stack([connectome.edge_src, connectome.edge_tgt])).long(),
             external_input=ode.input_movie(np.concatenate([train_stim, test_stim])),
-            extras={"ood_activity": ood_activity_t, "ood_external_input": ode.input_movie(ood_stim)},
+            extras={"ood_activity": ood_activity, "ood_external_input": ode.input_movie(ood_stim)},
         )
         ground_truth = GroundTruth(
             tensors={
@@ -260,6 +230,50 @@ class FlyvisDataModule(SimulationDataModule):
             },
         )
         return observations, ground_truth
+
+    def record(
+        self,
+        ode: FlyvisODE,
+        V0: np.ndarray,
+        stimuli: tuple[np.ndarray, np.ndarray, np.ndarray],
+        rng: np.random.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The recorded activity (T_train + T_test, N), its derivative (same shape) and the
+        out-of-distribution activity (T_ood, N), float32, from the column movies of the training,
+        held-out and out-of-distribution recordings.
+
+        One (T, N) array each for the voltages and their derivative, and nothing else of that size:
+        the recordings are simulated into slices of one array, and noise and smoothing work in place.
+        """
+        train_stim, test_stim, ood_stim = stimuli
+        n_train, n_test = train_stim.shape[0], test_stim.shape[0]
+        activity = np.empty((n_train + n_test, ode.n_neurons), dtype=np.float32)
+        ood_activity = np.empty((ood_stim.shape[0], ode.n_neurons), dtype=np.float32)
+        recordings = (
+            (train_stim, self.noise_model_level, activity[:n_train]),
+            (test_stim, 0.0, activity[n_train:]),
+            (ood_stim, 0.0, ood_activity),
+        )
+        for index, (stim, noise, voltages) in enumerate(recordings):
+            ode.run(stim, V0, noise, rng, out=voltages)
+            if not np.all(np.isfinite(voltages)):
+                raise FloatingPointError(
+                    "flyvis simulation diverged; lower the weight scale or use clamp_tau"
+                )
+            add_measurement_noise(
+                torch.from_numpy(voltages), self.measurement_noise_level, self.seed + index, inplace=True
+            )
+        activity_t, ood_t = torch.from_numpy(activity), torch.from_numpy(ood_activity)
+        derivative = torch.empty_like(activity_t)
+        for part in (slice(0, n_train), slice(n_train, None)):  # each recording differentiated alone
+            voltages = activity_t[part]
+            smooth_and_differentiate(
+                voltages, self.delta_t, self.smoothing_window, out=(voltages, derivative[part])
+            )
+        smooth_and_differentiate(
+            ood_t, self.delta_t, self.smoothing_window, out=(ood_t, torch.empty_like(ood_t))
+        )
+        return activity_t, derivative, ood_t
 
     # ------------------------------------------------------------------ Lightning hooks
     def train_dataloader(self):

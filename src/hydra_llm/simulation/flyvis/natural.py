@@ -11,8 +11,9 @@ random quarter turn and mirror flip, and a random starting point.
 Per image: RGB -> luminance (0.299, 0.587, 0.114); blurred by a Gaussian of sigma
 ``pixels_per_column / 2`` (an ommatidium's acceptance); normalised to mean 0.5 and std ``contrast``
 (clipped to [0, 1]), so that images of different exposure and texture drive the photoreceptors alike;
-sampled bilinearly at every column centre, ``pixels_per_column`` pixels apart. The image is mirrored at its borders, so a drift may
-run past its edge. Train and held-out recordings use disjoint images (split by image, with the seed).
+sampled bilinearly at every column centre, ``pixels_per_column`` pixels apart. The image is mirrored
+at its borders, so a drift may run past its edge. Train and held-out recordings use disjoint images
+(split by image, with the seed).
 """
 
 from __future__ import annotations
