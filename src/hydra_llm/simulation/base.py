@@ -101,7 +101,8 @@ class Observations:
             structure is unknown and must be learned densely.
         external_input: (T, N) float32 known input per frame (a tensor, or an :class:`IndexedInput`
             when it reaches few neurons), or None.
-        extras: regime-specific recorded tensors (e.g. a known stoichiometry), never hidden parameters.
+        extras: regime-specific recordings (e.g. a known stoichiometry, flyvis's out-of-distribution
+            recording and its IndexedInput), never hidden parameters.
     """
 
     activity: torch.Tensor
@@ -110,7 +111,7 @@ class Observations:
     n_train_frames: int
     edge_index: torch.Tensor | None = None
     external_input: torch.Tensor | IndexedInput | None = None
-    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    extras: Mapping[str, torch.Tensor | IndexedInput] = field(default_factory=dict)
 
     @property
     def n_frames(self) -> int:
