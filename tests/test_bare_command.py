@@ -96,7 +96,8 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("[llm_ucb] preflight: no DAVIS folder configured")
-    assert "simulation.stimulus.davis_root" in lines[0] and "simulation=flyvis_synthetic" in lines[0]
+    assert "simulation.stimulus.davis_root" in lines[0] and "simulation=flyvis_natural" in lines[0]
+    assert "python -m hydra_llm.simulation.flyvis.davis" in lines[0]  # the download helper
     assert not sweep_dir.exists()
     single = subprocess.run(
         [sys.executable, "train.py", "simulation=flyvis_davis", f"hydra.run.dir={tmp_path / 'run'}"],

@@ -252,7 +252,10 @@ def test_datamodule_cache_is_reused_and_keyed_by_seed(tmp_path):
             r"parameters.mode='pretrained': allowed values: \[trained, flyvis",
         ),
         ({"parameters": {"mode": "trained"}}, "it fits the flyvis connectome only"),
-        ({"stimulus": {"source": "sintel"}}, r"source='sintel': allowed values: \[synthetic, natural, davis\]"),
+        (
+            {"stimulus": {"source": "sintel"}},
+            r"source='sintel': allowed values: \[synthetic, natural, davis\]",
+        ),
         ({"stimulus": {"source": "synthetic", "families": FAMS, "ood_families": ["grating"]}}, "overlap"),
         ({"test_fraction": 1.5}, "test_fraction"),
         ({"parameters": {"mode": "checkpoint", "checkpoint_path": "/nowhere"}}, "checkpoint_path"),
