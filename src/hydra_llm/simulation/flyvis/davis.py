@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from hydra_llm.simulation.base import config_hash
-from hydra_llm.simulation.flyvis.stimuli import column_positions
+from hydra_llm.simulation.flyvis.stimuli import LUMA, column_positions, held_out_split
 
 ENV_VAR = "DATAVIS_ROOT"
-LUMA = np.array([0.299, 0.587, 0.114])
 # The official archive, its size and sha256 as TensorFlow Datasets records them (video/davis/checksums.tsv).
 ARCHIVE_URL = "https://data.vision.ee.ethz.ch/csergi/share/davis/DAVIS-2017-trainval-480p.zip"
 ARCHIVE_SHA256 = "e3d0b5b77c3d031b000a19e0e25e3e2cac65d183755601bc2cf066df1a2aa492"
@@ -81,11 +80,7 @@ def split_videos(
         return train, test
     if len(videos) < 2:
         raise ValueError(f"DAVIS needs >= 2 videos for a train/test split by video, found {len(videos)}")
-    order = np.random.default_rng(seed).permutation(len(videos))
-    n_test = min(len(videos) - 1, max(1, int(round(test_fraction * len(videos)))))
-    test = sorted(videos[i] for i in order[:n_test])
-    train = sorted(videos[i] for i in order[n_test:])
-    return train, test
+    return held_out_split(videos, test_fraction, seed)
 
 
 def lattice_pixels(columns: np.ndarray, kernel_px: int) -> tuple[np.ndarray, int]:
@@ -221,10 +216,7 @@ def download(folder: str | os.PathLike, url: str = ARCHIVE_URL, sha256: str = AR
     pooch.retrieve(
         url, known_hash=f"sha256:{sha256}", fname=Path(ARCHIVE_URL).name, path=folder, processor=unzip
     )
-    unpacked = folder / "unpacked"
-    roots = sorted(p.parent.parent for p in unpacked.glob("*/JPEGImages/480p")) or sorted(
-        p.parent for p in unpacked.glob("JPEGImages/480p")
-    )
+    roots = sorted(frames.parents[1] for frames in (folder / "unpacked").glob("**/JPEGImages/480p"))
     if not roots:
         raise FileNotFoundError(f"the archive {url} holds no JPEGImages/480p folder")
     return find_root(roots[0])

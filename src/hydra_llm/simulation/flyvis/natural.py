@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hydra_llm.simulation.flyvis.stimuli import DIRECTIONS_DEG, SPEEDS, column_positions
+from hydra_llm.simulation.flyvis.stimuli import DIRECTIONS_DEG, LUMA, SPEEDS, column_positions
+from hydra_llm.simulation.flyvis.stimuli import held_out_split as split_images  # noqa: F401 (by image)
 
 FIXATION_S = (0.2, 1.0)  # duration of one drift
 SACCADE_COLUMNS = (3.0, 15.0)  # gaze shift of one saccade
 SACCADE_S = 0.04  # a saccade's duration
-LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def image_dir() -> Path:
@@ -43,13 +43,6 @@ def image_dir() -> Path:
             "pip install scikit-image (it is a dependency of hydra-llm), or use simulation=flyvis_synthetic"
         )
     return folder
-
-
-def split_images(names: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Shuffle the images with ``seed`` and hold out ``test_fraction`` of them (at least one each)."""
-    order = np.random.default_rng(seed).permutation(len(names))
-    n_test = min(len(names) - 1, max(1, int(round(test_fraction * len(names)))))
-    return sorted(names[i] for i in order[n_test:]), sorted(names[i] for i in order[:n_test])
 
 
 @cache
@@ -104,15 +97,15 @@ def gaze_path(n: int, dt: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def natural_clip(
-    columns: np.ndarray,
+    pos: np.ndarray,
     image: np.ndarray,
     n: int,
     dt: float,
     pixels_per_column: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """(n, C) float32: the lattice's view of ``image`` (H, W) along a random gaze path."""
-    pos = column_positions(columns)
+    """(n, C) float32: the lattice's view of ``image`` (H, W) along a random gaze path; ``pos`` (C, 2)
+    are the column positions (:func:`~hydra_llm.simulation.flyvis.stimuli.column_positions`)."""
     image = np.rot90(image, k=int(rng.integers(4)))
     if rng.random() < 0.5:
         image = image[:, ::-1]
@@ -134,11 +127,11 @@ def natural_sequence(
     contrast: float = 0.2,
 ) -> np.ndarray:
     """(n_frames, C) float32 in [0, 1]: clips of random images among ``images``, concatenated."""
-    names = list(images)
+    names, pos = list(images), column_positions(columns)
     clips, total = [], 0
     while total < n_frames:
         n = max(2, int(round(rng.uniform(*clip_s) / dt)))
         image = load_image(names[int(rng.integers(len(names)))], float(pixels_per_column), float(contrast))
-        clips.append(natural_clip(columns, image, n, dt, pixels_per_column, rng))
+        clips.append(natural_clip(pos, image, n, dt, pixels_per_column, rng))
         total += n
     return np.concatenate(clips)[:n_frames]

@@ -10,13 +10,25 @@ left out of training (``ood_families``) gives the out-of-distribution test.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from hydra_llm.simulation.flyvis.dynamics import GREY
 
+T = TypeVar("T")
+
 DIRECTIONS_DEG = np.arange(0, 360, 30)
+LUMA = np.array([0.299, 0.587, 0.114])  # RGB -> luminance, for natural images and videos
 SPEEDS = np.array([2.4, 4.8, 9.7, 13.0, 19.0, 25.0])  # columns/s, flyvis's moving-edge speeds
+
+
+def held_out_split(sources: Sequence[T], test_fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """(train, test): the sources (images or videos) shuffled with ``seed``, ``test_fraction`` of them
+    held out (at least one on each side), each side sorted."""
+    order = np.random.default_rng(seed).permutation(len(sources))
+    n_test = min(len(sources) - 1, max(1, int(round(test_fraction * len(sources)))))
+    return sorted(sources[i] for i in order[n_test:]), sorted(sources[i] for i in order[:n_test])
 
 
 def column_positions(columns: np.ndarray) -> np.ndarray:
