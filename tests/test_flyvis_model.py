@@ -53,11 +53,12 @@ def fit(dm, model, callbacks=()):
     return trainer
 
 
-def test_node_wise_messages_equal_the_per_edge_oracle(data):
+@pytest.mark.parametrize("other", ["edge", "sparse"])
+def test_node_wise_messages_equal_the_per_edge_oracle_and_the_sparse_propagate(data, other):
     torch.manual_seed(0)
     obs = data.observations
     node = FlyvisGNN(obs, training(), hidden_dim=16, hidden_dim_update=16)
-    edge = FlyvisGNN(obs, training(), hidden_dim=16, hidden_dim_update=16, aggregation="edge")
+    edge = FlyvisGNN(obs, training(), hidden_dim=16, hidden_dim_update=16, aggregation=other)
     edge.load_state_dict(node.state_dict())
     with torch.no_grad():
         node.a.normal_()

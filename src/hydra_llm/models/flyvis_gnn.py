@@ -3,9 +3,10 @@
 * ``psi = g_phi^2`` (``g_phi_positive``; plain g_phi otherwise) is the message function below.
 * ``W``: one learnable weight per known connectome edge (E,), aligned with ``Observations.edge_index``.
 * ``g_phi`` depends on the source neuron only, so it is evaluated once per (frame, neuron) and the sum
-  over edges is a gather + ``index_add`` (``aggregation: node``). ``aggregation: edge`` runs the
-  textbook per-edge torch-geometric MessagePassing (one g_phi call per edge); it is the test oracle
-  and the benchmark baseline.
+  over edges is a gather + ``index_add`` (``aggregation: node``). ``aggregation: sparse`` does the same
+  node transform, then torch-geometric's ``propagate`` with a CSR product (the idiomatic layer, the
+  speed baseline); ``aggregation: edge`` runs the textbook per-edge MessagePassing (one g_phi call
+  per edge), the test oracle.
 * ``f_theta``'s output is multiplied by ``yscale`` (std of the recorded training derivative, an
   observable) so the MLP works at unit scale; voltages, messages and input enter unscaled.
 * ``a_i``: per-neuron embeddings (N, embedding_dim), initialised to ones; cell types are never given.
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 
 from hydra_llm.models.frame_gnn import FrameGNN
-from hydra_llm.models.layers import EdgeMessagePassing
+from hydra_llm.models.layers import EdgeMessagePassing, SparsePropagate
 from hydra_llm.models.mlp import MLP
 from hydra_llm.schemas import as_dict, plain, validate
 from hydra_llm.schemas.models import FlyvisModel
@@ -61,8 +62,9 @@ def aggregate_source_messages(
 ) -> torch.Tensor:
     """``psi`` (B, N) per source neuron, ``weight`` (E,), ``edge_index`` (2, E) -> msg (B, N).
 
-    A gather of psi at the sources and an ``index_add`` at the targets: O(B * E) multiply-adds, and
-    about 50x faster than a torch sparse matmul in the backward pass on CPU.
+    A gather of psi at the sources and an ``index_add`` at the targets: O(B * E) multiply-adds. On
+    CPU at extent 8 it is ~80x faster than a torch CSR product in the backward pass, whose weight
+    gradient goes through a dense N x N mask (BENCHMARKS.md, fly visual system).
     """
     contributions = psi.index_select(1, edge_index[0]) * weight
     return torch.zeros_like(psi).index_add_(1, edge_index[1], contributions)
@@ -111,6 +113,7 @@ class FlyvisGNN(FrameGNN):
         self.g_phi = MLP(1 + emb, 1, arch.hidden_dim, arch.n_layers, arch.activation, out_init_std=0.1)
         self.f_theta = MLP(3 + emb, 1, arch.hidden_dim_update, arch.n_layers_update, arch.activation)
         self.edge_oracle = EdgeMessagePassing(self._psi_features)
+        self.sparse_propagate = SparsePropagate(self.edge_index, self.n_neurons)
         self.phase = "joint"
         self._data: dict[str, torch.Tensor] | None = None
 
@@ -142,6 +145,8 @@ class FlyvisGNN(FrameGNN):
         """msg (B, N) for voltages (B, N), with the configured aggregation."""
         if self.aggregation == "node":
             return aggregate_source_messages(self.psi(v), self.W, self.edge_index)
+        if self.aggregation == "sparse":
+            return self.sparse_propagate(self.psi(v).T, self.W).T
         a = self.a.unsqueeze(1).expand(-1, v.shape[0], -1)
         x = torch.cat([v.T.unsqueeze(-1), a], dim=-1)  # (N, B, 1 + emb)
         return self.edge_oracle(x, self.edge_index, self.W).T

@@ -37,9 +37,12 @@ class WInitMode(StrEnum):
 
 
 class MessageAggregation(StrEnum):
-    """node: g_phi once per neuron and a sparse sum; edge: per-edge MessagePassing (the reference)."""
+    """node: g_phi once per neuron, then a gather and an index_add; sparse: g_phi once per neuron, then
+    torch-geometric ``propagate`` with a CSR product (the speed baseline); edge: per-edge MessagePassing
+    (the reference)."""
 
     node = "node"
+    sparse = "sparse"
     edge = "edge"
 
 
