@@ -238,6 +238,29 @@ def test_datamodule_cache_is_reused_and_keyed_by_seed(tmp_path):
     assert torch.equal(first.observations.activity, second.observations.activity)
     # memory-mapped from the file: the children of a sweep that share it share its pages
     assert str(files[0].resolve()) in Path("/proc/self/maps").read_text()
+    # the long recordings were simulated straight into the record folder and are mapped from there
+    record = files[0].with_suffix(".rec")
+    assert sorted(p.name for p in record.iterdir()) == [
+        "activity.npy",
+        "derivative.npy",
+        "extras.ood_activity.npy",
+    ]
+    maps = Path("/proc/self/maps").read_text()
+    assert all(str(p.resolve()) in maps for p in record.iterdir())
+    assert torch.equal(torch.from_numpy(np.load(record / "derivative.npy")), second.observations.derivative)
+    uncached = datamodule(None)
+    uncached.setup()
+    for name in ("activity", "derivative"):
+        assert torch.equal(getattr(uncached.observations, name), getattr(second.observations, name)), name
+    ood = "ood_activity"
+    assert torch.equal(uncached.observations.extras[ood], second.observations.extras[ood])
+    # a run killed while simulating leaves a record folder but no .pt: the next run redoes it
+    files[0].unlink()
+    (record / "activity.npy").unlink()  # a new file: the mapped one stays valid for `first`
+    (record / "activity.npy").write_bytes(b"partial")
+    again = datamodule(tmp_path)
+    again.setup()
+    assert torch.equal(again.observations.activity, first.observations.activity)
     other = datamodule(tmp_path, seed=7)
     other.setup()
     assert len(list(tmp_path.glob("*.pt"))) == 2

@@ -45,6 +45,16 @@ def test_measurement_noise_has_the_asked_std_per_variable_and_its_own_stream():
     assert torch.equal(in_place, noisy)
 
 
+def test_measurement_noise_drawn_in_chunks_is_one_draw_of_the_whole_record():
+    """The noise is drawn 1,024 frames at a time (no (T, N) temporary on a long flyvis record); it must
+    be the stream a single draw gives, so that records, caches and published tables do not change."""
+    record = torch.randn(2_500, 7)
+    std = record.double().std(0).float()
+    gen = torch.Generator().manual_seed(3 + 7919)
+    one_draw = record + torch.randn(record.shape, generator=gen) * (std * 0.2)
+    assert torch.equal(add_measurement_noise(record, 0.2, seed=3), one_draw)
+
+
 @pytest.mark.parametrize("window", [1, 21])
 def test_smoothing_into_given_arrays_gives_the_same_values_without_a_copy(window):
     """``out=(record, derivative)`` (how flyvis records 13,741 neurons x 64,000 frames) writes the smoothed

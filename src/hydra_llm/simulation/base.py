@@ -13,22 +13,25 @@ makes label leakage impossible by construction.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
 from hydra_llm.files import atomic_torch_save
 
 log = logging.getLogger(__name__)
 # Bump when the layout of a cached file changes: older files are then ignored, never misread.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 class IndexedInput:
@@ -150,6 +153,25 @@ class GroundTruth:
         return GroundTruth(tensors=tensors, meta={"garbage": True})
 
 
+@dataclass(frozen=True)
+class _RecordFile:
+    """Stands in the cache's pickle for a recording kept as ``<name>.npy`` in the cache's record folder."""
+
+    name: str
+
+
+def _map_recordings(observations: Observations, fn: Callable[[str, Any], Any]) -> Observations:
+    """``observations`` with ``fn(name, value)`` applied to ``activity``, ``derivative``,
+    ``external_input`` and each ``extras[key]`` (named ``extras.<key>``)."""
+    return dataclasses.replace(
+        observations,
+        activity=fn("activity", observations.activity),
+        derivative=fn("derivative", observations.derivative),
+        external_input=fn("external_input", observations.external_input),
+        extras={key: fn(f"extras.{key}", value) for key, value in observations.extras.items()},
+    )
+
+
 def config_hash(params: Mapping[str, Any], length: int = 16) -> str:
     """Stable hex digest of a JSON-serialisable mapping (used as the data-cache key)."""
     blob = json.dumps(params, sort_keys=True, default=str).encode()
@@ -165,12 +187,18 @@ class SimulationDataModule(pl.LightningDataModule):
 
     The cache holds one file per key (the class name and a hash of :meth:`cache_key_params`, which
     includes the seed). Sweep children that share a key simulate once: the first takes a file lock,
-    simulates and writes atomically; the others wait for it and load its file.
+    simulates and writes atomically; the others wait for it and load its file. A regime whose
+    recordings are long allocates them with :meth:`recording`: while the cache is written they are
+    ``.npy`` files in the record folder next to it (``<key>.rec/``), filled in place, so the recording
+    lives in the page cache rather than in the process's private memory, and the ``.pt`` file that
+    completes the entry refers to them by name.
     """
 
     observations: Observations
     ground_truth: GroundTruth
     cache_dir: str | Path | None = None
+    _record_dir: Path | None = None
+    _recordings: dict[str, torch.Tensor] | None = None
 
     def simulate(self) -> tuple[Observations, GroundTruth]:
         raise NotImplementedError
@@ -184,6 +212,23 @@ class SimulationDataModule(pl.LightningDataModule):
             return None
         key = {"cache_format": CACHE_FORMAT, **self.cache_key_params()}
         return Path(cache_dir) / f"{type(self).__name__}-{config_hash(key)}.pt"
+
+    def recording(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """An uninitialised float32 tensor of ``shape`` for the recording that ``simulate`` returns as
+        ``name`` (``activity``, ``derivative``, ``external_input`` or ``extras.<key>``).
+
+        While the cache is written it maps ``<name>.npy`` in the record folder, so it never takes
+        private memory; otherwise it is plain memory.
+        """
+        if self._record_dir is None or self._recordings is None:
+            return torch.empty(shape, dtype=torch.float32)
+        self._record_dir.mkdir(exist_ok=True)
+        array = np.lib.format.open_memmap(
+            self._record_dir / f"{name}.npy", mode="w+", dtype=np.float32, shape=tuple(shape)
+        )
+        tensor = torch.from_numpy(array)
+        self._recordings[name] = tensor
+        return tensor
 
     def prepare_data(self) -> None:
         """Simulate once into the cache (no-op when its file exists)."""
@@ -217,15 +262,40 @@ class SimulationDataModule(pl.LightningDataModule):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{path}.lock"):
-            if not path.is_file():  # another child may have written it while we waited
+            if path.is_file():  # another child may have written it while we waited
+                return
+            record_dir = path.with_suffix(".rec")
+            shutil.rmtree(record_dir, ignore_errors=True)  # left by a run killed while simulating
+            self._record_dir, self._recordings = record_dir, {}
+            try:
                 observations, truth = self.simulate()
-                atomic_torch_save({"observations": observations, "ground_truth": truth}, path)
+                observations = _map_recordings(observations, self._record_file)
+            finally:
+                self._record_dir, self._recordings = None, None
+            atomic_torch_save({"observations": observations, "ground_truth": truth}, path)
+
+    def _record_file(self, name: str, value: Any) -> Any:
+        """``_RecordFile(name)`` when ``value`` is the whole tensor allocated as ``name`` (its file is
+        written through the shared mapping); anything else is pickled as it is."""
+        kept = (self._recordings or {}).get(name)
+        if not (isinstance(value, torch.Tensor) and kept is not None):
+            return value
+        if value.data_ptr() != kept.data_ptr() or value.shape != kept.shape:
+            return value
+        return _RecordFile(name)
 
     @staticmethod
     def _load_cache(path: Path) -> tuple[Observations, GroundTruth]:
-        """The data of ``path``, its tensors memory-mapped from the file (read-only pages of the page
-        cache): the children of a sweep that share a cache file share one copy of the recording in RAM,
-        and the child that simulated it gives its own copy back once the file is written."""
+        """The data of ``path``, its tensors memory-mapped from the file and the record folder (pages of
+        the page cache, copy-on-write): the children of a sweep that share a cache entry share one copy
+        of the recording in RAM, and the child that simulated it keeps no private copy."""
         blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        record_dir = path.with_suffix(".rec")
+
+        def load(name: str, value: Any) -> Any:
+            if not isinstance(value, _RecordFile):
+                return value
+            return torch.from_numpy(np.load(record_dir / f"{value.name}.npy", mmap_mode="c"))
+
         log.info("data loaded from cache %s", path)
-        return blob["observations"], blob["ground_truth"]
+        return _map_recordings(blob["observations"], load), blob["ground_truth"]

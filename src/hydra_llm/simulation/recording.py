@@ -28,6 +28,10 @@ import torch
 
 SAVGOL_ORDER = 3
 _COLUMNS_PER_CHUNK = 2048  # savgol works in float64; chunks keep a (T, N) record of 13k neurons small
+# Noise is drawn 1,024 frames at a time. torch's CPU randn fills blocks of 16 values, so chunks of
+# 1,024 x N values continue one stream: the noise is the same as one draw of the whole record's shape
+# (tests/test_recording.py checks it), and the cached and published figures stay reproducible.
+_FRAMES_PER_CHUNK = 1024
 
 
 def add_measurement_noise(
@@ -49,9 +53,13 @@ def add_measurement_noise(
             for c in range(0, record.shape[1], _COLUMNS_PER_CHUNK)
         ]
     )
-    noisy = torch.randn(record.shape, generator=gen, dtype=record.dtype)
-    noisy.mul_(std.to(record.dtype) * float(level))
-    return record.add_(noisy) if inplace else noisy.add_(record)  # one (T, N) allocation
+    scale = std.to(record.dtype) * float(level)
+    out = record if inplace else torch.empty_like(record)
+    for t in range(0, record.shape[0], _FRAMES_PER_CHUNK):  # no (T, N) temporary when in place
+        rows = slice(t, t + _FRAMES_PER_CHUNK)
+        noise = torch.randn(record[rows].shape, generator=gen, dtype=record.dtype).mul_(scale)
+        torch.add(record[rows], noise, out=out[rows])
+    return out
 
 
 def smooth_and_differentiate(

@@ -242,13 +242,16 @@ class FlyvisDataModule(SimulationDataModule):
         out-of-distribution activity (T_ood, N), float32, from the column movies of the training,
         held-out and out-of-distribution recordings.
 
-        One (T, N) array each for the voltages and their derivative, and nothing else of that size:
-        the recordings are simulated into slices of one array, and noise and smoothing work in place.
+        One (T, N) array each for the voltages and their derivative (:meth:`recording`: files of the
+        cache while it is written), and nothing else of that size: the recordings are simulated into
+        slices of one array, and noise and smoothing work in place.
         """
         train_stim, test_stim, ood_stim = stimuli
-        n_train, n_test = train_stim.shape[0], test_stim.shape[0]
-        activity = np.empty((n_train + n_test, ode.n_neurons), dtype=np.float32)
-        ood_activity = np.empty((ood_stim.shape[0], ode.n_neurons), dtype=np.float32)
+        n_train, n_test, n = train_stim.shape[0], test_stim.shape[0], ode.n_neurons
+        activity_t = self.recording("activity", (n_train + n_test, n))
+        derivative = self.recording("derivative", (n_train + n_test, n))
+        ood_t = self.recording("extras.ood_activity", (ood_stim.shape[0], n))
+        activity, ood_activity = activity_t.numpy(), ood_t.numpy()
         recordings = (
             (train_stim, self.noise_model_level, activity[:n_train]),
             (test_stim, 0.0, activity[n_train:]),
@@ -263,8 +266,6 @@ class FlyvisDataModule(SimulationDataModule):
             add_measurement_noise(
                 torch.from_numpy(voltages), self.measurement_noise_level, self.seed + index, inplace=True
             )
-        activity_t, ood_t = torch.from_numpy(activity), torch.from_numpy(ood_activity)
-        derivative = torch.empty_like(activity_t)
         for part in (slice(0, n_train), slice(n_train, None)):  # each recording differentiated alone
             voltages = activity_t[part]
             smooth_and_differentiate(
