@@ -114,22 +114,46 @@ def bench_step(extent: int, batch: int, repeats: int, steps: int) -> None:
     )
 
 
-def least_squares_ceiling(obs, gt) -> float:
+def least_squares_ceiling(obs, gt, max_frames: int = 20_000) -> float:
     """Identifiability reference: per-neuron least squares of the recorded dv/dt on the true functional
-    form [relu(v_j) for the known inputs j, v_i, I_i, 1], scaled by the true tau; returns the R2 (with
-    the same |error| > 5 outlier rule) of those weights. A diagnostic loop over neurons, not a hot path."""
+    form [relu(v_j) for the known inputs j, v_i, I_i, 1], scaled by the true tau, over the first
+    ``max_frames`` training frames; returns the R2 (with the same |error| > 5 outlier rule) of those
+    weights. A diagnostic loop over neurons, not a hot path: it gathers each neuron's columns in
+    float32 and never copies the whole record."""
     from hydra_llm.evaluation.metrics import r2_slope
+    from hydra_llm.simulation.base import IndexedInput
 
-    n = obs.n_train_frames
-    v, d = obs.activity[:n].double().numpy(), obs.derivative[:n].double().numpy()
-    inp = obs.external_input[:n].double().numpy()
+    n = min(obs.n_train_frames, max_frames)
+    v, d = obs.activity[:n], obs.derivative[:n]
+    inputs = obs.external_input
+    if isinstance(inputs, IndexedInput):
+        channel = dict(zip(inputs.neuron.tolist(), inputs.channel.tolist(), strict=True))
+        values = inputs.values[:n]
+
+        def input_of(i: int) -> np.ndarray:
+            return values[:, channel[i]].double().numpy() if i in channel else np.zeros(n)
+    else:
+
+        def input_of(i: int) -> np.ndarray:
+            return inputs[:n, i].double().numpy()
+
     src, tgt = obs.edge_index.numpy()
     tau, true = gt["tau"].double().numpy(), gt["W"].double().numpy()
+    order = np.argsort(tgt, kind="stable")
+    bounds = np.searchsorted(tgt[order], np.arange(obs.n_neurons + 1))
     est = np.zeros(len(src))
     for i in range(obs.n_neurons):
-        e = np.flatnonzero(tgt == i)
-        x = np.column_stack([np.maximum(v[:, src[e]], 0), v[:, i], inp[:, i], np.ones(n)])
-        est[e] = np.linalg.lstsq(x, d[:, i], rcond=None)[0][: len(e)] * tau[i]
+        e = order[bounds[i] : bounds[i + 1]]
+        sources = torch.from_numpy(src[e]).long()
+        x = np.column_stack(
+            [
+                np.maximum(v.index_select(1, sources).double().numpy(), 0),
+                v[:, i].double().numpy(),
+                input_of(i),
+                np.ones(n),
+            ]
+        )
+        est[e] = np.linalg.lstsq(x, d[:, i].double().numpy(), rcond=None)[0][: len(e)] * tau[i]
     keep = np.abs(est - true) <= 5.0
     return r2_slope(true[keep], est[keep])[0]
 

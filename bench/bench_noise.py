@@ -57,7 +57,7 @@ REGIMES = {
 DEFAULT_WINDOWS = {0.0: 1, 0.01: 21, 0.05: 41, 0.1: 61, 0.2: 101}
 
 
-def command(regime: str, level: float, window: int, seed: int, extra: list[str], out: Path) -> list[str]:
+def command(regime: str, level: float, window: str, seed: int, extra: list[str], out: Path) -> list[str]:
     return [
         sys.executable,
         str(ROOT / "train.py"),
@@ -101,12 +101,12 @@ def main() -> None:
     parser.add_argument("--regime", choices=sorted(REGIMES), default="signal")
     parser.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
-    parser.add_argument("--windows", type=int, nargs="+", help="one smoothing window per level")
+    parser.add_argument("--windows", nargs="+", help="one smoothing window per level: frames, or auto")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_noise")
     args = parser.parse_args()
-    windows = args.windows or [DEFAULT_WINDOWS.get(level, 61) for level in args.levels]
+    windows = args.windows or [str(DEFAULT_WINDOWS.get(level, 61)) for level in args.levels]
     if len(windows) != len(args.levels):
         parser.error("--windows needs one value per level")
 
@@ -133,7 +133,7 @@ def main() -> None:
         cells = [cell([r[n] for r in rows if n in r]) for n in names]
         cmd = " ".join(
             ["python train.py", *spec["overrides"], f"simulation.measurement_noise_level={level}"]
-            + ([f"simulation.smoothing_window={window}"] if window != 1 else [])
+            + ([f"simulation.smoothing_window={window}"] if window != "1" else [])
             + ["simulation.seed=S training.seed=S", *args.extra]
         )
         lines.append(f"| {level} | {window} | {' | '.join(cells)} | `{cmd}` |")

@@ -9,7 +9,14 @@ import torch
 
 from hydra_llm.simulation.flyvis import FlyvisDataModule
 from hydra_llm.simulation.metabolism import MetabolismDataModule
-from hydra_llm.simulation.recording import add_measurement_noise, smooth_and_differentiate
+from hydra_llm.simulation.recording import (
+    NOISE_FLOOR,
+    WINDOW_GRID,
+    add_measurement_noise,
+    choose_window,
+    measurement_noise_estimate,
+    smooth_and_differentiate,
+)
 from hydra_llm.simulation.signal import SignalDataModule
 from tests.test_blindness import FLYVIS_TINY
 
@@ -91,6 +98,53 @@ def test_bad_recording_keys_fail_before_simulating(regime, key, value):
     cls, base = REGIMES[regime]
     with pytest.raises(ValueError, match=rf"^simulation\.{key}={value}: must be"):
         cls(**{**base, key: value})
+
+
+@pytest.mark.parametrize("regime", ["signal", "metabolism"])
+def test_auto_smoothing_is_accepted_where_the_dynamics_are_slow_and_refused_by_flyvis(regime):
+    cls, base = REGIMES[regime]
+    cls(**{**base, "smoothing_window": "auto"})
+    with pytest.raises(ValueError, match=r"^simulation\.smoothing_window='smooth': must be 1, .* or 'auto'$"):
+        cls(**{**base, "smoothing_window": "smooth"})
+    flyvis_cls, flyvis = REGIMES["flyvis"]
+    with pytest.raises(ValueError, match=r"^simulation\.smoothing_window='auto': .*this regime's are not\)$"):
+        flyvis_cls(**{**flyvis, "smoothing_window": "auto"})
+
+
+@pytest.mark.parametrize("process_noise", [0.0, 1.0])
+def test_the_measurement_noise_is_estimated_from_the_record_alone(process_noise):
+    """The default signal network's record with and without process noise: the estimate finds the
+    measurement noise that was added (in units of each neuron's std) and none when there is none."""
+    dm = SignalDataModule(n_frames=6000, noise_model_level=process_noise, seed=42)
+    dm.setup()
+    clean = dm.observations.activity.double()
+    assert measurement_noise_estimate(clean) < NOISE_FLOOR
+    for level in (0.02, 0.1, 0.2):
+        estimate = measurement_noise_estimate(add_measurement_noise(clean, level, seed=42))
+        assert estimate == pytest.approx(level, rel=0.1)
+
+
+def test_auto_window_is_near_the_best_for_the_derivative_and_keeps_noise_free_records_raw():
+    """On the default signal network, the window chosen from the noisy record alone gives a derivative
+    error within 1.2x of the best window of the grid (judged against the noise-free record's forward
+    difference, which is exact for the Euler-integrated, noise-free dynamics)."""
+    dm = SignalDataModule(n_frames=6000, noise_model_level=0.0, seed=42)
+    dm.setup()
+    clean, dt = dm.observations.activity.double(), dm.observations.dt
+    truth = dm.observations.derivative.double()[:-1]
+    assert choose_window(clean) == 1
+    for level in (0.05, 0.2):
+        noisy = add_measurement_noise(clean, level, seed=42)
+        error = {
+            w: float(((smooth_and_differentiate(noisy, dt, w)[1][:-1] - truth) ** 2).mean())
+            for w in WINDOW_GRID
+        }
+        chosen = choose_window(noisy)
+        assert chosen % 2 == 1 and chosen > 5
+        chosen_error = float(((smooth_and_differentiate(noisy, dt, chosen)[1][:-1] - truth) ** 2).mean())
+        assert chosen_error <= 1.2 * min(error.values()), (level, chosen, chosen_error, error)
+        auto_activity, auto_derivative = smooth_and_differentiate(noisy, dt, "auto")
+        assert torch.equal(auto_derivative, smooth_and_differentiate(noisy, dt, chosen)[1])
 
 
 def test_savitzky_golay_beats_the_forward_difference_under_measurement_noise():

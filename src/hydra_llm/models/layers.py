@@ -135,12 +135,11 @@ class SparsePropagate(MessagePassing):
 
     def __init__(self, edge_index: torch.Tensor, n_nodes: int) -> None:
         super().__init__(aggr="sum")
-        source, target = edge_index[0].long(), edge_index[1].long()
-        order = torch.argsort(target * n_nodes + source)
-        self.n_nodes = int(n_nodes)
-        self.register_buffer("order", order, persistent=False)
-        self.register_buffer("crow", _crow(target[order], n_nodes), persistent=False)
-        self.register_buffer("col", source[order], persistent=False)
+        graph = EdgeGraph(edge_index, n_nodes)
+        self.n_nodes = graph.n_nodes
+        self.register_buffer("order", graph.order, persistent=False)
+        self.register_buffer("crow", graph.crow, persistent=False)
+        self.register_buffer("col", graph.source, persistent=False)
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         n = self.n_nodes

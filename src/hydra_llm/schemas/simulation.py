@@ -22,18 +22,19 @@ class ConnectivityType(StrEnum):
     low_rank = "low_rank"
 
 
-def check_recording(options: Any) -> None:
+def check_recording(options: Any, auto: bool = True) -> None:
     """The keys every regime shares for what is recorded: ``measurement_noise_level`` and
-    ``smoothing_window`` (1, or odd in [5, n_frames])."""
+    ``smoothing_window`` (1, odd in [5, n_frames], or ``auto`` where the regime allows it)."""
     non_negative(options, "measurement_noise_level")
     window = options.smoothing_window
-    if window != 1 and (window < 5 or window % 2 == 0 or window > options.n_frames):
-        fail(
-            options,
-            "smoothing_window",
-            window,
-            f"must be 1 or an odd integer in [5, n_frames={options.n_frames}]",
-        )
+    allowed = f"1, an odd integer in [5, n_frames={options.n_frames}]" + (
+        " or 'auto'" if auto else " ('auto' assumes dynamics smooth over a few frames; this regime's are not)"
+    )
+    if isinstance(window, str):
+        if window != "auto" or not auto:
+            fail(options, "smoothing_window", window, f"must be {allowed}")
+    elif window != 1 and (window < 5 or window % 2 == 0 or window > options.n_frames):
+        fail(options, "smoothing_window", window, f"must be {allowed}")
 
 
 @dataclass
@@ -65,7 +66,7 @@ class SignalSimulation:
     Dale_law_factor: float = 0.5  # fraction of excitatory presynaptic neurons
     noise_model_level: float = 0.0  # process-noise sigma: each Euler step adds sigma * sqrt(dt) * N(0, 1)
     measurement_noise_level: float = 0.0  # added to the record, in units of each recorded variable's std
-    smoothing_window: int = 1  # 1: the raw record; odd >= 5: Savitzky-Golay frames (simulation/recording.py)
+    smoothing_window: int | str = 1  # 1: raw; odd >= 5: Savitzky-Golay frames; auto (recording.py)
     structure_known: bool = False  # true: the true edge set is observed and W is learned on it only
     seed: int = 42
 
@@ -140,7 +141,7 @@ class MetabolismSimulation:
     flux_limit: bool = False  # rescale rates so that no substrate goes below zero within one step
     stoichiometry_known: bool = True  # S and substrate orders are observed (the model needs them)
     measurement_noise_level: float = 0.0  # added to the record, in units of each recorded variable's std
-    smoothing_window: int = 1  # 1: the raw record; odd >= 5: Savitzky-Golay frames (simulation/recording.py)
+    smoothing_window: int | str = 1  # 1: raw; odd >= 5: Savitzky-Golay frames; auto (recording.py)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -328,7 +329,7 @@ class FlyvisSimulation:
     delta_t: float = 0.02  # s (flyvis trains at 1/50)
     noise_model_level: float = 0.05  # process noise per Euler step; the studied values are 0, 0.05, 0.5
     measurement_noise_level: float = 0.0  # added to the record, in units of each neuron's voltage std
-    smoothing_window: int = 1  # 1: the raw record; odd >= 5: Savitzky-Golay frames (simulation/recording.py)
+    smoothing_window: int | str = 1  # 1: raw; odd >= 5: Savitzky-Golay frames; no auto (recording.py)
     clamp_tau: bool = True  # tau_eff = max(tau, dt), as flyvis does
     warmup_s: float = 2.0  # grey (0.5) warm-up to steady state, not recorded
     seed: int = 42
@@ -341,4 +342,4 @@ class FlyvisSimulation:
         at_least_one(self, "n_ood_frames")
         positive(self, "delta_t")
         non_negative(self, "noise_model_level", "warmup_s")
-        check_recording(self)
+        check_recording(self, auto=False)  # time constants down to dt: see simulation/recording.py
