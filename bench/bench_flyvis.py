@@ -206,6 +206,8 @@ def bench_recovery(
         "connectivity_R2",
         "connectivity_slope",
         "connectivity_R2_identity",
+        "connectivity_R2_trimmed_oracle",
+        "connectivity_outlier_fraction",
         "tau_R2",
         "V_rest_R2",
         "connectivity_R2_local",

@@ -187,5 +187,5 @@ def test_the_noisy_preset_records_with_noise_and_smooths(tmp_path):
     from tests.test_train_run import compose_quiet
 
     sim = compose_quiet(tmp_path, "simulation=signal_noisy").simulation
-    assert (sim.measurement_noise_level, sim.smoothing_window, sim.n_frames) == (0.1, 61, 20000)
+    assert (sim.measurement_noise_level, sim.smoothing_window, sim.n_frames) == (0.1, "auto", 20000)
     assert get_class(sim._target_) is SignalDataModule

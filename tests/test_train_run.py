@@ -115,7 +115,7 @@ def test_bad_simulation_value_fails_before_training(tmp_path):
     [
         # python train.py: 100 neurons, 4 types, 10k frames
         ([], {"connectivity_R2": 0.95, "tau_R2": 0.9, "cluster_accuracy": 0.95}),
-        # the default network with measurement noise 0.1, window 61, 20k frames
+        # the default network with measurement noise 0.1, window auto, 20k frames
         (
             ["simulation=signal_noisy"],
             {"connectivity_R2": 0.9, "connectivity_R2_identity": 0.9, "tau_R2": 0.9, "cluster_accuracy": 0.9},
