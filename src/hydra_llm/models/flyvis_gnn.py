@@ -113,7 +113,10 @@ class FlyvisGNN(FrameGNN):
         self.g_phi = MLP(1 + emb, 1, arch.hidden_dim, arch.n_layers, arch.activation, out_init_std=0.1)
         self.f_theta = MLP(3 + emb, 1, arch.hidden_dim_update, arch.n_layers_update, arch.activation)
         self.edge_oracle = EdgeMessagePassing(self._psi_features)
-        self.sparse_propagate = SparsePropagate(self.edge_index, self.n_neurons)
+        # built only when used: it sorts the E edges into a CSR layout
+        self.sparse_propagate = (
+            SparsePropagate(self.edge_index, self.n_neurons) if self.aggregation == "sparse" else None
+        )
         self.phase = "joint"
         self._data: dict[str, torch.Tensor] | None = None
 
