@@ -70,6 +70,7 @@ def test_observations_hold_no_hidden_parameter():
         "derivative",
         "dt",
         "n_train_frames",
+        "smoothing_window",
         "edge_index",
         "external_input",
         "extras",

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from hydra_llm.simulation import recording
 from hydra_llm.simulation.flyvis import FlyvisDataModule
 from hydra_llm.simulation.metabolism import MetabolismDataModule
 from hydra_llm.simulation.recording import (
@@ -145,6 +146,26 @@ def test_auto_window_is_near_the_best_for_the_derivative_and_keeps_noise_free_re
         assert chosen_error <= 1.2 * min(error.values()), (level, chosen, chosen_error, error)
         auto_activity, auto_derivative = smooth_and_differentiate(noisy, dt, "auto")
         assert torch.equal(auto_derivative, smooth_and_differentiate(noisy, dt, chosen)[1])
+
+
+@pytest.mark.parametrize("regime", ["signal", "metabolism"])
+def test_the_auto_window_is_stored_with_the_record_and_read_from_the_cache(regime, tmp_path, monkeypatch):
+    """The window ``auto`` chose is part of the Observations, so a run that loads the cache reports the
+    window its data was smoothed with without choosing it again."""
+    options = dict(measurement_noise_level=0.1, smoothing_window="auto", cache_dir=str(tmp_path))
+    first, _ = observations(regime, **options)
+    assert first.smoothing_window % 2 == 1 and first.smoothing_window >= 5
+
+    def never(record):
+        raise AssertionError("the window was chosen again instead of read from the cache")
+
+    monkeypatch.setattr(recording, "choose_window", never)
+    again, _ = observations(regime, **options)
+    assert again.smoothing_window == first.smoothing_window
+    assert torch.equal(again.derivative, first.derivative)
+    fixed, _ = observations(regime, measurement_noise_level=0.1, smoothing_window=first.smoothing_window)
+    assert torch.equal(fixed.derivative, first.derivative)
+    assert observations("flyvis", smoothing_window=5)[0].smoothing_window == 5
 
 
 def test_savitzky_golay_beats_the_forward_difference_under_measurement_noise():

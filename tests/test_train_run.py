@@ -76,6 +76,7 @@ def check_job_folder(metrics: dict[str, float], out: Path) -> None:
         "embeddings.png",
     } <= plots
     assert 0.0 <= metrics["cluster_accuracy"] <= 1.0 and metrics["final_loss"] > 0
+    assert metrics["smoothing_window"] >= 1  # the frames the record was smoothed over (1: raw)
 
 
 def test_run_without_logger(tmp_path):

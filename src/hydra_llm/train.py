@@ -209,6 +209,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         metrics["final_loss"] = float(getattr(model, "final_loss", math.nan))
         metrics["training_time_min"] = training_time_min
+        metrics["smoothing_window"] = observations.smoothing_window
         metrics = finite_metrics(metrics)
 
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -31,7 +31,7 @@ from hydra_llm.files import atomic_torch_save
 
 log = logging.getLogger(__name__)
 # Bump when the layout of a cached file changes: older files are then ignored, never misread.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 
 
 class IndexedInput:
@@ -106,6 +106,8 @@ class Observations:
             when it reaches few neurons), or None.
         extras: regime-specific recordings (e.g. a known stoichiometry, flyvis's out-of-distribution
             recording and its IndexedInput), never hidden parameters.
+        smoothing_window: the Savitzky-Golay window (frames) that ``activity`` and ``derivative`` were
+            computed with, 1 for the raw record (what ``simulation.smoothing_window: auto`` chose).
     """
 
     activity: torch.Tensor
@@ -115,6 +117,7 @@ class Observations:
     edge_index: torch.Tensor | None = None
     external_input: torch.Tensor | IndexedInput | None = None
     extras: Mapping[str, torch.Tensor | IndexedInput] = field(default_factory=dict)
+    smoothing_window: int = 1
 
     @property
     def n_frames(self) -> int:

@@ -37,7 +37,7 @@ from hydra_llm.schemas import validate
 from hydra_llm.schemas.simulation import MetabolismSimulation
 from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
 from hydra_llm.simulation.frames import start_frame_loader
-from hydra_llm.simulation.recording import add_measurement_noise, smooth_and_differentiate
+from hydra_llm.simulation.recording import add_measurement_noise, resolve_window, smooth_and_differentiate
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,8 @@ class MetabolismDataModule(SimulationDataModule):
         )
 
         record = add_measurement_noise(traj, self.measurement_noise_level, self.seed)
-        activity, derivative = smooth_and_differentiate(record, dt, self.smoothing_window)
+        window = resolve_window(record, self.smoothing_window)
+        activity, derivative = smooth_and_differentiate(record, dt, window)
         activity = activity.to(torch.float32)
         # the last frame has no successor; keep it out of training
         n_train = max(2, min(self.n_frames - 1, int(self.train_fraction * self.n_frames)))
@@ -277,6 +278,7 @@ class MetabolismDataModule(SimulationDataModule):
             n_train_frames=n_train,
             edge_index=None,
             extras=extras,
+            smoothing_window=window,
         )
         gt = GroundTruth(
             tensors={

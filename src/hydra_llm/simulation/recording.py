@@ -140,6 +140,13 @@ def choose_window(record: torch.Tensor, max_frames: int = 20_000, max_columns: i
     return window
 
 
+def resolve_window(record: torch.Tensor, window: int | str) -> int:
+    """The number of frames ``smoothing_window`` stands for on ``record`` (T, N): ``window`` itself, or
+    for ``"auto"`` the one :func:`choose_window` picks. Regimes store it in
+    :attr:`~hydra_llm.simulation.base.Observations.smoothing_window`, so a cached record keeps it."""
+    return choose_window(record) if window == AUTO else int(window)
+
+
 def smooth_and_differentiate(
     record: torch.Tensor,
     dt: float,
@@ -157,8 +164,7 @@ def smooth_and_differentiate(
     ``out``: CPU tensors (T, N) to write the activity and the derivative into; the activity's may be
     ``record`` itself, so that a long record costs one more (T, N) array and no temporary.
     """
-    if window == AUTO:
-        window = choose_window(record)
+    window = resolve_window(record, window)
     activity, derivative = out if out is not None else (None, torch.empty_like(record))
     if window == 1 or record.shape[0] < 2:
         if activity is not None and activity is not record:

@@ -41,7 +41,7 @@ from hydra_llm.schemas import validate
 from hydra_llm.schemas.simulation import SignalSimulation
 from hydra_llm.simulation.base import GroundTruth, Observations, SimulationDataModule
 from hydra_llm.simulation.frames import FrameSampling, frame_loader
-from hydra_llm.simulation.recording import add_measurement_noise, smooth_and_differentiate
+from hydra_llm.simulation.recording import add_measurement_noise, resolve_window, smooth_and_differentiate
 
 # CSR products are what we rely on; torch flags them as beta on every first use.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -124,7 +124,8 @@ class SignalDataModule(SimulationDataModule):
             W, tau, s, g, self.delta_t, self.n_frames + 1, self.burn_in_frames, self.noise_model_level, gen
         )
         record = add_measurement_noise(states, self.measurement_noise_level, self.seed)
-        activity, derivative = smooth_and_differentiate(record, self.delta_t, self.smoothing_window)
+        window = resolve_window(record, self.smoothing_window)
+        activity, derivative = smooth_and_differentiate(record, self.delta_t, window)
         edge_index = edge_index_of(W)
         n_train = int(round(self.n_frames * (1.0 - self.test_fraction)))
         observations = Observations(
@@ -133,6 +134,7 @@ class SignalDataModule(SimulationDataModule):
             dt=self.delta_t,
             n_train_frames=n_train,
             edge_index=edge_index.clone() if self.structure_known else None,
+            smoothing_window=window,
         )
         truth = GroundTruth(
             tensors={

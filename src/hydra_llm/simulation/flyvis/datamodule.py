@@ -212,6 +212,7 @@ class FlyvisDataModule(SimulationDataModule):
             edge_index=torch.from_numpy(np.stack([connectome.edge_src, connectome.edge_tgt])).long(),
             external_input=ode.input_movie(np.concatenate([train_stim, test_stim])),
             extras={"ood_activity": ood_activity, "ood_external_input": ode.input_movie(ood_stim)},
+            smoothing_window=int(self.smoothing_window),  # flyvis refuses "auto"
         )
         ground_truth = GroundTruth(
             tensors={
