@@ -200,6 +200,33 @@ def test_metrics_recover_the_truth_from_the_true_model(data, tmp_path):
         assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000
 
 
+class NonDecayingNeuron(TrueModel):
+    """The true model, except that neuron ``k``'s voltage no longer decays: its f has slope +1e-3 / tau."""
+
+    def __init__(self, obs, gt, n_types, k):
+        super().__init__(obs, gt, n_types)
+        self.decay = torch.ones(obs.n_neurons)
+        self.decay[k] = -1e-3
+
+    def f(self, v, msg, inp):
+        return (-self.decay * v + self.V_rest + msg + inp) / self.tau
+
+
+def test_a_neuron_whose_learned_decay_crosses_zero_keeps_its_weights_bounded(data):
+    """W* and V_rest use the clipped tau_hat (1 s where f does not decay), not a division by the slope:
+    the incoming weights of that one neuron are off by 1 / tau instead of by -1 / (1e-3 / tau)."""
+    obs, gt = data.observations, data.ground_truth
+    tgt = obs.edge_index[1]
+    incoming = torch.bincount(tgt, weights=gt["W"].abs(), minlength=obs.n_neurons)
+    k = int(torch.argmax(incoming * gt["tau"]))  # the largest tau among neurons with real inputs
+    corrected = corrected_weights(NonDecayingNeuron(obs, gt, 5, k), obs)["line"]
+    assert corrected["slope_f"][k] > 0 and corrected["tau_hat"][k] == 1.0
+    into_k = tgt == k
+    assert torch.allclose(corrected["W_star"][~into_k], gt["W"][~into_k], atol=1e-3)
+    assert torch.allclose(corrected["W_star"][into_k], gt["W"][into_k] / gt["tau"][k], rtol=1e-3, atol=1e-4)
+    assert corrected["V_rest_hat"][k] == pytest.approx(float(gt["V_rest"][k] / gt["tau"][k]), rel=1e-3)
+
+
 def test_metrics_of_an_untrained_model_are_poor(data, tmp_path):
     torch.manual_seed(0)
     model = FlyvisGNN(data.observations, training(), hidden_dim=16, hidden_dim_update=16)

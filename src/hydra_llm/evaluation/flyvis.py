@@ -8,12 +8,17 @@ The GNN learns ``msg_i = sum_e W_e psi(v_j)`` and ``dv_i/dt = f(v_i, msg_i, I_i)
   ``tau_R2`` and ``V_rest_R2``; the local linearisation ``f ~ s v + g msg + k I + c`` at the recorded
   state (medians over 8 training frames; it does not extrapolate f to msg = 0, a state few neurons
   visit) gives the same metrics with the suffix ``_local`` and feeds the clustering features.
-  tau_i = -1 / s_i (clipped to [0, 1] s), V_rest_i = -c_i / s_i;
+  tau_i = -1 / s_i clipped to [0, 1] s (1 where s_i >= 0: f does not decay), V_rest_i = c_i tau_i;
 * ``psi(v_j) ~ slope_g_j relu(v_j)`` on [max(mu - 2 sigma, 0), mu + 2 sigma] (slope 1 for neurons
   that never rise above 0: their outgoing weights are invisible to the data);
 * ``g_i = df/dmsg``, the median over the same 8 frames (autograd on real forward passes);
 
-so the weight in the units of the simulator is ``W*_e = -W_e * g_i * slope_g_j / s_i``.
+so the weight in the units of the simulator is ``W*_e = W_e * g_i * slope_g_j * tau_i``. The original
+divides by s_i instead (``-W_e g_i slope_g_j / s_i``, and ``V_rest_i = -c_i / s_i``): the same wherever
+tau_i needs no clip, but one neuron whose learned decay crosses zero then sends all its incoming
+weights to hundreds (at extent 8, step 4,000 of ``bench/bench_flyvis.py recovery``, one neuron with
+s_i = 0.004 took ``connectivity_R2`` from 0.83 to 0.10). With the clipped tau_i, which ``tau_R2``
+reports anyway, W* and V_rest stay bounded and read nothing from the answer.
 ``connectivity_R2`` is the slope-invariant R2 of W* vs the true w on every edge; ``*_R2_identity`` is
 agreement with the identity line. The original dropped the edges with |W* - w| > ``outlier_threshold``
 first: a choice made with the answer, so that number is ``connectivity_R2_trimmed_oracle`` (and
@@ -144,8 +149,9 @@ def corrected_weights(
     ``line``, the original's read-out: the self-decay slope s_i and offset of f come from the line
     through f(v, msg=0, I=0). ``local``: from the local linearisation at recorded states instead
     (msg = 0 is rarely visited by a real neuron, and the line extrapolates f there). For the true
-    model both give s = -1/tau and V_rest. g_i and psi's slope are shared by both. ``span``: the
-    training voltages' :class:`NeuronRange`, computed here when not given.
+    model both give s = -1/tau and V_rest. g_i and psi's slope are shared by both; W* and V_rest use
+    the clipped tau_hat. ``span``: the training voltages' :class:`NeuronRange`, computed here when not
+    given.
     """
     if span is None:
         span = NeuronRange.of(observations.activity[: observations.n_train_frames])
@@ -156,10 +162,10 @@ def corrected_weights(
     decay = {"line": f_theta_line(model, span), "local": (local["slope_v"], local["constant"])}
     out = {}
     for name, (slope_f, offset_f) in decay.items():
-        W_star = -W * local["slope_msg"][tgt] * slope_g[src] / slope_f[tgt]
-        W_star = torch.where(torch.isfinite(W_star), W_star, torch.zeros_like(W_star))
         tau_hat = torch.where(slope_f < 0, -1.0 / slope_f, torch.ones_like(slope_f)).clamp(0.0, 1.0)
-        V_rest_hat = -offset_f / slope_f
+        W_star = W * local["slope_msg"][tgt] * slope_g[src] * tau_hat[tgt]
+        W_star = torch.where(torch.isfinite(W_star), W_star, torch.zeros_like(W_star))
+        V_rest_hat = offset_f * tau_hat
         V_rest_hat = torch.where(torch.isfinite(V_rest_hat), V_rest_hat, torch.zeros_like(V_rest_hat))
         out[name] = {"W_star": W_star, "tau_hat": tau_hat, "V_rest_hat": V_rest_hat, "slope_f": slope_f}
     return out
