@@ -4,6 +4,8 @@
     python bench/bench_flyvis.py step       # node-wise g_phi + index_add vs torch-geometric propagate
                                             # with a CSR product vs per-edge MessagePassing
     python bench/bench_flyvis.py recovery   # simulate + train + evaluate on a CPU-sized budget
+    python bench/bench_flyvis.py readout    # today's read-outs of the snapshots that
+                                            # `recovery --rec-snapshots` saved (same --rec-* arguments)
     python bench/bench_flyvis.py memory     # peak memory of `python train.py` and of a 4-slot sweep
     python bench/bench_flyvis.py all
 
@@ -25,6 +27,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 
@@ -158,16 +161,36 @@ def least_squares_ceiling(obs, gt, max_frames: int = 20_000) -> float:
     return r2_slope(true[keep], est[keep])[0]
 
 
-def bench_recovery(
-    extent: int, frames: int, steps: int, noise: float, batch: int, seed: int, stimulus: str = "synthetic"
-) -> None:
-    import lightning.pytorch as pl
+class Snapshots(pl.Callback):
+    """The model's state dict every ``every`` training steps and at the end of training, as
+    ``<folder>/step_<global step>.pt``, so that a read-out can be studied along training afterwards."""
 
-    from hydra_llm.evaluation.flyvis import ConnectivityR2Log, evaluate
-    from hydra_llm.models.flyvis_gnn import FlyvisGNN
+    def __init__(self, folder: Path, every: int) -> None:
+        self.folder, self.every, self.saved_step = folder, every, -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every == 0:
+            self.save(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.saved_step != trainer.global_step:  # the last step may already be saved
+            self.save(trainer, pl_module)
+
+    def save(self, trainer, pl_module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(pl_module.state_dict(), self.folder / f"step_{trainer.global_step:06d}.pt")
+        self.saved_step = trainer.global_step
+
+
+RECOVERY_OUT = Path("outputs") / "bench_flyvis_recovery"
+
+
+def recovery_data(extent: int, frames: int, noise: float, seed: int, stimulus: str):
+    """The recovery bench's data module, set up: ``flyvis_synthetic`` (the schema's defaults) or, for
+    ``stimulus="natural"``, ``flyvis_natural``'s stimulus, at ``extent`` with ``frames`` frames."""
     from hydra_llm.simulation.flyvis import FlyvisDataModule
 
-    sim = plain(FlyvisSimulation())  # the flyvis_synthetic preset is the schema's defaults
+    sim = plain(FlyvisSimulation())
     sim.pop("_target_")
     sim.update({"n_frames": frames, "noise_model_level": noise, "seed": seed, "n_ood_frames": 500})
     sim["connectome"]["extent"] = extent
@@ -175,23 +198,48 @@ def bench_recovery(
         sim["stimulus"].update(
             source="natural", ood_families=["moving_edge", "moving_bar", "grating", "flash"]
         )
-    t0 = time.perf_counter()
     dm = FlyvisDataModule(**sim)
     dm.setup()
+    return dm
+
+
+def recovery_training(steps: int, batch: int) -> dict:
+    return {**asdict(FlyvisTraining()), "max_steps_per_epoch": steps, "batch_size": batch}
+
+
+def bench_recovery(
+    extent: int,
+    frames: int,
+    steps: int,
+    noise: float,
+    batch: int,
+    seed: int,
+    stimulus: str = "synthetic",
+    reference: bool = True,
+    snapshots: bool = False,
+) -> None:
+    from hydra_llm.evaluation.flyvis import ConnectivityR2Log, evaluate
+    from hydra_llm.models.flyvis_gnn import FlyvisGNN
+
+    t0 = time.perf_counter()
+    dm = recovery_data(extent, frames, noise, seed, stimulus)
     sim_s = time.perf_counter() - t0
-    training = {**asdict(FlyvisTraining()), "max_steps_per_epoch": steps, "batch_size": batch}
+    training = recovery_training(steps, batch)
     model_cfg: dict = {}  # the flyvis_gnn defaults (hydra_llm.schemas.models.FlyvisModel)
     pl.seed_everything(training["seed"], verbose=False)
     model = FlyvisGNN(dm.observations, training, **model_cfg)
-    out = os.path.join("outputs", "bench_flyvis_recovery")
-    log = ConnectivityR2Log(dm.observations, dm.ground_truth, out, every_n_steps=max(1, steps // 10))
+    out = str(RECOVERY_OUT)
+    every = max(1, steps // 10)
+    callbacks = [ConnectivityR2Log(dm.observations, dm.ground_truth, out, every_n_steps=every)]
+    if snapshots:
+        callbacks.append(Snapshots(Path(out) / "snapshots", every))
     trainer = pl.Trainer(
         max_epochs=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[log],
+        callbacks=callbacks,
     )
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
@@ -220,11 +268,38 @@ def bench_recovery(
         "test_R2_ood",
     ):
         print(f"[recovery] {key} = {metrics[key]:.4f}")
-    ceiling = least_squares_ceiling(dm.observations, dm.ground_truth)
-    print(f"[recovery] reference: least squares on the true functional form, connectivity R2 = {ceiling:.4f}")
+    if reference:
+        ceiling = least_squares_ceiling(dm.observations, dm.ground_truth)
+        print(f"[recovery] reference: least squares on the true functional form, R2 = {ceiling:.4f}")
     print("[recovery] R2 trajectory (epoch,iteration,connectivity_r2,phase):")
     with open(os.path.join(out, "connectivity_r2.log")) as fh:
         print(fh.read().strip())
+
+
+def bench_readout(extent: int, frames: int, steps: int, noise: float, batch: int, seed: int, stimulus: str):
+    """The read-outs of every snapshot that ``recovery --rec-snapshots`` saved with the same arguments
+    (the data are simulated again, identically), with today's evaluation code."""
+    from hydra_llm.evaluation.flyvis import evaluate
+    from hydra_llm.models.flyvis_gnn import FlyvisGNN
+
+    paths = sorted((RECOVERY_OUT / "snapshots").glob("step_*.pt"))
+    if not paths:
+        raise SystemExit(
+            f"no snapshots in {RECOVERY_OUT / 'snapshots'}: run `recovery --rec-snapshots` first"
+        )
+    dm = recovery_data(extent, frames, noise, seed, stimulus)
+    model = FlyvisGNN(dm.observations, recovery_training(steps, batch))
+    keys = ("connectivity_R2", "connectivity_R2_trimmed_oracle", "tau_R2", "V_rest_R2", "cluster_accuracy")
+    print(f"[readout] extent {extent}, {stimulus} stimuli, {frames} frames, noise {noise}, seed {seed}")
+    print("| step | " + " | ".join(keys) + " |")
+    print("|" + "---|" * (len(keys) + 1))
+    for path in paths:
+        model.load_state_dict(torch.load(path))
+        metrics = evaluate(
+            model, dm.observations, dm.ground_truth, RECOVERY_OUT, rollout_frames=2, make_plots=False
+        )
+        step = int(path.stem.split("_")[1])
+        print(f"| {step} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |", flush=True)
 
 
 def _proc_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
@@ -321,7 +396,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["sim", "step", "recovery", "memory", "all"])
+    parser.add_argument("what", choices=["sim", "step", "recovery", "readout", "memory", "all"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sim-extent", type=int, default=8)
@@ -335,6 +410,17 @@ def main() -> None:
     parser.add_argument("--rec-batch", type=int, default=4)
     parser.add_argument("--rec-noise", type=float, default=0.05)
     parser.add_argument("--rec-stimulus", choices=["synthetic", "natural"], default="synthetic")
+    parser.add_argument(
+        "--rec-reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also fit the least-squares reference (about 25 min at extent 8)",
+    )
+    parser.add_argument(
+        "--rec-snapshots",
+        action="store_true",
+        help="save the model's state dict at every R2 log point (outputs/bench_flyvis_recovery/snapshots)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--mem-extent", type=int, default=8)
     parser.add_argument("--mem-frames", type=int, default=64000)
@@ -347,16 +433,11 @@ def main() -> None:
         bench_sim(args.sim_extent, args.sim_frames, args.repeats, 0.05)
     if args.what in ("step", "all"):
         bench_step(args.step_extent, args.step_batch, args.repeats, args.step_iters)
+    run = (args.rec_extent, args.rec_frames, args.rec_steps, args.rec_noise, args.rec_batch, args.seed)
     if args.what in ("recovery", "all"):
-        bench_recovery(
-            args.rec_extent,
-            args.rec_frames,
-            args.rec_steps,
-            args.rec_noise,
-            args.rec_batch,
-            args.seed,
-            args.rec_stimulus,
-        )
+        bench_recovery(*run, args.rec_stimulus, args.rec_reference, args.rec_snapshots)
+    if args.what == "readout":
+        bench_readout(*run, args.rec_stimulus)
     if args.what in ("memory", "all"):
         bench_memory(args.mem_extent, args.mem_frames, args.mem_steps, args.mem_slots)
 

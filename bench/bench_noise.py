@@ -3,13 +3,15 @@
 Every run is ``python train.py <regime> simulation.measurement_noise_level=L
 simulation.smoothing_window=W simulation.seed=S training.seed=S logger=none`` in its own folder; the
 table gives the mean and std over the seeds of each metric and the worst seed. A row's smoothing
-window is the one given for its level (``--windows``: 1, the raw record, at level 0).
+window is the one given for its level (``--windows``: 1, the raw record, at level 0); for ``auto`` the
+windows it chose, per seed, follow in brackets.
 
 Usage::
 
     python bench/bench_noise.py                                      # signal, 4 levels x 3 seeds
     python bench/bench_noise.py --regime metabolism_phase1 --seeds 0 1 --levels 0 0.05 0.1
     python bench/bench_noise.py --regime signal --levels 0.1 --seeds 42 --extra simulation.n_frames=20000
+    python bench/bench_noise.py --regime flyvis_extent1 --levels 0 0.05 0.1 --windows 1 1 1 --seeds 42 1
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ REGIMES = {
             "test_pearson",
         ],
         "oracle": ["connectivity_R2_oracle", "tau_R2_oracle"],
+    },
+    "flyvis_extent1": {  # 443 neurons on the synthetic stimuli, a CPU-sized recording and budget
+        "overrides": [
+            "simulation=flyvis_synthetic",
+            "simulation.connectome.extent=1",
+            "simulation.n_frames=20000",
+            "training.max_steps_per_epoch=5000",
+        ],
+        "metrics": ["connectivity_R2", "tau_R2", "V_rest_R2", "cluster_accuracy", "test_pearson"],
+        "oracle": ["connectivity_R2_trimmed_oracle"],
     },
     "metabolism_phase1": {
         "overrides": ["simulation=metabolism_homeostasis"],
@@ -136,7 +148,9 @@ def main() -> None:
             + ([f"simulation.smoothing_window={window}"] if window != "1" else [])
             + ["simulation.seed=S training.seed=S", *args.extra]
         )
-        lines.append(f"| {level} | {window} | {' | '.join(cells)} | `{cmd}` |")
+        used = [str(int(r["smoothing_window"])) for r in rows if "smoothing_window" in r]
+        shown = f"{window} ({' / '.join(used)})" if window == "auto" and used else window
+        lines.append(f"| {level} | {shown} | {' | '.join(cells)} | `{cmd}` |")
         table[f"{level}/{window}"] = rows
     text = "\n".join(lines)
     (args.out / tag).mkdir(parents=True, exist_ok=True)
