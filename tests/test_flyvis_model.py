@@ -227,6 +227,39 @@ def test_a_neuron_whose_learned_decay_crosses_zero_keeps_its_weights_bounded(dat
     assert corrected["V_rest_hat"][k] == pytest.approx(float(gt["V_rest"][k] / gt["tau"][k]), rel=1e-3)
 
 
+class OffsetMessages(TrueModel):
+    """The true dynamics with ``psi = relu(v) + b_j``: f subtracts ``sum_j W_ij b_j`` again, so every
+    trajectory is the simulator's, but msg = 0 is no longer the point of zero synaptic drive."""
+
+    def __init__(self, obs, gt, n_types):
+        super().__init__(obs, gt, n_types)
+        self.b = 5.0 + 5.0 * torch.rand(obs.n_neurons, generator=torch.Generator().manual_seed(3))
+        src, tgt = obs.edge_index
+        self.m = torch.zeros(obs.n_neurons).index_add_(0, tgt, gt["W"] * self.b[src])
+
+    def psi(self, v):
+        return torch.relu(v) + self.b
+
+    def f(self, v, msg, inp):
+        return (-v + self.V_rest + msg - self.m + inp) / self.tau
+
+
+def test_v_rest_at_zero_drive_reads_through_an_offset_of_psi(data, tmp_path):
+    """The original's V_rest (f at msg = 0) is off by m_i = sum_j W_ij b_j; ``V_rest_zero_drive`` reads
+    f at the learned message of zero drive and is exact, as are W* and tau."""
+    obs, gt = data.observations, data.ground_truth
+    model = OffsetMessages(obs, gt, n_types=5)
+    for readout in ("line", "local"):
+        corrected = corrected_weights(model, obs)[readout]
+        assert torch.allclose(corrected["W_star"], gt["W"], atol=1e-3)
+        assert torch.allclose(corrected["V_rest_zero_drive_hat"], gt["V_rest"], atol=1e-3)
+        assert torch.allclose(corrected["V_rest_hat"], gt["V_rest"] - model.m, atol=1e-3)
+    metrics = evaluate(model, obs, gt, tmp_path, rollout_frames=50, cluster_n_components=5, make_plots=False)
+    assert metrics["V_rest_zero_drive_R2"] > 0.999 and metrics["V_rest_zero_drive_R2_local"] > 0.999
+    assert metrics["V_rest_R2"] < 0.8
+    assert metrics["connectivity_R2"] > 0.999 and metrics["tau_R2"] > 0.999
+
+
 def test_metrics_of_an_untrained_model_are_poor(data, tmp_path):
     torch.manual_seed(0)
     model = FlyvisGNN(data.observations, training(), hidden_dim=16, hidden_dim_update=16)
