@@ -6,6 +6,7 @@
     python bench/bench_flyvis.py recovery   # simulate + train + evaluate on a CPU-sized budget
     python bench/bench_flyvis.py readout    # today's read-outs of the snapshots that
                                             # `recovery --rec-snapshots` saved (same --rec-* arguments)
+    python bench/bench_flyvis.py vrest      # how exactly W must be known for V_rest (reads the answer)
     python bench/bench_flyvis.py memory     # peak memory of `python train.py` and of a 4-slot sweep
     python bench/bench_flyvis.py all
 
@@ -258,9 +259,11 @@ def bench_recovery(
         "connectivity_outlier_fraction",
         "tau_R2",
         "V_rest_R2",
+        "V_rest_zero_drive_R2",
         "connectivity_R2_local",
         "tau_R2_local",
         "V_rest_R2_local",
+        "V_rest_zero_drive_R2_local",
         "cluster_accuracy",
         "test_pearson",
         "test_R2",
@@ -289,7 +292,14 @@ def bench_readout(extent: int, frames: int, steps: int, noise: float, batch: int
         )
     dm = recovery_data(extent, frames, noise, seed, stimulus)
     model = FlyvisGNN(dm.observations, recovery_training(steps, batch))
-    keys = ("connectivity_R2", "connectivity_R2_trimmed_oracle", "tau_R2", "V_rest_R2", "cluster_accuracy")
+    keys = (
+        "connectivity_R2",
+        "connectivity_R2_trimmed_oracle",
+        "tau_R2",
+        "V_rest_R2",
+        "V_rest_zero_drive_R2",
+        "cluster_accuracy",
+    )
     print(f"[readout] extent {extent}, {stimulus} stimuli, {frames} frames, noise {noise}, seed {seed}")
     print("| step | " + " | ".join(keys) + " |")
     print("|" + "---|" * (len(keys) + 1))
@@ -300,6 +310,57 @@ def bench_readout(extent: int, frames: int, steps: int, noise: float, batch: int
         )
         step = int(path.stem.split("_")[1])
         print(f"| {step} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |", flush=True)
+
+
+def mean_input(inputs, n: int, chunk: int = 1024) -> torch.Tensor:
+    """(N,) mean external input over the first ``n`` frames, a chunk of frames at a time."""
+    total = torch.zeros(inputs.shape[1], dtype=torch.float64)
+    for start in range(0, n, chunk):
+        total += inputs[start : min(start + chunk, n)].double().sum(0)
+    return total / n
+
+
+def bench_vrest(extent: int, frames: int, noise: float, seed: int, stimulus: str, repeats: int) -> None:
+    """How exactly W must be known for V_rest to be read out: the balance of the record
+    ``V_rest_i = mean_t(v_i + tau_i dv_i/dt - sum_j w_ij relu(v_j) - I_i)`` with the true tau and the
+    true W (the record's ceiling), then with W plus independent per-edge noise scaled to a given
+    connectivity R2 (median over ``repeats`` draws). A diagnostic that reads the answer."""
+    from hydra_llm.evaluation.metrics import r2_slope
+
+    dm = recovery_data(extent, frames, noise, seed, stimulus)
+    obs, gt = dm.observations, dm.ground_truth
+    n = obs.n_train_frames
+    sums = torch.zeros(3, obs.n_neurons, dtype=torch.float64)  # v, relu(v), dv/dt
+    for start in range(0, n, 1024):
+        v = obs.activity[start : min(start + 1024, n)].double()
+        dv = obs.derivative[start : min(start + 1024, n)].double()
+        sums += torch.stack([v.sum(0), v.clamp(min=0).sum(0), dv.sum(0)])
+    mean_v, relu_mean, mean_dv = sums / n
+    base = mean_v + gt["tau"].double() * mean_dv - mean_input(obs.external_input, n)
+    src, tgt = obs.edge_index
+    V, W = gt["V_rest"].double(), gt["W"].double()
+
+    def drive(weights: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(obs.n_neurons, dtype=torch.float64).index_add_(0, tgt, weights * relu_mean[src])
+
+    print(
+        f"[vrest] extent {extent} ({obs.n_neurons} neurons), {stimulus} stimuli, {frames} frames, "
+        f"noise {noise}, seed {seed}: V_rest std {float(V.std()):.3f}, "
+        f"std of the mean synaptic drive {float(drive(W).std()):.3f}"
+    )
+    print(f"[vrest] true W: V_rest_R2 = {r2_slope(V, base - drive(W))[0]:.4f}")
+    generator = torch.Generator().manual_seed(seed)
+    for target in (0.9, 0.95, 0.98, 0.99, 0.995, 0.999):
+        sd = float(W.std()) * ((1 - target) / target) ** 0.5
+        r2s, conn = [], []
+        for _ in range(repeats):
+            noisy = W + sd * torch.randn(W.shape, generator=generator, dtype=torch.float64)
+            conn.append(r2_slope(W, noisy)[0])
+            r2s.append(r2_slope(V, base - drive(noisy))[0])
+        print(
+            f"[vrest] W with per-edge noise, connectivity_R2 {statistics.median(conn):.3f}: "
+            f"V_rest_R2 = {statistics.median(r2s):.3f} (median of {repeats})"
+        )
 
 
 def _proc_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
@@ -396,7 +457,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["sim", "step", "recovery", "readout", "memory", "all"])
+    parser.add_argument("what", choices=["sim", "step", "recovery", "readout", "vrest", "memory", "all"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sim-extent", type=int, default=8)
@@ -438,6 +499,10 @@ def main() -> None:
         bench_recovery(*run, args.rec_stimulus, args.rec_reference, args.rec_snapshots)
     if args.what == "readout":
         bench_readout(*run, args.rec_stimulus)
+    if args.what == "vrest":
+        bench_vrest(
+            args.rec_extent, args.rec_frames, args.rec_noise, args.seed, args.rec_stimulus, args.repeats
+        )
     if args.what in ("memory", "all"):
         bench_memory(args.mem_extent, args.mem_frames, args.mem_steps, args.mem_slots)
 
