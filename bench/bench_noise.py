@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ REGIMES = {
             "connectivity_R2",
             "connectivity_R2_identity",
             "tau_R2",
+            "tau_relative_error",
             "cluster_accuracy",
             "test_pearson",
         ],
@@ -103,6 +105,8 @@ def run_one(cmd: list[str], out: Path) -> dict[str, float]:
 def cell(values: list[float]) -> str:
     if not values:
         return "failed"
+    if any(math.isnan(v) for v in values):  # e.g. tau_R2 when every neuron has the same tau
+        return "undefined"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (min {min(values):.3f})"

@@ -11,6 +11,7 @@ from hydra_llm.evaluation.metrics import (
     euler_rollout,
     fisher_mean,
     kmeans_labels,
+    median_relative_error,
     pearson_per_column,
     r2_identity,
     r2_slope,
@@ -43,6 +44,8 @@ def test_r2_degenerate_and_bad_input():
     assert np.isnan(r2_identity([0.0, 1.0], [np.nan, 1.0]))
     with pytest.raises(ValueError, match="same size"):
         r2_slope([1.0, 2.0, 3.0], [1.0, 2.0])
+    assert median_relative_error([2.0, 2.0, 2.0], [2.2, 1.0, 2.0]) == pytest.approx(0.1)
+    assert np.isnan(median_relative_error([0.0, 1.0], [0.0, 1.0]))
     with pytest.raises(ValueError, match="at least 2"):
         r2_identity([1.0], [1.0])
 

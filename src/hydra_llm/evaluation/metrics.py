@@ -66,6 +66,15 @@ def r2_identity(true: ArrayLike, learned: ArrayLike) -> float:
     return 1.0 - float(((p - t) ** 2).sum()) / ss_t
 
 
+def median_relative_error(true: ArrayLike, learned: ArrayLike) -> float:
+    """``median_i |learned_i - true_i| / |true_i|``: defined where an R2 is not, when ``true`` is
+    constant (one type shares one tau). NaN when ``true`` holds a zero or anything is not finite."""
+    t, p = _check_pair(true, learned)
+    if not (np.isfinite(t).all() and np.isfinite(p).all()) or (t == 0).any():
+        return float("nan")
+    return float(np.median(np.abs(p - t) / np.abs(t)))
+
+
 def r2_temporal(true: ArrayLike, predicted: ArrayLike) -> float:
     """Identity R2 of traces (T, N) against each column's own temporal mean, pooled over columns.
 

@@ -10,6 +10,8 @@ compared with. A read-out that borrows from the ground truth is reported under a
   sparse W). The simulator's W and gain g enter the dynamics only as their product, so the product is
   what any read-out can recover.
 * ``tau_R2`` (+ ``_identity``, ``_slope``), ``s_R2``: tau and s read out of the learned phi (below).
+  ``tau_relative_error``: the median over neurons of ``|tau_hat - tau| / tau``, the number to read
+  when every neuron has the same tau (one type), where an R2 is undefined (NaN).
 * ``cluster_accuracy``: trimmed k-means (see :func:`profile_cluster_labels`) of the learned update
   functions phi_i sampled on the value grid, k = the true number of types, Hungarian matching to
   the true types. k comes from the ground truth: the metric asks whether the learned functions
@@ -48,6 +50,7 @@ from hydra_llm.evaluation.metrics import (
     euler_rollout,
     fisher_mean,
     kmeans_labels,
+    median_relative_error,
     pearson_per_column,
     r2_identity,
     r2_slope,
@@ -237,6 +240,7 @@ def evaluate(
     tau_true = ground_truth["tau"]
     metrics["tau_R2"], metrics["tau_slope"] = r2_slope(tau_true, tau_hat)
     metrics["tau_R2_identity"] = r2_identity(tau_true, tau_hat)
+    metrics["tau_relative_error"] = median_relative_error(tau_true, tau_hat)
     metrics["s_R2"], _ = r2_slope(ground_truth["s"], s_hat)
     metrics.update(oracle_metrics(model, grid, ground_truth))
 
