@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from hydra import compose, initialize_config_dir
 
+from hydra_llm.preflight import PreflightError, check_accelerator
 from tests.fake_openai import FakeError, FakeOpenAIServer
 from tests.test_sweeper_train_e2e import TINY_SIGNAL
 
@@ -118,6 +121,11 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
             "training.learning_rate_W_start=-1.0: must be a finite float > 0",
         ),
         ("simulation.n_neuron_types=0", "simulation.n_neuron_types"),
+        pytest.param(
+            "trainer=gpu",
+            "trainer.accelerator=gpu: torch sees no GPU on this machine; use trainer=cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
     ],
 )
 def test_bad_settings_stop_the_sweep_before_any_child(tmp_path, override, message):
@@ -125,6 +133,33 @@ def test_bad_settings_stop_the_sweep_before_any_child(tmp_path, override, messag
     proc = sweep(tmp_path, override)
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not sweep_dir.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train.py", "trainer=gpu", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        env=env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: trainer.accelerator=gpu: torch sees no GPU")
+    assert not (tmp_path / "cache").exists()  # nothing simulated, nothing cached
+
+
+def test_a_cluster_launcher_leaves_the_gpu_to_its_nodes():
+    """The sweeper's machine need not have the GPU that hydra/launcher=slurm children train on."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        slurm = compose("train", ["trainer=gpu", "hydra/launcher=slurm"], return_hydra_config=True)
+        local = compose("train", ["trainer=gpu"], return_hydra_config=True)
+    check_accelerator(slurm)
+    if not torch.cuda.is_available():
+        with pytest.raises(PreflightError, match=r"^trainer\.accelerator=gpu: "):
+            check_accelerator(local)
 
 
 def test_an_empty_search_space_is_an_error(tmp_path):

@@ -3,8 +3,9 @@
 ``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
 missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
-the model class's ``check_training`` and the simulation DataModule's constructor, which validates its
-arguments and finds its data but simulates nothing.
+the model class's ``check_training``, the trainer's device (where the runs train on this machine), and
+the simulation DataModule's constructor, which validates its arguments and finds its data but
+simulates nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def check(cfg: DictConfig) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import get_class, instantiate
 
+    check_accelerator(cfg)
     try:
         training: dict[str, Any] = OmegaConf.to_container(cfg.training, resolve=True)  # type: ignore[assignment]
         model_check = getattr(get_class(cfg.model._target_), "check_training", None)
@@ -36,3 +38,27 @@ def check(cfg: DictConfig) -> Any:
     except (ValueError, TypeError, KeyError, FileNotFoundError, InstantiationException) as err:
         first = " ".join(str(err).split()) or type(err).__name__
         raise PreflightError(first) from err  # the cause keeps its type (e.g. FileNotFoundError)
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """Raise :class:`PreflightError` when ``trainer.accelerator`` names a device this machine lacks.
+
+    Skipped when a cluster launcher (``hydra/launcher=slurm``) sends the runs to other nodes: the
+    sweeper's own machine need not have their GPU.
+    """
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    if launcher.endswith("SlurmLauncher"):
+        return
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    import torch
+
+    visible = {
+        "gpu": torch.cuda.is_available,
+        "cuda": torch.cuda.is_available,
+        "mps": torch.backends.mps.is_available,
+    }
+    if accelerator in visible and not visible[accelerator]():
+        raise PreflightError(
+            f"trainer.accelerator={accelerator}: torch sees no {accelerator.upper()} on this machine; use "
+            "trainer=cpu, or train on a GPU node (hydra/launcher=slurm resources.gpus_per_node=1)"
+        )
