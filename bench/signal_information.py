@@ -12,8 +12,8 @@ overrides give), then fits, from the first K training frames of what training se
 with the true tau, s and g. One least-squares solve over all neurons (the regressors tanh(u_j) are
 shared), then ``connectivity_R2`` (slope fit, all N^2 entries, as the evaluation reports it) of the fit
 against the true W. This is an ``_oracle`` reference: it borrows the answer's functional form and
-per-neuron constants, and bounds what any model trained on those K frames can read of W. A GNN far
-below it is limited by its training, not by the record.
+per-neuron constants. It is not a bound (a model with a prior on W can read more), but where it reads
+W exactly, a GNN far below it is limited by its training, not by the record.
 """
 
 from __future__ import annotations
