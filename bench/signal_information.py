@@ -26,11 +26,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from hydra_llm.evaluation.metrics import r2_slope
+from hydra_llm.simulation.base import GroundTruth
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def least_squares_W(activity: torch.Tensor, derivative: torch.Tensor, truth) -> torch.Tensor:
+def least_squares_W(activity: torch.Tensor, derivative: torch.Tensor, truth: GroundTruth) -> torch.Tensor:
     """W (N, N) fitted from ``activity`` and ``derivative`` (K, N) with the true tau, s and g (N,)."""
     u, du = activity.double(), derivative.double()
     tau, s, g = (truth[k].double() for k in ("tau", "s", "gain"))
