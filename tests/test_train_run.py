@@ -110,6 +110,26 @@ def test_bad_simulation_value_fails_before_training(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_the_thousand_neuron_experiment_sizes_its_record_and_reaches_the_model(tmp_path):
+    """``experiment=signal_n1000``: 1,000 neurons on 100,000 frames, trained 30,000 steps with its own
+    W step and penalty; the same experiment at a tiny size runs end to end with those settings."""
+    import torch
+
+    from hydra_llm.simulation.frames import iterations_per_epoch
+
+    cfg = compose_quiet(tmp_path, "experiment=signal_n1000")
+    assert (cfg.simulation.n_neurons, cfg.simulation.n_frames) == (1000, 100_000)
+    assert cfg.simulation.n_neuron_types == 4 and cfg.simulation.connectivity_type == "chaotic"
+    steps = iterations_per_epoch(100_000, cfg.training.data_augmentation_loop, cfg.training.batch_size)
+    assert steps * cfg.training.n_epochs == 30_000
+
+    metrics, out = tiny_run(tmp_path, "logger=none", "experiment=signal_n1000")
+    check_job_folder(metrics, out)
+    (checkpoint,) = (out / "checkpoints").glob("*.ckpt")
+    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert (hparams["learning_rate_W_start"], hparams["coeff_W_L1"]) == (1.0e-3, 0.0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "gates"),
