@@ -10,6 +10,7 @@ from hydra_llm.evaluation.metrics import (
     cluster_accuracy,
     euler_rollout,
     fisher_mean,
+    in_chunks,
     kmeans_labels,
     median_relative_error,
     pearson_per_column,
@@ -104,6 +105,21 @@ def test_euler_rollout_of_exponential_decay():
     assert torch.allclose(out[:, 0], expected) and torch.allclose(out[:, 1], 2 * expected)
     blown = euler_rollout(lambda u: 1e6 * u, torch.tensor([1.0]), 4, 1.0, clamp=10.0)
     assert blown.abs().max() == 10.0
+
+
+def test_in_chunks_gives_one_call_s_result_over_uneven_chunks():
+    gen = torch.Generator().manual_seed(0)
+    x, W = torch.randn(103, 7, generator=gen), torch.randn(7, 7, generator=gen)
+    sizes = []
+
+    def per_frame(v: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(v))
+        return torch.tanh(v) @ W.T - v
+
+    out = in_chunks(per_frame, x, chunk=70)  # 70 values = 10 frames of 7 neurons
+    assert sizes == [10] * 10 + [3]
+    assert torch.allclose(out, torch.tanh(x) @ W.T - x, atol=1e-6)
+    assert in_chunks(per_frame, x, chunk=1).shape == (103, 7)  # never fewer than one frame a call
 
 
 class ExactSignalModel(torch.nn.Module):

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hydra_llm.evaluation.metrics import cluster_accuracy, r2_identity, r2_slope  # noqa: E402
+from hydra_llm.evaluation.metrics import cluster_accuracy, in_chunks, r2_identity, r2_slope  # noqa: E402
 from hydra_llm.simulation.base import GroundTruth, Observations  # noqa: E402
 
 
@@ -173,10 +173,10 @@ def evaluate(
         conc = torch.as_tensor(grid, dtype=torch.float32).unsqueeze(1).expand(-1, n)
         node_values = model.node_function(conc).cpu().numpy().astype(np.float64)  # (G, N)
         train = observations.activity[: observations.n_train_frames]
-        metrics["phase2_node_magnitude"] = float(model.node_function(train).abs().mean())
+        metrics["phase2_node_magnitude"] = float(in_chunks(model.node_function, train).abs().mean())
         held = observations.activity[observations.n_train_frames : -1]
         if len(held) >= 2:
-            pred = model(held).cpu().numpy()
+            pred = in_chunks(model, held).cpu().numpy()
             metrics["test_R2"] = r2_identity(observations.derivative[observations.n_train_frames : -1], pred)
     slopes, offsets = line_fits(grid, node_values)
     metrics.update(homeostasis_metrics(slopes, offsets, types, lam_t, base_t))

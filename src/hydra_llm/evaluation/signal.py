@@ -49,6 +49,7 @@ from hydra_llm.evaluation.metrics import (
     cluster_accuracy,
     euler_rollout,
     fisher_mean,
+    in_chunks,
     kmeans_labels,
     median_relative_error,
     pearson_per_column,
@@ -204,7 +205,7 @@ def rollout_metrics(model, observations: Observations, rollout_frames: int) -> t
     n_steps = min(int(rollout_frames), observations.n_frames - start)
     recorded = observations.activity[start : start + n_steps]
     predicted = euler_rollout(model, recorded[0], n_steps, observations.dt)
-    one_step = model(observations.activity[start:])
+    one_step = in_chunks(model, observations.activity[start:])
     metrics = {
         "test_R2": r2_temporal(recorded, predicted),
         "test_pearson": fisher_mean(pearson_per_column(recorded, predicted)),
