@@ -66,11 +66,12 @@ def least_squares_free_self(
     along_u, along_du = along[:, :n], along[:, n:]
     u_left = u - phi @ along_u  # the part of each u_i that no tanh(u_j) explains
     du_left = du - phi @ along_du
-    c = (u_left * du_left).sum(0) / (u_left * u_left).sum(0)
+    left_energy = (u_left * u_left).sum(0)
+    c = (u_left * du_left).sum(0) / left_energy
     w = along_du - along_u * c  # (N, N): column i holds g_i W_i, its diagonal s_i
     W = (w / truth["gain"].double()).T
     W.fill_diagonal_(0.0)
-    return W, -1.0 / c, (u_left * u_left).sum(0) / (u * u).sum(0)
+    return W, -1.0 / c, left_energy / (u * u).sum(0)
 
 
 def main() -> None:
