@@ -123,7 +123,7 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
         ("simulation.n_neuron_types=0", "simulation.n_neuron_types"),
         pytest.param(
             "trainer=gpu",
-            "trainer.accelerator=gpu: torch sees no GPU on this machine; use trainer=cpu",
+            "trainer.accelerator=gpu: no GPU on this machine; use trainer=cpu",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
         ),
     ],
@@ -147,7 +147,7 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
-    assert lines[0].startswith("error: trainer.accelerator=gpu: torch sees no GPU")
+    assert lines[0].startswith("error: trainer.accelerator=gpu: no GPU on this machine")
     assert not (tmp_path / "cache").exists()  # nothing simulated, nothing cached
 
 
@@ -160,6 +160,27 @@ def test_a_cluster_launcher_leaves_the_gpu_to_its_nodes():
     if not torch.cuda.is_available():
         with pytest.raises(PreflightError, match=r"^trainer\.accelerator=gpu: "):
             check_accelerator(local)
+
+
+def test_an_accelerator_lightning_lacks_or_this_machine_lacks_is_named_before_any_work():
+    """A misspelt accelerator fails on every launcher; a TPU, like a GPU, only where the runs train here."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        typo = compose(
+            "train", ["trainer.accelerator=cdua", "hydra/launcher=slurm"], return_hydra_config=True
+        )
+        tpu = compose("train", ["trainer.accelerator=tpu"], return_hydra_config=True)
+        auto = compose("train", ["trainer.accelerator=auto"], return_hydra_config=True)
+    with pytest.raises(PreflightError) as typo_error:
+        check_accelerator(typo)
+    assert str(typo_error.value) == (
+        "trainer.accelerator=cdua: not an accelerator Lightning knows here; "
+        "one of auto, cpu, cuda, gpu, mps, tpu"
+    )
+    with pytest.raises(
+        PreflightError, match=r"^trainer\.accelerator=tpu: no TPU on this machine; use trainer=cpu"
+    ):
+        check_accelerator(tpu)
+    check_accelerator(auto)  # Lightning picks what the machine has
 
 
 def test_an_empty_search_space_is_an_error(tmp_path):

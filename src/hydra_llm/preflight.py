@@ -41,24 +41,28 @@ def check(cfg: DictConfig) -> Any:
 
 
 def check_accelerator(cfg: DictConfig) -> None:
-    """Raise :class:`PreflightError` when ``trainer.accelerator`` names a device this machine lacks.
+    """Raise :class:`PreflightError` when ``trainer.accelerator`` is not one of Lightning's accelerators,
+    or names a device this machine lacks.
 
-    Skipped when a cluster launcher (``hydra/launcher=slurm``) sends the runs to other nodes: the
-    sweeper's own machine need not have their GPU.
+    The device is not looked for when a cluster launcher (``hydra/launcher=slurm``) sends the runs to
+    other nodes: the sweeper's own machine need not have their GPU.
     """
-    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
-    if launcher.endswith("SlurmLauncher"):
-        return
-    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
-    import torch
+    from lightning.pytorch.accelerators import AcceleratorRegistry
 
-    visible = {
-        "gpu": torch.cuda.is_available,
-        "cuda": torch.cuda.is_available,
-        "mps": torch.backends.mps.is_available,
-    }
-    if accelerator in visible and not visible[accelerator]():
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    known = AcceleratorRegistry.available_accelerators()
+    devices = {name: (name,) for name in known} | {"gpu": ("cuda", "mps"), "auto": ()}
+    if accelerator not in devices:
         raise PreflightError(
-            f"trainer.accelerator={accelerator}: torch sees no {accelerator.upper()} on this machine; use "
+            f"trainer.accelerator={accelerator}: not an accelerator Lightning knows here; one of "
+            + ", ".join(sorted(devices))
+        )
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    if launcher.endswith("SlurmLauncher") or not devices[accelerator]:
+        return
+    # "gpu" is Lightning's alias for whichever of cuda and mps the machine has
+    if not any(AcceleratorRegistry[name]["accelerator"].is_available() for name in devices[accelerator]):
+        raise PreflightError(
+            f"trainer.accelerator={accelerator}: no {accelerator.upper()} on this machine; use "
             "trainer=cpu, or train on a GPU node (hydra/launcher=slurm resources.gpus_per_node=1)"
         )
