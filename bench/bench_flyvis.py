@@ -164,10 +164,13 @@ def least_squares_ceiling(obs, gt, max_frames: int = 20_000) -> float:
 
 class Snapshots(pl.Callback):
     """The model's state dict every ``every`` training steps and at the end of training, as
-    ``<folder>/step_<global step>.pt``, so that a read-out can be studied along training afterwards."""
+    ``<folder>/step_<global step>.pt``, so that a read-out can be studied along training afterwards.
+    An earlier run's snapshots in ``folder`` are removed first: ``readout`` reads every file there."""
 
     def __init__(self, folder: Path, every: int) -> None:
         self.folder, self.every, self.saved_step = folder, every, -1
+        for old in folder.glob("step_*.pt"):
+            old.unlink()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every == 0:
