@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from hydra_llm.chunks import in_chunks
 from hydra_llm.evaluation.metrics import (
     cluster_accuracy,
     euler_rollout,
     fisher_mean,
-    in_chunks,
     kmeans_labels,
     median_relative_error,
     pearson_per_column,

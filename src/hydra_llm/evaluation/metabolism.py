@@ -33,7 +33,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hydra_llm.evaluation.metrics import cluster_accuracy, in_chunks, r2_identity, r2_slope  # noqa: E402
+from hydra_llm.chunks import in_chunks  # noqa: E402
+from hydra_llm.evaluation.metrics import cluster_accuracy, r2_identity, r2_slope  # noqa: E402
 from hydra_llm.simulation.base import GroundTruth, Observations  # noqa: E402
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from hydra_llm.chunks import in_chunks
 from hydra_llm.models.metabolism.network import LN10
 
 
@@ -64,12 +65,7 @@ def affine_node_targets(model) -> torch.Tensor:
         rhs += w_c * rows.T @ (dcdt @ W).reshape(-1)
     w_r = float(o["residual_supervision_weight"]) / model.residual_scale**2
     if w_r > 0:
-        residual = torch.cat(
-            [
-                dcdt[i : i + 512] - model.reaction_term(model.activity[i : min(i + 512, t)]).double()
-                for i in range(0, t, 512)
-            ]
-        )
+        residual = dcdt - in_chunks(model.reaction_term, model.activity[:t], chunk=512 * n).double()
         # per-metabolite rows [c_i(t), 1] . (theta_i, beta_i) = residual_i(t): a 2x2 block each
         idx = torch.arange(n, device=conc.device)
         gram[idx, idx] += w_r * conc.pow(2).sum(0)
