@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -121,7 +122,7 @@ def ratios(lam_per_metabolite: np.ndarray, types: np.ndarray, lam_t: np.ndarray)
     return [float(lam_per_metabolite[types == k].mean() / lam_t[k]) for k in range(len(lam_t))]
 
 
-def one(seed: int, level: float, restarts: int, ridge: float, extra: dict[str, float]) -> dict[str, float]:
+def one(seed: int, level: float, restarts: int, ridge: float, extra: dict[str, object]) -> dict[str, float]:
     dm = MetabolismDataModule(measurement_noise_level=level, seed=seed, **extra)
     dm.setup()
     obs, gt = dm.observations, dm.ground_truth
@@ -167,9 +168,11 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=10)
     # the best split on seed 0 at 1% noise over 1e-4 .. 1 (0.74; 0.56-0.72 elsewhere)
     parser.add_argument("--ridge", type=float, default=0.1)
-    parser.add_argument("--extra", nargs="*", default=[], help="simulation keys, e.g. n_frames=11520")
+    parser.add_argument(
+        "--extra", nargs="*", default=[], help="simulation keys, e.g. n_frames=11520 flux_limit=true"
+    )
     args = parser.parse_args()
-    extra = {k: float(v) if "." in v else int(v) for k, v in (e.split("=", 1) for e in args.extra)}
+    extra = {k: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in args.extra)}
     print(f"python bench/bench_phase2_information.py {' '.join(sys.argv[1:])}")
     print(
         "| noise | seed | laws | ridge slope ratios | ridge split acc | two-type slope ratios | "
