@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +103,26 @@ def test_flux_limit_keeps_substrates_non_negative():
     assert float(limited[0, 0]) == pytest.approx(1.0)  # metabolite 0 allows 0.1 / (0.1 * 10)
     obs, _ = _simulate(flux_limit=True)
     assert float(obs.activity.min()) >= 0.0
+
+
+def test_mass_added_by_the_clamp_at_zero_is_reported_and_flux_limit_adds_none(caplog):
+    """Without homeostasis the total concentration is conserved; each clamp at 0 adds to it, and the
+    warning states how much (the conservation laws phase 2 reads break, BENCHMARKS.md)."""
+    no_homeostasis = dict(seed=0, n_frames=2000, homeostatic_lambda_per_type=[0.0, 0.0])
+    with caplog.at_level(logging.WARNING, logger="hydra_llm.simulation.metabolism"):
+        clamped = MetabolismDataModule(**no_homeostasis)
+        clamped.setup()
+    found = re.search(r"set to 0 on (\d+) of 2000 steps, adding (\S+) units of mass", caplog.text)
+    assert found and int(found[1]) > 0 and "simulation.flux_limit=true" in caplog.text
+    total = clamped.observations.activity.double().sum(1)
+    assert float(total[-1] - total[0]) == pytest.approx(float(found[2]), rel=1e-2)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hydra_llm.simulation.metabolism"):
+        limited = MetabolismDataModule(**no_homeostasis, flux_limit=True)
+        limited.setup()
+    assert "set to 0" not in caplog.text
+    total = limited.observations.activity.double().sum(1)
+    assert float((total - total[0]).abs().max()) < 1e-4
 
 
 def test_circadian_baseline_changes_the_data():

@@ -245,6 +245,7 @@ class MetabolismDataModule(SimulationDataModule):
         traj = torch.empty(self.n_frames, n, dtype=f64)
         conc = torch.as_tensor(c0_np, dtype=f64).unsqueeze(0)
         dt = self.delta_t
+        clamped_steps, added_mass = 0, 0.0
         for t in range(self.n_frames):  # time stepping is inherently sequential
             traj[t] = conc[0]
             rates = mass_action_rates(conc, order, k)
@@ -252,12 +253,26 @@ class MetabolismDataModule(SimulationDataModule):
                 rates = flux_limit(rates, conc, order, dt)
             b = baseline_at(t * dt, base, self.circadian_amplitude, self.circadian_period)
             dcdt = rates @ stoich.T - lam * (conc - b)
-            conc = (conc + dt * dcdt).clamp_min(0.0)
+            conc = conc + dt * dcdt
+            below = conc < 0.0
+            if bool(below.any()):
+                clamped_steps += 1
+                added_mass -= float(conc[below].sum())
+            conc = conc.clamp_min(0.0)
         _check(
             bool(torch.isfinite(traj).all()),
             "delta_t",
             "the simulation diverged (non-finite concentrations); lower delta_t or log_k_max",
         )
+        if clamped_steps:
+            log.warning(
+                "simulation: a concentration went below zero and was set to 0 on %d of %d steps, adding "
+                "%.3g units of mass; that breaks the conservation laws that phase 2 reads. "
+                "simulation.flux_limit=true keeps them",
+                clamped_steps,
+                self.n_frames,
+                added_mass,
+            )
 
         record = add_measurement_noise(traj, self.measurement_noise_level, self.seed)
         window = resolve_window(record, self.smoothing_window)
