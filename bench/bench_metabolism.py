@@ -3,6 +3,8 @@
     python bench/bench_metabolism.py                       # 4 seeds, every phase-2 strategy (long)
     python bench/bench_metabolism.py --seeds 0 --strategies residual --quick
     python bench/bench_metabolism.py --reuse-phase1 --strategies conservation_targets   # the answer, ~1 min
+    python bench/bench_metabolism.py --strategies integrated --phase1-aug 2 --phase2-aug 2 \
+        --extra n_frames=23040 flux_limit=true measurement_noise_level=0.01 --out outputs/bench_noise_p2
 
 For each simulation seed it trains phase 1 with the metabolism_phase1 training defaults (the default
 network of conf/simulation/metabolism_homeostasis.yaml), then phase 2 from that phase-1 model with every
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -53,6 +56,19 @@ STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "conservation_sgd": (CONSERVATION, {}),  # conservation loss by SGD, free MLP_node
     "conservation_sgd_affine": (CONSERVATION, AFFINE_1D),
     "conservation_targets": ({**TARGETS, "lr_schedule": "warmup_decay"}, AFFINE_1D),  # the phase-2 answer
+    # free MLP_node(c, a) on the integrated conservation equations (training=metabolism_phase2_integrated)
+    "integrated": (
+        {
+            "residual_supervision_weight": 0.0,
+            "integrated_conservation_weight": 1.0,
+            "embedding_init": "conserved_types",
+            "node_least_squares_every": 100,
+            "learning_rate_node": 1e-3,
+            "learning_rate_embedding": 1e-3,
+            "lr_schedule": "warmup_decay",
+        },
+        {},
+    ),
 }
 # strategies whose every step unrolls homeostasis_time_step Euler steps (much slower per step)
 ROLLOUT_STRATEGIES = {
@@ -117,14 +133,19 @@ def main() -> None:
         "--train-seed", type=int, default=None, help="phase-2 training seed (model init, batches)"
     )
     parser.add_argument("--quick", action="store_true", help="a tenth of the phase-1 and phase-2 budgets")
+    parser.add_argument("--phase1-aug", type=float, default=None, help="phase-1 data_augmentation_loop")
     parser.add_argument("--phase2-aug", type=float, default=None, help="phase-2 data_augmentation_loop")
+    parser.add_argument(
+        "--extra", nargs="*", default=[], help="simulation keys, e.g. n_frames=23040 flux_limit=true"
+    )
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench_metabolism"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one table row per fit, no banners
 
-    sim_cfg: dict[str, Any] = {}  # the regime's defaults (hydra_llm.schemas.simulation.MetabolismSimulation)
+    # the regime's defaults (hydra_llm.schemas.simulation.MetabolismSimulation) and --extra over them
+    sim_cfg: dict[str, Any] = {k: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in args.extra)}
     model_cfg: dict[str, Any] = {}  # the metabolism_gnn defaults (hydra_llm.schemas.models.MetabolismModel)
     phase1 = training_options({})
     phase2 = training_options({"phase": 2})
@@ -135,6 +156,8 @@ def main() -> None:
         phase2["data_augmentation_loop"] = phase2["data_augmentation_loop"] / 10
     if args.train_seed is not None:
         phase2["seed"] = args.train_seed
+    if args.phase1_aug is not None:
+        phase1["data_augmentation_loop"] = args.phase1_aug
     if args.phase2_aug is not None:
         phase2["data_augmentation_loop"] = args.phase2_aug
     out = Path(args.out)

@@ -22,6 +22,9 @@ any estimator can take from these combinations. Per seed and noise level the scr
 Slope ratios are computed as ``evaluation.metabolism`` does: the mean of the per-metabolite slopes over
 the metabolites of each true type, over that type's true slope.
 
+The regression and the search are ``hydra_llm.models.metabolism.conserved_types`` (the phase-2 strategy
+``training.embedding_init: conserved_types`` uses the same search).
+
 The residual of a per-metabolite fit that uses a reaction model (phase 1) is not used: it carries the
 reaction model's error, which at 1% noise is far larger than the homeostatic term (BENCHMARKS.md).
 
@@ -41,77 +44,15 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from hydra_llm.models.metabolism.conserved_types import (  # noqa: E402
+    conserved_normal_equations,
+    conserved_types,
+    quantile_split,
+    ridge_rates,
+    typed_fit,
+)
 from hydra_llm.models.metabolism.network import conservation_basis  # noqa: E402
 from hydra_llm.simulation.metabolism import MetabolismDataModule  # noqa: E402
-
-
-def conserved_regression(c: np.ndarray, W: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the integrated conservation equations with the nuisance terms projected out.
-
-    Args:
-        c: (T, N) recorded concentrations; W: (N, K) basis of the left null space of S.
-    Returns:
-        A: (T*K, N) regressors of -lambda (one column per metabolite); y: (T*K,) responses.
-    """
-    T, N = c.shape
-    K = W.shape[1]
-    X = np.concatenate([np.zeros((1, N)), np.cumsum(c[:-1] * dt, 0)])  # left sums: exact for Euler
-    t = np.arange(T) * dt
-    A = -(W.T[:, None, :] * X[None]).reshape(K * T, N)  # rows law by law, like y
-    y = (c @ W).T.reshape(-1)
-    nuisance = np.zeros((K * T, 2 * K))  # per law: an intercept and a rate gamma_k
-    for k in range(K):
-        nuisance[k * T : (k + 1) * T, k] = 1.0
-        nuisance[k * T : (k + 1) * T, K + k] = t
-    q, _ = np.linalg.qr(nuisance)
-    return A - q @ (q.T @ A), y - q @ (q.T @ y)
-
-
-def ridge_lambda(G: np.ndarray, r: np.ndarray, ridge: float) -> np.ndarray:
-    """Free lambda per metabolite from the normal equations ``G = A^T A``, ``r = A^T y``, shrunk
-    towards the common mean by ``ridge`` (relative)."""
-    n = len(r)
-    shrink = ridge * float(G.diagonal().mean()) * (np.eye(n) - 1.0 / n)
-    return np.linalg.solve(G + shrink, r)
-
-
-def two_type_fit(G: np.ndarray, r: np.ndarray, yy: float, labels: np.ndarray) -> tuple[np.ndarray, float]:
-    """Least-squares lambda per type for a partition, from the normal equations ``G = A^T A``,
-    ``r = A^T y``, ``yy = y^T y``; (lambda (2,), residual sum of squares)."""
-    M = np.eye(2)[labels]  # (N, 2)
-    lhs, rhs = M.T @ G @ M, M.T @ r
-    lam = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
-    return lam, float(yy - rhs @ lam)
-
-
-def local_search(
-    G: np.ndarray, r: np.ndarray, yy: float, labels: np.ndarray, candidates: int = 15
-) -> np.ndarray:
-    """Move to the best single flip or the best swap of a type-0 and a type-1 metabolite (among the
-    ``candidates`` best single flips of each type) while the two-type residual goes down."""
-    n = len(labels)
-    current = two_type_fit(G, r, yy, labels)[1]
-    for _ in range(10 * n):
-        singles = []
-        for i in range(n):
-            flipped = labels.copy()
-            flipped[i] = 1 - flipped[i]
-            singles.append(two_type_fit(G, r, yy, flipped)[1])
-        singles = np.asarray(singles)
-        moves = [(float(singles.min()), [int(singles.argmin())])]
-        tops = [np.flatnonzero(labels == k)[np.argsort(singles[labels == k])[:candidates]] for k in (0, 1)]
-        for i in tops[0]:
-            for j in tops[1]:
-                swapped = labels.copy()
-                swapped[[i, j]] = [1, 0]
-                moves.append((two_type_fit(G, r, yy, swapped)[1], [int(i), int(j)]))
-        sse, flip = min(moves)
-        if sse >= current * (1 - 1e-12):
-            break
-        labels = labels.copy()
-        labels[flip] = 1 - labels[flip]
-        current = sse
-    return labels
 
 
 def accuracy(labels: np.ndarray, types: np.ndarray) -> float:
@@ -131,19 +72,12 @@ def one(seed: int, level: float, restarts: int, ridge: float, extra: dict[str, o
     W = conservation_basis(obs.extras["stoichiometry"]).double().numpy()
     types = gt["types"].numpy()
     lam_t = gt["homeostatic_lambda_per_type"].double().numpy()
-    A, y = conserved_regression(c, W, obs.dt)
-
-    G, r, yy = A.T @ A, A.T @ y, float(y @ y)
-    free = ridge_lambda(G, r, ridge)
-    split = (free > np.median(free)).astype(int)
-    rng = np.random.default_rng(seed)
-    splits = [(f > np.median(f)).astype(int) for f in (ridge_lambda(G, r, k) for k in (1e-4, 1e-3, 1e-2))]
-    starts = [split, *splits] + [rng.integers(0, 2, A.shape[1]) for _ in range(restarts)]
-    fits = [(two_type_fit(G, r, yy, lab), lab) for lab in (local_search(G, r, yy, s) for s in starts)]
-    (lam, sse), labels = min(fits, key=lambda f: f[0][1])
-    if lam[0] > lam[1]:  # name the slower type 0, as in the truth
-        lam, labels = lam[::-1], 1 - labels
-    _, sse_true = two_type_fit(G, r, yy, types)
+    G, r, yy = conserved_normal_equations(c, W, obs.dt)
+    free = ridge_rates(G, r, ridge)
+    split = quantile_split(free, 2)
+    labels, lam = conserved_types(c, W, obs.dt, n_types=2, restarts=restarts, ridge=ridge, seed=seed)
+    sse = typed_fit(G, r, yy, labels, 2)[1]
+    _, sse_true = typed_fit(G, r, yy, types, 2)
     r_free = ratios(free, types, lam_t)
     r_two = ratios(lam[labels], types, lam_t)
     return {

@@ -1,9 +1,10 @@
 """Training never sees the ground truth, on every training path, and the check bites.
 
 For each path (signal, signal on a known graph, flyvis, metabolism phase 1, phase 2 learned, phase 2 by
-the conservation solve), :func:`hydra_llm.blindness.check` trains through ``train.run``'s own path
-twice, the second time with garbage ground truth, and walks everything training holds. A clean run
-must be blind. Then a leak is planted, and the same check must fail:
+the conservation solve, phase 2 by the integrated conservation equations),
+:func:`hydra_llm.blindness.check` trains through ``train.run``'s own path twice, the second time with
+garbage ground truth, and walks everything training holds. A clean run must be blind. Then a leak is
+planted, and the same check must fail:
 
 * ``observations``: the simulation copies a hidden tensor into ``Observations.extras``;
 * ``datamodule``: the datamodule keeps the ground truth it hands to evaluation, so it is reachable
@@ -90,6 +91,15 @@ PATHS = {
             "training=metabolism_phase2_conservation",
             "model.node_form=affine",
             "model.embedding_dim=1",
+        ],
+    ),
+    "metabolism_phase2_integrated": (
+        MetabolismDataModule,
+        [
+            *PHASE2,
+            "training=metabolism_phase2_integrated",
+            "training.integrated_window=16",
+            "training.node_least_squares_every=2",
         ],
     ),
 }

@@ -24,6 +24,14 @@ class LRSchedule(StrEnum):
     cosine_restarts = "cosine_restarts"
 
 
+class EmbeddingInit(StrEnum):
+    """Phase-2 embeddings at the start: random (all near 1), or placed by the partition of metabolites that
+    fits the conserved combinations best (``hydra_llm.models.metabolism.conserved_types``)."""
+
+    random = "random"
+    conserved_types = "conserved_types"
+
+
 # "global" is a keyword, hence the functional form; member names equal their values (OmegaConf maps by name).
 LossNormalisation = StrEnum("LossNormalisation", {"per_metabolite": "per_metabolite", "global": "global"})
 LossNormalisation.__doc__ = (
@@ -214,6 +222,15 @@ class MetabolismPhase2Training(MetabolismPhase1Training):
     node_target_weight: float = 0.0  # > 0: regress MLP_node(a) on the exact least-squares (slope, offset)
     node_target_offset_weight: float = 0.1  # relative weight of the weakly identified offsets
     node_target_ridge: float = 1.0e-11  # relative ridge of the least-squares solve
+    # --- integrated conservation: w^T (c(t+L) - c(t)) = dt sum_{t<=s<t+L} w^T node(c(s)) on the record
+    # itself (exact for Euler steps): no derivative, no reaction term, so measurement noise stays white
+    integrated_conservation_weight: float = 0.0
+    integrated_window: int = 256  # L, frames per window
+    embedding_init: EmbeddingInit = EmbeddingInit.random
+    n_node_types: int = 2  # types the conserved_types search partitions the metabolites into
+    # every N steps (and at the start and end) set MLP_node's output layer to its least-squares optimum under
+    # the integrated conservation equations over the whole record, given the hidden layers; 0: off
+    node_least_squares_every: int = 0
 
     PHASE: ClassVar[int] = 2
 
@@ -221,9 +238,18 @@ class MetabolismPhase2Training(MetabolismPhase1Training):
         super().__post_init__()  # the phase-1 block checked itself when it was built
         if self.phase1 is None and self.phase1_checkpoint is None:
             fail(self, "phase1_checkpoint", None, "phase 2 needs a phase-1 checkpoint or a `phase1` config")
-        data_terms = ("rollout_loss_weight", "residual_supervision_weight", "conservation_loss_weight")
+        data_terms = (
+            "rollout_loss_weight",
+            "residual_supervision_weight",
+            "conservation_loss_weight",
+            "integrated_conservation_weight",
+        )
         non_negative(self, *prefixed(self, "node_target"), *data_terms)
-        at_least_one(self, "homeostasis_time_step", "embedding_aux_grid_points")
+        at_least_one(self, "homeostasis_time_step", "embedding_aux_grid_points", "integrated_window")
+        if self.node_least_squares_every < 0:
+            fail(self, "node_least_squares_every", self.node_least_squares_every, "must be >= 0 (0: off)")
+        if self.n_node_types < 2:
+            fail(self, "n_node_types", self.n_node_types, "must be >= 2")
         if self.amplification_factor < 1.0:
             fail(self, "amplification_factor", self.amplification_factor, "must be >= 1")
         if not self.rollout_lengths or min(self.rollout_lengths) < 1:

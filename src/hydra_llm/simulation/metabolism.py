@@ -265,13 +265,15 @@ class MetabolismDataModule(SimulationDataModule):
             "the simulation diverged (non-finite concentrations); lower delta_t or log_k_max",
         )
         if clamped_steps:
+            # with flux_limit on, only rounding takes a concentration below zero
+            hint = "" if self.flux_limit else ". simulation.flux_limit=true keeps them"
             log.warning(
                 "simulation: a concentration went below zero and was set to 0 on %d of %d steps, adding "
-                "%.3g units of mass; that breaks the conservation laws that phase 2 reads. "
-                "simulation.flux_limit=true keeps them",
+                "%.3g units of mass; that breaks the conservation laws that phase 2 reads%s",
                 clamped_steps,
                 self.n_frames,
                 added_mass,
+                hint,
             )
 
         record = add_measurement_noise(traj, self.measurement_noise_level, self.seed)

@@ -16,7 +16,8 @@ import torch
 
 # region: metabolism_phase2_loss
 def phase2_losses(model, starts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rollout loss, residual supervision, offset penalty and the embedding auxiliary loss.
+    """Rollout loss, residual supervision, conservation losses (derivative and integrated), node targets,
+    offset penalty and the embedding auxiliary loss.
 
     Every term is divided by the variance of the phase-1 residual (dc/dt minus the frozen reaction
     term), so the weights compare like with like.
@@ -42,6 +43,17 @@ def phase2_losses(model, starts: torch.Tensor) -> dict[str, torch.Tensor]:
         # w^T S = 0: the projection of (dc/dt - node) needs no reaction term, so phase-1 errors vanish
         err = (model.derivative[starts] - model.homeostasis_term(conc)) @ model.conservation_basis
         losses["conservation"] = o["conservation_loss_weight"] * err.pow(2).mean() / model.conservation_scale
+    if o["integrated_conservation_weight"] > 0 and model.conservation_basis.shape[1] > 0:
+        # w^T (c(t+L) - c(t)) = dt sum_{s<t+L} w^T node(c(s)): the recorded states themselves, so the noise
+        # stays white and nothing of phase 1 enters
+        steps = int(o["integrated_window"])
+        window = model.window(starts, steps)  # (L + 1, B, N)
+        change = (window[-1] - window[0]) @ model.conservation_basis
+        flow = model.dt * model.homeostasis_term(window[:-1].flatten(0, 1)).view_as(window[:-1]).sum(0)
+        err = change - flow @ model.conservation_basis
+        losses["integrated_conservation"] = (
+            o["integrated_conservation_weight"] * err.pow(2).mean() / model.integrated_scale
+        )
     if o["node_target_weight"] > 0:
         slope_offset = model.MLP_node(model.embedding)
         err = (slope_offset - model.node_targets[0]) / model.node_targets[1]

@@ -79,3 +79,41 @@ def affine_node_targets(model) -> torch.Tensor:
     targets = torch.stack([solution[:n], solution[n:]], dim=1)  # (N, 2)
     scales = targets.std(0, keepdim=True).clamp_min(1e-12).expand(n, -1)
     return torch.stack([targets, scales]).float()
+
+
+@torch.no_grad()
+def refit_node_output(model, chunk: int = 256) -> None:
+    """Set MLP_node's output layer to its least-squares optimum under the integrated conservation loss,
+    given its hidden layers and the embeddings (variable projection, as :func:`refit_rate_constants`).
+
+    The node term is ``h_i(c) = v . phi(c_i, a_i) + beta`` with ``phi`` the hidden layers' output, so over
+    the whole training record the integrated conservation equations are linear in (v, beta)::
+
+        w_k^T c(t) = y0_k + sum_i w_ki dt sum_{s<t} (v . phi(c_i(s), a_i) + beta)
+
+    Each law's intercept ``y0_k`` (its start value, noisy) is projected out; a tiny relative ridge keeps the
+    solve well posed. Needs ``node_form: mlp`` and at least one conservation law.
+    """
+    t = model.n_train_frames
+    W = model.conservation_basis.double()
+    hidden, last = model.MLP_node.net[:-1], model.MLP_node.net[-1]
+    emb = model.embedding
+    flows = []  # per frame and law, sum_i w_ki [phi(c_i), 1]: (T, K, H + 1)
+    for start in range(0, t, chunk):
+        conc = model.activity[start : min(start + chunk, t)] / model.c_scale
+        x = torch.cat([conc.unsqueeze(-1), emb.expand(len(conc), -1, -1)], dim=-1)
+        phi = hidden(x).double()
+        phi = torch.cat([phi, torch.ones_like(phi[..., :1])], dim=-1)
+        flows.append(torch.einsum("bnh,nk->bkh", phi, W))
+    flow = torch.cat(flows)
+    z = model.dt * torch.cat([torch.zeros_like(flow[:1]), flow[:-1].cumsum(0)])  # left sums, exact for Euler
+    y = model.activity[:t].double() @ W  # (T, K)
+    z = z - z.mean(0)
+    y = y - y.mean(0)
+    gram = torch.einsum("tkh,tkg->hg", z, z)
+    rhs = torch.einsum("tkh,tk->h", z, y)
+    ridge = 1e-10 * float(gram.diagonal().mean().clamp_min(1e-30))
+    solution = torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype), rhs)
+    scale = model.node_amplification
+    last.weight.copy_((solution[:-1] / scale).float().unsqueeze(0))
+    last.bias.copy_((solution[-1:] / scale).float())

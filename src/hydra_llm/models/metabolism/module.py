@@ -15,7 +15,12 @@
   space of the observed S), so ``w^T dc/dt`` is the homeostasis term alone and carries none of phase 1's
   reaction error. ``conservation_loss_weight`` trains on it by SGD; ``node_target_weight`` (with
   ``node_form: affine``) solves it exactly for a per-metabolite slope and offset and regresses
-  ``MLP_node(a_i)`` on that solution. Slopes are identified this way; offsets only partly.
+  ``MLP_node(a_i)`` on that solution. Slopes are identified this way; offsets only partly. Under
+  measurement noise the derivative is too noisy for either; ``integrated_conservation_weight`` trains a
+  free ``MLP_node(c, a)`` on the same laws integrated over windows of the record itself (no derivative),
+  ``embedding_init: conserved_types`` places the embeddings by the partition of metabolites that fits
+  those laws best (:mod:`.conserved_types`), and ``node_least_squares_every`` sets MLP_node's output layer
+  to its least-squares optimum over the record (:func:`.least_squares.refit_node_output`).
 
 The Trainer owns the loop: ``gradient_accumulation`` and ``gradient_clip_val`` are its
 ``accumulate_grad_batches`` and ``gradient_clip_val`` (:func:`trainer_settings`), the learning-rate
@@ -42,6 +47,7 @@ import torch
 from hydra_llm.code_edits.loader import strategy
 from hydra_llm.files import atomic_write
 from hydra_llm.models.metabolism import least_squares, losses
+from hydra_llm.models.metabolism.conserved_types import conserved_types
 from hydra_llm.models.metabolism.network import REACTION_ARCH_KEYS, ReactionNetwork
 from hydra_llm.models.metabolism.options import amplification, lr_factor, trainer_settings, training_options
 from hydra_llm.simulation.base import Observations, config_hash
@@ -71,6 +77,7 @@ class MetabolismGNN(ReactionNetwork):
     phase1_losses = losses.phase1_losses
     embedding_aux_loss = losses.embedding_aux_loss
     refit_rate_constants = least_squares.refit_rate_constants
+    refit_node_output = least_squares.refit_node_output
     affine_node_targets = least_squares.affine_node_targets
 
     def __init__(
@@ -94,6 +101,12 @@ class MetabolismGNN(ReactionNetwork):
         if self.opts["phase"] == 2:
             if float(self.opts["node_target_weight"]) > 0 and self.node_form != "affine":
                 raise ValueError("training.node_target_weight: needs model.node_form: affine")
+            window = int(self.opts["integrated_window"])
+            if float(self.opts["integrated_conservation_weight"]) > 0 and window >= self.n_train_frames:
+                raise ValueError(
+                    f"training.integrated_window={window}: must be below the {self.n_train_frames} "
+                    "training frames"
+                )
             self._load_phase1(observations)
             self.residual_scale = self._residual_std()
             projected = self.derivative[: self.n_train_frames] @ self.conservation_basis
@@ -102,6 +115,16 @@ class MetabolismGNN(ReactionNetwork):
             )
             if float(self.opts["node_target_weight"]) > 0:
                 self.register_buffer("node_targets", self.affine_node_targets(), persistent=False)
+            self.integrated_scale = self._integrated_scale()
+            if self.opts["embedding_init"] == "conserved_types":
+                self.place_embeddings_by_type()
+            if int(self.opts["node_least_squares_every"]) > 0:
+                if self.node_form != "mlp" or self.conservation_basis.shape[1] == 0:
+                    raise ValueError(
+                        "training.node_least_squares_every: needs model.node_form: mlp and a stoichiometry "
+                        "that conserves at least one combination"
+                    )
+                self.refit_node_output()
 
     # ----------------------------------------------------------------------------- sampling
     def steps_per_epoch(self) -> int:
@@ -119,6 +142,8 @@ class MetabolismGNN(ReactionNetwork):
         window = int(o["homeostasis_time_step"])
         if o["multi_scale_rollout"]:
             window = max(window, *[int(v) for v in o["rollout_lengths"]])
+        if float(o["integrated_conservation_weight"]) > 0:
+            window = max(window, int(o["integrated_window"]))
         return window
 
     @property
@@ -211,16 +236,27 @@ class MetabolismGNN(ReactionNetwork):
         this run was given)."""
         return strategy(PHASE2_LOSS).phase2_losses(self, starts)
 
+    def exact_steps(self) -> list[tuple[str, Any]]:
+        """(the option that sets how often, the least-squares step) of this phase."""
+        steps = [("k_least_squares_every", self.refit_rate_constants)]
+        if self.opts["phase"] == 2:
+            steps.append(("node_least_squares_every", self.refit_node_output))
+        return steps
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        every = int(self.opts["k_least_squares_every"])
         step = self.optimiser_step  # counts optimiser steps, so it repeats across an accumulation window
-        if every > 0 and step > 0 and step % every == 0 and step != self._last_refit:
-            self._last_refit = step
-            self.refit_rate_constants()
+        if step == 0 or step == self._last_refit:
+            return
+        for key, refit in self.exact_steps():
+            every = int(self.opts[key])
+            if every > 0 and step % every == 0:
+                self._last_refit = step
+                refit()
 
     def on_train_epoch_end(self) -> None:
-        if int(self.opts["k_least_squares_every"]) > 0:
-            self.refit_rate_constants()
+        for key, refit in self.exact_steps():
+            if int(self.opts[key]) > 0:
+                refit()
 
     def on_train_end(self) -> None:
         path = Path(self.trainer.default_root_dir) / f"metabolism_phase{self.opts['phase']}.ckpt"
@@ -237,6 +273,37 @@ class MetabolismGNN(ReactionNetwork):
             "n_reactions": self.n_reactions,
             "final_loss": self.final_loss,
         }
+
+    @torch.no_grad()
+    def place_embeddings_by_type(self) -> None:
+        """Move each embedding to its type's centre (types from :func:`conserved_types` on the training
+        record; centres evenly spaced on [-1, 1] in every dimension), keeping the small random spread."""
+        n_types = int(self.opts["n_node_types"])
+        t = self.n_train_frames
+        labels, rates = conserved_types(
+            self.activity[:t].double().cpu().numpy(),
+            self.conservation_basis.double().cpu().numpy(),
+            self.dt,
+            n_types=n_types,
+            seed=int(self.opts["seed"]),
+        )
+        centres = torch.linspace(-1.0, 1.0, n_types, device=self.embedding.device)
+        labels_t = torch.as_tensor(labels, device=self.embedding.device)
+        self.embedding.copy_(centres[labels_t].unsqueeze(1) + self.embedding - self.embedding.mean(0))
+        log.info(
+            "phase 2: embeddings placed by the conserved-type search (%s metabolites per type, rates %s)",
+            np.bincount(labels, minlength=n_types).tolist(),
+            np.array2string(rates, precision=4),
+        )
+
+    def _integrated_scale(self) -> float:
+        """Mean square of the conserved combinations' change over ``integrated_window`` frames (training
+        record): the integrated conservation loss is divided by it."""
+        steps = int(self.opts["integrated_window"])
+        combos = self.activity[: self.n_train_frames] @ self.conservation_basis
+        if combos.shape[1] == 0 or len(combos) <= steps:
+            return 1.0
+        return float((combos[steps:] - combos[:-steps]).pow(2).mean().clamp_min(1e-30))
 
     def _residual_std(self) -> float:
         with torch.no_grad():
