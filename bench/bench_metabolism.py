@@ -43,6 +43,9 @@ ROLLOUT = {"residual_supervision_weight": 0.0, "rollout_loss_weight": 1.0}
 CONSERVATION = {"conservation_loss_weight": 1.0, "residual_supervision_weight": 0.0}
 TARGETS = {**CONSERVATION, "node_target_weight": 1.0, "node_target_offset_weight": 0.01}
 AFFINE_1D = {"node_form": "affine", "embedding_dim": 1}
+# conf/training/metabolism_phase2_integrated.yaml, its budget aside (--phase2-aug)
+INTEGRATED = yaml.safe_load((REPO / "conf" / "training" / "metabolism_phase2_integrated.yaml").read_text())
+INTEGRATED = {k: v for k, v in INTEGRATED.items() if k not in ("defaults", "data_augmentation_loop")}
 STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "residual": ({}, {}),  # S1 alone: the preset
     "residual+embedding_aux": ({"coeff_embedding_aux": 0.1}, {}),  # S1 + S3
@@ -57,34 +60,26 @@ STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "conservation_sgd_affine": (CONSERVATION, AFFINE_1D),
     "conservation_targets": ({**TARGETS, "lr_schedule": "warmup_decay"}, AFFINE_1D),  # the phase-2 answer
     # free MLP_node(c, a) on the integrated conservation equations (training=metabolism_phase2_integrated)
-    "integrated": (
-        {
-            "residual_supervision_weight": 0.0,
-            "integrated_conservation_weight": 1.0,
-            "embedding_init": "conserved_types",
-            "node_least_squares_every": 100,
-            "learning_rate_node": 1e-3,
-            "learning_rate_embedding": 1e-3,
-            "lr_schedule": "warmup_decay",
-        },
-        {},
-    ),
+    "integrated": (INTEGRATED, {}),
+    # and without each of its parts: the type search, the exact output layer, SGD of the hidden layers
+    "integrated_random_init": ({**INTEGRATED, "embedding_init": "random"}, {}),
+    "integrated_sgd_only": ({**INTEGRATED, "node_least_squares_every": 0}, {}),
+    "integrated_frozen_hidden": ({**INTEGRATED, "learning_rate_node": 0.0}, {}),
 }
 # strategies whose every step unrolls homeostasis_time_step Euler steps (much slower per step)
 ROLLOUT_STRATEGIES = {
     name for name, (over, _) in STRATEGIES.items() if over.get("rollout_loss_weight", 0) > 0
 }
-TARGET = {"avg_slope_ratio": (0.8, 1.2), "embedding_cluster_acc": 0.95}
+SLOPE_BAND = (0.8, 1.2)
+# least embedding_cluster_acc of the phase-2 target: on a noise-free record, and under 1% measurement noise
+CLUSTER_TARGETS = {"noise-free": 0.95, "under noise": 0.9}
 
 
-def meets_target(m: dict[str, float]) -> bool:
-    """The issue's phase-2 target: both slope ratios in [0.8, 1.2] and embedding_cluster_acc >= 0.95."""
-    low, high = TARGET["avg_slope_ratio"]
+def meets_target(m: dict[str, float], cluster_acc: float) -> bool:
+    """The phase-2 target: both slope ratios in [0.8, 1.2] and embedding_cluster_acc >= ``cluster_acc``."""
+    low, high = SLOPE_BAND
     ratios = [m["slope_ratio_0"], m["slope_ratio_1"], m["avg_slope_ratio"]]
-    return (
-        all(low <= r <= high for r in ratios)
-        and m["embedding_cluster_acc"] >= TARGET["embedding_cluster_acc"]
-    )
+    return all(low <= r <= high for r in ratios) and m["embedding_cluster_acc"] >= cluster_acc
 
 
 def load() -> str:
@@ -211,7 +206,7 @@ def main() -> None:
         "offset_ratio_1 | embedding_cluster_acc | n_clusters | silhouette | kmeans_acc (k) | minutes | load |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    results: dict[str, list[bool]] = {name: [] for name in args.strategies}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in args.strategies}
     for seed in args.seeds:
         obs, gt = data[seed]
         for name in args.strategies:
@@ -226,7 +221,7 @@ def main() -> None:
             fit_model(model, out / f"seed{seed}" / name)
             minutes = (time.perf_counter() - start) / 60
             m = evaluate(model, obs, gt, out / f"seed{seed}" / name, make_plots=True)
-            results[name].append(meets_target(m))
+            results[name].append(m)
             print(
                 f"| {seed} | {name} | {steps} | {m['avg_slope_ratio']:.3f} | {m['slope_ratio_0']:.3f} | "
                 f"{m['slope_ratio_1']:.3f} | {m['offset_ratio_0']:.3f} | {m['offset_ratio_1']:.3f} | "
@@ -236,10 +231,15 @@ def main() -> None:
                 flush=True,
             )
 
-    print("\n## target (both slope ratios in [0.8, 1.2], embedding_cluster_acc >= 0.95) per strategy")
-    for name, hits in results.items():
-        verdict = "MET" if sum(hits) >= min(3, len(hits)) else "not met"
-        print(f"- {name}: {sum(hits)}/{len(hits)} seeds -> {verdict} (issue: at least 3 of 4)")
+    for label, cluster_acc in CLUSTER_TARGETS.items():
+        print(
+            f"\n## target {label} (both slope ratios in [0.8, 1.2], embedding_cluster_acc >= {cluster_acc}) "
+            "per strategy"
+        )
+        for name, runs in results.items():
+            hits = sum(meets_target(m, cluster_acc) for m in runs)
+            verdict = "MET" if hits >= min(3, len(runs)) else "not met"
+            print(f"- {name}: {hits}/{len(runs)} seeds -> {verdict} (at least 3 of 4)")
 
 
 if __name__ == "__main__":
