@@ -19,8 +19,9 @@ def phase2_losses(model, starts: torch.Tensor) -> dict[str, torch.Tensor]:
     """Rollout loss, residual supervision, conservation losses (derivative and integrated), node targets,
     offset penalty and the embedding auxiliary loss.
 
-    Every term is divided by the variance of the phase-1 residual (dc/dt minus the frozen reaction
-    term), so the weights compare like with like.
+    Each data term is divided by a scale of the data it compares with: the variance of the phase-1
+    residual (dc/dt minus the frozen reaction term), or for the conservation terms the mean square of
+    the conserved combinations' derivative or change; so the weights compare like with like.
     """
     o = model.opts
     scale = model.residual_scale**2
