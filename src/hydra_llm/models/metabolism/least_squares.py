@@ -97,12 +97,10 @@ def refit_node_output(model, chunk: int = 256) -> None:
     t = model.n_train_frames
     W = model.conservation_basis.double()
     hidden, last = model.MLP_node.net[:-1], model.MLP_node.net[-1]
-    emb = model.embedding
     flows = []  # per frame and law, sum_i w_ki [phi(c_i), 1]: (T, K, H + 1)
     for start in range(0, t, chunk):
-        conc = model.activity[start : min(start + chunk, t)] / model.c_scale
-        x = torch.cat([conc.unsqueeze(-1), emb.expand(len(conc), -1, -1)], dim=-1)
-        phi = hidden(x).double()
+        conc = model.activity[start : min(start + chunk, t)]
+        phi = hidden(model.node_inputs(conc, model.embedding)).double()
         phi = torch.cat([phi, torch.ones_like(phi[..., :1])], dim=-1)
         flows.append(torch.einsum("bnh,nk->bkh", phi, W))
     flow = torch.cat(flows)

@@ -101,12 +101,7 @@ class MetabolismGNN(ReactionNetwork):
         if self.opts["phase"] == 2:
             if float(self.opts["node_target_weight"]) > 0 and self.node_form != "affine":
                 raise ValueError("training.node_target_weight: needs model.node_form: affine")
-            window = int(self.opts["integrated_window"])
-            if float(self.opts["integrated_conservation_weight"]) > 0 and window >= self.n_train_frames:
-                raise ValueError(
-                    f"training.integrated_window={window}: must be below the {self.n_train_frames} "
-                    "training frames"
-                )
+            self._check_integrated_options()  # before phase 1, which may train first
             self._load_phase1(observations)
             self.residual_scale = self._residual_std()
             projected = self.derivative[: self.n_train_frames] @ self.conservation_basis
@@ -119,11 +114,6 @@ class MetabolismGNN(ReactionNetwork):
             if self.opts["embedding_init"] == "conserved_types":
                 self.place_embeddings_by_type()
             if int(self.opts["node_least_squares_every"]) > 0:
-                if self.node_form != "mlp" or self.conservation_basis.shape[1] == 0:
-                    raise ValueError(
-                        "training.node_least_squares_every: needs model.node_form: mlp and a stoichiometry "
-                        "that conserves at least one combination"
-                    )
                 self.refit_node_output()
 
     # ----------------------------------------------------------------------------- sampling
@@ -295,6 +285,30 @@ class MetabolismGNN(ReactionNetwork):
             np.bincount(labels, minlength=n_types).tolist(),
             np.array2string(rates, precision=4),
         )
+
+    def _check_integrated_options(self) -> None:
+        """The integrated-conservation options need conservation laws, a free MLP_node and a window
+        shorter than the training record; one ``ValueError`` line naming the key otherwise."""
+        o = self.opts
+        window = int(o["integrated_window"])
+        if float(o["integrated_conservation_weight"]) > 0 and window >= self.n_train_frames:
+            raise ValueError(
+                f"training.integrated_window={window}: must be below the {self.n_train_frames} "
+                "training frames"
+            )
+        if int(o["node_least_squares_every"]) > 0 and self.node_form != "mlp":
+            raise ValueError("training.node_least_squares_every: needs model.node_form: mlp")
+        needs_laws = {
+            "integrated_conservation_weight": float(o["integrated_conservation_weight"]) > 0,
+            "embedding_init": o["embedding_init"] == "conserved_types",
+            "node_least_squares_every": int(o["node_least_squares_every"]) > 0,
+        }
+        for key, used in needs_laws.items():
+            if used and self.conservation_basis.shape[1] == 0:
+                raise ValueError(
+                    f"training.{key}={o[key]!r}: the observed stoichiometry conserves no combination of "
+                    "concentrations, so there is nothing to integrate"
+                )
 
     def _integrated_scale(self) -> float:
         """Mean square of the conserved combinations' change over ``integrated_window`` frames (training

@@ -131,8 +131,13 @@ class ReactionNetwork(pl.LightningModule):
         if self.node_form == "affine":
             slope_offset = self.MLP_node(emb)  # (N, 2), per metabolite
             return slope_offset[:, 0] * (conc / self.c_scale) + slope_offset[:, 1]
-        x = torch.cat([(conc / self.c_scale).unsqueeze(-1), emb.expand(conc.shape[0], -1, -1)], dim=-1)
-        return self.MLP_node(x).squeeze(-1)
+        return self.MLP_node(self.node_inputs(conc, emb)).squeeze(-1)
+
+    def node_inputs(self, conc: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """The free MLP_node's inputs (B, N, 1 + d): each concentration over the recording's scale, then
+        its metabolite's embedding (N, d)."""
+        emb = embedding.expand(conc.shape[0], -1, -1)
+        return torch.cat([(conc / self.c_scale).unsqueeze(-1), emb], dim=-1)
 
     def homeostasis_term(self, conc: torch.Tensor) -> torch.Tensor:
         """The node contribution to dc/dt, (B, N), including the current amplification factor."""
