@@ -26,10 +26,15 @@ The regression and the search are ``hydra_llm.models.metabolism.conserved_types`
 ``training.embedding_init: conserved_types`` uses the same search).
 
 The residual of a per-metabolite fit that uses a reaction model (phase 1) is not used: it carries the
-reaction model's error, which at 1% noise is far larger than the homeostatic term (BENCHMARKS.md).
+reaction model's error, which at 1% noise is far larger than the homeostatic term. ``--reaction-error``
+measures that error instead of the regression: per metabolite, the change over windows of ``--window``
+frames minus the integrated reaction term minus the true integrated homeostasis, for the *true* reactions
+(an oracle: the true k and mass action applied to the recorded concentrations), an untrained reaction
+model and, with ``--phase1-checkpoint``, a trained phase 1; each next to the homeostatic change itself.
 
     python bench/bench_phase2_information.py                        # seeds 0-3, noise 0 .. 1%
     python bench/bench_phase2_information.py --seeds 0 --levels 0.01 --extra n_frames=11520
+    python bench/bench_phase2_information.py --reaction-error --seeds 0 --levels 0.01
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,8 +57,9 @@ from hydra_llm.models.metabolism.conserved_types import (  # noqa: E402
     ridge_rates,
     typed_fit,
 )
-from hydra_llm.models.metabolism.network import conservation_basis  # noqa: E402
-from hydra_llm.simulation.metabolism import MetabolismDataModule  # noqa: E402
+from hydra_llm.models.metabolism.module import MetabolismGNN  # noqa: E402
+from hydra_llm.models.metabolism.network import conservation_basis, left_sums  # noqa: E402
+from hydra_llm.simulation.metabolism import MetabolismDataModule, mass_action_rates  # noqa: E402
 
 
 def accuracy(labels: np.ndarray, types: np.ndarray) -> float:
@@ -95,6 +102,37 @@ def one(seed: int, level: float, restarts: int, ridge: float, extra: dict[str, o
     }
 
 
+def reaction_error(
+    seed: int, level: float, window: int, checkpoint: str | None, extra: dict[str, object]
+) -> dict[str, float]:
+    """Std over metabolites and windows of the per-metabolite integrated equation's error, per reaction
+    model, and of the true homeostatic change over the same windows (``homeostasis``)."""
+    dm = MetabolismDataModule(measurement_noise_level=level, seed=seed, **extra)
+    dm.setup()
+    obs, gt = dm.observations, dm.ground_truth
+    T = obs.n_train_frames
+    c = obs.activity[:T].double()
+    S, order = obs.extras["stoichiometry"].double(), obs.extras["substrate_order"].double()
+    k = 10.0 ** gt["log_k"].double()
+    homeostasis = -gt["homeostatic_lambda"].double() * (c - gt["homeostatic_baseline"].double())
+    starts = torch.arange(0, T - window, window)
+
+    def change(rate: torch.Tensor) -> torch.Tensor:  # (windows, N) integrated over each window
+        summed = left_sums(rate, obs.dt)
+        return summed[starts + window] - summed[starts]
+
+    observed = c[starts + window] - c[starts] - change(homeostasis)
+    models = {"true_reactions_oracle": mass_action_rates(c, order, k) @ S.T}
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        models["untrained"] = MetabolismGNN(obs, training={"phase": 1}).reaction_term(c.float()).double()
+        if checkpoint:
+            phase2 = MetabolismGNN(obs, training={"phase": 2, "phase1_checkpoint": checkpoint})
+            models["phase1"] = phase2.reaction_term(c.float()).double()
+    out = {name: float((observed - change(rate)).std()) for name, rate in models.items()}
+    return {"homeostasis": float(change(homeostasis).std()), **out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
@@ -105,9 +143,25 @@ def main() -> None:
     parser.add_argument(
         "--extra", nargs="*", default=[], help="simulation keys, e.g. n_frames=11520 flux_limit=true"
     )
+    parser.add_argument("--reaction-error", action="store_true", help="the error table instead")
+    parser.add_argument("--window", type=int, default=256, help="frames per window (--reaction-error)")
+    parser.add_argument("--phase1-checkpoint", help="a phase-1 checkpoint of this record (--reaction-error)")
     args = parser.parse_args()
     extra = {k: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in args.extra)}
     print(f"python bench/bench_phase2_information.py {' '.join(sys.argv[1:])}")
+    if args.reaction_error:
+        print("| noise | seed | homeostatic change | error: true reactions (oracle) | untrained | phase 1 |")
+        print("|---|---|---|---|---|---|")
+        for level in args.levels:
+            for seed in args.seeds:
+                r = reaction_error(seed, level, args.window, args.phase1_checkpoint, extra)
+                p1 = f"{r['phase1']:.3f}" if "phase1" in r else "-"
+                print(
+                    f"| {level:g} | {seed} | {r['homeostasis']:.3f} | {r['true_reactions_oracle']:.3f} | "
+                    f"{r['untrained']:.3g} | {p1} |",
+                    flush=True,
+                )
+        return
     print(
         "| noise | seed | laws | ridge slope ratios | ridge split acc | two-type slope ratios | "
         "fitted | two-type acc | sse (two-type / true types, oracle) |"

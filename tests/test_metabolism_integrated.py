@@ -11,6 +11,8 @@ from omegaconf import open_dict
 from hydra_llm.evaluation.metabolism import evaluate
 from hydra_llm.models.metabolism import MetabolismGNN, conservation_basis, fit_model
 from hydra_llm.models.metabolism.conserved_types import conserved_types
+from hydra_llm.models.metabolism.network import left_sums
+from hydra_llm.simulation.base import Observations
 from hydra_llm.simulation.metabolism import MetabolismDataModule
 from hydra_llm.train import run
 from tests.test_metabolism_config import TINY_OVERRIDES, _compose
@@ -64,8 +66,7 @@ def test_the_exact_output_layer_is_the_optimum_of_the_integrated_equations(noisy
 
     def loss_and_grad() -> tuple[float, torch.Tensor]:
         last.zero_grad()
-        flow = model.dt * model.homeostasis_term(model.activity[: t - 1]) @ W
-        predicted = torch.cat([torch.zeros_like(flow[:1]), flow.cumsum(0)])
+        predicted = left_sums(model.homeostasis_term(model.activity[:t]) @ W, model.dt)
         err = model.activity[:t] @ W - predicted
         loss = (err - err.mean(0)).pow(2).sum()
         loss.backward()
@@ -107,6 +108,39 @@ def test_bad_integrated_options_name_the_key(noisy_with_checkpoint):
         MetabolismGNN(obs, training={**base, "integrated_window": 1200}, **SMALL_ARCH)
     with pytest.raises(ValueError, match=r"training.node_least_squares_every: needs model.node_form: mlp"):
         MetabolismGNN(obs, training=base, **{**SMALL_ARCH, "node_form": "affine", "embedding_dim": 1})
+
+
+def test_options_that_need_conservation_laws_stop_before_phase_1_when_there_are_none(tmp_path):
+    """Three decay reactions conserve nothing: each option that integrates the laws names its key, and
+    phase 1 is not trained first (its cache stays empty)."""
+    decay = -torch.eye(3)
+    conc = 1.0 + torch.rand(200, 3, generator=torch.Generator().manual_seed(0))
+    obs = Observations(
+        activity=conc,
+        derivative=torch.zeros_like(conc),
+        dt=0.1,
+        n_train_frames=160,
+        edge_index=None,
+        extras={"stoichiometry": decay, "substrate_order": -decay},
+    )
+    assert conservation_basis(decay).shape == (3, 0)
+    base = {**INTEGRATED, "integrated_window": 16, "phase1_cache_dir": str(tmp_path)}
+    off = {
+        "integrated_conservation_weight": 0.0,
+        "embedding_init": "random",
+        "node_least_squares_every": 0,
+        "rollout_loss_weight": 1.0,  # phase 2 needs one loss on
+    }
+    for key, value in [
+        ("integrated_conservation_weight", "1.0"),
+        ("embedding_init", "'conserved_types'"),
+        ("node_least_squares_every", "50"),
+    ]:
+        training = {**base, **off, key: INTEGRATED[key]}
+        message = rf"^training.{key}={value}: the observed stoichiometry conserves no combination"
+        with pytest.raises(ValueError, match=message):
+            MetabolismGNN(obs, training=training, **SMALL_ARCH)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_noise_experiment_runs_end_to_end_at_a_tiny_size(tmp_path):

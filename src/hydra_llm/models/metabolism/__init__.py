@@ -1,8 +1,8 @@
 """The metabolism GNN: learnable rate constants, a substrate MLP and a homeostasis MLP.
 
 ``network`` holds the parameters and equations, ``module`` the LightningModule that trains them in two
-phases, ``losses`` and ``least_squares`` its loss terms and exact solves, ``options`` its training
-options and schedules.
+phases, ``losses`` and ``least_squares`` its loss terms and exact solves, ``conserved_types`` the search
+for homeostatic types from the conservation laws, ``options`` its training options and schedules.
 """
 
 from hydra_llm.models.metabolism.module import MetabolismGNN, fit_model

@@ -22,6 +22,9 @@ All arrays are float64 numpy; shapes: c (T, N) concentrations, W (N, K) conserva
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from hydra_llm.models.metabolism.network import left_sums
 
 
 def conserved_normal_equations(
@@ -33,7 +36,7 @@ def conserved_normal_equations(
     Returns ``G = A^T A`` (N, N), ``r = A^T y`` (N,) and ``y^T y``. Built law by law, so memory is O(T N).
     """
     T, N = c.shape
-    X = np.concatenate([np.zeros((1, N)), np.cumsum(c[:-1] * dt, 0)])  # left sums: exact for Euler
+    X = left_sums(torch.from_numpy(c), dt).numpy()
     q, _ = np.linalg.qr(np.stack([np.ones(T), np.arange(T) * dt], 1))  # (T, 2) nuisance, orthonormal
     X = X - q @ (q.T @ X)
     G, r, yy = np.zeros((N, N)), np.zeros(N), 0.0

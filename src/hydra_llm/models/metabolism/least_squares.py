@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from hydra_llm.chunks import in_chunks
-from hydra_llm.models.metabolism.network import LN10
+from hydra_llm.models.metabolism.network import LN10, left_sums
 
 
 @torch.no_grad()
@@ -104,7 +104,7 @@ def refit_node_output(model, chunk: int = 256) -> None:
         phi = torch.cat([phi, torch.ones_like(phi[..., :1])], dim=-1)
         flows.append(torch.einsum("bnh,nk->bkh", phi, W))
     flow = torch.cat(flows)
-    z = model.dt * torch.cat([torch.zeros_like(flow[:1]), flow[:-1].cumsum(0)])  # left sums, exact for Euler
+    z = left_sums(flow, model.dt)
     y = model.activity[:t].double() @ W  # (T, K)
     z = z - z.mean(0)
     y = y - y.mean(0)

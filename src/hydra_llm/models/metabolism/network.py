@@ -186,6 +186,12 @@ class ReactionNetwork(pl.LightningModule):
         return self.node_function(grid.unsqueeze(1).expand(-1, self.n_metabolites)).T
 
 
+def left_sums(rate: torch.Tensor, dt: float) -> torch.Tensor:
+    """``dt * sum_{s<t} rate(s)`` along the first axis (frames), the same shape as ``rate``: the integral
+    from frame 0 to frame t by left Riemann sums, exact for the regime's explicit Euler steps."""
+    return torch.cat([torch.zeros_like(rate[:1]), dt * rate[:-1].cumsum(0)])
+
+
 def conservation_basis(stoichiometry: torch.Tensor, rtol: float = 1e-8) -> torch.Tensor:
     """Orthonormal basis (N, N - rank S) of the left null space of the stoichiometry S (N, R).
 
