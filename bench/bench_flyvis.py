@@ -41,6 +41,11 @@ def load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def bench_sim(extent: int, frames: int, repeats: int, noise: float) -> None:
     """Simulation speed with the default ground truth (the trained model) and, in the same run, with a
     random trained-like draw (the default before the trained model was shipped)."""
@@ -73,7 +78,14 @@ def bench_sim(extent: int, frames: int, repeats: int, noise: float) -> None:
         )
 
 
-def bench_step(extent: int, batch: int, repeats: int, steps: int) -> None:
+def train_step(model, opt, v: torch.Tensor, inp: torch.Tensor, dv: torch.Tensor) -> None:
+    opt.zero_grad()
+    loss = ((model(v, inp) - dv) ** 2).mean()
+    loss.backward()
+    opt.step()
+
+
+def bench_step(extent: int, batch: int, repeats: int, steps: int, device: str = "cpu") -> None:
     from hydra_llm.models.flyvis_gnn import FlyvisGNN
     from hydra_llm.simulation.base import Observations
     from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
@@ -90,26 +102,27 @@ def bench_step(extent: int, batch: int, repeats: int, steps: int) -> None:
         external_input=torch.rand(T, N, generator=gen),
     )
     training = asdict(FlyvisTraining())
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
     times = {}
     for aggregation in ("node", "sparse", "edge"):
         torch.manual_seed(0)
-        model = FlyvisGNN(obs, training, aggregation=aggregation)
+        model = FlyvisGNN(obs, training, aggregation=aggregation).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         idx = torch.randint(0, T, (batch,), generator=gen)
-        v, dv, inp = obs.activity[idx], obs.derivative[idx], obs.external_input[idx]
+        v, dv, inp = (x[idx].to(device) for x in (obs.activity, obs.derivative, obs.external_input))
+        train_step(model, opt, v, inp, dv)  # the first step allocates (and warms up a GPU): not timed
         samples = []
         for _ in range(repeats):
+            sync()
             t0 = time.perf_counter()
             for _ in range(steps):
-                opt.zero_grad()
-                loss = ((model(v, inp) - dv) ** 2).mean()
-                loss.backward()
-                opt.step()
+                train_step(model, opt, v, inp, dv)
+            sync()
             samples.append((time.perf_counter() - t0) / steps)
         times[aggregation] = statistics.median(samples)
         print(
-            f"[step] extent {extent}, batch {batch}, aggregation={aggregation}: "
-            f"{1e3 * times[aggregation]:.1f} ms/step"
+            f"[step] extent {extent}, batch {batch}, aggregation={aggregation}, {device}: "
+            f"{1e3 * times[aggregation]:.2f} ms/step"
         )
     print(
         f"[step] node-wise gather/index_add vs propagate with a CSR product: "
@@ -208,7 +221,8 @@ def recovery_data(extent: int, frames: int, noise: float, seed: int, stimulus: s
 
 
 def recovery_training(steps: int, batch: int) -> dict:
-    return {**asdict(FlyvisTraining()), "max_steps_per_epoch": steps, "batch_size": batch}
+    """``training=flyvis`` with ``batch``; ``steps`` caps the epoch (0: the whole data_augmentation_loop)."""
+    return {**asdict(FlyvisTraining()), "max_steps_per_epoch": steps or None, "batch_size": batch}
 
 
 def bench_recovery(
@@ -221,6 +235,7 @@ def bench_recovery(
     stimulus: str = "synthetic",
     reference: bool = True,
     snapshots: bool = False,
+    out: Path = RECOVERY_OUT,
 ) -> None:
     from hydra_llm.evaluation.flyvis import ConnectivityR2Log, evaluate
     from hydra_llm.models.flyvis_gnn import FlyvisGNN
@@ -232,11 +247,11 @@ def bench_recovery(
     model_cfg: dict = {}  # the flyvis_gnn defaults (hydra_llm.schemas.models.FlyvisModel)
     pl.seed_everything(training["seed"], verbose=False)
     model = FlyvisGNN(dm.observations, training, **model_cfg)
-    out = str(RECOVERY_OUT)
+    steps = model.steps_per_epoch
     every = max(1, steps // 10)
     callbacks = [ConnectivityR2Log(dm.observations, dm.ground_truth, out, every_n_steps=every)]
     if snapshots:
-        callbacks.append(Snapshots(Path(out) / "snapshots", every))
+        callbacks.append(Snapshots(out / "snapshots", every))
     trainer = pl.Trainer(
         max_epochs=1,
         logger=False,
@@ -248,11 +263,14 @@ def bench_recovery(
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     metrics = evaluate(model, dm.observations, dm.ground_truth, out, rollout_frames=500)
+    eval_s = time.perf_counter() - t0
     print(
         f"[recovery] extent {extent} ({dm.observations.n_neurons} neurons), {stimulus} stimuli, "
-        f"{frames} frames, noise {noise}, seed {seed}, "
-        f"{steps} steps x batch {batch}; simulate {sim_s:.0f} s, train {fit_s:.0f} s; {load()}"
+        f"{frames} frames, noise {noise}, seed {seed}, {steps} steps x batch {batch} on "
+        f"{device_name(trainer.strategy.root_device)}; simulate {sim_s:.0f} s, train {fit_s:.0f} s "
+        f"({1e3 * fit_s / steps:.1f} ms/step), evaluate {eval_s:.0f} s; {load()}"
     )
     for key in (
         "connectivity_R2",
@@ -278,21 +296,27 @@ def bench_recovery(
         ceiling = least_squares_ceiling(dm.observations, dm.ground_truth)
         print(f"[recovery] reference: least squares on the true functional form, R2 = {ceiling:.4f}")
     print("[recovery] R2 trajectory (epoch,iteration,connectivity_r2,phase):")
-    with open(os.path.join(out, "connectivity_r2.log")) as fh:
-        print(fh.read().strip())
+    print((out / "connectivity_r2.log").read_text().strip())
 
 
-def bench_readout(extent: int, frames: int, steps: int, noise: float, batch: int, seed: int, stimulus: str):
+def bench_readout(
+    extent: int,
+    frames: int,
+    steps: int,
+    noise: float,
+    batch: int,
+    seed: int,
+    stimulus: str,
+    out: Path = RECOVERY_OUT,
+):
     """The read-outs of every snapshot that ``recovery --rec-snapshots`` saved with the same arguments
     (the data are simulated again, identically), with today's evaluation code."""
     from hydra_llm.evaluation.flyvis import evaluate
     from hydra_llm.models.flyvis_gnn import FlyvisGNN
 
-    paths = sorted((RECOVERY_OUT / "snapshots").glob("step_*.pt"))
+    paths = sorted((out / "snapshots").glob("step_*.pt"))
     if not paths:
-        raise SystemExit(
-            f"no snapshots in {RECOVERY_OUT / 'snapshots'}: run `recovery --rec-snapshots` first"
-        )
+        raise SystemExit(f"no snapshots in {out / 'snapshots'}: run `recovery --rec-snapshots` first")
     dm = recovery_data(extent, frames, noise, seed, stimulus)
     model = FlyvisGNN(dm.observations, recovery_training(steps, batch))
     keys = (
@@ -307,10 +331,8 @@ def bench_readout(extent: int, frames: int, steps: int, noise: float, batch: int
     print("| step | " + " | ".join(keys) + " |")
     print("|" + "---|" * (len(keys) + 1))
     for path in paths:
-        model.load_state_dict(torch.load(path))
-        metrics = evaluate(
-            model, dm.observations, dm.ground_truth, RECOVERY_OUT, rollout_frames=2, make_plots=False
-        )
+        model.load_state_dict(torch.load(path, map_location="cpu"))
+        metrics = evaluate(model, dm.observations, dm.ground_truth, out, rollout_frames=2, make_plots=False)
         step = int(path.stem.split("_")[1])
         print(f"| {step} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |", flush=True)
 
@@ -468,9 +490,12 @@ def main() -> None:
     parser.add_argument("--step-extent", type=int, default=8)
     parser.add_argument("--step-batch", type=int, default=4)
     parser.add_argument("--step-iters", type=int, default=3)
+    parser.add_argument("--step-device", default="cpu", help="cpu, or cuda for a GPU's step time")
     parser.add_argument("--rec-extent", type=int, default=1)
     parser.add_argument("--rec-frames", type=int, default=20000)
-    parser.add_argument("--rec-steps", type=int, default=15000)
+    parser.add_argument(
+        "--rec-steps", type=int, default=15000, help="0: the whole data_augmentation_loop (training=flyvis)"
+    )
     parser.add_argument("--rec-batch", type=int, default=4)
     parser.add_argument("--rec-noise", type=float, default=0.05)
     parser.add_argument("--rec-stimulus", choices=["synthetic", "natural"], default="synthetic")
@@ -485,6 +510,9 @@ def main() -> None:
         action="store_true",
         help="save the model's state dict at every R2 log point (outputs/bench_flyvis_recovery/snapshots)",
     )
+    parser.add_argument(
+        "--rec-out", type=Path, default=RECOVERY_OUT, help="folder of the run's logs, plots and snapshots"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--mem-extent", type=int, default=8)
     parser.add_argument("--mem-frames", type=int, default=64000)
@@ -496,12 +524,12 @@ def main() -> None:
     if args.what in ("sim", "all"):
         bench_sim(args.sim_extent, args.sim_frames, args.repeats, 0.05)
     if args.what in ("step", "all"):
-        bench_step(args.step_extent, args.step_batch, args.repeats, args.step_iters)
+        bench_step(args.step_extent, args.step_batch, args.repeats, args.step_iters, args.step_device)
     run = (args.rec_extent, args.rec_frames, args.rec_steps, args.rec_noise, args.rec_batch, args.seed)
     if args.what in ("recovery", "all"):
-        bench_recovery(*run, args.rec_stimulus, args.rec_reference, args.rec_snapshots)
+        bench_recovery(*run, args.rec_stimulus, args.rec_reference, args.rec_snapshots, args.rec_out)
     if args.what == "readout":
-        bench_readout(*run, args.rec_stimulus)
+        bench_readout(*run, args.rec_stimulus, args.rec_out)
     if args.what == "vrest":
         bench_vrest(
             args.rec_extent, args.rec_frames, args.rec_noise, args.seed, args.rec_stimulus, args.repeats

@@ -14,19 +14,25 @@ ROOT = Path(__file__).parents[1]
 TINY = Path(__file__).parent / "data" / "flyvis_tiny_connectome.json"
 
 
+# the tiny connectome, 300 frames and 30 steps: a run in seconds
+FLYVIS_TINY = [
+    "simulation=flyvis_synthetic",
+    "simulation.connectome.source=file",
+    f"simulation.connectome.path={TINY}",
+    "simulation.connectome.extent=1",
+    "simulation.parameters.mode=random_trained_like",
+    "simulation.n_frames=300",
+    "simulation.n_ood_frames=50",
+    "training.max_steps_per_epoch=30",
+    "evaluation.rollout_frames=40",
+    "evaluation.cluster_n_components=5",
+    "evaluation.callbacks.0.every_n_steps=10",
+]
+
+
 def compose_flyvis(tmp_path: Path, *extra: str):
     overrides = [
-        "simulation=flyvis_synthetic",
-        "simulation.connectome.source=file",
-        f"simulation.connectome.path={TINY}",
-        "simulation.connectome.extent=1",
-        "simulation.parameters.mode=random_trained_like",
-        "simulation.n_frames=300",
-        "simulation.n_ood_frames=50",
-        "training.max_steps_per_epoch=30",
-        "evaluation.rollout_frames=40",
-        "evaluation.cluster_n_components=5",
-        "evaluation.callbacks.0.every_n_steps=10",
+        *FLYVIS_TINY,
         "logger=none",
         "trainer.enable_progress_bar=false",
         f"paths.output_dir={tmp_path / 'job'}",

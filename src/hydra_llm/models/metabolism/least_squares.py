@@ -75,7 +75,7 @@ def affine_node_targets(model) -> torch.Tensor:
         rhs[:n] += w_r * (conc * residual).sum(0)
         rhs[n:] += w_r * residual.sum(0)
     ridge = float(o["node_target_ridge"]) * float(gram.diagonal().mean().clamp_min(1e-30))
-    solution = torch.linalg.solve(gram + ridge * torch.eye(2 * n, dtype=gram.dtype), rhs)
+    solution = torch.linalg.solve(gram + ridge * torch.eye(2 * n, dtype=gram.dtype, device=gram.device), rhs)
     targets = torch.stack([solution[:n], solution[n:]], dim=1)  # (N, 2)
     scales = targets.std(0, keepdim=True).clamp_min(1e-12).expand(n, -1)
     return torch.stack([targets, scales]).float()
@@ -111,7 +111,9 @@ def refit_node_output(model, chunk: int = 256) -> None:
     gram = torch.einsum("tkh,tkg->hg", z, z)
     rhs = torch.einsum("tkh,tk->h", z, y)
     ridge = 1e-10 * float(gram.diagonal().mean().clamp_min(1e-30))
-    solution = torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype), rhs)
+    solution = torch.linalg.solve(
+        gram + ridge * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), rhs
+    )
     scale = model.node_amplification
     last.weight.copy_((solution[:-1] / scale).float().unsqueeze(0))
     last.bias.copy_((solution[-1:] / scale).float())
