@@ -508,7 +508,7 @@ def main() -> None:
     parser.add_argument(
         "--rec-snapshots",
         action="store_true",
-        help="save the model's state dict at every R2 log point (outputs/bench_flyvis_recovery/snapshots)",
+        help="save the model's state dict at every R2 log point (<--rec-out>/snapshots)",
     )
     parser.add_argument(
         "--rec-out", type=Path, default=RECOVERY_OUT, help="folder of the run's logs, plots and snapshots"
