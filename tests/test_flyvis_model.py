@@ -144,6 +144,16 @@ def test_alternate_training_phases_rates_and_r2_log(data, tmp_path):
     assert all(0.0 <= float(r[2]) <= 1.0 for r in rows)
 
 
+def test_the_r2_log_of_a_long_run_is_capped_at_max_records(data, tmp_path):
+    cfg = training(max_steps_per_epoch=20)
+    model = FlyvisGNN(data.observations, cfg, hidden_dim=16, hidden_dim_update=16)
+    log = ConnectivityR2Log(data.observations, data.ground_truth, tmp_path, every_n_steps=1, max_records=5)
+    fit(data, model, [log])
+    assert [row[1] for row in log.rows] == [4, 8, 12, 16, 20]  # every ceil(20 / 5) steps, the end included
+    with pytest.raises(ValueError, match=r"max_records=0: must be >= 1, or null"):
+        ConnectivityR2Log(data.observations, data.ground_truth, tmp_path, max_records=0)
+
+
 def test_recurrent_training_unrolls_time_step(data):
     cfg = training(recurrent_training=True, time_step=4, noise_recurrent_level=0.01, max_steps_per_epoch=10)
     model = FlyvisGNN(data.observations, cfg, hidden_dim=16, hidden_dim_update=16)
