@@ -120,6 +120,19 @@ def test_annealing_is_active_from_the_first_step(data):
     assert terms["W_L2"] > 0  # not gated by W_L1
 
 
+def test_the_weight_penalties_are_per_neuron(data):
+    """sum|W| / N and sum W^2 / N, as the prediction term is a mean over neurons: the old plain sum,
+    tuned at extent 1, pulled every weight 31x harder at extent 8 and held connectivity near 0.87."""
+    model = FlyvisGNN(data.observations, training(coeff_W_L1=3e-3, coeff_W_L2=2e-3, regul_annealing_rate=0.0))
+    with torch.no_grad():
+        model.W.copy_(torch.linspace(-1.0, 2.0, model.W.numel()))
+    obs = data.observations
+    terms = model.one_step_losses(obs.activity[:2], obs.derivative[:2], obs.external_input[:2])
+    n = obs.n_neurons
+    assert float(terms["W_L1"]) == pytest.approx(3e-3 * float(model.W.abs().sum()) / n, rel=1e-6)
+    assert float(terms["W_L2"]) == pytest.approx(2e-3 * float((model.W**2).sum()) / n, rel=1e-6)
+
+
 def test_alternate_training_phases_rates_and_r2_log(data, tmp_path):
     cfg = training(alternate_training=True, n_alternations=2, alternate_vrest_ratio=0.5, alternate_lr_W=1e-7)
     model = FlyvisGNN(data.observations, cfg, hidden_dim=16, hidden_dim_update=16)

@@ -14,13 +14,16 @@
 Loss per step on a batch of training frames (B frames x N neurons)::
 
     mean(((pred - dv/dt) / yscale)^2)                        prediction (dimensionless)
-    + anneal * (coeff_W_L1 sum|W| + coeff_W_L2 sum W^2)      both applied independently
+    + anneal * (coeff_W_L1 sum|W| + coeff_W_L2 sum W^2) / N  per neuron; applied independently
     + anneal * coeff_{g_phi,f_theta}_weight_{L1,L2} * MLP weight norms
     + coeff_g_phi_diff    * mean relu(psi(v) - psi(v + d))   psi non-decreasing, d = 0.05 xnorm
     + coeff_g_phi_norm    * mean_j (psi(v*, a_j) - v*)^2      v* = 2 xnorm: fixes the W <-> psi gauge
     + coeff_f_theta_msg_diff * mean relu(f(m) - f(m + d_m))  f non-decreasing in the message
 
-Details that matter: every term is computed on the whole batch (not the last frame);
+Details that matter: every term is computed on the whole batch (not the last frame); the W
+penalties are divided by the number of neurons N, as the prediction term is a mean over neurons, so
+their pull on each weight against the data's does not grow with the network (at extent 8 the plain
+sum, tuned at extent 1, held connectivity_R2 near 0.87; BENCHMARKS.md);
 ``anneal = 1 - exp(-regul_annealing_rate * progress)`` with progress in *fractional* epochs, so a
 one-epoch run is not left without regularisers (rate 0 = no annealing); W_L2 is never gated by W_L1;
 the monotonicity shift is additive (``1.05 v`` moves negative voltages the wrong way).
@@ -247,9 +250,9 @@ class FlyvisGNN(FrameGNN):
         """Weighted regulariser terms for a batch of voltages, messages and input (B, N)."""
         cfg, anneal, terms = self.training_cfg, self.anneal(), {}
         if cfg["coeff_W_L1"] > 0:
-            terms["W_L1"] = anneal * cfg["coeff_W_L1"] * self.W.abs().sum()
+            terms["W_L1"] = anneal * cfg["coeff_W_L1"] * self.W.abs().sum() / self.n_neurons
         if cfg["coeff_W_L2"] > 0:
-            terms["W_L2"] = anneal * cfg["coeff_W_L2"] * (self.W**2).sum()
+            terms["W_L2"] = anneal * cfg["coeff_W_L2"] * (self.W**2).sum() / self.n_neurons
         for name, mlp in (("g_phi", self.g_phi), ("f_theta", self.f_theta)):
             weights = [p for n, p in mlp.named_parameters() if n.endswith("weight")]
             if cfg[f"coeff_{name}_weight_L1"] > 0:

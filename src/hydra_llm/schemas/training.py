@@ -75,7 +75,8 @@ class FlyvisTraining:
     Steps per epoch: ``n_train_frames * data_augmentation_loop // batch_size * 0.2`` (capped by
     ``max_steps_per_epoch`` when set). The loss is a mean over frames x neurons of the squared error in
     units of std(dv/dt), so coefficients do not transfer from a loss that is an un-averaged L2 norm; these
-    defaults were set on extent-1 runs (``bench/bench_flyvis.py``).
+    defaults were set on extent-1 runs (``bench/bench_flyvis.py``). The W penalties are per neuron
+    (``sum|W| / n_neurons``), like the prediction term, so one coefficient holds at every extent.
     """
 
     GROUP: ClassVar[str] = "training"
@@ -88,8 +89,8 @@ class FlyvisTraining:
     learning_rate_start: float = 3.0e-3
     learning_rate_embedding_start: float = 2.325e-3
     learning_rate_update_start: float | None = None  # f_theta; None = learning_rate_start
-    coeff_W_L1: float = 1.0e-5
-    coeff_W_L2: float = 0.0
+    coeff_W_L1: float = 4.0e-3  # x sum|W| / n_neurons (1e-5 x sum|W| at extent 1's 443 neurons)
+    coeff_W_L2: float = 0.0  # x sum W^2 / n_neurons
     coeff_g_phi_diff: float = 750.0  # psi monotonicity
     coeff_g_phi_norm: float = 0.9  # psi(2 xnorm) = 2 xnorm
     coeff_g_phi_weight_L1: float = 0.0
