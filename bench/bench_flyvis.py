@@ -31,6 +31,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import yaml
 
 from hydra_llm.schemas import plain
 from hydra_llm.schemas.simulation import FlyvisSimulation
@@ -220,9 +221,19 @@ def recovery_data(extent: int, frames: int, noise: float, seed: int, stimulus: s
     return dm
 
 
-def recovery_training(steps: int, batch: int) -> dict:
-    """``training=flyvis`` with ``batch``; ``steps`` caps the epoch (0: the whole data_augmentation_loop)."""
-    return {**asdict(FlyvisTraining()), "max_steps_per_epoch": steps or None, "batch_size": batch}
+def recovery_training(steps: int, batch: int, overrides: dict | None = None) -> dict:
+    """``training=flyvis`` with ``batch`` and ``overrides`` (``--rec-set``); ``steps`` caps the epoch
+    (0: the whole data_augmentation_loop)."""
+    base = {**asdict(FlyvisTraining()), "max_steps_per_epoch": steps or None, "batch_size": batch}
+    return {**base, **(overrides or {})}
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """``--rec-set lr_schedule=warmup_decay``: a training key and its YAML value."""
+    key, sep, value = text.partition("=")
+    if not sep or key not in asdict(FlyvisTraining()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with KEY a training=flyvis option")
+    return key, yaml.safe_load(value)
 
 
 def bench_recovery(
@@ -236,6 +247,7 @@ def bench_recovery(
     reference: bool = True,
     snapshots: bool = False,
     out: Path = RECOVERY_OUT,
+    overrides: dict | None = None,
 ) -> None:
     from hydra_llm.evaluation.flyvis import ConnectivityR2Log, evaluate
     from hydra_llm.models.flyvis_gnn import FlyvisGNN
@@ -243,7 +255,7 @@ def bench_recovery(
     t0 = time.perf_counter()
     dm = recovery_data(extent, frames, noise, seed, stimulus)
     sim_s = time.perf_counter() - t0
-    training = recovery_training(steps, batch)
+    training = recovery_training(steps, batch, overrides)
     model_cfg: dict = {}  # the flyvis_gnn defaults (hydra_llm.schemas.models.FlyvisModel)
     pl.seed_everything(training["seed"], verbose=False)
     model = FlyvisGNN(dm.observations, training, **model_cfg)
@@ -272,6 +284,8 @@ def bench_recovery(
         f"{device_name(trainer.strategy.root_device)}; simulate {sim_s:.0f} s, train {fit_s:.0f} s "
         f"({1e3 * fit_s / steps:.1f} ms/step), evaluate {eval_s:.0f} s; {load()}"
     )
+    if overrides:
+        print("[recovery] training overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
     for key in (
         "connectivity_R2",
         "connectivity_slope",
@@ -308,6 +322,7 @@ def bench_readout(
     seed: int,
     stimulus: str,
     out: Path = RECOVERY_OUT,
+    overrides: dict | None = None,
 ):
     """The read-outs of every snapshot that ``recovery --rec-snapshots`` saved with the same arguments
     (the data are simulated again, identically), with today's evaluation code."""
@@ -318,7 +333,7 @@ def bench_readout(
     if not paths:
         raise SystemExit(f"no snapshots in {out / 'snapshots'}: run `recovery --rec-snapshots` first")
     dm = recovery_data(extent, frames, noise, seed, stimulus)
-    model = FlyvisGNN(dm.observations, recovery_training(steps, batch))
+    model = FlyvisGNN(dm.observations, recovery_training(steps, batch, overrides))
     keys = (
         "connectivity_R2",
         "connectivity_R2_trimmed_oracle",
@@ -513,6 +528,14 @@ def main() -> None:
     parser.add_argument(
         "--rec-out", type=Path, default=RECOVERY_OUT, help="folder of the run's logs, plots and snapshots"
     )
+    parser.add_argument(
+        "--rec-set",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training=flyvis option for recovery and readout (repeatable), e.g. lr_schedule=warmup_decay",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--mem-extent", type=int, default=8)
     parser.add_argument("--mem-frames", type=int, default=64000)
@@ -527,9 +550,11 @@ def main() -> None:
         bench_step(args.step_extent, args.step_batch, args.repeats, args.step_iters, args.step_device)
     run = (args.rec_extent, args.rec_frames, args.rec_steps, args.rec_noise, args.rec_batch, args.seed)
     if args.what in ("recovery", "all"):
-        bench_recovery(*run, args.rec_stimulus, args.rec_reference, args.rec_snapshots, args.rec_out)
+        bench_recovery(
+            *run, args.rec_stimulus, args.rec_reference, args.rec_snapshots, args.rec_out, dict(args.rec_set)
+        )
     if args.what == "readout":
-        bench_readout(*run, args.rec_stimulus, args.rec_out)
+        bench_readout(*run, args.rec_stimulus, args.rec_out, dict(args.rec_set))
     if args.what == "vrest":
         bench_vrest(
             args.rec_extent, args.rec_frames, args.rec_noise, args.seed, args.rec_stimulus, args.repeats

@@ -12,6 +12,7 @@ import torch
 
 from hydra_llm.evaluation.flyvis import ConnectivityR2Log, NeuronRange, corrected_weights, evaluate
 from hydra_llm.models.flyvis_gnn import FlyvisGNN, aggregate_source_messages
+from hydra_llm.models.lr_schedule import lr_factor
 from hydra_llm.schemas.training import FlyvisTraining
 from hydra_llm.simulation.flyvis import FlyvisDataModule
 
@@ -87,6 +88,8 @@ def test_aggregation_is_the_sparse_sum():
         ({}, {"coeff_W_L1": -1.0}, "training.coeff_W_L1"),
         ({}, {"learning_rate_W_start": 0.0}, "training.learning_rate_W_start"),
         ({}, {"alternate_vrest_ratio": 1.0}, "alternate_vrest_ratio"),
+        ({}, {"lr_final_ratio": 1.5}, r"training.lr_final_ratio=1.5: must be in \[0, 1\]"),
+        ({}, {"lr_schedule": "step"}, "training.lr_schedule"),
     ],
 )
 def test_bad_options_name_the_key(data, model_kw, train_kw, message):
@@ -131,6 +134,35 @@ def test_the_weight_penalties_are_per_neuron(data):
     n = obs.n_neurons
     assert float(terms["W_L1"]) == pytest.approx(3e-3 * float(model.W.abs().sum()) / n, rel=1e-6)
     assert float(terms["W_L2"]) == pytest.approx(2e-3 * float((model.W**2).sum()) / n, rel=1e-6)
+
+
+def test_the_lr_schedule_spans_every_epoch_and_multiplies_the_phase_rates(data):
+    class Rates(pl.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            groups = trainer.optimizers[0].param_groups
+            self.seen.append((module.phase, {g["name"]: g["lr"] for g in groups}))
+
+    cfg = training(
+        max_steps_per_epoch=10,
+        n_epochs=2,
+        lr_schedule="warmup_decay",
+        lr_warmup_fraction=0.1,
+        lr_final_ratio=0.05,
+        alternate_training=True,
+        n_alternations=1,
+    )
+    model, rates = FlyvisGNN(data.observations, cfg, hidden_dim=8, hidden_dim_update=8), Rates()
+    fit(data, model, [rates])
+    assert len(rates.seen) == 20
+    for step, (phase, lrs) in enumerate(rates.seen):
+        factor = lr_factor("warmup_decay", step, 20, model.training_cfg)
+        assert lrs == pytest.approx({k: v * factor for k, v in model.phase_learning_rates(phase).items()})
+    first, last = rates.seen[0][1]["W"], rates.seen[-1][1]["W"]
+    assert first == pytest.approx(cfg["learning_rate_W_start"] / 2)  # step 1 of a 2-step warm-up
+    assert last == pytest.approx(cfg["learning_rate_W_start"] * 0.05 * cfg["alternate_lr_ratio"])  # V_rest
 
 
 def test_alternate_training_phases_rates_and_r2_log(data, tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from hydra_llm.evaluation.metabolism import evaluate, line_fits
-from hydra_llm.models.metabolism import MetabolismGNN, fit_model, lr_factor, training_options
+from hydra_llm.models.lr_schedule import lr_factor
+from hydra_llm.models.metabolism import MetabolismGNN, fit_model, training_options
 from hydra_llm.simulation.base import Observations
 from hydra_llm.simulation.metabolism import MetabolismDataModule
 

@@ -32,8 +32,10 @@ Training strategies: ``alternate_training`` splits each epoch into ``n_alternati
 W phase (W and g_phi at their learning rates, f_theta and a at ``alternate_lr_update`` /
 ``alternate_lr_embedding``) followed by a V_rest phase (``alternate_vrest_ratio`` of the cycle: f_theta
 and a at theirs, W and g_phi at ``alternate_lr_W`` / ``alternate_lr_edge``); an unset alternate rate is
-the active rate times ``alternate_lr_ratio``. ``recurrent_training`` unrolls ``time_step`` Euler steps
-on the model's own predictions (with the recorded input) and fits v(k + time_step).
+the active rate times ``alternate_lr_ratio``. ``lr_schedule`` multiplies every rate, in every
+phase, by :func:`hydra_llm.models.lr_schedule.lr_factor` of the step. ``recurrent_training`` unrolls
+``time_step`` Euler steps on the model's own predictions (with the recorded input) and fits
+v(k + time_step).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from torch import nn
 
 from hydra_llm.models.frame_gnn import FrameGNN
 from hydra_llm.models.layers import EdgeMessagePassing, SparsePropagate
+from hydra_llm.models.lr_schedule import lr_factor
 from hydra_llm.models.mlp import MLP
 from hydra_llm.schemas import as_dict, plain, validate
 from hydra_llm.schemas.models import FlyvisModel
@@ -312,11 +315,17 @@ class FlyvisGNN(FrameGNN):
         return {**terms, **self.regularisers(v0, None, msg0, inp0)}
 
     # ----------------------------------------------------------------- Lightning hooks
+    def lr_factor(self) -> float:
+        """The ``lr_schedule`` multiplier at this optimiser step, over all epochs' steps."""
+        cfg = self.training_cfg
+        total = self.steps_per_epoch * int(cfg["n_epochs"])
+        return lr_factor(str(cfg["lr_schedule"]), self.global_step, total, cfg)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.phase = self.phase_at(batch_idx)
-        rates = self.phase_learning_rates(self.phase)
+        rates, factor = self.phase_learning_rates(self.phase), self.lr_factor()
         for group in self.optimizers().optimizer.param_groups:
-            group["lr"] = rates[group["name"]]
+            group["lr"] = rates[group["name"]] * factor
 
     def loss_terms(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.training_cfg["recurrent_training"]:

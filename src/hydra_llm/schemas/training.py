@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
 
-from hydra_llm.schemas.ranges import at_least_one, fail, non_negative, positive, prefixed
+from hydra_llm.schemas.ranges import at_least_one, fail, non_negative, positive, prefixed, within
 
 
 class LRSchedule(StrEnum):
-    """Learning-rate multiplier over optimiser steps (``hydra_llm.models.metabolism.options.lr_factor``)."""
+    """Learning-rate multiplier over optimiser steps (``hydra_llm.models.lr_schedule.lr_factor``)."""
 
     constant = "constant"
     warmup_decay = "warmup_decay"
@@ -37,6 +37,13 @@ LossNormalisation = StrEnum("LossNormalisation", {"per_metabolite": "per_metabol
 LossNormalisation.__doc__ = (
     "per_metabolite: squared errors / var(dc_i/dt) of each metabolite; global: / var(dc/dt) of all."
 )
+
+
+def check_lr_schedule(options: object) -> None:
+    """The ``lr_*`` options of :class:`LRSchedule`: fractions in [0, 1], a restart period > 0."""
+    for key in ("lr_warmup_fraction", "lr_final_ratio"):
+        within(options, key, 0.0, 1.0, "must be in [0, 1]")
+    positive(options, "lr_restart_fraction")
 
 
 # ------------------------------------------------------------------------------------------- signal
@@ -99,6 +106,11 @@ class FlyvisTraining:
     coeff_f_theta_weight_L2: float = 0.0
     coeff_f_theta_msg_diff: float = 0.0
     regul_annealing_rate: float = 5.0  # anneal = 1 - exp(-rate * fractional epochs); 0 = off
+    # every group's rate (in every alternate-training phase) x lr_factor(step) over all epochs' steps
+    lr_schedule: LRSchedule = LRSchedule.constant
+    lr_warmup_fraction: float = 0.0
+    lr_final_ratio: float = 0.1
+    lr_restart_fraction: float = 0.25
     # alternate training: W phase / V_rest phase cycles inside each epoch
     alternate_training: bool = False
     n_alternations: int = 4
@@ -118,6 +130,7 @@ class FlyvisTraining:
         positive(self, "data_augmentation_loop")
         non_negative(self, *prefixed(self, "coeff_"), "regul_annealing_rate", "noise_recurrent_level")
         at_least_one(self, "batch_size", "n_epochs", "n_alternations", "time_step")
+        check_lr_schedule(self)
         if not 0.0 < self.alternate_vrest_ratio < 1.0:
             fail(self, "alternate_vrest_ratio", self.alternate_vrest_ratio, "must be in (0, 1)")
 
@@ -173,6 +186,7 @@ class MetabolismPhase1Training:
         non_negative(self, *prefixed(self, "learning_rate", "coeff_"), "gradient_clip_val")
         positive(self, "data_augmentation_loop", "iterations_fraction")
         at_least_one(self, "batch_size", "n_epochs", "gradient_accumulation", "time_step")
+        check_lr_schedule(self)
         if self.k_least_squares_every < 0:
             fail(self, "k_least_squares_every", self.k_least_squares_every, "must be >= 0 (0: off)")
         if self.phase != self.PHASE:

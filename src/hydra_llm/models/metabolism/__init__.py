@@ -7,13 +7,12 @@ for homeostatic types from the conservation laws, ``options`` its training optio
 
 from hydra_llm.models.metabolism.module import MetabolismGNN, fit_model
 from hydra_llm.models.metabolism.network import conservation_basis
-from hydra_llm.models.metabolism.options import lr_factor, trainer_settings, training_options
+from hydra_llm.models.metabolism.options import trainer_settings, training_options
 
 __all__ = [
     "MetabolismGNN",
     "conservation_basis",
     "fit_model",
-    "lr_factor",
     "trainer_settings",
     "training_options",
 ]

@@ -46,10 +46,11 @@ import torch
 
 from hydra_llm.code_edits.loader import strategy
 from hydra_llm.files import atomic_write
+from hydra_llm.models.lr_schedule import lr_factor
 from hydra_llm.models.metabolism import least_squares, losses
 from hydra_llm.models.metabolism.conserved_types import conserved_types
 from hydra_llm.models.metabolism.network import REACTION_ARCH_KEYS, ReactionNetwork
-from hydra_llm.models.metabolism.options import amplification, lr_factor, trainer_settings, training_options
+from hydra_llm.models.metabolism.options import amplification, trainer_settings, training_options
 from hydra_llm.simulation.base import Observations, config_hash
 from hydra_llm.simulation.frames import FrameSampling, start_frame_loader
 

@@ -1,8 +1,8 @@
-"""The metabolism GNN's training options (typed in :mod:`hydra_llm.schemas.training`) and its schedules."""
+"""The metabolism GNN's training options (typed in :mod:`hydra_llm.schemas.training`) and its schedules
+(the learning-rate one is shared: :mod:`hydra_llm.models.lr_schedule`)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,23 +28,6 @@ def trainer_settings(opts: Mapping[str, Any]) -> dict[str, Any]:
         "accumulate_grad_batches": int(opts["gradient_accumulation"]),
         "gradient_clip_val": float(opts["gradient_clip_val"]) or None,
     }
-
-
-def lr_factor(schedule: str, step: int, total: int, opts: Mapping[str, Any]) -> float:
-    """Multiplier of every base learning rate at optimiser ``step`` of ``total``."""
-    if schedule == "constant" or total <= 1:
-        return 1.0
-    frac = step / max(1, total - 1)
-    final = float(opts["lr_final_ratio"])
-    if schedule == "warmup_decay":
-        warm = float(opts["lr_warmup_fraction"])
-        if warm > 0 and frac < warm:
-            return (step + 1) / max(1.0, warm * total)
-        rest = (frac - warm) / max(1e-12, 1.0 - warm)
-        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, rest)))
-    period = max(1e-6, float(opts["lr_restart_fraction"]))
-    phase = (frac % period) / period
-    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * phase))
 
 
 def amplification(opts: Mapping[str, Any], step: int, total: int) -> float:
