@@ -106,10 +106,11 @@ class FlyvisTraining:
     coeff_f_theta_weight_L2: float = 0.0
     coeff_f_theta_msg_diff: float = 0.0
     regul_annealing_rate: float = 5.0  # anneal = 1 - exp(-rate * fractional epochs); 0 = off
-    # every group's rate (in every alternate-training phase) x lr_factor(step) over all epochs' steps
+    # every group's rate (in every alternate-training phase) x lr_factor(step) over all epochs' steps;
+    # at extent 8 a half cosine to 5% helped one seed of three and not the others (BENCHMARKS.md)
     lr_schedule: LRSchedule = LRSchedule.constant
     lr_warmup_fraction: float = 0.0
-    lr_final_ratio: float = 0.1
+    lr_final_ratio: float = 0.05
     lr_restart_fraction: float = 0.25
     # alternate training: W phase / V_rest phase cycles inside each epoch
     alternate_training: bool = False
