@@ -315,7 +315,7 @@ class FlyvisGNN(FrameGNN):
         return {**terms, **self.regularisers(v0, None, msg0, inp0)}
 
     # ----------------------------------------------------------------- Lightning hooks
-    def lr_factor(self) -> float:
+    def lr_multiplier(self) -> float:
         """The ``lr_schedule`` multiplier at this optimiser step, over all epochs' steps."""
         cfg = self.training_cfg
         total = self.steps_per_epoch * int(cfg["n_epochs"])
@@ -323,7 +323,7 @@ class FlyvisGNN(FrameGNN):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.phase = self.phase_at(batch_idx)
-        rates, factor = self.phase_learning_rates(self.phase), self.lr_factor()
+        rates, factor = self.phase_learning_rates(self.phase), self.lr_multiplier()
         for group in self.optimizers().optimizer.param_groups:
             group["lr"] = rates[group["name"]] * factor
 
