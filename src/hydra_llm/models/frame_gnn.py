@@ -15,6 +15,11 @@ class FrameGNN(pl.LightningModule):
     Subclasses implement :meth:`loss_terms`; its ``prediction`` term is the data error.
     ``final_loss`` is the mean prediction loss over the last tenth of the latest epoch. Each term is
     logged as ``train/<name>`` every ``log_every`` batches.
+
+    The epoch's prediction losses go into one buffer allocated when the epoch starts. Keeping a new
+    scalar tensor per step instead (a list of them) grew the process by about 3 MB a step at extent 8:
+    each one, allocated between the step's large temporaries and kept to the epoch's end, stops glibc
+    from reusing or returning the heap around it (BENCHMARKS.md, "Memory over a long run").
     """
 
     log_every = 200
@@ -22,24 +27,33 @@ class FrameGNN(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.final_loss = math.nan
-        self._epoch_losses: list[torch.Tensor] = []
+        self._epoch_losses: torch.Tensor | None = None
+        self._steps_done = 0
 
     def loss_terms(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every loss term (already weighted, scalar tensors) of one batch."""
         raise NotImplementedError
 
+    def on_train_epoch_start(self) -> None:
+        n_batches = self.trainer.num_training_batches
+        size = int(n_batches) if math.isfinite(n_batches) else 0
+        self._epoch_losses = torch.full((size,), math.nan, device=self.device)
+        self._steps_done = 0
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         terms = self.loss_terms(batch)
         loss = torch.stack(list(terms.values())).sum()
-        self._epoch_losses.append(terms["prediction"].detach())
+        if self._epoch_losses is not None and batch_idx < self._epoch_losses.numel():
+            self._epoch_losses[batch_idx] = terms["prediction"].detach()
+            self._steps_done = batch_idx + 1
         if batch_idx % self.log_every == 0:
             self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False)
             self.log("loss", loss.detach(), prog_bar=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        if self._epoch_losses:
-            tail = self._epoch_losses[-max(1, len(self._epoch_losses) // 10) :]
-            self.final_loss = float(torch.stack(tail).mean())
+        if self._epoch_losses is not None and self._steps_done:
+            done = self._epoch_losses[: self._steps_done]
+            self.final_loss = float(done[-max(1, self._steps_done // 10) :].mean())
             self.log("train/epoch_prediction_loss", self.final_loss)
-        self._epoch_losses = []
+        self._epoch_losses = None
