@@ -300,6 +300,7 @@ def bench_recovery(
         "V_rest_R2_local",
         "V_rest_zero_drive_R2_local",
         "cluster_accuracy",
+        "cluster_accuracy_local",
         "test_pearson",
         "test_R2",
         "test_pearson_ood",
@@ -311,6 +312,16 @@ def bench_recovery(
         print(f"[recovery] reference: least squares on the true functional form, R2 = {ceiling:.4f}")
     print("[recovery] R2 trajectory (epoch,iteration,connectivity_r2,phase):")
     print((out / "connectivity_r2.log").read_text().strip())
+
+
+def true_feature_clusters(dm) -> float:
+    """The evaluation's GMM clustering on the ground truth's own features (reads the answer)."""
+    from hydra_llm.evaluation.flyvis import cluster_features, gmm_cluster_accuracy
+
+    gt, obs = dm.ground_truth, dm.observations
+    empty = torch.zeros(obs.n_neurons, 0)
+    features = cluster_features(empty, gt["W"], gt["tau"], gt["V_rest"], obs.edge_index)
+    return gmm_cluster_accuracy(features, gt["types"].numpy(), n_components=100, seed=42)
 
 
 def bench_readout(
@@ -341,8 +352,13 @@ def bench_readout(
         "V_rest_R2",
         "V_rest_zero_drive_R2",
         "cluster_accuracy",
+        "cluster_accuracy_local",
     )
     print(f"[readout] extent {extent}, {stimulus} stimuli, {frames} frames, noise {noise}, seed {seed}")
+    print(
+        "[readout] cluster_accuracy of the same GMM on the true tau, V_rest and W statistics (no embedding; "
+        f"an oracle reference for what the clustering can reach): {true_feature_clusters(dm):.3f}"
+    )
     print("| step | " + " | ".join(keys) + " |")
     print("|" + "---|" * (len(keys) + 1))
     for path in paths:

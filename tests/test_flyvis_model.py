@@ -270,7 +270,7 @@ def test_metrics_recover_the_truth_from_the_true_model(data, tmp_path):
     assert metrics["connectivity_R2_local"] > 0.999 and metrics["connectivity_R2_identity_local"] > 0.999
     assert metrics["test_pearson"] > 0.99 and metrics["test_R2"] > 0.99
     assert metrics["test_pearson_ood"] > 0.99
-    assert metrics["cluster_accuracy"] > 0.8
+    assert metrics["cluster_accuracy"] > 0.8 and metrics["cluster_accuracy_local"] > 0.8
     for name in ("W_scatter", "tau_scatter", "V_rest_scatter", "embeddings", "activity", "rollout_test"):
         assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000
 

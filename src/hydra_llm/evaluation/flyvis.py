@@ -5,9 +5,10 @@ The GNN learns ``msg_i = sum_e W_e psi(v_j)`` and ``dv_i/dt = f(v_i, msg_i, I_i)
 
 * self-decay slope s_i and offset c_i of f, two ways: the original's read-out, the line through
   f(v, msg=0, I=0) over [mu - 2 sigma, mu + 2 sigma], gives the headline ``connectivity_R2``,
-  ``tau_R2`` and ``V_rest_R2``; the local linearisation ``f ~ s v + g msg + k I + c`` at the recorded
-  state (medians over 8 training frames; it does not extrapolate f to msg = 0, a state few neurons
-  visit) gives the same metrics with the suffix ``_local`` and feeds the clustering features.
+  ``tau_R2``, ``V_rest_R2`` and ``cluster_accuracy`` (a GMM on each neuron's embedding, tau, V_rest and
+  the statistics of its corrected W, as the original clusters); the local linearisation
+  ``f ~ s v + g msg + k I + c`` at the recorded state (medians over 8 training frames; it does not
+  extrapolate f to msg = 0, a state few neurons visit) gives the same metrics with the suffix ``_local``.
   tau_i = -1 / s_i clipped to [0, 1] s (1 where s_i >= 0: f does not decay), V_rest_i = c_i tau_i;
 * ``psi(v_j) ~ slope_g_j relu(v_j) + b_j`` on [max(mu - 2 sigma, 0), mu + 2 sigma] (slope 1 for
   neurons that never rise above 0: their outgoing weights are invisible to the data);
@@ -242,15 +243,18 @@ def visible_edges(span: NeuronRange, edge_index: torch.Tensor, min_std: float = 
     return span.relu_std[edge_index[0]] > min_std
 
 
-def cluster_features(model, corrected: dict[str, torch.Tensor], edge_index: torch.Tensor) -> np.ndarray:
-    """(N, emb + 6): embedding, tau_hat, V_rest_hat, mean/std of corrected incoming and outgoing W."""
-    n = model.n_neurons
-    W_star = corrected["W_star"].double()
-    cols = [
-        model.a.detach().double(),
-        corrected["tau_hat"].double()[:, None],
-        corrected["V_rest_hat"].double()[:, None],
-    ]
+def cluster_features(
+    embedding: torch.Tensor,
+    W_star: torch.Tensor,
+    tau: torch.Tensor,
+    V_rest: torch.Tensor,
+    edge_index: torch.Tensor,
+) -> np.ndarray:
+    """(N, emb + 6): the embedding (N, emb; emb may be 0), tau and V_rest (N,), and the mean and std of
+    the weights W_star (E,) into and out of each neuron."""
+    n = int(tau.shape[0])
+    W_star = W_star.double()
+    cols = [embedding.detach().double(), tau.double()[:, None], V_rest.double()[:, None]]
     for end in (edge_index[1], edge_index[0]):
         count = torch.bincount(end, minlength=n).double().clamp(min=1)
         mean = torch.zeros(n, dtype=torch.float64).index_add_(0, end, W_star) / count
@@ -333,8 +337,14 @@ def evaluate(
         ]
         metrics["visible_edge_fraction"] = float(visible.double().mean())
     types = ground_truth["types"].numpy()
-    features = cluster_features(model, readouts["local"], observations.edge_index)
-    metrics["cluster_accuracy"] = gmm_cluster_accuracy(features, types, cluster_n_components, cluster_seed)
+    for readout, suffix in READOUTS.items():
+        values = readouts[readout]
+        features = cluster_features(
+            model.a, values["W_star"], values["tau_hat"], values["V_rest_hat"], observations.edge_index
+        )
+        metrics[f"cluster_accuracy{suffix}"] = gmm_cluster_accuracy(
+            features, types, cluster_n_components, cluster_seed
+        )
 
     n_train = observations.n_train_frames
     test_frames = slice(n_train, n_train + int(rollout_frames))
