@@ -100,7 +100,7 @@ def test_bad_options_name_the_key(data, model_kw, train_kw, message):
 def test_training_lowers_the_loss_and_sets_final_loss(data):
     torch.manual_seed(0)
     model = FlyvisGNN(
-        data.observations, training(max_steps_per_epoch=150), hidden_dim=32, hidden_dim_update=32
+        data.observations, training(max_steps_per_epoch=300), hidden_dim=32, hidden_dim_update=32
     )
     obs = data.observations
     v, dv, inp = obs.activity[:400], obs.derivative[:400], obs.external_input[:400]

@@ -81,9 +81,10 @@ class FlyvisTraining:
 
     Steps per epoch: ``n_train_frames * data_augmentation_loop // batch_size * 0.2`` (capped by
     ``max_steps_per_epoch`` when set). The loss is a mean over frames x neurons of the squared error in
-    units of std(dv/dt), so coefficients do not transfer from a loss that is an un-averaged L2 norm; these
-    defaults were set on extent-1 runs (``bench/bench_flyvis.py``). The W penalties are per neuron
-    (``sum|W| / n_neurons``), like the prediction term, so one coefficient holds at every extent.
+    units of std(dv/dt), so coefficients do not transfer from a loss that is an un-averaged L2 norm; the
+    regularisers were set on extent-1 runs, the learning rates at extent 8 (``bench/bench_flyvis.py``,
+    BENCHMARKS.md). The W penalties are per neuron (``sum|W| / n_neurons``), like the prediction term, so
+    one coefficient holds at every extent.
     """
 
     GROUP: ClassVar[str] = "training"
@@ -92,9 +93,11 @@ class FlyvisTraining:
     data_augmentation_loop: float = 35.0
     max_steps_per_epoch: int | None = None
     seed: int = 43
-    learning_rate_W_start: float = 3.0e-3
-    learning_rate_start: float = 3.0e-3
-    learning_rate_embedding_start: float = 2.325e-3
+    # a third of the extent-1 rates (3e-3, 3e-3, 2.325e-3): at extent 8 these lifted connectivity_R2 on
+    # 3 of 3 seeds and removed a collapse of one (BENCHMARKS.md, "A third of the learning rates")
+    learning_rate_W_start: float = 1.0e-3
+    learning_rate_start: float = 1.0e-3
+    learning_rate_embedding_start: float = 7.75e-4
     learning_rate_update_start: float | None = None  # f_theta; None = learning_rate_start
     coeff_W_L1: float = 4.0e-3  # x sum|W| / n_neurons (1e-5 x sum|W| at extent 1's 443 neurons)
     coeff_W_L2: float = 0.0  # x sum W^2 / n_neurons
