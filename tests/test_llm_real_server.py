@@ -140,7 +140,9 @@ def test_two_batch_sweep_against_llama_cpp_server(server, tmp_path):
 
     # The structured-output mode was detected (the server refuses json_schema) and cached; the calls
     # after the first proposal call start in the cached mode.
-    modes = [[(c["mode"], c.get("status"), c.get("latency_s"), c.get("error", "")[:80]) for c in h] for h in http]
+    modes = [
+        [(c["mode"], c.get("status"), c.get("latency_s"), c.get("error", "")[:80]) for c in h] for h in http
+    ]
     cache = sweep_dir / "exploration" / "llm" / "capabilities.json"
     assert cache.exists(), modes
     capabilities = json.loads(cache.read_text())
