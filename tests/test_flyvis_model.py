@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -131,6 +131,32 @@ def test_final_loss_is_the_mean_prediction_loss_of_the_last_tenth_of_the_epoch(d
     assert model._epoch_losses is None
 
 
+def test_without_learn_autapses_self_loops_stay_at_zero_and_send_nothing(data):
+    """While relu(v_j) is linear over the record, a self-loop's weight trades with the neuron's leak; with
+    learn_autapses=False it is held at exactly 0 through training, every other weight learns, and the
+    messages are those of the network without its self-loops."""
+    obs = data.observations
+    looped = replace(obs, edge_index=torch.cat([obs.edge_index, torch.tensor([[0, 3], [0, 3]])], dim=1))
+    arch = {"hidden_dim": 16, "hidden_dim_update": 16}
+    torch.manual_seed(0)
+    held = FlyvisGNN(looped, training(max_steps_per_epoch=30), learn_autapses=False, **arch)
+    torch.manual_seed(0)
+    learned = FlyvisGNN(looped, training(max_steps_per_epoch=30), **arch)
+    start, learned_start = held.W.detach().clone(), learned.W.detach().clone()
+    assert start[-2:].tolist() == [0.0, 0.0] and learned_start[-2:].abs().min() > 0
+    fit(data, held)
+    fit(data, learned)
+    assert held.W[-2:].tolist() == [0.0, 0.0]
+    assert (held.W[:-2] != start[:-2]).all()
+    assert (learned.W[-2:] != learned_start[-2:]).all()  # the default learns them
+
+    plain = FlyvisGNN(obs, training(), **arch)
+    plain.load_state_dict({**held.state_dict(), "W": held.W.detach()[:-2]})
+    v = obs.activity[:5]
+    with torch.no_grad():
+        assert torch.equal(held.messages(v), plain.messages(v))
+
+
 def test_annealing_is_active_from_the_first_step(data):
     coefficients = {"coeff_W_L2": 1e-6, "coeff_g_phi_weight_L1": 0.1, "coeff_f_theta_weight_L1": 0.01}
     model = FlyvisGNN(data.observations, training(**coefficients))
@@ -238,6 +264,10 @@ class TrueModel(torch.nn.Module):
         self.a = torch.nn.Parameter(torch.nn.functional.one_hot(gt["types"], n_types).float())
         self.tau, self.V_rest, self.edge_index = gt["tau"], gt["V_rest"], obs.edge_index
         self.n_neurons, self.dt, self.phase = obs.n_neurons, obs.dt, "joint"
+
+    @property
+    def weights(self):
+        return self.W
 
     def psi(self, v):
         return torch.relu(v)

@@ -14,10 +14,11 @@ The GNN learns ``msg_i = sum_e W_e psi(v_j)`` and ``dv_i/dt = f(v_i, msg_i, I_i)
   neurons that never rise above 0: their outgoing weights are invisible to the data);
 * ``g_i = df/dmsg``, the median over the same 8 frames (autograd on real forward passes);
 
-so the weight in the units of the simulator is ``W*_e = W_e * g_i * slope_g_j * tau_i``. The original
-divides by s_i instead (``-W_e g_i slope_g_j / s_i``, and ``V_rest_i = -c_i / s_i``): the same wherever
-tau_i needs no clip, but one neuron whose learned decay crosses zero then sends all its incoming
-weights to hundreds (at extent 8, step 4,000 of ``bench/bench_flyvis.py recovery``, one neuron with
+so the weight in the units of the simulator is ``W*_e = W_e * g_i * slope_g_j * tau_i``, with W the
+weights the messages use (``model.weights``: 0 on self-loops held out by ``learn_autapses: false``).
+The original divides by s_i instead (``-W_e g_i slope_g_j / s_i``, and ``V_rest_i = -c_i / s_i``): the
+same wherever tau_i needs no clip, but one neuron whose learned decay crosses zero then sends all its
+incoming weights to hundreds (at extent 8, step 4,000 of ``bench/bench_flyvis.py recovery``, one neuron with
 s_i = 0.004 took ``connectivity_R2`` from 0.83 to 0.10). With the clipped tau_i, which ``tau_R2``
 reports anyway, W* and V_rest stay bounded and read nothing from the answer.
 
@@ -185,7 +186,7 @@ def corrected_weights(
     """
     if span is None:
         span = NeuronRange.of(observations.activity[: observations.n_train_frames])
-    W = model.W.detach()
+    W = model.weights.detach()
     span = span.to(W.device)
     edge_index = observations.edge_index.to(W.device)
     src, tgt = edge_index
@@ -316,7 +317,7 @@ def evaluate(
     corrected = readouts["line"]
     true_W = ground_truth["W"].double()
     metrics = connectivity_metrics(
-        true_W, corrected["W_star"].double(), model.W.detach().double(), outlier_threshold
+        true_W, corrected["W_star"].double(), model.weights.detach().double(), outlier_threshold
     )
     for readout, suffix in READOUTS.items():
         values = readouts[readout]

@@ -2,6 +2,8 @@
 
 * ``psi = g_phi^2`` (``g_phi_positive``; plain g_phi otherwise) is the message function below.
 * ``W``: one learnable weight per known connectome edge (E,), aligned with ``Observations.edge_index``.
+  With ``learn_autapses: false`` the self-loops' weights are held at 0 (``weights``) and f_theta takes
+  their part: while relu(v_i) is linear over the record, ``w_ii relu(v_i)`` is a change of the leak.
 * ``g_phi`` depends on the source neuron only, so it is evaluated once per (frame, neuron) and the sum
   over edges is a gather + ``index_add`` (``aggregation: node``). ``aggregation: sparse`` does the same
   node transform, then torch-geometric's ``propagate`` with a CSR product (the idiomatic layer, the
@@ -115,7 +117,13 @@ class FlyvisGNN(FrameGNN):
 
         emb = arch.embedding_dim
         self.a = nn.Parameter(torch.ones(self.n_neurons, emb))
-        self.W = nn.Parameter(self._init_W(n_edges, arch.w_init_mode, arch.w_init_scale))
+        W = self._init_W(n_edges, arch.w_init_mode, arch.w_init_scale)
+        # 1 on the edges whose weight is learned, 0 on self-loops without learn_autapses; W starts at 0
+        # there and gets no gradient through the mask, so it stays exactly 0
+        self_loop = observations.edge_index[0] == observations.edge_index[1]
+        learned = torch.ones_like(self_loop) if arch.learn_autapses else ~self_loop
+        self.register_buffer("weight_mask", learned.float(), persistent=False)
+        self.W = nn.Parameter(W * self.weight_mask)
         self.g_phi = MLP(1 + emb, 1, arch.hidden_dim, arch.n_layers, arch.activation, out_init_std=0.1)
         self.f_theta = MLP(3 + emb, 1, arch.hidden_dim_update, arch.n_layers_update, arch.activation)
         self.edge_oracle = EdgeMessagePassing(self._psi_features)
@@ -150,15 +158,20 @@ class FlyvisGNN(FrameGNN):
         x = torch.cat([v.unsqueeze(-1), a, msg.unsqueeze(-1), inp.unsqueeze(-1)], dim=-1)
         return self.yscale * self.f_theta(x).squeeze(-1)
 
+    @property
+    def weights(self) -> torch.Tensor:
+        """(E,) the weights the messages use: W, masked to 0 where it is not learned (``learn_autapses``)."""
+        return self.W * self.weight_mask
+
     def messages(self, v: torch.Tensor) -> torch.Tensor:
         """msg (B, N) for voltages (B, N), with the configured aggregation."""
         if self.aggregation == "node":
-            return aggregate_source_messages(self.psi(v), self.W, self.edge_index)
+            return aggregate_source_messages(self.psi(v), self.weights, self.edge_index)
         if self.aggregation == "sparse":
-            return self.sparse_propagate(self.psi(v).T, self.W).T
+            return self.sparse_propagate(self.psi(v).T, self.weights).T
         a = self.a.unsqueeze(1).expand(-1, v.shape[0], -1)
         x = torch.cat([v.T.unsqueeze(-1), a], dim=-1)  # (N, B, 1 + emb)
-        return self.edge_oracle(x, self.edge_index, self.W).T
+        return self.edge_oracle(x, self.edge_index, self.weights).T
 
     def forward(self, v: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """dv/dt (B, N) predicted from voltages and input (B, N)."""
@@ -288,7 +301,7 @@ class FlyvisGNN(FrameGNN):
         """Prediction and regulariser terms on frames (B, N)."""
         psi_v = self.psi(v) if self.aggregation == "node" else None
         msg = (
-            aggregate_source_messages(psi_v, self.W, self.edge_index)
+            aggregate_source_messages(psi_v, self.weights, self.edge_index)
             if psi_v is not None
             else self.messages(v)
         )

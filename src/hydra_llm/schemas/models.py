@@ -109,6 +109,9 @@ class FlyvisModel:
     w_init_mode: WInitMode = WInitMode.randn_scaled
     w_init_scale: float = 1.0
     aggregation: MessageAggregation = MessageAggregation.node
+    # False: W is held at 0 on self-loops (edge j -> j), and f_theta absorbs them. While relu(v_j) is linear
+    # over the record, a self-loop's weight cannot be told from the neuron's leak (BENCHMARKS.md, "Autapses")
+    learn_autapses: bool = True
 
     def __post_init__(self) -> None:
         at_least_one(self, "embedding_dim", "hidden_dim", "n_layers", "hidden_dim_update", "n_layers_update")
