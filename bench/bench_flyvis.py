@@ -6,6 +6,7 @@
     python bench/bench_flyvis.py recovery   # simulate + train + evaluate on a CPU-sized budget
     python bench/bench_flyvis.py readout    # today's read-outs of the snapshots that
                                             # `recovery --rec-snapshots` saved (same --rec-* arguments)
+    python bench/bench_flyvis.py errors     # where W*'s error lies in the last snapshot (reads the answer)
     python bench/bench_flyvis.py vrest      # how exactly W must be known for V_rest (reads the answer)
     python bench/bench_flyvis.py memory     # peak memory of `python train.py` and of a 4-slot sweep
     python bench/bench_flyvis.py all
@@ -34,6 +35,7 @@ import torch
 import yaml
 
 from hydra_llm.schemas import plain
+from hydra_llm.schemas.models import FlyvisModel
 from hydra_llm.schemas.simulation import FlyvisSimulation
 from hydra_llm.schemas.training import FlyvisTraining
 
@@ -228,12 +230,17 @@ def recovery_training(steps: int, batch: int, overrides: dict | None = None) -> 
     return {**base, **(overrides or {})}
 
 
-def key_value(text: str) -> tuple[str, object]:
-    """``--rec-set lr_schedule=warmup_decay``: a training key and its YAML value."""
-    key, sep, value = text.partition("=")
-    if not sep or key not in asdict(FlyvisTraining()):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with KEY a training=flyvis option")
-    return key, yaml.safe_load(value)
+def key_value(schema: type, group: str):
+    """A parser of ``KEY=VALUE`` (``--rec-set lr_schedule=warmup_decay``) into a key of ``schema`` and its
+    YAML value."""
+
+    def parse(text: str) -> tuple[str, object]:
+        key, sep, value = text.partition("=")
+        if not sep or key not in asdict(schema()):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with KEY a {group} option")
+        return key, yaml.safe_load(value)
+
+    return parse
 
 
 def bench_recovery(
@@ -248,7 +255,11 @@ def bench_recovery(
     snapshots: bool = False,
     out: Path = RECOVERY_OUT,
     overrides: dict | None = None,
+    init: Path | None = None,
+    architecture: dict | None = None,
 ) -> None:
+    """Simulate, train and evaluate; ``init``: start from a snapshot's state dict (a continuation; the
+    optimiser's state and the regulariser annealing start afresh)."""
     from hydra_llm.evaluation.flyvis import ConnectivityR2Log, evaluate
     from hydra_llm.models.flyvis_gnn import FlyvisGNN
 
@@ -256,9 +267,11 @@ def bench_recovery(
     dm = recovery_data(extent, frames, noise, seed, stimulus)
     sim_s = time.perf_counter() - t0
     training = recovery_training(steps, batch, overrides)
-    model_cfg: dict = {}  # the flyvis_gnn defaults (hydra_llm.schemas.models.FlyvisModel)
     pl.seed_everything(training["seed"], verbose=False)
-    model = FlyvisGNN(dm.observations, training, **model_cfg)
+    model = FlyvisGNN(dm.observations, training, **(architecture or {}))
+    if init is not None:
+        model.load_state_dict(torch.load(init, map_location="cpu"))
+        print(f"[recovery] continuing from {init}")
     steps = model.steps_per_epoch
     every = max(1, steps // 10)
     callbacks = [ConnectivityR2Log(dm.observations, dm.ground_truth, out, every_n_steps=every)]
@@ -284,8 +297,9 @@ def bench_recovery(
         f"{device_name(trainer.strategy.root_device)}; simulate {sim_s:.0f} s, train {fit_s:.0f} s "
         f"({1e3 * fit_s / steps:.1f} ms/step), evaluate {eval_s:.0f} s; {load()}"
     )
-    if overrides:
-        print("[recovery] training overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    for group, options in (("training", overrides), ("model", architecture)):
+        if options:
+            print(f"[recovery] {group} overrides: " + ", ".join(f"{k}={v}" for k, v in options.items()))
     for key in (
         "connectivity_R2",
         "connectivity_slope",
@@ -324,6 +338,21 @@ def true_feature_clusters(dm) -> float:
     return gmm_cluster_accuracy(features, gt["types"].numpy(), n_components=100, seed=42)
 
 
+def snapshot_paths(out: Path) -> list[Path]:
+    """The snapshots that ``recovery --rec-snapshots --rec-out out`` saved, in step order."""
+    paths = sorted((out / "snapshots").glob("step_*.pt"))
+    if not paths:
+        raise SystemExit(f"no snapshots in {out / 'snapshots'}: run `recovery --rec-snapshots` first")
+    return paths
+
+
+def snapshot_model(dm, steps: int, batch: int, overrides: dict | None, architecture: dict | None):
+    """A FlyvisGNN of the recovery run's shape, for a snapshot's state dict."""
+    from hydra_llm.models.flyvis_gnn import FlyvisGNN
+
+    return FlyvisGNN(dm.observations, recovery_training(steps, batch, overrides), **(architecture or {}))
+
+
 def bench_readout(
     extent: int,
     frames: int,
@@ -334,17 +363,15 @@ def bench_readout(
     stimulus: str,
     out: Path = RECOVERY_OUT,
     overrides: dict | None = None,
+    architecture: dict | None = None,
 ):
     """The read-outs of every snapshot that ``recovery --rec-snapshots`` saved with the same arguments
     (the data are simulated again, identically), with today's evaluation code."""
     from hydra_llm.evaluation.flyvis import evaluate
-    from hydra_llm.models.flyvis_gnn import FlyvisGNN
 
-    paths = sorted((out / "snapshots").glob("step_*.pt"))
-    if not paths:
-        raise SystemExit(f"no snapshots in {out / 'snapshots'}: run `recovery --rec-snapshots` first")
+    paths = snapshot_paths(out)
     dm = recovery_data(extent, frames, noise, seed, stimulus)
-    model = FlyvisGNN(dm.observations, recovery_training(steps, batch, overrides))
+    model = snapshot_model(dm, steps, batch, overrides, architecture)
     keys = (
         "connectivity_R2",
         "connectivity_R2_trimmed_oracle",
@@ -366,6 +393,81 @@ def bench_readout(
         metrics = evaluate(model, dm.observations, dm.ground_truth, out, rollout_frames=2, make_plots=False)
         step = int(path.stem.split("_")[1])
         print(f"| {step} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |", flush=True)
+
+
+def bench_errors(
+    extent: int,
+    frames: int,
+    steps: int,
+    noise: float,
+    batch: int,
+    seed: int,
+    stimulus: str,
+    out: Path = RECOVERY_OUT,
+    overrides: dict | None = None,
+    architecture: dict | None = None,
+    top: int = 12,
+) -> None:
+    """Where the error of W* lies in the last snapshot of a ``recovery --rec-snapshots`` run: oracle
+    variants of ``connectivity_R2`` and the type pairs that carry the squared error. A diagnostic that
+    reads the answer (every figure but the first two is an oracle)."""
+    from hydra_llm.evaluation.flyvis import NeuronRange, corrected_weights, visible_edges
+    from hydra_llm.evaluation.metrics import r2_slope
+
+    path = snapshot_paths(out)[-1]
+    dm = recovery_data(extent, frames, noise, seed, stimulus)
+    obs, gt = dm.observations, dm.ground_truth
+    model = snapshot_model(dm, steps, batch, overrides, architecture)
+    model.load_state_dict(torch.load(path, map_location="cpu"))
+    span = NeuronRange.of(obs.activity[: obs.n_train_frames])
+    line = corrected_weights(model.eval(), obs, span)["line"]
+    src, tgt = obs.edge_index
+    w, est, tau = gt["W"].double(), line["W_star"].double(), gt["tau"].double()
+    types, names = gt["types"].long(), gt.meta["type_names"]
+    visible = visible_edges(span, obs.edge_index)
+    per_tau = est / line["tau_hat"].double()[tgt]
+    num = torch.zeros(obs.n_neurons, dtype=torch.float64).index_add_(0, tgt, est * w)
+    den = torch.zeros(obs.n_neurons, dtype=torch.float64).index_add_(0, tgt, est * est).clamp(min=1e-12)
+    print(
+        f"[errors] {path}: extent {extent}, {stimulus} stimuli, {frames} frames, noise {noise}, seed {seed}"
+    )
+    every = torch.ones_like(visible)
+    for label, estimate, keep in (
+        ("connectivity_R2 (every edge)", est, every),
+        (f"on the visible edges ({float(visible.double().mean()):.4f} of them)", est, visible),
+        ("oracle: W* = w on visible edges, 0 on the others (the stimulus's ceiling)", w * visible, every),
+        ("oracle: the true tau in W* = W g slope_psi tau", per_tau * tau[tgt], every),
+        ("oracle: one best scale per target neuron", est * (num / den)[tgt], every),
+    ):
+        r2 = r2_slope(w[keep], estimate[keep])[0]
+        print(f"[errors] {label}: R2 = {r2:.4f}")
+    err = (est - w) ** 2
+    total = float(err.sum())
+    same = types[src] == types[tgt]
+    print(
+        f"[errors] share of the squared error: invisible edges {float(err[~visible].sum()) / total:.3f}, "
+        f"visible same-type edges {float(err[visible & same].sum()) / total:.3f}, "
+        f"other visible edges {float(err[visible & ~same].sum()) / total:.3f}"
+    )
+    n_types = len(names)
+    pair = types[src] * n_types + types[tgt]
+    share = torch.zeros(n_types * n_types, dtype=torch.float64).index_add_(0, pair, err) / total
+    print(
+        "| source -> target | edges | share of squared error | w mean (sd) | W* mean (sd) | visible | "
+        "source relu(v) std (median) | target tau |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for p in share.argsort(descending=True)[:top].tolist():
+        edges = pair == p
+        a, b = divmod(p, n_types)
+        print(
+            f"| {names[a]} -> {names[b]} | {int(edges.sum())} | {float(share[p]):.3f} | "
+            f"{float(w[edges].mean()):+.3f} ({float(w[edges].std()):.3f}) | "
+            f"{float(est[edges].mean()):+.3f} ({float(est[edges].std()):.3f}) | "
+            f"{float(visible[edges].double().mean()):.2f} | "
+            f"{float(span.relu_std[src[edges]].median()):.3f} | "
+            f"{float(tau[tgt[edges]].median()):.3f} |"
+        )
 
 
 def mean_input(inputs, n: int, chunk: int = 1024) -> torch.Tensor:
@@ -513,7 +615,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["sim", "step", "recovery", "readout", "vrest", "memory", "all"])
+    parser.add_argument(
+        "what", choices=["sim", "step", "recovery", "readout", "errors", "vrest", "memory", "all"]
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sim-extent", type=int, default=8)
@@ -546,11 +650,24 @@ def main() -> None:
     )
     parser.add_argument(
         "--rec-set",
-        type=key_value,
+        type=key_value(FlyvisTraining, "training=flyvis"),
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="a training=flyvis option for recovery and readout (repeatable), e.g. lr_schedule=warmup_decay",
+    )
+    parser.add_argument(
+        "--rec-model",
+        type=key_value(FlyvisModel, "model=flyvis_gnn"),
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model=flyvis_gnn option for recovery, readout and errors (repeatable): learn_autapses=false",
+    )
+    parser.add_argument(
+        "--rec-init",
+        type=Path,
+        help="recovery: start from this snapshot (a continuation; e.g. at lower --rec-set rates)",
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--mem-extent", type=int, default=8)
@@ -567,10 +684,19 @@ def main() -> None:
     run = (args.rec_extent, args.rec_frames, args.rec_steps, args.rec_noise, args.rec_batch, args.seed)
     if args.what in ("recovery", "all"):
         bench_recovery(
-            *run, args.rec_stimulus, args.rec_reference, args.rec_snapshots, args.rec_out, dict(args.rec_set)
+            *run,
+            args.rec_stimulus,
+            args.rec_reference,
+            args.rec_snapshots,
+            args.rec_out,
+            dict(args.rec_set),
+            args.rec_init,
+            dict(args.rec_model),
         )
     if args.what == "readout":
-        bench_readout(*run, args.rec_stimulus, args.rec_out, dict(args.rec_set))
+        bench_readout(*run, args.rec_stimulus, args.rec_out, dict(args.rec_set), dict(args.rec_model))
+    if args.what == "errors":
+        bench_errors(*run, args.rec_stimulus, args.rec_out, dict(args.rec_set), dict(args.rec_model))
     if args.what == "vrest":
         bench_vrest(
             args.rec_extent, args.rec_frames, args.rec_noise, args.seed, args.rec_stimulus, args.repeats
