@@ -110,7 +110,8 @@ class FlyvisModel:
     w_init_scale: float = 1.0
     aggregation: MessageAggregation = MessageAggregation.node
     # False: W is held at 0 on self-loops (edge j -> j), and f_theta absorbs them. While relu(v_j) is linear
-    # over the record, a self-loop's weight cannot be told from the neuron's leak (BENCHMARKS.md, "Autapses")
+    # over the record, a self-loop's weight cannot be told from the neuron's leak. At extent 8 holding them
+    # lifted one seed (0.935 -> 0.953) and not another (0.947 -> 0.944): BENCHMARKS.md, "Autapses"
     learn_autapses: bool = True
 
     def __post_init__(self) -> None:
