@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -243,32 +243,52 @@ def key_value(schema: type, group: str):
     return parse
 
 
+@dataclass(frozen=True)
+class RecoveryRun:
+    """A recovery run's ``--rec-*`` arguments: ``readout`` and ``errors`` repeat them to read its snapshots
+    (the data are simulated again, identically)."""
+
+    extent: int
+    frames: int
+    steps: int
+    noise: float
+    batch: int
+    seed: int
+    stimulus: str = "synthetic"
+    out: Path = RECOVERY_OUT
+    overrides: dict = field(default_factory=dict)  # training=flyvis options (--rec-set)
+    architecture: dict = field(default_factory=dict)  # model=flyvis_gnn options (--rec-model)
+
+    def __str__(self) -> str:
+        return (
+            f"extent {self.extent}, {self.stimulus} stimuli, {self.frames} frames, noise {self.noise}, "
+            f"seed {self.seed}"
+        )
+
+    def data(self):
+        return recovery_data(self.extent, self.frames, self.noise, self.seed, self.stimulus)
+
+    def model(self, dm):
+        """A FlyvisGNN of the run's options, seeded as the run was."""
+        from hydra_llm.models.flyvis_gnn import FlyvisGNN
+
+        training = recovery_training(self.steps, self.batch, self.overrides)
+        pl.seed_everything(training["seed"], verbose=False)
+        return FlyvisGNN(dm.observations, training, **self.architecture)
+
+
 def bench_recovery(
-    extent: int,
-    frames: int,
-    steps: int,
-    noise: float,
-    batch: int,
-    seed: int,
-    stimulus: str = "synthetic",
-    reference: bool = True,
-    snapshots: bool = False,
-    out: Path = RECOVERY_OUT,
-    overrides: dict | None = None,
-    init: Path | None = None,
-    architecture: dict | None = None,
+    run: RecoveryRun, reference: bool = True, snapshots: bool = False, init: Path | None = None
 ) -> None:
     """Simulate, train and evaluate; ``init``: start from a snapshot's state dict (a continuation; the
     optimiser's state and the regulariser annealing start afresh)."""
     from hydra_llm.evaluation.flyvis import ConnectivityR2Log, evaluate
-    from hydra_llm.models.flyvis_gnn import FlyvisGNN
 
+    out = run.out
     t0 = time.perf_counter()
-    dm = recovery_data(extent, frames, noise, seed, stimulus)
+    dm = run.data()
     sim_s = time.perf_counter() - t0
-    training = recovery_training(steps, batch, overrides)
-    pl.seed_everything(training["seed"], verbose=False)
-    model = FlyvisGNN(dm.observations, training, **(architecture or {}))
+    model = run.model(dm)
     if init is not None:
         model.load_state_dict(torch.load(init, map_location="cpu"))
         print(f"[recovery] continuing from {init}")
@@ -292,12 +312,12 @@ def bench_recovery(
     metrics = evaluate(model, dm.observations, dm.ground_truth, out, rollout_frames=500)
     eval_s = time.perf_counter() - t0
     print(
-        f"[recovery] extent {extent} ({dm.observations.n_neurons} neurons), {stimulus} stimuli, "
-        f"{frames} frames, noise {noise}, seed {seed}, {steps} steps x batch {batch} on "
+        f"[recovery] extent {run.extent} ({dm.observations.n_neurons} neurons), {run.stimulus} stimuli, "
+        f"{run.frames} frames, noise {run.noise}, seed {run.seed}, {steps} steps x batch {run.batch} on "
         f"{device_name(trainer.strategy.root_device)}; simulate {sim_s:.0f} s, train {fit_s:.0f} s "
         f"({1e3 * fit_s / steps:.1f} ms/step), evaluate {eval_s:.0f} s; {load()}"
     )
-    for group, options in (("training", overrides), ("model", architecture)):
+    for group, options in (("training", run.overrides), ("model", run.architecture)):
         if options:
             print(f"[recovery] {group} overrides: " + ", ".join(f"{k}={v}" for k, v in options.items()))
     for key in (
@@ -346,32 +366,14 @@ def snapshot_paths(out: Path) -> list[Path]:
     return paths
 
 
-def snapshot_model(dm, steps: int, batch: int, overrides: dict | None, architecture: dict | None):
-    """A FlyvisGNN of the recovery run's shape, for a snapshot's state dict."""
-    from hydra_llm.models.flyvis_gnn import FlyvisGNN
-
-    return FlyvisGNN(dm.observations, recovery_training(steps, batch, overrides), **(architecture or {}))
-
-
-def bench_readout(
-    extent: int,
-    frames: int,
-    steps: int,
-    noise: float,
-    batch: int,
-    seed: int,
-    stimulus: str,
-    out: Path = RECOVERY_OUT,
-    overrides: dict | None = None,
-    architecture: dict | None = None,
-):
+def bench_readout(run: RecoveryRun) -> None:
     """The read-outs of every snapshot that ``recovery --rec-snapshots`` saved with the same arguments
     (the data are simulated again, identically), with today's evaluation code."""
     from hydra_llm.evaluation.flyvis import evaluate
 
-    paths = snapshot_paths(out)
-    dm = recovery_data(extent, frames, noise, seed, stimulus)
-    model = snapshot_model(dm, steps, batch, overrides, architecture)
+    paths = snapshot_paths(run.out)
+    dm = run.data()
+    model = run.model(dm)
     keys = (
         "connectivity_R2",
         "connectivity_R2_trimmed_oracle",
@@ -381,7 +383,7 @@ def bench_readout(
         "cluster_accuracy",
         "cluster_accuracy_local",
     )
-    print(f"[readout] extent {extent}, {stimulus} stimuli, {frames} frames, noise {noise}, seed {seed}")
+    print(f"[readout] {run}")
     print(
         "[readout] cluster_accuracy of the same GMM on the true tau, V_rest and W statistics (no embedding; "
         f"an oracle reference for what the clustering can reach): {true_feature_clusters(dm):.3f}"
@@ -390,34 +392,24 @@ def bench_readout(
     print("|" + "---|" * (len(keys) + 1))
     for path in paths:
         model.load_state_dict(torch.load(path, map_location="cpu"))
-        metrics = evaluate(model, dm.observations, dm.ground_truth, out, rollout_frames=2, make_plots=False)
+        metrics = evaluate(
+            model, dm.observations, dm.ground_truth, run.out, rollout_frames=2, make_plots=False
+        )
         step = int(path.stem.split("_")[1])
         print(f"| {step} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |", flush=True)
 
 
-def bench_errors(
-    extent: int,
-    frames: int,
-    steps: int,
-    noise: float,
-    batch: int,
-    seed: int,
-    stimulus: str,
-    out: Path = RECOVERY_OUT,
-    overrides: dict | None = None,
-    architecture: dict | None = None,
-    top: int = 12,
-) -> None:
+def bench_errors(run: RecoveryRun, top: int = 12) -> None:
     """Where the error of W* lies in the last snapshot of a ``recovery --rec-snapshots`` run: oracle
     variants of ``connectivity_R2`` and the type pairs that carry the squared error. A diagnostic that
     reads the answer (every figure but the first two is an oracle)."""
     from hydra_llm.evaluation.flyvis import NeuronRange, corrected_weights, visible_edges
     from hydra_llm.evaluation.metrics import r2_slope
 
-    path = snapshot_paths(out)[-1]
-    dm = recovery_data(extent, frames, noise, seed, stimulus)
+    path = snapshot_paths(run.out)[-1]
+    dm = run.data()
     obs, gt = dm.observations, dm.ground_truth
-    model = snapshot_model(dm, steps, batch, overrides, architecture)
+    model = run.model(dm)
     model.load_state_dict(torch.load(path, map_location="cpu"))
     span = NeuronRange.of(obs.activity[: obs.n_train_frames])
     line = corrected_weights(model.eval(), obs, span)["line"]
@@ -428,9 +420,7 @@ def bench_errors(
     per_tau = est / line["tau_hat"].double()[tgt]
     num = torch.zeros(obs.n_neurons, dtype=torch.float64).index_add_(0, tgt, est * w)
     den = torch.zeros(obs.n_neurons, dtype=torch.float64).index_add_(0, tgt, est * est).clamp(min=1e-12)
-    print(
-        f"[errors] {path}: extent {extent}, {stimulus} stimuli, {frames} frames, noise {noise}, seed {seed}"
-    )
+    print(f"[errors] {path}: {run}")
     every = torch.ones_like(visible)
     for label, estimate, keep in (
         ("connectivity_R2 (every edge)", est, every),
@@ -681,22 +671,24 @@ def main() -> None:
         bench_sim(args.sim_extent, args.sim_frames, args.repeats, 0.05)
     if args.what in ("step", "all"):
         bench_step(args.step_extent, args.step_batch, args.repeats, args.step_iters, args.step_device)
-    run = (args.rec_extent, args.rec_frames, args.rec_steps, args.rec_noise, args.rec_batch, args.seed)
+    run = RecoveryRun(
+        args.rec_extent,
+        args.rec_frames,
+        args.rec_steps,
+        args.rec_noise,
+        args.rec_batch,
+        args.seed,
+        args.rec_stimulus,
+        args.rec_out,
+        dict(args.rec_set),
+        dict(args.rec_model),
+    )
     if args.what in ("recovery", "all"):
-        bench_recovery(
-            *run,
-            args.rec_stimulus,
-            args.rec_reference,
-            args.rec_snapshots,
-            args.rec_out,
-            dict(args.rec_set),
-            args.rec_init,
-            dict(args.rec_model),
-        )
+        bench_recovery(run, args.rec_reference, args.rec_snapshots, args.rec_init)
     if args.what == "readout":
-        bench_readout(*run, args.rec_stimulus, args.rec_out, dict(args.rec_set), dict(args.rec_model))
+        bench_readout(run)
     if args.what == "errors":
-        bench_errors(*run, args.rec_stimulus, args.rec_out, dict(args.rec_set), dict(args.rec_model))
+        bench_errors(run)
     if args.what == "vrest":
         bench_vrest(
             args.rec_extent, args.rec_frames, args.rec_noise, args.seed, args.rec_stimulus, args.repeats
