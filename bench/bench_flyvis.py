@@ -284,6 +284,8 @@ def bench_recovery(
     optimiser's state and the regulariser annealing start afresh)."""
     from hydra_llm.evaluation.flyvis import ConnectivityR2Log, evaluate
 
+    if init is not None and not init.is_file():
+        raise SystemExit(f"--rec-init={init}: no such snapshot (a step_*.pt that --rec-snapshots saved)")
     out = run.out
     t0 = time.perf_counter()
     dm = run.data()
@@ -312,8 +314,7 @@ def bench_recovery(
     metrics = evaluate(model, dm.observations, dm.ground_truth, out, rollout_frames=500)
     eval_s = time.perf_counter() - t0
     print(
-        f"[recovery] extent {run.extent} ({dm.observations.n_neurons} neurons), {run.stimulus} stimuli, "
-        f"{run.frames} frames, noise {run.noise}, seed {run.seed}, {steps} steps x batch {run.batch} on "
+        f"[recovery] {run} ({dm.observations.n_neurons} neurons), {steps} steps x batch {run.batch} on "
         f"{device_name(trainer.strategy.root_device)}; simulate {sim_s:.0f} s, train {fit_s:.0f} s "
         f"({1e3 * fit_s / steps:.1f} ms/step), evaluate {eval_s:.0f} s; {load()}"
     )
@@ -421,13 +422,14 @@ def bench_errors(run: RecoveryRun, top: int = 12) -> None:
     num = torch.zeros(obs.n_neurons, dtype=torch.float64).index_add_(0, tgt, est * w)
     den = torch.zeros(obs.n_neurons, dtype=torch.float64).index_add_(0, tgt, est * est).clamp(min=1e-12)
     print(f"[errors] {path}: {run}")
-    every = torch.ones_like(visible)
+    every, loop = torch.ones_like(visible), src == tgt
     for label, estimate, keep in (
         ("connectivity_R2 (every edge)", est, every),
         (f"on the visible edges ({float(visible.double().mean()):.4f} of them)", est, visible),
         ("oracle: W* = w on visible edges, 0 on the others (the stimulus's ceiling)", w * visible, every),
         ("oracle: the true tau in W* = W g slope_psi tau", per_tau * tau[tgt], every),
         ("oracle: one best scale per target neuron", est * (num / den)[tgt], every),
+        (f"every edge but the {int(loop.sum())} self-loops", est, ~loop),
     ):
         r2 = r2_slope(w[keep], estimate[keep])[0]
         print(f"[errors] {label}: R2 = {r2:.4f}")
@@ -435,7 +437,8 @@ def bench_errors(run: RecoveryRun, top: int = 12) -> None:
     total = float(err.sum())
     same = types[src] == types[tgt]
     print(
-        f"[errors] share of the squared error: invisible edges {float(err[~visible].sum()) / total:.3f}, "
+        f"[errors] share of the squared error: self-loops {float(err[loop].sum()) / total:.3f}; "
+        f"invisible edges {float(err[~visible].sum()) / total:.3f}, "
         f"visible same-type edges {float(err[visible & same].sum()) / total:.3f}, "
         f"other visible edges {float(err[visible & ~same].sum()) / total:.3f}"
     )
@@ -468,14 +471,14 @@ def mean_input(inputs, n: int, chunk: int = 1024) -> torch.Tensor:
     return total / n
 
 
-def bench_vrest(extent: int, frames: int, noise: float, seed: int, stimulus: str, repeats: int) -> None:
+def bench_vrest(run: RecoveryRun, repeats: int) -> None:
     """How exactly W must be known for V_rest to be read out: the balance of the record
     ``V_rest_i = mean_t(v_i + tau_i dv_i/dt - sum_j w_ij relu(v_j) - I_i)`` with the true tau and the
     true W (the record's ceiling), then with W plus independent per-edge noise scaled to a given
     connectivity R2 (median over ``repeats`` draws). A diagnostic that reads the answer."""
     from hydra_llm.evaluation.metrics import r2_slope
 
-    dm = recovery_data(extent, frames, noise, seed, stimulus)
+    dm = run.data()
     obs, gt = dm.observations, dm.ground_truth
     n = obs.n_train_frames
     sums = torch.zeros(3, obs.n_neurons, dtype=torch.float64)  # v, relu(v), dv/dt
@@ -492,12 +495,11 @@ def bench_vrest(extent: int, frames: int, noise: float, seed: int, stimulus: str
         return torch.zeros(obs.n_neurons, dtype=torch.float64).index_add_(0, tgt, weights * relu_mean[src])
 
     print(
-        f"[vrest] extent {extent} ({obs.n_neurons} neurons), {stimulus} stimuli, {frames} frames, "
-        f"noise {noise}, seed {seed}: V_rest std {float(V.std()):.3f}, "
+        f"[vrest] {run} ({obs.n_neurons} neurons): V_rest std {float(V.std()):.3f}, "
         f"std of the mean synaptic drive {float(drive(W).std()):.3f}"
     )
     print(f"[vrest] true W: V_rest_R2 = {r2_slope(V, base - drive(W))[0]:.4f}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(run.seed)
     for target in (0.9, 0.95, 0.98, 0.99, 0.995, 0.999):
         sd = float(W.std()) * ((1 - target) / target) ** 0.5
         r2s, conn = [], []
@@ -644,7 +646,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a training=flyvis option for recovery and readout (repeatable), e.g. lr_schedule=warmup_decay",
+        help="a training=flyvis option for recovery, readout and errors (repeatable): lr_schedule=constant",
     )
     parser.add_argument(
         "--rec-model",
@@ -690,9 +692,7 @@ def main() -> None:
     if args.what == "errors":
         bench_errors(run)
     if args.what == "vrest":
-        bench_vrest(
-            args.rec_extent, args.rec_frames, args.rec_noise, args.seed, args.rec_stimulus, args.repeats
-        )
+        bench_vrest(run, args.repeats)
     if args.what in ("memory", "all"):
         bench_memory(args.mem_extent, args.mem_frames, args.mem_steps, args.mem_slots)
 
