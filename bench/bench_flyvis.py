@@ -377,11 +377,13 @@ def bench_readout(run: RecoveryRun) -> None:
     model = run.model(dm)
     keys = (
         "connectivity_R2",
-        "connectivity_R2_trimmed_oracle",
         "tau_R2",
         "V_rest_R2",
         "V_rest_zero_drive_R2",
         "cluster_accuracy",
+        "connectivity_R2_local",
+        "tau_R2_local",
+        "V_rest_zero_drive_R2_local",
         "cluster_accuracy_local",
     )
     print(f"[readout] {run}")

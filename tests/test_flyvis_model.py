@@ -365,6 +365,43 @@ def test_v_rest_at_zero_drive_reads_through_an_offset_of_psi(data, tmp_path):
     assert metrics["connectivity_R2"] > 0.999 and metrics["tau_R2"] > 0.999
 
 
+class LeakBeyondTheRecord(TrueModel):
+    """The true dynamics wherever msg lies within 2 std (+ 0.01) of a neuron's recorded messages; beyond,
+    the leak grows by ``gain`` per unit of the distance ``d``. The record cannot tell this model from the
+    true one."""
+
+    gain = 20.0
+
+    def __init__(self, obs, gt, n_types):
+        super().__init__(obs, gt, n_types)
+        msg = self.messages(obs.activity[: obs.n_train_frames])
+        self.lo = msg.min(0).values - 2 * msg.std(0) - 0.01
+        self.hi = msg.max(0).values + 2 * msg.std(0) + 0.01
+
+    def f(self, v, msg, inp):
+        d = torch.relu(self.lo - msg) + torch.relu(msg - self.hi)
+        return (-(1 + self.gain * d) * v + self.V_rest + msg + inp) / self.tau
+
+
+def test_the_local_readout_fits_f_where_the_record_lies_and_the_line_extrapolates_to_msg_zero(data):
+    """The original's line reads the leak at msg = 0; for the neurons whose messages never come near 0
+    that is the extrapolated one, tau / (1 + gain d). The local read-out fits f near the recorded states and
+    is exact."""
+    obs, gt = data.observations, data.ground_truth
+    model = LeakBeyondTheRecord(obs, gt, n_types=5)
+    readouts = corrected_weights(model, obs)
+    local, line = readouts["local"], readouts["line"]
+    for key, truth in (("W_star", gt["W"]), ("tau_hat", gt["tau"]), ("V_rest_zero_drive_hat", gt["V_rest"])):
+        assert torch.allclose(local[key], truth, atol=1e-3), key
+    d = (
+        torch.relu(model.lo) + torch.relu(-model.hi)
+    ).detach()  # the distance of msg = 0 from the recorded range
+    far = d > 0
+    assert int(far.sum()) >= 3  # neurons whose messages stay clear of 0 (8 of 29 with this seed)
+    assert torch.allclose(line["tau_hat"], gt["tau"] / (1 + model.gain * d), rtol=1e-3)
+    assert (line["tau_hat"][far] < 0.9 * gt["tau"][far]).any()
+
+
 def test_metrics_of_an_untrained_model_are_poor(data, tmp_path):
     torch.manual_seed(0)
     model = FlyvisGNN(data.observations, training(), hidden_dim=16, hidden_dim_update=16)
