@@ -131,6 +131,30 @@ def test_final_loss_is_the_mean_prediction_loss_of_the_last_tenth_of_the_epoch(d
     assert model._epoch_losses is None
 
 
+def test_the_additivity_penalty_brings_the_leak_at_msg_zero_to_that_of_the_record(data):
+    obs = data.observations
+    v, inp = obs.activity[100:108], obs.external_input[100:108]
+    mismatch = {}
+    for coeff in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = FlyvisGNN(
+            obs,
+            training(coeff_f_theta_additivity=coeff, learning_rate_update_start=1e-2),
+            hidden_dim=16,
+            hidden_dim_update=16,
+        )
+        with torch.no_grad():  # an f far from additive to start from
+            for p in model.f_theta.parameters():
+                p.normal_(0.0, 0.5)
+        fit(data, model)
+        with torch.no_grad():
+            mismatch[coeff] = float(model.leak_mismatch(v, model.messages(v), inp))
+    assert 0 < mismatch[10.0] < 0.2 * mismatch[0.0]
+    true_model = TrueModel(obs, data.ground_truth, n_types=5)
+    true_model.xnorm, true_model.yscale = 1.0, 1.0
+    assert float(FlyvisGNN.leak_mismatch(true_model, v, true_model.messages(v), inp)) < 1e-8
+
+
 def test_without_learn_autapses_self_loops_stay_at_zero_and_send_nothing(data):
     """While relu(v_j) is linear over the record, a self-loop's weight trades with the neuron's leak; with
     learn_autapses=False it is held at exactly 0 through training, every other weight learns, and the
@@ -298,6 +322,7 @@ def test_metrics_recover_the_truth_from_the_true_model(data, tmp_path):
     for suffix in ("", "_local"):  # the original's line read-out, and the local linearisation
         assert metrics[f"tau_R2{suffix}"] > 0.999 and metrics[f"V_rest_R2{suffix}"] > 0.999
     assert metrics["connectivity_R2_local"] > 0.999 and metrics["connectivity_R2_identity_local"] > 0.999
+    assert metrics["tau_clipped_fraction"] == metrics["tau_clipped_fraction_local"] == 0.0
     assert metrics["test_pearson"] > 0.99 and metrics["test_R2"] > 0.99
     assert metrics["test_pearson_ood"] > 0.99
     assert metrics["cluster_accuracy"] > 0.8 and metrics["cluster_accuracy_local"] > 0.8
@@ -317,7 +342,7 @@ class NonDecayingNeuron(TrueModel):
         return (-self.decay * v + self.V_rest + msg + inp) / self.tau
 
 
-def test_a_neuron_whose_learned_decay_crosses_zero_keeps_its_weights_bounded(data):
+def test_a_neuron_whose_learned_decay_crosses_zero_keeps_its_weights_bounded(data, tmp_path):
     """W* and V_rest use the clipped tau_hat (1 s where f does not decay), not a division by the slope:
     the incoming weights of that one neuron are off by 1 / tau instead of by -1 / (1e-3 / tau)."""
     obs, gt = data.observations, data.ground_truth
@@ -330,6 +355,16 @@ def test_a_neuron_whose_learned_decay_crosses_zero_keeps_its_weights_bounded(dat
     assert torch.allclose(corrected["W_star"][~into_k], gt["W"][~into_k], atol=1e-3)
     assert torch.allclose(corrected["W_star"][into_k], gt["W"][into_k] / gt["tau"][k], rtol=1e-3, atol=1e-4)
     assert corrected["V_rest_hat"][k] == pytest.approx(float(gt["V_rest"][k] / gt["tau"][k]), rel=1e-3)
+    metrics = evaluate(
+        NonDecayingNeuron(obs, gt, 5, k),
+        obs,
+        gt,
+        tmp_path,
+        rollout_frames=50,
+        cluster_n_components=5,
+        make_plots=False,
+    )
+    assert metrics["tau_clipped_fraction"] == metrics["tau_clipped_fraction_local"] == 1 / obs.n_neurons
 
 
 class OffsetMessages(TrueModel):

@@ -13,6 +13,7 @@ The GNN learns ``msg_i = sum_e W_e psi(v_j)`` and ``dv_i/dt = f(v_i, msg_i, I_i)
   recorded state"); where f is not additive in v and msg, the line's slope there is not the one the
   data fixed.
   tau_i = -1 / s_i clipped to [0, 1] s (1 where s_i >= 0: f does not decay), V_rest_i = c_i tau_i;
+  ``tau_clipped_fraction`` (and ``_local``) is the fraction of neurons at that clip;
 * ``psi(v_j) ~ slope_g_j relu(v_j) + b_j`` on [max(mu - 2 sigma, 0), mu + 2 sigma] (slope 1 for
   neurons that never rise above 0: their outgoing weights are invisible to the data);
 * ``g_i = df/dmsg``, the slope g of the same fit;
@@ -348,6 +349,9 @@ def evaluate(
         for name, truth, estimate in pairs:
             metrics[f"{name}_R2{suffix}"], metrics[f"{name}_slope{suffix}"] = r2_slope(truth, estimate)
             metrics[f"{name}_R2_identity{suffix}"] = r2_identity(truth, estimate)
+        # the neurons where f, read this way, decays slower than 1 / s or not at all: their tau_hat
+        # and incoming W* are not fixed by the data (learned quantities only)
+        metrics[f"tau_clipped_fraction{suffix}"] = float((values["tau_hat"] >= 1.0).double().mean())
     visible = visible_edges(span, observations.edge_index)
     if int(visible.sum()) >= 2:
         metrics["connectivity_R2_visible"] = r2_slope(true_W[visible], corrected["W_star"].double()[visible])[

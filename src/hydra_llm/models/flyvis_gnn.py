@@ -21,6 +21,9 @@ Loss per step on a batch of training frames (B frames x N neurons)::
     + coeff_g_phi_diff    * mean relu(psi(v) - psi(v + d))   psi non-decreasing, d = 0.05 xnorm
     + coeff_g_phi_norm    * mean_j (psi(v*, a_j) - v*)^2      v* = 2 xnorm: fixes the W <-> psi gauge
     + coeff_f_theta_msg_diff * mean relu(f(m) - f(m + d_m))  f non-decreasing in the message
+    + coeff_f_theta_additivity * mean((D f(m, I) - D f(0, 0)) / (0.05 yscale))^2
+                                 D f(m, I) = f(v + d, m, I) - f(v, m, I): f's leak is the same at the
+                                 recorded message and input as at msg = I = 0 (the line read-out's)
 
 Details that matter: every term is computed on the whole batch (not the last frame); the W
 penalties are divided by the number of neurons N, as the prediction term is a mean over neurons, so
@@ -293,7 +296,18 @@ class FlyvisGNN(FrameGNN):
             shift = 0.05 * (msg.detach().std() + 1e-6)
             diff = self.f(v, msg, inp) - self.f(v, msg + shift, inp)
             terms["f_theta_msg_diff"] = cfg["coeff_f_theta_msg_diff"] * torch.relu(diff / self.yscale).mean()
+        if cfg["coeff_f_theta_additivity"] > 0:
+            terms["f_theta_additivity"] = cfg["coeff_f_theta_additivity"] * self.leak_mismatch(v, msg, inp)
         return terms
+
+    def leak_mismatch(self, v: torch.Tensor, msg: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        """Mean squared difference between f's rise over a voltage step d = 0.05 xnorm at the given
+        message and input (B, N) and at msg = I = 0, in units of 0.05 yscale (the slope in units of
+        yscale / xnorm): 0 where f is additive in v and (msg, I), as the true model is."""
+        step, msg, zero = 0.05 * self.xnorm, msg.detach(), torch.zeros_like(v)
+        at_record = self.f(v + step, msg, inp) - self.f(v, msg, inp)
+        at_zero = self.f(v + step, zero, zero) - self.f(v, zero, zero)
+        return (((at_record - at_zero) / (0.05 * self.yscale)) ** 2).mean()
 
     def one_step_losses(
         self, v: torch.Tensor, target: torch.Tensor, inp: torch.Tensor
