@@ -385,6 +385,7 @@ def bench_readout(run: RecoveryRun) -> None:
         "tau_R2_local",
         "V_rest_zero_drive_R2_local",
         "cluster_accuracy_local",
+        "tau_clipped_fraction_local",
     )
     print(f"[readout] {run}")
     print(
