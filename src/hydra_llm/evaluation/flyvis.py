@@ -350,7 +350,7 @@ def evaluate(
             metrics[f"{name}_R2{suffix}"], metrics[f"{name}_slope{suffix}"] = r2_slope(truth, estimate)
             metrics[f"{name}_R2_identity{suffix}"] = r2_identity(truth, estimate)
         # the neurons where f, read this way, decays slower than 1 / s or not at all: their tau_hat
-        # and incoming W* are not fixed by the data (learned quantities only)
+        # and incoming W* rest on the clip (learned quantities only)
         metrics[f"tau_clipped_fraction{suffix}"] = float((values["tau_hat"] >= 1.0).double().mean())
     visible = visible_edges(span, observations.edge_index)
     if int(visible.sum()) >= 2:
