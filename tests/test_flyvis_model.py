@@ -319,7 +319,7 @@ def test_metrics_recover_the_truth_from_the_true_model(data, tmp_path):
     metrics = evaluate(oracle, obs, gt, tmp_path, rollout_frames=50, cluster_n_components=5)
     assert metrics["connectivity_R2"] > 0.999 and abs(metrics["connectivity_slope"] - 1) < 1e-2
     assert metrics["connectivity_R2_identity"] > 0.999 and metrics["connectivity_R2_visible"] > 0.999
-    for suffix in ("", "_local"):  # the original's line read-out, and the local linearisation
+    for suffix in ("", "_local"):  # the original's line read-out, and the fit near the recorded states
         assert metrics[f"tau_R2{suffix}"] > 0.999 and metrics[f"V_rest_R2{suffix}"] > 0.999
     assert metrics["connectivity_R2_local"] > 0.999 and metrics["connectivity_R2_identity_local"] > 0.999
     assert metrics["tau_clipped_fraction"] == metrics["tau_clipped_fraction_local"] == 0.0
@@ -409,7 +409,8 @@ class LeakBeyondTheRecord(TrueModel):
 
     def __init__(self, obs, gt, n_types):
         super().__init__(obs, gt, n_types)
-        msg = self.messages(obs.activity[: obs.n_train_frames])
+        with torch.no_grad():
+            msg = self.messages(obs.activity[: obs.n_train_frames])
         self.lo = msg.min(0).values - 2 * msg.std(0) - 0.01
         self.hi = msg.max(0).values + 2 * msg.std(0) + 0.01
 
@@ -428,11 +429,9 @@ def test_the_local_readout_fits_f_where_the_record_lies_and_the_line_extrapolate
     local, line = readouts["local"], readouts["line"]
     for key, truth in (("W_star", gt["W"]), ("tau_hat", gt["tau"]), ("V_rest_zero_drive_hat", gt["V_rest"])):
         assert torch.allclose(local[key], truth, atol=1e-3), key
-    d = (
-        torch.relu(model.lo) + torch.relu(-model.hi)
-    ).detach()  # the distance of msg = 0 from the recorded range
+    d = torch.relu(model.lo) + torch.relu(-model.hi)  # how far msg = 0 lies from the recorded range
     far = d > 0
-    assert int(far.sum()) >= 3  # neurons whose messages stay clear of 0 (8 of 29 with this seed)
+    assert int(far.sum()) >= 3  # neurons whose messages stay clear of 0
     assert torch.allclose(line["tau_hat"], gt["tau"] / (1 + model.gain * d), rtol=1e-3)
     assert (line["tau_hat"][far] < 0.9 * gt["tau"][far]).any()
 
