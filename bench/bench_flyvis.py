@@ -336,6 +336,8 @@ def bench_recovery(
         "V_rest_zero_drive_R2_local",
         "cluster_accuracy",
         "cluster_accuracy_local",
+        "tau_clipped_fraction",
+        "tau_clipped_fraction_local",
         "test_pearson",
         "test_R2",
         "test_pearson_ood",
@@ -385,6 +387,7 @@ def bench_readout(run: RecoveryRun) -> None:
         "tau_R2_local",
         "V_rest_zero_drive_R2_local",
         "cluster_accuracy_local",
+        "tau_clipped_fraction",
         "tau_clipped_fraction_local",
     )
     print(f"[readout] {run}")
