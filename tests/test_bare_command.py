@@ -48,9 +48,9 @@ def sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("regime", sorted(REGIMES))
-def test_bare_command_explores_the_regime(tmp_path, regime):
-    key, heading, metric = REGIMES[regime]
+def first_prompt(tmp_path: Path, *overrides: str) -> tuple[str, dict, subprocess.Popen, str]:
+    """Start the bare command with ``overrides``, stop it (SIGTERM) once its first prompt reached the
+    server: (the prompt, the saved state, the process, its stderr)."""
     sweep_dir = tmp_path / "sweep"
     # the server holds the call, so the sweeper is still waiting for its first reply when it is stopped
     with FakeOpenAIServer(default=FakeError(503, "busy", delay=60)) as server:
@@ -59,7 +59,7 @@ def test_bare_command_explores_the_regime(tmp_path, regime):
             "train.py",
             "-m",
             "hydra/sweeper=llm_ucb",
-            f"simulation={regime}",
+            *overrides,
             f"hydra.sweep.dir={sweep_dir}",
             f"hydra.sweeper.proposer.base_url={server.base_url}",
             "hydra.sweeper.proposer.api_key_env=HYDRA_LLM_FAKE_KEY",
@@ -78,14 +78,32 @@ def test_bare_command_explores_the_regime(tmp_path, regime):
         finally:
             if proc.poll() is None:
                 proc.kill()
-    prompt = server.requests[0].text()
+    assert not list(sweep_dir.glob("[0-9]*")), "no child may have started"
+    state = json.loads((sweep_dir / "exploration" / "state.json").read_text())
+    return server.requests[0].text(), state, proc, stderr
+
+
+@pytest.mark.parametrize("regime", sorted(REGIMES))
+def test_bare_command_explores_the_regime(tmp_path, regime):
+    key, heading, metric = REGIMES[regime]
+    prompt, state, proc, stderr = first_prompt(tmp_path, f"simulation={regime}")
     space = prompt.split("## Search space", 1)[-1] if "## Search space" in prompt else prompt
     assert f"- {key}:" in space, prompt[-3000:]
     assert heading in prompt and "<!-- RULES:BEGIN -->" in prompt
     assert metric in prompt
-    assert not list(sweep_dir.glob("[0-9]*")), "no child may have started"
-    state = json.loads((sweep_dir / "exploration" / "state.json").read_text())
     assert any(p["key"] == key for p in state["search_space"]["params"])
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+
+
+def test_a_study_explores_the_regime_space_and_a_command_line_sweep_joins_it(tmp_path):
+    """experiment=signal_landscape interpolates the regime's space into hydra.sweeper.params."""
+    prompt, state, proc, stderr = first_prompt(
+        tmp_path, "experiment=signal_landscape", "training.coeff_edge_norm=choice(0.5,1.0,2.0)"
+    )
+    keys = {p["key"] for p in state["search_space"]["params"]}
+    assert {"training.learning_rate_W_start", "training.coeff_edge_diff", "training.coeff_edge_norm"} <= keys
+    assert {p["key"] for p in state["search_space"]["block_params"]} >= {"simulation.Dale_law"}
+    assert "# Signal landscape" in prompt
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
 
 

@@ -54,3 +54,19 @@ def test_a_study_overrides_the_primary_config_defaults():
     assert "/quick_sweep/" in str(quick.hydra.sweep.dir)
     _, flyvis = sweeper_settings("flyvis_landscape")
     assert flyvis.resources.mem_gb == 16 and flyvis.resources.timeout_min == 240
+
+
+def test_the_landscape_studies_explore_their_regime_space_and_the_flyvis_study_extends_it():
+    """A study's space is the regime's `exploration` node (interpolated, so a command-line sweep still
+    joins it); the flyvis study adds its alternation keys and the stimulus source there."""
+    for study, regime_key, study_key in (
+        ("signal_landscape", "training.coeff_edge_diff", None),
+        ("flyvis_landscape", "training.coeff_f_theta_additivity", "training.n_alternations"),
+    ):
+        _, cfg = sweeper_settings(study)
+        settings = OmegaConf.to_object(cfg.hydra.sweeper)  # as the sweeper reads it
+        regime = OmegaConf.to_container(cfg.exploration, resolve=True)
+        assert settings.params == regime["params"] and settings.block_params == regime["block_params"]
+        assert regime_key in settings.params and (study_key is None or study_key in settings.params)
+        assert settings.protocol is None and regime["protocol"] == f"instructions/{study}.md"
+    assert {"simulation.stimulus.source", "simulation.n_frames"} <= set(settings.block_params)
