@@ -203,6 +203,33 @@ class Snapshots(pl.Callback):
 
 
 RECOVERY_OUT = Path("outputs") / "bench_flyvis_recovery"
+# What the read-out of a model gives (`readout` prints these per snapshot); `recovery` adds the W
+# oracles and the rollouts.
+READOUT_METRICS = (
+    "connectivity_R2",
+    "tau_R2",
+    "V_rest_R2",
+    "V_rest_zero_drive_R2",
+    "cluster_accuracy",
+    "connectivity_R2_local",
+    "tau_R2_local",
+    "V_rest_R2_local",
+    "V_rest_zero_drive_R2_local",
+    "cluster_accuracy_local",
+    "tau_clipped_fraction",
+    "tau_clipped_fraction_local",
+)
+RECOVERY_METRICS = (
+    *READOUT_METRICS,
+    "connectivity_slope",
+    "connectivity_R2_identity",
+    "connectivity_R2_trimmed_oracle",
+    "connectivity_outlier_fraction",
+    "test_pearson",
+    "test_R2",
+    "test_pearson_ood",
+    "test_R2_ood",
+)
 
 
 def recovery_data(extent: int, frames: int, noise: float, seed: int, stimulus: str):
@@ -321,28 +348,7 @@ def bench_recovery(
     for group, options in (("training", run.overrides), ("model", run.architecture)):
         if options:
             print(f"[recovery] {group} overrides: " + ", ".join(f"{k}={v}" for k, v in options.items()))
-    for key in (
-        "connectivity_R2",
-        "connectivity_slope",
-        "connectivity_R2_identity",
-        "connectivity_R2_trimmed_oracle",
-        "connectivity_outlier_fraction",
-        "tau_R2",
-        "V_rest_R2",
-        "V_rest_zero_drive_R2",
-        "connectivity_R2_local",
-        "tau_R2_local",
-        "V_rest_R2_local",
-        "V_rest_zero_drive_R2_local",
-        "cluster_accuracy",
-        "cluster_accuracy_local",
-        "tau_clipped_fraction",
-        "tau_clipped_fraction_local",
-        "test_pearson",
-        "test_R2",
-        "test_pearson_ood",
-        "test_R2_ood",
-    ):
+    for key in RECOVERY_METRICS:
         print(f"[recovery] {key} = {metrics[key]:.4f}")
     if reference:
         ceiling = least_squares_ceiling(dm.observations, dm.ground_truth)
@@ -377,19 +383,7 @@ def bench_readout(run: RecoveryRun) -> None:
     paths = snapshot_paths(run.out)
     dm = run.data()
     model = run.model(dm)
-    keys = (
-        "connectivity_R2",
-        "tau_R2",
-        "V_rest_R2",
-        "V_rest_zero_drive_R2",
-        "cluster_accuracy",
-        "connectivity_R2_local",
-        "tau_R2_local",
-        "V_rest_zero_drive_R2_local",
-        "cluster_accuracy_local",
-        "tau_clipped_fraction",
-        "tau_clipped_fraction_local",
-    )
+    keys = READOUT_METRICS
     print(f"[readout] {run}")
     print(
         "[readout] cluster_accuracy of the same GMM on the true tau, V_rest and W statistics (no embedding; "
