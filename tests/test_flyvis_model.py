@@ -189,7 +189,16 @@ def test_annealing_is_active_from_the_first_step(data):
     terms = model.one_step_losses(
         data.observations.activity[:4], data.observations.derivative[:4], data.observations.external_input[:4]
     )
-    assert {"W_L1", "W_L2", "g_phi_diff", "g_phi_norm", "g_phi_weight_L1", "f_theta_weight_L1"} <= set(terms)
+    penalties = {
+        "W_L1",
+        "W_L2",
+        "g_phi_diff",
+        "g_phi_norm",
+        "g_phi_weight_L1",
+        "f_theta_weight_L1",
+        "f_theta_additivity",
+    }
+    assert penalties <= set(terms)
     assert terms["W_L2"] > 0  # not gated by W_L1
 
 
