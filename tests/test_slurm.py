@@ -82,7 +82,10 @@ def test_children_killed_by_slurm_are_failed_nodes_and_the_sweep_goes_on(slurm_e
     assert [nodes[j]["status"] for j in (0, 2)] == ["completed", "completed"]
     assert all(0.0 < nodes[j]["metrics"]["score"] < 1.0 for j in (0, 2))
     assert nodes[1]["status"] == "failed" and "exit code 3" in nodes[1]["error"]
-    assert nodes[3]["status"] == "failed" and "timed-out" in nodes[3]["error"]  # SLURM time limit
+    # SLURM's time limit: submitit's handler reports "timed-out" when it runs before the kill
+    # (signal_delay_s), the job's state TIMEOUT when the kill comes first (seen on a loaded 2-core machine)
+    assert nodes[3]["status"] == "failed"
+    assert "timed-out" in nodes[3]["error"] or "(state: TIMEOUT)" in nodes[3]["error"]
     # every child ran as a SLURM job (submitit folders keyed by the SLURM job id)
     assert len(list((tmp_path / ".submitit").glob("*_*/*_submitted.pkl"))) == 4
 
