@@ -383,21 +383,20 @@ def bench_readout(run: RecoveryRun) -> None:
     paths = snapshot_paths(run.out)
     dm = run.data()
     model = run.model(dm)
-    keys = READOUT_METRICS
     print(f"[readout] {run}")
     print(
         "[readout] cluster_accuracy of the same GMM on the true tau, V_rest and W statistics (no embedding; "
         f"an oracle reference for what the clustering can reach): {true_feature_clusters(dm):.3f}"
     )
-    print("| step | " + " | ".join(keys) + " |")
-    print("|" + "---|" * (len(keys) + 1))
+    print("| step | " + " | ".join(READOUT_METRICS) + " |")
+    print("|" + "---|" * (len(READOUT_METRICS) + 1))
     for path in paths:
         model.load_state_dict(torch.load(path, map_location="cpu"))
         metrics = evaluate(
             model, dm.observations, dm.ground_truth, run.out, rollout_frames=2, make_plots=False
         )
         step = int(path.stem.split("_")[1])
-        print(f"| {step} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |", flush=True)
+        print(f"| {step} | " + " | ".join(f"{metrics[k]:.3f}" for k in READOUT_METRICS) + " |", flush=True)
 
 
 def bench_errors(run: RecoveryRun, top: int = 12) -> None:
