@@ -85,6 +85,7 @@ def test_children_killed_by_slurm_are_failed_nodes_and_the_sweep_goes_on(slurm_e
     # SLURM's time limit: submitit's handler reports "timed-out" when it runs before the kill
     # (signal_delay_s), the job's state TIMEOUT when the kill comes first (seen on a loaded 2-core machine)
     assert nodes[3]["status"] == "failed"
+    assert nodes[3]["error"].startswith("time limit reached (hydra.launcher.timeout_min=1): ")
     assert "timed-out" in nodes[3]["error"] or "(state: TIMEOUT)" in nodes[3]["error"]
     # every child ran as a SLURM job (submitit folders keyed by the SLURM job id)
     assert len(list((tmp_path / ".submitit").glob("*_*/*_submitted.pkl"))) == 4

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "tests" / "apps" / "toy" / "toy_app.py"
@@ -413,3 +414,34 @@ def test_console_shows_the_exploration_not_the_children(tmp_path, launcher):
         log = (tmp_path / str(job) / "child.log").read_text()
         assert "toy child chatter on stdout" in log and "toy child warning on stderr" in log
         assert "toy child subprocess output" in log
+
+
+def test_a_child_killed_at_a_launcher_limit_says_which_limit_and_setting():
+    """The error of a child that SLURM or submitit killed leads with the limit and the override that
+    sets it (the real messages: submitit's handler, submitit's missing result, SLURM's out-of-memory
+    state); any other error is kept as it was, and every one stays within 1,000 characters."""
+    from hydra import compose, initialize_config_dir
+
+    from hydra_plugins.llm_ucb_sweeper._impl import limit_reached, limit_settings
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", ["hydra/launcher=slurm", "resources.timeout_min=7"], return_hydra_config=True)
+    settings = limit_settings(cfg.hydra.launcher)  # the preset takes its limits from resources.*
+    assert settings == {
+        "timeout_min": "resources.timeout_min=7",
+        "mem_gb": f"resources.mem_gb={cfg.resources.mem_gb}",
+    }
+    plain = OmegaConf.create({"hydra": {"launcher": {"timeout_min": 1, "partition": "cpu"}}})
+    assert limit_settings(plain.hydra.launcher) == {"timeout_min": "hydra.launcher.timeout_min=1"}
+
+    handler = "UncompletedJobError: Job not requeued because: timed-out and not checkpointable."
+    assert limit_reached(handler, settings) == f"time limit reached (resources.timeout_min=7): {handler}"
+    missing = "launcher error: UncompletedJobError: Job 12 (task: 1) with path /x/12_1_result.pkl has not "
+    killed = limit_reached(missing + "produced any output (state: TIMEOUT) " + "x" * 2000, settings)
+    assert killed.startswith("time limit reached (resources.timeout_min=7): launcher error: ")
+    assert len(killed) == 1000
+    oom = limit_reached(missing + "produced any output (state: OUT_OF_MEMORY)", settings)
+    assert oom.startswith(f"memory limit reached (resources.mem_gb={cfg.resources.mem_gb}): launcher error: ")
+    # a launcher without the key (joblib): the limit without a setting
+    assert limit_reached(handler, {}).startswith("time limit reached: UncompletedJobError")
+    assert limit_reached("ValueError: bad lr", settings) == "ValueError: bad lr"

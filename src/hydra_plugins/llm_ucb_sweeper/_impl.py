@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,12 @@ log = logging.getLogger(__name__)
 # A worker of a process pool died (os._exit, a signal, the OOM killer): the pool takes every running
 # child down with it (loky's TerminatedWorkerError, concurrent.futures' BrokenProcessPool).
 _BROKEN_POOL_ERRORS = ("TerminatedWorkerError", "BrokenProcessPool")
+# A launcher's resource limit, told by the marks submitit and SLURM leave in a killed child's error,
+# and the launcher key that sets it.
+_LIMITS = (
+    ("time limit", "timeout_min", ("timed-out", "(state: TIMEOUT)", "DUE TO TIME LIMIT")),
+    ("memory limit", "mem_gb", ("(state: OUT_OF_MEMORY)", "oom-kill", "oom_kill")),
+)
 _LAUNCHER_LOGGERS = (
     "hydra._internal.core_plugins.basic_launcher",
     "hydra_plugins.hydra_joblib_launcher._core",
@@ -399,9 +406,12 @@ class LLMUCBSweeperImpl:
         except Exception as err:
             # A hard crash (a killed worker, a SLURM time or memory limit) takes the whole launch()
             # down; the children that finished left their result on disk, so only the others fail.
-            return self._recover(children, err)
-        self.returns.append(returns)
-        return [outcome(r, self.metric) for r in returns]
+            outcomes = self._recover(children, err)
+        else:
+            self.returns.append(returns)
+            outcomes = [outcome(r, self.metric) for r in returns]
+        settings = limit_settings(self.config.hydra.launcher)
+        return [replace(o, error=limit_reached(o.error, settings)) if o.error else o for o in outcomes]
 
     def _recover(self, children: Sequence[Node], err: Exception) -> list[ChildOutcome]:
         """Each child's own record; the others failed. When a process pool broke (joblib), a child
@@ -514,6 +524,29 @@ def outcome(ret: JobReturn, metric: str) -> ChildOutcome:
 
 def _plots(output_dir: str) -> tuple[str, ...]:
     return tuple(str(p) for p in sorted(Path(output_dir).glob("plots/*.png"))) if output_dir else ()
+
+
+def limit_settings(launcher: DictConfig) -> dict[str, str]:
+    """The override that sets each of the launcher's limits, as ``name=value``: the key the launcher
+    takes it from (``resources.timeout_min`` under the ``slurm`` preset) or the launcher's own key."""
+    raw = OmegaConf.to_container(launcher, resolve=False)
+    settings = {}
+    for _, key, _ in _LIMITS:
+        if isinstance(raw, dict) and key in raw:
+            source = re.fullmatch(r"\$\{([\w.]+)\}", str(raw[key]))
+            name = source.group(1) if source else f"hydra.launcher.{key}"
+            settings[key] = f"{name}={OmegaConf.select(launcher, key)}"
+    return settings
+
+
+def limit_reached(error: str, settings: Mapping[str, str]) -> str:
+    """``error`` led by the launcher limit that killed the child (SLURM's or submitit's time or memory
+    limit) and the setting behind it, so a report's reader sees why at once; at most 1,000 characters."""
+    for limit, key, marks in _LIMITS:
+        if any(mark in error for mark in marks):
+            setting = f" ({settings[key]})" if key in settings else ""
+            return f"{limit} reached{setting}: {error}"[:1000]
+    return error[:1000]
 
 
 def _failed(error: str, output_dir: str) -> ChildOutcome:
