@@ -530,9 +530,10 @@ def limit_settings(launcher: DictConfig) -> dict[str, str]:
     """The override that sets each of the launcher's limits, as ``name=value``: the key the launcher
     takes it from (``resources.timeout_min`` under the ``slurm`` preset) or the launcher's own key."""
     raw = OmegaConf.to_container(launcher, resolve=False)
+    assert isinstance(raw, dict)
     settings = {}
     for _, key, _ in _LIMITS:
-        if isinstance(raw, dict) and key in raw:
+        if key in raw:
             source = re.fullmatch(r"\$\{([\w.]+)\}", str(raw[key]))
             name = source.group(1) if source else f"hydra.launcher.{key}"
             settings[key] = f"{name}={OmegaConf.select(launcher, key)}"
