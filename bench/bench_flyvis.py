@@ -218,6 +218,7 @@ READOUT_METRICS = (
     "cluster_accuracy_local",
     "tau_clipped_fraction",
     "tau_clipped_fraction_local",
+    "readout_agreement",
 )
 RECOVERY_METRICS = (
     *READOUT_METRICS,

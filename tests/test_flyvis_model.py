@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hydra_llm.evaluation.flyvis import ConnectivityR2Log, NeuronRange, corrected_weights, evaluate
+from hydra_llm.evaluation.metrics import r2_slope
 from hydra_llm.models.flyvis_gnn import FlyvisGNN, aggregate_source_messages
 from hydra_llm.models.lr_schedule import lr_factor
 from hydra_llm.schemas.training import FlyvisTraining
@@ -407,6 +408,7 @@ def test_v_rest_at_zero_drive_reads_through_an_offset_of_psi(data, tmp_path):
     assert metrics["V_rest_zero_drive_R2"] > 0.999 and metrics["V_rest_zero_drive_R2_local"] > 0.999
     assert metrics["V_rest_R2"] < 0.8
     assert metrics["connectivity_R2"] > 0.999 and metrics["tau_R2"] > 0.999
+    assert metrics["readout_agreement"] > 0.999
 
 
 class LeakBeyondTheRecord(TrueModel):
@@ -443,6 +445,23 @@ def test_the_local_readout_fits_f_where_the_record_lies_and_the_line_extrapolate
     assert int(far.sum()) >= 3  # neurons whose messages stay clear of 0
     assert torch.allclose(line["tau_hat"], gt["tau"] / (1 + model.gain * d), rtol=1e-3)
     assert (line["tau_hat"][far] < 0.9 * gt["tau"][far]).any()
+
+
+def test_readout_agreement_compares_the_two_readouts_of_w_without_the_answer(data, tmp_path):
+    """Where the line extrapolates a leak the record never saw, its W* parts from the local one's and
+    ``readout_agreement`` (their R2) falls; it is the same whatever ground truth evaluation is handed."""
+    obs, gt = data.observations, data.ground_truth
+    model = LeakBeyondTheRecord(obs, gt, n_types=5)
+    kw = {"rollout_frames": 2, "cluster_n_components": 5, "make_plots": False}
+    metrics = evaluate(model, obs, gt, tmp_path, **kw)
+    readouts = corrected_weights(model, obs)
+    assert metrics["readout_agreement"] == pytest.approx(
+        r2_slope(readouts["line"]["W_star"], readouts["local"]["W_star"])[0]
+    )
+    assert metrics["readout_agreement"] < 0.99 and metrics["connectivity_R2_local"] > 0.999
+    garbage = evaluate(model, obs, gt.garbage(seed=1), tmp_path, **kw)
+    assert garbage["readout_agreement"] == metrics["readout_agreement"]
+    assert garbage["connectivity_R2_local"] < 0.5
 
 
 def test_metrics_of_an_untrained_model_are_poor(data, tmp_path):

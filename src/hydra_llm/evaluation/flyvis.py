@@ -32,6 +32,12 @@ Nothing pins psi there (``g_phi_norm`` fixes its value at 2 xnorm only), so a le
 ``V_rest_zero_drive`` reads f's offset at msg = m_i instead (line and local read-outs alike), from the
 learned W and psi only; ``V_rest_R2`` stays the original's.
 
+``readout_agreement`` is the R2 between the two read-outs' W* (learned quantities only). They agree
+where f is additive in v and msg; where they part, at least one is off. It tells, without the answer,
+whether a run's ``_local`` metrics can be read: at extent 8, noise 0.05 and 0.5, 20,000 steps,
+``V_rest_zero_drive_R2_local`` read 0.48-0.55 on the runs at 0.99 or more and 0.00 on those at 0.46-0.56
+(BENCHMARKS.md, "Longer on the GPU").
+
 ``connectivity_R2`` is the slope-invariant R2 of W* vs the true w on every edge; ``*_R2_identity`` is
 agreement with the identity line. The original dropped the edges with |W* - w| > ``outlier_threshold``
 first: a choice made with the answer, so that number is ``connectivity_R2_trimmed_oracle`` (and
@@ -337,6 +343,7 @@ def evaluate(
     metrics = connectivity_metrics(
         true_W, corrected["W_star"].double(), model.weights.detach().double(), outlier_threshold
     )
+    metrics["readout_agreement"] = r2_slope(corrected["W_star"], readouts["local"]["W_star"])[0]
     for readout, suffix in READOUTS.items():
         values = readouts[readout]
         pairs = [
