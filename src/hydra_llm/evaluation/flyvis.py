@@ -35,8 +35,8 @@ learned W and psi only; ``V_rest_R2`` stays the original's.
 ``readout_agreement`` is the R2 between the two read-outs' W* (learned quantities only). They agree
 where f is additive in v and msg; where they part, at least one is off. It tells, without the answer,
 whether a run's ``_local`` metrics can be read: at extent 8, noise 0.05 and 0.5, 20,000 steps,
-``V_rest_zero_drive_R2_local`` read 0.48-0.55 on the runs at 0.99 or more and 0.00 on those at 0.46-0.56
-(BENCHMARKS.md, "Longer on the GPU").
+``V_rest_zero_drive_R2_local`` read 0.48 and 0.55 on the two runs at 0.999 and 0.989, and 0.00 on the
+two at 0.46 and 0.56 (BENCHMARKS.md, "Longer on the GPU").
 
 ``connectivity_R2`` is the slope-invariant R2 of W* vs the true w on every edge; ``*_R2_identity`` is
 agreement with the identity line. The original dropped the edges with |W* - w| > ``outlier_threshold``
