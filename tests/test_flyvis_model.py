@@ -10,7 +10,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from hydra_llm.evaluation.flyvis import ConnectivityR2Log, NeuronRange, corrected_weights, evaluate
+from hydra_llm.evaluation.flyvis import (
+    ConnectivityR2Log,
+    NeuronRange,
+    corrected_weights,
+    evaluate,
+    recorded_state_fit,
+)
 from hydra_llm.evaluation.metrics import r2_slope
 from hydra_llm.models.flyvis_gnn import FlyvisGNN, aggregate_source_messages
 from hydra_llm.models.lr_schedule import lr_factor
@@ -445,6 +451,37 @@ def test_the_local_readout_fits_f_where_the_record_lies_and_the_line_extrapolate
     assert int(far.sum()) >= 3  # neurons whose messages stay clear of 0
     assert torch.allclose(line["tau_hat"], gt["tau"] / (1 + model.gain * d), rtol=1e-3)
     assert (line["tau_hat"][far] < 0.9 * gt["tau"][far]).any()
+
+
+class GrowsWhereRecorded(LeakBeyondTheRecord):
+    """The true dynamics, except that neuron ``k`` (whose messages stay clear of 0) grows with v instead
+    of decaying wherever its messages lie within the recorded range; beyond it, the true leak."""
+
+    gain = 0.0
+
+    def __init__(self, obs, gt, n_types):
+        super().__init__(obs, gt, n_types)
+        far = (torch.relu(self.lo) + torch.relu(-self.hi)) > 0
+        self.k = int(far.nonzero()[0])
+
+    def f(self, v, msg, inp):
+        inside = (msg >= self.lo) & (msg <= self.hi)
+        grows = inside & (torch.arange(v.shape[-1]) == self.k)
+        return (torch.where(grows, v, -v) + self.V_rest + msg + inp) / self.tau
+
+
+def test_a_neuron_whose_local_fit_does_not_decay_takes_the_line_readout(data):
+    """The local fit of neuron k grows with v (no time constant); the local read-out takes the line's
+    slope and offsets for it, which hold the truth, so its tau, incoming W* and V_rest stay exact."""
+    obs, gt = data.observations, data.ground_truth
+    model = GrowsWhereRecorded(obs, gt, n_types=5)
+    assert recorded_state_fit(model, obs)["slope_v"][model.k] > 0
+    readouts = corrected_weights(model, obs)
+    for readout in ("line", "local"):
+        values = readouts[readout]
+        assert torch.allclose(values["tau_hat"], gt["tau"], atol=1e-3), readout
+        assert torch.allclose(values["W_star"], gt["W"], atol=1e-3), readout
+        assert torch.allclose(values["V_rest_zero_drive_hat"], gt["V_rest"], atol=1e-3), readout
 
 
 def test_readout_agreement_compares_the_two_readouts_of_w_without_the_answer(data, tmp_path):

@@ -11,7 +11,10 @@ The GNN learns ``msg_i = sum_e W_e psi(v_j)`` and ``dv_i/dt = f(v_i, msg_i, I_i)
   same metrics with the suffix ``_local``. It does not extrapolate f to msg = 0, which lies a median
   2.7 std outside a neuron's recorded messages at extent 8 (BENCHMARKS.md, "The read-out at the
   recorded state"); where f is not additive in v and msg, the line's slope there is not the one the
-  data fixed.
+  data fixed. A neuron whose local fit does not decay (s_i >= 0) takes the line's slope and offsets:
+  at extent 8 a handful such neurons (6 of 13,741, all TmY15, on seed 42 at noise 0.05) sent their
+  incoming W* to 50 times the others' and held ``connectivity_R2_local`` at 0.52 (0.956 with the line's
+  decay there).
   tau_i = -1 / s_i clipped to [0, 1] s (1 where s_i >= 0: f does not decay), V_rest_i = c_i tau_i;
   ``tau_clipped_fraction`` (and ``_local``) is the fraction of neurons at that clip;
 * ``psi(v_j) ~ slope_g_j relu(v_j) + b_j`` on [max(mu - 2 sigma, 0), mu + 2 sigma] (slope 1 for
@@ -34,9 +37,7 @@ learned W and psi only; ``V_rest_R2`` stays the original's.
 
 ``readout_agreement`` is the R2 between the two read-outs' W* (learned quantities only). They agree
 where f is additive in v and msg; where they part, at least one is off. It tells, without the answer,
-whether a run's ``_local`` metrics can be read: at extent 8, noise 0.05 and 0.5, 20,000 steps,
-``V_rest_zero_drive_R2_local`` read 0.48 and 0.55 on the two runs at 0.999 and 0.989, and 0.00 on the
-two at 0.46 and 0.56 (BENCHMARKS.md, "Longer on the GPU").
+whether a run's ``_local`` metrics can be read (BENCHMARKS.md, "Longer on the GPU").
 
 ``connectivity_R2`` is the slope-invariant R2 of W* vs the true w on every edge; ``*_R2_identity`` is
 agreement with the identity line. The original dropped the edges with |W* - w| > ``outlier_threshold``
@@ -204,7 +205,8 @@ def corrected_weights(
     ``line``, the original's read-out: the self-decay slope s_i and offset of f come from the line
     through f(v, msg=0, I=0). ``local``: from the linear fit of f near the recorded states instead
     (:func:`recorded_state_fit`; msg = 0 is rarely visited by a real neuron, and the line extrapolates
-    f there). For the true model both give s = -1/tau and V_rest. g_i and psi's slope are shared by
+    f there), except where that fit does not decay (the line's there). For the true model both give
+    s = -1/tau and V_rest. g_i and psi's slope are shared by
     both; W* and V_rest use the clipped tau_hat. ``span``: the training voltages' :class:`NeuronRange`,
     computed here when not given. The model may sit on any device; the read-outs come back on the CPU.
     """
@@ -217,10 +219,13 @@ def corrected_weights(
     local = recorded_state_fit(model, observations)
     slope_g, offset_g = psi_line(model, span)
     msg_rest = zero_drive_messages(W, edge_index, offset_g)
-    line_rest = f_theta_line(model, span, msg_rest)[1]
+    line = (*f_theta_line(model, span), f_theta_line(model, span, msg_rest)[1])
+    # a neuron whose local fit does not decay (s >= 0) has no time constant there: it takes the line's
+    decays = local["slope_v"] < 0
+    local_fit = (local["slope_v"], local["constant"], local["constant"] + local["slope_msg"] * msg_rest)
     decay = {
-        "line": (*f_theta_line(model, span), line_rest),
-        "local": (local["slope_v"], local["constant"], local["constant"] + local["slope_msg"] * msg_rest),
+        "line": line,
+        "local": tuple(torch.where(decays, x, y) for x, y in zip(local_fit, line, strict=True)),
     }
     out = {}
     for name, (slope_f, offset_f, offset_rest) in decay.items():
