@@ -202,13 +202,13 @@ def corrected_weights(
     """Per read-out (``READOUTS``): W* (E,), tau_hat and V_rest_hat (N,) and the self-decay slope
     ``slope_f`` (N,) from the learned functions (see the module docstring).
 
-    ``line``, the original's read-out: the self-decay slope s_i and offset of f come from the line
-    through f(v, msg=0, I=0). ``local``: from the linear fit of f near the recorded states instead
-    (:func:`recorded_state_fit`; msg = 0 is rarely visited by a real neuron, and the line extrapolates
-    f there), except where that fit does not decay (the line's there). For the true model both give
-    s = -1/tau and V_rest. g_i and psi's slope are shared by
-    both; W* and V_rest use the clipped tau_hat. ``span``: the training voltages' :class:`NeuronRange`,
-    computed here when not given. The model may sit on any device; the read-outs come back on the CPU.
+    ``line``, the original's read-out: the self-decay slope s_i and offset of f come from the line through
+    f(v, msg=0, I=0). ``local``: from the linear fit of f near the recorded states instead
+    (:func:`recorded_state_fit`; msg = 0 is rarely visited by a real neuron, and the line extrapolates f
+    there), except where that fit does not decay (the line's there). For the true model both give s =
+    -1/tau and V_rest. g_i and psi's slope are shared by both; W* and V_rest use the clipped tau_hat.
+    ``span``: the training voltages' :class:`NeuronRange`, computed here when not given. The model may sit
+    on any device; the read-outs come back on the CPU.
     """
     if span is None:
         span = NeuronRange.of(observations.activity[: observations.n_train_frames])
