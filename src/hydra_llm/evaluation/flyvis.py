@@ -205,8 +205,8 @@ def corrected_weights(
     ``line``, the original's read-out: the self-decay slope s_i and offset of f come from the line through
     f(v, msg=0, I=0). ``local``: from the linear fit of f near the recorded states instead
     (:func:`recorded_state_fit`; msg = 0 is rarely visited by a real neuron, and the line extrapolates f
-    there), except where that fit does not decay (the line's there). For the true model both give s =
-    -1/tau and V_rest. g_i and psi's slope are shared by both; W* and V_rest use the clipped tau_hat.
+    there), except where that fit does not decay (the line's there). For the true model both give
+    s = -1/tau and V_rest. g_i and psi's slope are shared by both; W* and V_rest use the clipped tau_hat.
     ``span``: the training voltages' :class:`NeuronRange`, computed here when not given. The model may sit
     on any device; the read-outs come back on the CPU.
     """
