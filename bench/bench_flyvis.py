@@ -36,7 +36,7 @@ import yaml
 
 from hydra_llm.schemas import plain
 from hydra_llm.schemas.models import FlyvisModel
-from hydra_llm.schemas.simulation import FlyvisSimulation
+from hydra_llm.schemas.simulation import FlyvisSimulation, StimulusOptions
 from hydra_llm.schemas.training import FlyvisTraining
 
 
@@ -233,9 +233,12 @@ RECOVERY_METRICS = (
 )
 
 
-def recovery_data(extent: int, frames: int, noise: float, seed: int, stimulus: str):
+def recovery_data(
+    extent: int, frames: int, noise: float, seed: int, stimulus: str, options: dict | None = None
+):
     """The recovery bench's data module, set up: ``flyvis_synthetic`` (the schema's defaults) or, for
-    ``stimulus="natural"``, ``flyvis_natural``'s stimulus, at ``extent`` with ``frames`` frames."""
+    ``stimulus="natural"``, ``flyvis_natural``'s stimulus, at ``extent`` with ``frames`` frames;
+    ``options``: ``simulation.stimulus`` keys (``--rec-stim``)."""
     from hydra_llm.simulation.flyvis import FlyvisDataModule
 
     sim = plain(FlyvisSimulation())
@@ -246,6 +249,7 @@ def recovery_data(extent: int, frames: int, noise: float, seed: int, stimulus: s
         sim["stimulus"].update(
             source="natural", ood_families=["moving_edge", "moving_bar", "grating", "flash"]
         )
+    sim["stimulus"].update(options or {})
     dm = FlyvisDataModule(**sim)
     dm.setup()
     return dm
@@ -286,15 +290,19 @@ class RecoveryRun:
     out: Path = RECOVERY_OUT
     overrides: dict = field(default_factory=dict)  # training=flyvis options (--rec-set)
     architecture: dict = field(default_factory=dict)  # model=flyvis_gnn options (--rec-model)
+    stimulus_options: dict = field(default_factory=dict)  # simulation.stimulus options (--rec-stim)
 
     def __str__(self) -> str:
+        options = "".join(f", {key}={value}" for key, value in self.stimulus_options.items())
         return (
-            f"extent {self.extent}, {self.stimulus} stimuli, {self.frames} frames, noise {self.noise}, "
-            f"seed {self.seed}"
+            f"extent {self.extent}, {self.stimulus} stimuli{options}, {self.frames} frames, "
+            f"noise {self.noise}, seed {self.seed}"
         )
 
     def data(self):
-        return recovery_data(self.extent, self.frames, self.noise, self.seed, self.stimulus)
+        return recovery_data(
+            self.extent, self.frames, self.noise, self.seed, self.stimulus, self.stimulus_options
+        )
 
     def model(self, dm):
         """A FlyvisGNN of the run's options, seeded as the run was."""
@@ -657,6 +665,14 @@ def main() -> None:
         help="a model=flyvis_gnn option for recovery, readout and errors (repeatable): learn_autapses=false",
     )
     parser.add_argument(
+        "--rec-stim",
+        type=key_value(StimulusOptions, "simulation.stimulus"),
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a simulation.stimulus option for recovery, readout and errors (repeatable): blank_s=[0.2,0.5]",
+    )
+    parser.add_argument(
         "--rec-init",
         type=Path,
         help="recovery: start from this snapshot (a continuation; e.g. at lower --rec-set rates)",
@@ -684,6 +700,7 @@ def main() -> None:
         args.rec_out,
         dict(args.rec_set),
         dict(args.rec_model),
+        dict(args.rec_stim),
     )
     if args.what in ("recovery", "all"):
         bench_recovery(run, args.rec_reference, args.rec_snapshots, args.rec_init)

@@ -11,6 +11,7 @@ import torch
 from hydra_llm.schemas.simulation import NATURAL_IMAGES
 from hydra_llm.simulation.flyvis import natural
 from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
+from hydra_llm.simulation.flyvis.dynamics import GREY
 from hydra_llm.simulation.flyvis.stimuli import SPEEDS
 from tests.test_flyvis_simulation import datamodule, tiny
 
@@ -40,6 +41,31 @@ def test_natural_movie_drifts_at_edge_speeds_and_is_seeded():
     drifting = speed < SPEEDS.max() + 1e-6
     assert np.allclose(np.sort(np.unique(np.round(speed[drifting], 6))), np.sort(SPEEDS), atol=1e-6)
     assert 0.02 < (~drifting).mean() < 0.2 and speed[~drifting].min() > SPEEDS.max()
+
+
+def test_a_grey_lead_before_every_clip_lets_the_neurons_relax(tmp_path):
+    columns = compile_connectome(load_spec(), 4).columns
+    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    plain = natural.natural_sequence(columns, 600, 0.02, NATURAL_IMAGES, rng())
+    assert np.array_equal(
+        plain, natural.natural_sequence(columns, 600, 0.02, NATURAL_IMAGES, rng(), blank_s=(0, 0))
+    )
+    movie = natural.natural_sequence(columns, 600, 0.02, NATURAL_IMAGES, rng(), blank_s=(0.3, 0.3))
+    grey = (movie == GREY).all(axis=1)
+    starts = np.flatnonzero(np.diff(np.concatenate([[0], grey.astype(int)])) == 1)
+    ends = np.flatnonzero(np.diff(np.concatenate([grey.astype(int), [0]])) == -1)
+    assert movie.shape == plain.shape and starts[0] == 0 and len(starts) >= 3
+    assert np.all(ends[:-1] - starts[:-1] == 14)  # 0.3 s at dt 0.02 (the last lead may be cut short)
+    # through the recording: at the end of each 1 s grey lead the neurons have come to rest
+    dm = datamodule(tmp_path, stimulus={**NATURAL, "blank_s": [1.0, 1.0]}, n_frames=1200)
+    dm.setup()
+    n_train = dm.observations.n_train_frames
+    lum = dm.observations.external_input[:n_train, torch.from_numpy(np.flatnonzero(tiny().input_mask))]
+    still = (lum == lum[:1]).all(dim=1).numpy()  # the warm-up's grey: the first frame is a lead's
+    lead_ends = np.flatnonzero(still[:-1] & ~still[1:])
+    speed = dm.observations.derivative[:n_train].abs().mean(dim=1).numpy()
+    assert still.mean() > 0.2 and len(lead_ends) >= 3
+    assert speed[lead_ends].max() < 1e-3 * np.median(speed[~still])  # 0.012 after a 0.1 s lead
 
 
 def test_mirrored_sampling_is_continuous_past_the_image_border():
@@ -74,6 +100,8 @@ def test_flyvis_natural_holds_out_images_and_keeps_synthetic_families_out_of_dis
         ({"natural_images": ["grass.png"]}, r"natural_images=\[.grass.png.\]: fewer than 2 images"),
         ({"contrast": 0.0}, "contrast=0.0: must be a finite float > 0"),
         ({"held_out_fraction": 1.0}, r"held_out_fraction=1.0: must be in \(0, 1\)"),
+        ({"blank_s": [0.5, 0.2]}, r"blank_s=\[0.5, 0.2\]: must be \[low, high\] with low <= high"),
+        ({"blank_s": [-0.1, 0.2]}, r"blank_s=\[-0.1, 0.2\]: grey durations must be >= 0 s"),
     ],
 )
 def test_bad_natural_settings_fail_before_simulating(stimulus, message):

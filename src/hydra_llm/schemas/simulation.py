@@ -284,6 +284,10 @@ class StimulusOptions:
     )
     ood_families: list[str] = field(default_factory=lambda: ["pink_noise"])
     clip_s: list[float] = field(default_factory=lambda: [0.5, 2.0])  # clip durations (s) of the sequence
+    # grey (0.5) before every training and held-out clip, its duration (s) drawn from this range, so that
+    # the neurons relax towards rest between clips; the original's follow-up prepends such a null
+    # stimulus to every clip for identifiability. [0, 0]: none
+    blank_s: list[float] = field(default_factory=lambda: [0.0, 0.0])
     held_out_fraction: float = 0.2  # natural, davis: the split is by source image or video
     natural_images: list[str] = field(default_factory=lambda: list(NATURAL_IMAGES))
     pixels_per_column: float = 8.0  # natural: image pixels between neighbouring columns
@@ -300,6 +304,9 @@ class StimulusOptions:
         ordered_pair(self, "clip_s")
         if self.clip_s[0] <= 0:
             fail(self, "clip_s", self.clip_s, "clip durations must be > 0 s")
+        ordered_pair(self, "blank_s")
+        if self.blank_s[0] < 0:
+            fail(self, "blank_s", self.blank_s, "grey durations must be >= 0 s")
         if not 0.0 < self.held_out_fraction < 1.0:
             fail(self, "held_out_fraction", self.held_out_fraction, "must be in (0, 1)")
         positive(self, "pixels_per_column", "contrast")

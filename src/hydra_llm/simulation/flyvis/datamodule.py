@@ -162,12 +162,12 @@ class FlyvisDataModule(SimulationDataModule):
         cfg, columns, dt = self.stimulus_cfg, connectome.columns, self.delta_t
         n_test = max(2, int(round(self.test_fraction * self.n_frames)))
         n_train = self.n_frames - n_test
-        clip_s = tuple(cfg["clip_s"])
+        clip_s, blank_s = tuple(cfg["clip_s"]), tuple(cfg["blank_s"])
         ood = synthetic_sequence(columns, self.n_ood_frames, dt, cfg["ood_families"], rng, clip_s)
         if cfg["source"] == "synthetic":
             families = cfg["families"]
-            train = synthetic_sequence(columns, n_train, dt, families, rng, clip_s)
-            test = synthetic_sequence(columns, n_test, dt, families, rng, clip_s)
+            train = synthetic_sequence(columns, n_train, dt, families, rng, clip_s, blank_s)
+            test = synthetic_sequence(columns, n_test, dt, families, rng, clip_s, blank_s)
             return train, test, ood
         if cfg["source"] == "natural":
             train_images, test_images = natural.split_images(
@@ -175,6 +175,7 @@ class FlyvisDataModule(SimulationDataModule):
             )
             view = {
                 "clip_s": clip_s,
+                "blank_s": blank_s,
                 "pixels_per_column": cfg["pixels_per_column"],
                 "contrast": cfg["contrast"],
             }
@@ -186,7 +187,7 @@ class FlyvisDataModule(SimulationDataModule):
             davis_io.list_videos(root), cfg["held_out_fraction"], self.seed, root
         )
         keys = ("rotations", "flips", "max_clip_frames", "fps", "kernel_px", "crop")
-        kwargs = {**{key: cfg[key] for key in keys}, "cache_dir": self.cache_dir}
+        kwargs = {**{key: cfg[key] for key in keys}, "blank_s": blank_s, "cache_dir": self.cache_dir}
         train = davis_io.davis_sequence(train_videos, columns, n_train, dt, rng, **kwargs)
         test = davis_io.davis_sequence(test_videos, columns, n_test, dt, rng, **kwargs)
         return train, test, ood

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hydra_llm.simulation.base import config_hash
-from hydra_llm.simulation.flyvis.stimuli import LUMA, column_positions, held_out_split
+from hydra_llm.simulation.flyvis.stimuli import LUMA, column_positions, grey_lead, held_out_split
 
 ENV_VAR = "DATAVIS_ROOT"
 # The official archive, its size and sha256 as TensorFlow Datasets records them (video/davis/checksums.tsv).
@@ -187,10 +187,12 @@ def davis_sequence(
     rotations: list[int],
     flips: list[bool],
     max_clip_frames: int = 80,
+    blank_s: tuple[float, float] = (0.0, 0.0),
     **render_kwargs,
 ) -> np.ndarray:
     """(n_frames, C): shuffled clips (<= ``max_clip_frames``) of the videos' augmented copies, repeated
-    as needed."""
+    as needed, each after a grey lead of ``blank_s`` seconds
+    (:func:`~hydra_llm.simulation.flyvis.stimuli.grey_lead`)."""
     variants = [(v, r, f) for v in videos for r, f in augmentations(rotations, flips)]
     clips, total = [], 0
     while total < n_frames:
@@ -199,8 +201,8 @@ def davis_sequence(
             movie = render_video(video, columns, dt, rotation=rotation, flip=flip, **render_kwargs)
             start = int(rng.integers(0, max(1, movie.shape[0] - max_clip_frames + 1)))
             clip = movie[start : start + max_clip_frames]
-            clips.append(clip)
-            total += clip.shape[0]
+            clips.extend([grey_lead(len(columns), blank_s, dt, rng), clip])
+            total += clips[-2].shape[0] + clip.shape[0]
             if total >= n_frames:
                 break
     return np.concatenate(clips)[:n_frames]

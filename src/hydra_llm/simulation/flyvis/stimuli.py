@@ -128,6 +128,16 @@ FAMILIES: dict[str, Callable[[np.ndarray, int, float, np.random.Generator], np.n
 }
 
 
+def grey_lead(n_columns: int, blank_s: Sequence[float], dt: float, rng: np.random.Generator) -> np.ndarray:
+    """(k, C) uniform grey frames to put before a clip, k = round(U(blank_s) / dt): the neurons relax
+    towards their resting state between clips. ``blank_s = (0, 0)`` gives none and draws nothing from
+    ``rng``, so the sequence is the one without the option."""
+    if max(blank_s) <= 0:
+        return np.empty((0, n_columns), dtype=np.float32)
+    k = int(round(rng.uniform(*blank_s) / dt))
+    return np.full((k, n_columns), GREY, dtype=np.float32)
+
+
 def check_families(families: Sequence[str], key: str) -> list[str]:
     """Validate family names; raise naming ``key`` and the allowed values."""
     names = list(families)
@@ -146,12 +156,16 @@ def synthetic_sequence(
     families: Sequence[str],
     rng: np.random.Generator,
     clip_s: tuple[float, float] = (0.5, 2.0),
+    blank_s: tuple[float, float] = (0.0, 0.0),
 ) -> np.ndarray:
-    """(n_frames, C) float32: random clips of the given families, concatenated."""
+    """(n_frames, C) float32: random clips of the given families, each after a grey lead of ``blank_s``
+    seconds (:func:`grey_lead`), concatenated."""
     names = check_families(families, "simulation.stimulus.families")
     pos = column_positions(columns)
     clips, total = [], 0
     while total < n_frames:
+        clips.append(grey_lead(len(pos), blank_s, dt, rng))
+        total += len(clips[-1])
         n = max(2, int(round(rng.uniform(*clip_s) / dt)))
         clips.append(FAMILIES[names[int(rng.integers(len(names)))]](pos, n, dt, rng))
         total += n
