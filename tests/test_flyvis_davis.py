@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 
 from hydra_llm.simulation.flyvis import FlyvisDataModule, davis
 from hydra_llm.simulation.flyvis.connectome import hex_columns
+from hydra_llm.simulation.flyvis.dynamics import GREY
 
 TINY = Path(__file__).parent / "data" / "flyvis_tiny_connectome.json"
 
@@ -135,6 +137,17 @@ def test_rotation_flip_augment_and_bad_rotation(davis_root):
     assert plain.shape == turned.shape and not np.allclose(plain, turned)
     with pytest.raises(ValueError, match="rotations"):
         davis.augmentations([5], [False])
+
+
+def test_a_grey_lead_comes_before_every_davis_clip(davis_root):
+    columns, videos = hex_columns(2), davis.list_videos(davis_root)
+    movie = partial(davis.davis_sequence, videos, columns, 120, 0.02, rotations=[0], flips=[False])
+    plain = movie(np.random.default_rng(0), max_clip_frames=8)
+    assert np.array_equal(plain, movie(np.random.default_rng(0), max_clip_frames=8, blank_s=(0, 0)))
+    led = movie(np.random.default_rng(0), max_clip_frames=8, blank_s=(0.1, 0.1))
+    frame = np.arange(120) % 13  # 5 grey frames (0.1 s), then a clip of 8
+    assert led.shape == plain.shape
+    assert np.all(led[frame < 5] == GREY) and not np.any(np.all(led[frame >= 5] == GREY, axis=1))
 
 
 def test_datamodule_on_davis_folder(davis_root, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from hydra_llm.schemas.simulation import NATURAL_IMAGES
 from hydra_llm.simulation.flyvis import natural
 from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
 from hydra_llm.simulation.flyvis.dynamics import GREY
-from hydra_llm.simulation.flyvis.stimuli import SPEEDS
+from hydra_llm.simulation.flyvis.stimuli import SPEEDS, synthetic_sequence
 from tests.test_flyvis_simulation import datamodule, tiny
 
 NATURAL = {"source": "natural", "ood_families": ["moving_edge", "grating"]}
@@ -43,25 +44,32 @@ def test_natural_movie_drifts_at_edge_speeds_and_is_seeded():
     assert 0.02 < (~drifting).mean() < 0.2 and speed[~drifting].min() > SPEEDS.max()
 
 
+def grey_runs(movie: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start frames and lengths of the runs of all-grey frames in a (T, C) movie."""
+    grey = np.concatenate([[0], (movie == GREY).all(axis=1).astype(int), [0]])
+    starts, ends = np.flatnonzero(np.diff(grey) == 1), np.flatnonzero(np.diff(grey) == -1)
+    return starts, ends - starts
+
+
 def test_a_grey_lead_before_every_clip_lets_the_neurons_relax(tmp_path):
     columns = compile_connectome(load_spec(), 4).columns
-    rng = lambda: np.random.default_rng(0)  # noqa: E731
-    plain = natural.natural_sequence(columns, 600, 0.02, NATURAL_IMAGES, rng())
-    assert np.array_equal(
-        plain, natural.natural_sequence(columns, 600, 0.02, NATURAL_IMAGES, rng(), blank_s=(0, 0))
-    )
-    movie = natural.natural_sequence(columns, 600, 0.02, NATURAL_IMAGES, rng(), blank_s=(0.3, 0.3))
-    grey = (movie == GREY).all(axis=1)
-    starts = np.flatnonzero(np.diff(np.concatenate([[0], grey.astype(int)])) == 1)
-    ends = np.flatnonzero(np.diff(np.concatenate([grey.astype(int), [0]])) == -1)
-    assert movie.shape == plain.shape and starts[0] == 0 and len(starts) >= 3
-    assert np.all(ends[:-1] - starts[:-1] == 14)  # 0.3 s at dt 0.02 (the last lead may be cut short)
+    natural_movie = partial(natural.natural_sequence, columns, 600, 0.02, NATURAL_IMAGES)
+    plain = natural_movie(np.random.default_rng(0))
+    assert np.array_equal(plain, natural_movie(np.random.default_rng(0), blank_s=(0, 0)))
+    synthetic = partial(synthetic_sequence, columns, 600, 0.02, ["grating", "white_noise"])
+    for movie in (
+        natural_movie(np.random.default_rng(0), blank_s=(0.3, 0.3)),
+        synthetic(np.random.default_rng(0), blank_s=(0.3, 0.3)),
+    ):
+        starts, lengths = grey_runs(movie)
+        assert movie.shape == plain.shape and starts[0] == 0 and len(starts) >= 3
+        assert np.all(lengths[:-1] == 15)  # 0.3 s at dt 0.02 (the last lead may be cut short)
     # through the recording: at the end of each 1 s grey lead the neurons have come to rest
     dm = datamodule(tmp_path, stimulus={**NATURAL, "blank_s": [1.0, 1.0]}, n_frames=1200)
     dm.setup()
     n_train = dm.observations.n_train_frames
     lum = dm.observations.external_input[:n_train, torch.from_numpy(np.flatnonzero(tiny().input_mask))]
-    still = (lum == lum[:1]).all(dim=1).numpy()  # the warm-up's grey: the first frame is a lead's
+    still = (lum == lum[:1]).all(dim=1).numpy()  # as the first frame, a lead's grey
     lead_ends = np.flatnonzero(still[:-1] & ~still[1:])
     speed = dm.observations.derivative[:n_train].abs().mean(dim=1).numpy()
     assert still.mean() > 0.2 and len(lead_ends) >= 3

@@ -200,9 +200,9 @@ def davis_sequence(
             video, rotation, flip = variants[i]
             movie = render_video(video, columns, dt, rotation=rotation, flip=flip, **render_kwargs)
             start = int(rng.integers(0, max(1, movie.shape[0] - max_clip_frames + 1)))
-            clip = movie[start : start + max_clip_frames]
-            clips.extend([grey_lead(len(columns), blank_s, dt, rng), clip])
-            total += clips[-2].shape[0] + clip.shape[0]
+            lead = grey_lead(len(columns), blank_s, dt, rng)
+            clips += [lead, movie[start : start + max_clip_frames]]
+            total += len(lead) + len(clips[-1])
             if total >= n_frames:
                 break
     return np.concatenate(clips)[:n_frames]

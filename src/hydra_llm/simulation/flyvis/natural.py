@@ -132,8 +132,9 @@ def natural_sequence(
     names, pos = list(images), column_positions(columns)
     clips, total = [], 0
     while total < n_frames:
-        clips.append(grey_lead(len(pos), blank_s, dt, rng))
-        total += len(clips[-1])
+        lead = grey_lead(len(pos), blank_s, dt, rng)
+        clips.append(lead)
+        total += len(lead)
         n = max(2, int(round(rng.uniform(*clip_s) / dt)))
         image = load_image(names[int(rng.integers(len(names)))], float(pixels_per_column), float(contrast))
         clips.append(natural_clip(pos, image, n, dt, pixels_per_column, rng))

@@ -164,8 +164,9 @@ def synthetic_sequence(
     pos = column_positions(columns)
     clips, total = [], 0
     while total < n_frames:
-        clips.append(grey_lead(len(pos), blank_s, dt, rng))
-        total += len(clips[-1])
+        lead = grey_lead(len(pos), blank_s, dt, rng)
+        clips.append(lead)
+        total += len(lead)
         n = max(2, int(round(rng.uniform(*clip_s) / dt)))
         clips.append(FAMILIES[names[int(rng.integers(len(names)))]](pos, n, dt, rng))
         total += n
