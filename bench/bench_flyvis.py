@@ -648,30 +648,20 @@ def main() -> None:
     parser.add_argument(
         "--rec-out", type=Path, default=RECOVERY_OUT, help="folder of the run's logs, plots and snapshots"
     )
-    parser.add_argument(
-        "--rec-set",
-        type=key_value(FlyvisTraining, "training=flyvis"),
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a training=flyvis option for recovery, readout and errors (repeatable): lr_schedule=constant",
+    options = (
+        ("--rec-set", FlyvisTraining, "training=flyvis", "lr_schedule=constant"),
+        ("--rec-model", FlyvisModel, "model=flyvis_gnn", "learn_autapses=false"),
+        ("--rec-stim", StimulusOptions, "simulation.stimulus", "blank_s=[0.2,0.5]"),
     )
-    parser.add_argument(
-        "--rec-model",
-        type=key_value(FlyvisModel, "model=flyvis_gnn"),
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a model=flyvis_gnn option for recovery, readout and errors (repeatable): learn_autapses=false",
-    )
-    parser.add_argument(
-        "--rec-stim",
-        type=key_value(StimulusOptions, "simulation.stimulus"),
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a simulation.stimulus option for recovery, readout and errors (repeatable): blank_s=[0.2,0.5]",
-    )
+    for flag, schema, group, example in options:
+        parser.add_argument(
+            flag,
+            type=key_value(schema, group),
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"a {group} option for recovery, readout and errors (repeatable): {example}",
+        )
     parser.add_argument(
         "--rec-init",
         type=Path,
