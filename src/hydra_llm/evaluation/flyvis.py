@@ -221,6 +221,7 @@ def corrected_weights(
     msg_rest = zero_drive_messages(W, edge_index, offset_g)
     line = (*f_theta_line(model, span), f_theta_line(model, span, msg_rest)[1])
     # a neuron whose local fit does not decay (s >= 0) has no time constant there: it takes the line's
+    # slope and offsets
     decays = local["slope_v"] < 0
     local_fit = (local["slope_v"], local["constant"], local["constant"] + local["slope_msg"] * msg_rest)
     decay = {
