@@ -7,6 +7,7 @@
     python bench/bench_flyvis.py readout    # today's read-outs of the snapshots that
                                             # `recovery --rec-snapshots` saved (same --rec-* arguments)
     python bench/bench_flyvis.py errors     # where W*'s error lies in the last snapshot (reads the answer)
+    python bench/bench_flyvis.py clusters   # which learned feature limits cluster_accuracy (reads the answer)
     python bench/bench_flyvis.py vrest      # how exactly W must be known for V_rest (reads the answer)
     python bench/bench_flyvis.py memory     # peak memory of `python train.py` and of a 4-slot sweep
     python bench/bench_flyvis.py all
@@ -277,8 +278,8 @@ def key_value(schema: type, group: str):
 
 @dataclass(frozen=True)
 class RecoveryRun:
-    """A recovery run's ``--rec-*`` arguments: ``readout`` and ``errors`` repeat them to read its snapshots
-    (the data are simulated again, identically)."""
+    """A recovery run's ``--rec-*`` arguments: ``readout``, ``errors`` and ``clusters`` repeat them to read
+    its snapshots (the data are simulated again, identically)."""
 
     extent: int
     frames: int
@@ -471,6 +472,85 @@ def bench_errors(run: RecoveryRun, top: int = 12) -> None:
         )
 
 
+CLUSTER_SETS = (
+    "a",
+    "tau",
+    "V_rest",
+    "W",
+    "tau V_rest",
+    "tau V_rest W",
+    "a tau V_rest W",
+)
+
+
+def bench_clusters(run: RecoveryRun, gmm_seeds: int = 5) -> None:
+    """What limits ``cluster_accuracy`` in the last snapshot of a ``recovery --rec-snapshots`` run: the
+    evaluation's GMM on subsets of the headline read-out's features (a: the embedding; W: the mean and
+    std of W* into and out of each neuron), on the true ones, and on the learned ones with one quantity
+    replaced by the truth. A diagnostic that reads the answer (every row but the learned ones is an
+    oracle); the original plots the same subsets."""
+    from hydra_llm.evaluation.flyvis import (
+        READOUTS,
+        NeuronRange,
+        cluster_features,
+        corrected_weights,
+        gmm_cluster_accuracy,
+    )
+
+    path = snapshot_paths(run.out)[-1]
+    dm = run.data()
+    obs, gt = dm.observations, dm.ground_truth
+    model = run.model(dm)
+    model.load_state_dict(torch.load(path, map_location="cpu"))
+    readouts = corrected_weights(model.eval(), obs, NeuronRange.of(obs.activity[: obs.n_train_frames]))
+    embedding = model.a.detach()
+
+    def features(readout: str, v_rest: str = "V_rest_hat") -> np.ndarray:
+        values = readouts[readout]
+        return cluster_features(
+            embedding, values["W_star"], values["tau_hat"], values[v_rest], obs.edge_index
+        )
+
+    learned = features("line")
+    true = cluster_features(embedding, gt["W"], gt["tau"], gt["V_rest"], obs.edge_index)
+    k = embedding.shape[1]
+    columns = {"a": list(range(k)), "tau": [k], "V_rest": [k + 1], "W": list(range(k + 2, k + 6))}
+    types = gt["types"].numpy()
+
+    def accuracy(parts: list[tuple[np.ndarray, str]], seed: int = 42) -> float:
+        x = np.concatenate([source[:, columns[name]] for source, name in parts], axis=1)
+        return gmm_cluster_accuracy(x, types, n_components=100, seed=seed)
+
+    print(f"[clusters] {path}: {run}")
+    print("| features | learned | true (oracle) | learned, this one true (oracle) |")
+    print("|---|---|---|---|")
+    for names in CLUSTER_SETS:
+        parts = names.split()
+        truth = "-" if "a" in parts else f"{accuracy([(true, n) for n in parts]):.3f}"
+        swaps = " / ".join(
+            f"{n} {accuracy([(true if m == n else learned, m) for m in parts]):.3f}"
+            for n in parts
+            if n != "a"
+        )
+        own = accuracy([(learned, n) for n in parts])
+        print(f"| {names} | {own:.3f} | {truth} | {swaps if len(parts) > 1 else '-'} |", flush=True)
+    every = CLUSTER_SETS[-1].split()
+    spread = [accuracy([(learned, n) for n in every], seed) for seed in range(gmm_seeds)]
+    print(
+        f"[clusters] headline features, GMM seeds 0-{gmm_seeds - 1}: "
+        + ", ".join(f"{x:.3f}" for x in spread)
+        + f" (median {statistics.median(spread):.3f})"
+    )
+    for readout in READOUTS:
+        for v_rest in ("V_rest_hat", "V_rest_zero_drive_hat"):
+            other = accuracy([(features(readout, v_rest), n) for n in every])
+            print(
+                f"[clusters] headline features from the {readout} read-out, V_rest from {v_rest}: {other:.3f}"
+            )
+    with_truth = [(learned, "a")] + [(true, n) for n in every[1:]]
+    print(f"[clusters] learned embedding, true tau, V_rest and W (oracle): {accuracy(with_truth):.3f}")
+
+
 def mean_input(inputs, n: int, chunk: int = 1024) -> torch.Tensor:
     """(N,) mean external input over the first ``n`` frames, a chunk of frames at a time."""
     total = torch.zeros(inputs.shape[1], dtype=torch.float64)
@@ -616,7 +696,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "what", choices=["sim", "step", "recovery", "readout", "errors", "vrest", "memory", "all"]
+        "what",
+        choices=["sim", "step", "recovery", "readout", "errors", "clusters", "vrest", "memory", "all"],
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -660,7 +741,7 @@ def main() -> None:
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help=f"a {group} option for recovery, readout and errors (repeatable): {example}",
+            help=f"a {group} option for recovery, readout, errors and clusters (repeatable): {example}",
         )
     parser.add_argument(
         "--rec-init",
@@ -698,6 +779,8 @@ def main() -> None:
         bench_readout(run)
     if args.what == "errors":
         bench_errors(run)
+    if args.what == "clusters":
+        bench_clusters(run)
     if args.what == "vrest":
         bench_vrest(run, args.repeats)
     if args.what in ("memory", "all"):
