@@ -563,7 +563,8 @@ def bench_vrest(run: RecoveryRun, repeats: int) -> None:
     """How exactly W must be known for V_rest to be read out: the balance of the record
     ``V_rest_i = mean_t(v_i + tau_i dv_i/dt - sum_j w_ij relu(v_j) - I_i)`` with the true tau and the
     true W (the record's ceiling), then with W plus independent per-edge noise scaled to a given
-    connectivity R2 (median over ``repeats`` draws). A diagnostic that reads the answer."""
+    connectivity R2 (median over ``repeats`` draws); and, where ``recovery --rec-snapshots`` saved
+    snapshots, with the last one's W* and tau. A diagnostic that reads the answer."""
     from hydra_llm.evaluation.metrics import r2_slope
 
     dm = run.data()
@@ -599,6 +600,25 @@ def bench_vrest(run: RecoveryRun, repeats: int) -> None:
             f"[vrest] W with per-edge noise, connectivity_R2 {statistics.median(conn):.3f}: "
             f"V_rest_R2 = {statistics.median(r2s):.3f} (median of {repeats})"
         )
+    if not list((run.out / "snapshots").glob("step_*.pt")):
+        return
+    from hydra_llm.evaluation.flyvis import NeuronRange, corrected_weights
+
+    path = snapshot_paths(run.out)[-1]
+    model = run.model(dm)
+    model.load_state_dict(torch.load(path, map_location="cpu"))
+    line = corrected_weights(model.eval(), obs, NeuronRange.of(obs.activity[:n]))["line"]
+    W_star, tau_hat, tau = line["W_star"].double(), line["tau_hat"].double(), gt["tau"].double()
+    learned = mean_v + tau_hat * mean_dv - mean_input(obs.external_input, n) - drive(W_star)
+    print(
+        f"[vrest] the balance with {path}'s W* and tau (learned quantities only; connectivity_R2 "
+        f"{r2_slope(W, W_star)[0]:.3f}): V_rest_R2 = {r2_slope(V, learned)[0]:.3f}"
+    )
+    rescaled = W_star / tau_hat[tgt] * tau[tgt]  # W* = W g slope_psi tau with the true tau
+    print(
+        f"[vrest] the same with the true tau in W* and in the balance (oracle; connectivity_R2 "
+        f"{r2_slope(W, rescaled)[0]:.3f}): V_rest_R2 = {r2_slope(V, base - drive(rescaled))[0]:.3f}"
+    )
 
 
 def _proc_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
