@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hydra_llm.simulation.flyvis.stimuli import DIRECTIONS_DEG, LUMA, SPEEDS, column_positions, grey_lead
+from hydra_llm.simulation.flyvis.stimuli import DIRECTIONS_DEG, LUMA, SPEEDS, clip_sequence, column_positions
 from hydra_llm.simulation.flyvis.stimuli import held_out_split as split_images  # noqa: F401 (by image)
 
 FIXATION_S = (0.2, 1.0)  # duration of one drift
@@ -130,13 +130,9 @@ def natural_sequence(
     """(n_frames, C) float32 in [0, 1]: clips of random images among ``images``, each after a grey lead
     of ``blank_s`` seconds (:func:`~hydra_llm.simulation.flyvis.stimuli.grey_lead`), concatenated."""
     names, pos = list(images), column_positions(columns)
-    clips, total = [], 0
-    while total < n_frames:
-        lead = grey_lead(len(pos), blank_s, dt, rng)
-        clips.append(lead)
-        total += len(lead)
-        n = max(2, int(round(rng.uniform(*clip_s) / dt)))
+
+    def clip(n: int) -> np.ndarray:
         image = load_image(names[int(rng.integers(len(names)))], float(pixels_per_column), float(contrast))
-        clips.append(natural_clip(pos, image, n, dt, pixels_per_column, rng))
-        total += n
-    return np.concatenate(clips)[:n_frames]
+        return natural_clip(pos, image, n, dt, pixels_per_column, rng)
+
+    return clip_sequence(len(pos), n_frames, dt, rng, clip, clip_s, blank_s)

@@ -138,6 +138,26 @@ def grey_lead(n_columns: int, blank_s: Sequence[float], dt: float, rng: np.rando
     return np.full((k, n_columns), GREY, dtype=np.float32)
 
 
+def clip_sequence(
+    n_columns: int,
+    n_frames: int,
+    dt: float,
+    rng: np.random.Generator,
+    clip: Callable[[int], np.ndarray],
+    clip_s: Sequence[float],
+    blank_s: Sequence[float],
+) -> np.ndarray:
+    """(n_frames, C): clips of U(clip_s) seconds (at least 2 frames) drawn by ``clip(n) -> (n, C)``,
+    each after a :func:`grey_lead` of ``blank_s`` seconds, concatenated and cut to ``n_frames``."""
+    clips, total = [], 0
+    while total < n_frames:
+        lead = grey_lead(n_columns, blank_s, dt, rng)
+        n = max(2, int(round(rng.uniform(*clip_s) / dt)))
+        clips += [lead, clip(n)]
+        total += len(lead) + n
+    return np.concatenate(clips)[:n_frames]
+
+
 def check_families(families: Sequence[str], key: str) -> list[str]:
     """Validate family names; raise naming ``key`` and the allowed values."""
     names = list(families)
@@ -162,12 +182,9 @@ def synthetic_sequence(
     seconds (:func:`grey_lead`), concatenated."""
     names = check_families(families, "simulation.stimulus.families")
     pos = column_positions(columns)
-    clips, total = [], 0
-    while total < n_frames:
-        lead = grey_lead(len(pos), blank_s, dt, rng)
-        clips.append(lead)
-        total += len(lead)
-        n = max(2, int(round(rng.uniform(*clip_s) / dt)))
-        clips.append(FAMILIES[names[int(rng.integers(len(names)))]](pos, n, dt, rng))
-        total += n
-    return np.clip(np.concatenate(clips)[:n_frames], 0.0, 1.0).astype(np.float32)
+
+    def clip(n: int) -> np.ndarray:
+        return FAMILIES[names[int(rng.integers(len(names)))]](pos, n, dt, rng)
+
+    movie = clip_sequence(len(pos), n_frames, dt, rng, clip, clip_s, blank_s)
+    return np.clip(movie, 0.0, 1.0).astype(np.float32)
