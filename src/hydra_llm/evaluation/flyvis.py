@@ -409,27 +409,19 @@ def evaluate(
 def write_plots(plots: Path, obs, gt, corrected, model, pred_test: torch.Tensor, metrics: dict) -> None:
     from hydra_llm.evaluation.plots import plot_activity, plot_embeddings, plot_rollout, plot_scatter
 
-    plot_scatter(
-        gt["W"].numpy(),
-        corrected["W_star"].numpy(),
-        plots / "W_scatter.png",
-        "W",
-        f"corrected W: R2={metrics['connectivity_R2']:.3f} slope={metrics['connectivity_slope']:.2f}",
+    scatters = (
+        ("W", "W_star", "W", "corrected W", "connectivity"),
+        ("tau", "tau_hat", "tau (s)", "tau", "tau"),
+        ("V_rest", "V_rest_hat", "V_rest", "V_rest", "V_rest"),
     )
-    plot_scatter(
-        gt["tau"].numpy(),
-        corrected["tau_hat"].numpy(),
-        plots / "tau_scatter.png",
-        "tau (s)",
-        f"tau R2={metrics['tau_R2']:.3f}",
-    )
-    plot_scatter(
-        gt["V_rest"].numpy(),
-        corrected["V_rest_hat"].numpy(),
-        plots / "V_rest_scatter.png",
-        "V_rest",
-        f"V_rest R2={metrics['V_rest_R2']:.3f}",
-    )
+    for truth, estimate, label, title, metric in scatters:
+        plot_scatter(
+            gt[truth].numpy(),
+            corrected[estimate].numpy(),
+            plots / f"{truth}_scatter.png",
+            label,
+            f"{title}: R2={metrics[f'{metric}_R2']:.3f} slope={metrics[f'{metric}_slope']:.2f}",
+        )
     plot_embeddings(model.a.detach().numpy(), gt["types"].numpy(), plots / "embeddings.png")
     plot_activity(obs.activity.numpy(), obs.dt, plots / "activity.png", split=obs.n_train_frames)
     n = pred_test.shape[0]
