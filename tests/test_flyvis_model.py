@@ -92,6 +92,7 @@ def test_aggregation_is_the_sparse_sum():
     [
         ({"w_init_mode": "ones"}, {}, r"w_init_mode='ones': allowed values: \[zeros, randn, randn_scaled\]"),
         ({"aggregation": "dense"}, {}, "model.aggregation"),
+        ({"update_form": "additive"}, {}, r"update_form='additive': allowed values: \[joint, separable\]"),
         ({}, {"coeff_W_L1": -1.0}, "training.coeff_W_L1"),
         ({}, {"learning_rate_W_start": 0.0}, "training.learning_rate_W_start"),
         ({}, {"alternate_vrest_ratio": 1.0}, "alternate_vrest_ratio"),
@@ -160,6 +161,31 @@ def test_the_additivity_penalty_brings_the_leak_at_msg_zero_to_that_of_the_recor
     true_model = TrueModel(obs, data.ground_truth, n_types=5)
     true_model.xnorm, true_model.yscale = 1.0, 1.0
     assert float(FlyvisGNN.leak_mismatch(true_model, v, true_model.messages(v), inp)) < 1e-8
+
+
+def test_a_separable_update_leaks_the_same_at_every_message_and_trains(data):
+    """``update_form: separable`` makes f additive in v and the drive by construction: its rise over a
+    voltage step is the same at the recorded message and input as at msg = I = 0, where the joint MLP's
+    is not."""
+    obs = data.observations
+    v, inp = obs.activity[100:108], obs.external_input[100:108]
+    mismatch = {}
+    for form in ("joint", "separable"):
+        torch.manual_seed(0)
+        model = FlyvisGNN(
+            obs, training(max_steps_per_epoch=200), hidden_dim=16, hidden_dim_update=16, update_form=form
+        )
+        with torch.no_grad():  # far from additive, for the joint MLP
+            for p in model.f_theta.parameters():
+                p.normal_(0.0, 0.5)
+            mismatch[form] = float(model.leak_mismatch(v, model.messages(v), inp))
+    assert mismatch["joint"] > 1e-2
+    assert mismatch["separable"] < 1e-8
+    assert {name.split(".")[0] for name, _ in model.f_theta.named_parameters()} == {"leak", "drive"}
+    dv = obs.derivative[100:108]
+    before = float(model.one_step_losses(v, dv, inp)["prediction"])
+    fit(data, model)
+    assert float(model.one_step_losses(v, dv, inp)["prediction"]) < 0.5 * before
 
 
 def test_without_learn_autapses_self_loops_stay_at_zero_and_send_nothing(data):

@@ -9,6 +9,9 @@
   node transform, then torch-geometric's ``propagate`` with a CSR product (the idiomatic layer, the
   speed baseline); ``aggregation: edge`` runs the textbook per-edge MessagePassing (one g_phi call
   per edge), the test oracle.
+* ``update_form: separable`` makes ``f_theta = leak(v_i, a_i) + drive(msg_i, I_i, a_i)``
+  (:class:`SeparableUpdate`): the line read-out's slope at msg = 0 is then f's slope at every message,
+  and the additivity penalty, identically 0, is skipped.
 * ``f_theta``'s output is multiplied by ``yscale`` (std of the recorded training derivative, an
   observable) so the MLP works at unit scale; voltages, messages and input enter unscaled.
 * ``a_i``: per-neuron embeddings (N, embedding_dim), initialised to ones; cell types are never given.
@@ -82,6 +85,30 @@ def aggregate_source_messages(
     return torch.zeros_like(psi).index_add_(1, edge_index[1], contributions)
 
 
+class SeparableUpdate(nn.Module):
+    """``f_theta = leak(v, a) + drive(msg, I, a)``: two MLPs, so the slope of f in v does not depend on
+    the message or the input (``model.update_form: separable``).
+
+    Args:
+        embedding_dim: size of the embedding a.
+        hidden_dim, n_layers, activation: each MLP's (:class:`~hydra_llm.models.mlp.MLP`).
+
+    Shapes:
+        input (..., 3 + embedding_dim) ordered ``[v, a, msg, I]`` as the joint MLP's -> output (..., 1).
+    """
+
+    def __init__(self, embedding_dim: int, hidden_dim: int, n_layers: int, activation: str) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.leak = MLP(1 + embedding_dim, 1, hidden_dim, n_layers, activation)
+        self.drive = MLP(2 + embedding_dim, 1, hidden_dim, n_layers, activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leak_in = x[..., : 1 + self.embedding_dim]  # v, a
+        drive_in = x[..., 1:]  # a, msg, I
+        return self.leak(leak_in) + self.drive(drive_in)
+
+
 class FlyvisGNN(FrameGNN):
     """Learns W (E,), g_phi, f_theta and embeddings a (N, embedding_dim) from voltages (T, N)."""
 
@@ -129,7 +156,10 @@ class FlyvisGNN(FrameGNN):
         self.register_buffer("weight_mask", learned.float(), persistent=False)
         self.W = nn.Parameter(W * self.weight_mask)
         self.g_phi = MLP(1 + emb, 1, arch.hidden_dim, arch.n_layers, arch.activation, out_init_std=0.1)
-        self.f_theta = MLP(3 + emb, 1, arch.hidden_dim_update, arch.n_layers_update, arch.activation)
+        update = (arch.hidden_dim_update, arch.n_layers_update, arch.activation)
+        self.f_theta = (
+            SeparableUpdate(emb, *update) if arch.update_form == "separable" else MLP(3 + emb, 1, *update)
+        )
         self.edge_oracle = EdgeMessagePassing(self._psi_features)
         # built only when used: it sorts the E edges into a CSR layout
         self.sparse_propagate = (
@@ -297,7 +327,7 @@ class FlyvisGNN(FrameGNN):
             shift = 0.05 * (msg.detach().std() + 1e-6)
             diff = self.f(v, msg, inp) - self.f(v, msg + shift, inp)
             terms["f_theta_msg_diff"] = cfg["coeff_f_theta_msg_diff"] * torch.relu(diff / self.yscale).mean()
-        if cfg["coeff_f_theta_additivity"] > 0:
+        if cfg["coeff_f_theta_additivity"] > 0 and not isinstance(self.f_theta, SeparableUpdate):
             # On one frame of the batch (its frames are drawn at random): over every frame the four
             # passes of f doubled the step at extent 8; on one frame the step costs 1.1-1.3x and
             # connectivity_R2 stayed within 0.004 on 3 seeds (BENCHMARKS.md).

@@ -46,6 +46,14 @@ class MessageAggregation(StrEnum):
     edge = "edge"
 
 
+class UpdateForm(StrEnum):
+    """joint: f_theta(v, a, msg, I) is one MLP; separable: f_theta = leak(v, a) + drive(msg, I, a), two
+    MLPs, so f's slope in v is the same at every message (the line read-out's at msg = 0 included)."""
+
+    joint = "joint"
+    separable = "separable"
+
+
 class NodeForm(StrEnum):
     """mlp: MLP_node(c, a) free in both; affine: MLP_node(a) gives a slope and an offset in c."""
 
@@ -102,8 +110,9 @@ class FlyvisModel:
     embedding_dim: int = 2
     hidden_dim: int = 80  # g_phi
     n_layers: int = 3
-    hidden_dim_update: int = 80  # f_theta
+    hidden_dim_update: int = 80  # f_theta (each of its two MLPs when separable)
     n_layers_update: int = 3
+    update_form: UpdateForm = UpdateForm.joint
     activation: Activation = Activation.relu
     g_phi_positive: bool = True  # square g_phi (messages >= 0 before W)
     w_init_mode: WInitMode = WInitMode.randn_scaled
