@@ -385,6 +385,17 @@ def snapshot_paths(out: Path) -> list[Path]:
     return paths
 
 
+def last_snapshot(run: RecoveryRun, dm=None):
+    """``(path, dm, model)``: the last snapshot of a ``recovery --rec-snapshots`` run, loaded into the
+    run's model in eval mode, with the run's data (simulated again unless ``dm`` is given; the snapshot
+    is looked for first, so a missing one fails before any simulation)."""
+    path = snapshot_paths(run.out)[-1]
+    dm = dm if dm is not None else run.data()
+    model = run.model(dm)
+    model.load_state_dict(torch.load(path, map_location="cpu"))
+    return path, dm, model.eval()
+
+
 def bench_readout(run: RecoveryRun) -> None:
     """The read-outs of every snapshot that ``recovery --rec-snapshots`` saved with the same arguments
     (the data are simulated again, identically), with today's evaluation code."""
@@ -416,13 +427,10 @@ def bench_errors(run: RecoveryRun, top: int = 12) -> None:
     from hydra_llm.evaluation.flyvis import NeuronRange, corrected_weights, visible_edges
     from hydra_llm.evaluation.metrics import r2_slope
 
-    path = snapshot_paths(run.out)[-1]
-    dm = run.data()
+    path, dm, model = last_snapshot(run)
     obs, gt = dm.observations, dm.ground_truth
-    model = run.model(dm)
-    model.load_state_dict(torch.load(path, map_location="cpu"))
     span = NeuronRange.of(obs.activity[: obs.n_train_frames])
-    line = corrected_weights(model.eval(), obs, span)["line"]
+    line = corrected_weights(model, obs, span)["line"]
     src, tgt = obs.edge_index
     w, est, tau = gt["W"].double(), line["W_star"].double(), gt["tau"].double()
     types, names = gt["types"].long(), gt.meta["type_names"]
@@ -497,12 +505,9 @@ def bench_clusters(run: RecoveryRun, gmm_seeds: int = 5) -> None:
         gmm_cluster_accuracy,
     )
 
-    path = snapshot_paths(run.out)[-1]
-    dm = run.data()
+    path, dm, model = last_snapshot(run)
     obs, gt = dm.observations, dm.ground_truth
-    model = run.model(dm)
-    model.load_state_dict(torch.load(path, map_location="cpu"))
-    readouts = corrected_weights(model.eval(), obs, NeuronRange.of(obs.activity[: obs.n_train_frames]))
+    readouts = corrected_weights(model, obs, NeuronRange.of(obs.activity[: obs.n_train_frames]))
     embedding = model.a.detach()
 
     def features(readout: str, v_rest: str = "V_rest_hat") -> np.ndarray:
@@ -543,6 +548,8 @@ def bench_clusters(run: RecoveryRun, gmm_seeds: int = 5) -> None:
     )
     for readout in READOUTS:
         for v_rest in ("V_rest_hat", "V_rest_zero_drive_hat"):
+            if (readout, v_rest) == ("line", "V_rest_hat"):
+                continue  # the table's last learned cell
             other = accuracy([(features(readout, v_rest), n) for n in every])
             print(
                 f"[clusters] headline features from the {readout} read-out, V_rest from {v_rest}: {other:.3f}"
@@ -604,10 +611,8 @@ def bench_vrest(run: RecoveryRun, repeats: int) -> None:
         return
     from hydra_llm.evaluation.flyvis import NeuronRange, corrected_weights
 
-    path = snapshot_paths(run.out)[-1]
-    model = run.model(dm)
-    model.load_state_dict(torch.load(path, map_location="cpu"))
-    line = corrected_weights(model.eval(), obs, NeuronRange.of(obs.activity[:n]))["line"]
+    path, _, model = last_snapshot(run, dm)
+    line = corrected_weights(model, obs, NeuronRange.of(obs.activity[:n]))["line"]
     W_star, tau_hat, tau = line["W_star"].double(), line["tau_hat"].double(), gt["tau"].double()
     learned = mean_v + tau_hat * mean_dv - mean_input(obs.external_input, n) - drive(W_star)
     print(
