@@ -571,18 +571,21 @@ def bench_vrest(run: RecoveryRun, repeats: int) -> None:
     ``V_rest_i = mean_t(v_i + tau_i dv_i/dt - sum_j w_ij relu(v_j) - I_i)`` with the true tau and the
     true W (the record's ceiling), then with W plus independent per-edge noise scaled to a given
     connectivity R2 (median over ``repeats`` draws); and, where ``recovery --rec-snapshots`` saved
-    snapshots, with the last one's W* and tau. A diagnostic that reads the answer."""
+    snapshots, with the last one's W* and tau, and with the true w put on the edges from the most tonic
+    sources (or at random). A diagnostic that reads the answer."""
     from hydra_llm.evaluation.metrics import r2_slope
 
     dm = run.data()
     obs, gt = dm.observations, dm.ground_truth
     n = obs.n_train_frames
-    sums = torch.zeros(3, obs.n_neurons, dtype=torch.float64)  # v, relu(v), dv/dt
+    sums = torch.zeros(4, obs.n_neurons, dtype=torch.float64)  # v, relu(v), dv/dt, relu(v)^2
     for start in range(0, n, 1024):
         v = obs.activity[start : min(start + 1024, n)].double()
         dv = obs.derivative[start : min(start + 1024, n)].double()
-        sums += torch.stack([v.sum(0), v.clamp(min=0).sum(0), dv.sum(0)])
-    mean_v, relu_mean, mean_dv = sums / n
+        r = v.clamp(min=0)
+        sums += torch.stack([v.sum(0), r.sum(0), dv.sum(0), (r * r).sum(0)])
+    mean_v, relu_mean, mean_dv, relu_square = sums / n
+    relu_std = (relu_square - relu_mean**2).clamp(min=0).sqrt()
     base = mean_v + gt["tau"].double() * mean_dv - mean_input(obs.external_input, n)
     src, tgt = obs.edge_index
     V, W = gt["V_rest"].double(), gt["W"].double()
@@ -624,6 +627,36 @@ def bench_vrest(run: RecoveryRun, repeats: int) -> None:
         f"[vrest] the same with the true tau in W* and in the balance (oracle; connectivity_R2 "
         f"{r2_slope(W, rescaled)[0]:.3f}): V_rest_R2 = {r2_slope(V, base - drive(rescaled))[0]:.3f}"
     )
+    for side, ends in (("target's incoming", tgt), ("source's outgoing", src)):
+        scaled = rescaled * per_neuron_scale(rescaled, W, ends, obs.n_neurons)[ends]
+        print(
+            f"[vrest] the same, and each {side} W* scaled by its least-squares factor to the true w "
+            f"(oracle; connectivity_R2 {r2_slope(W, scaled)[0]:.3f}): "
+            f"V_rest_R2 = {r2_slope(V, base - drive(scaled))[0]:.3f}"
+        )
+    # A source that sits above 0 and barely moves sends a large mean drive, which V_rest must be told
+    # from, through a weight that its small fluctuations fix poorly.
+    tonic = (relu_mean / relu_std.clamp(min=1e-6))[src]
+    shuffled = torch.rand(tonic.shape, generator=generator, dtype=torch.float64)
+    print("[vrest] the balance with W* and tau learned, and the true w on a fraction of the edges (oracle):")
+    print("| edges given the true w | most tonic sources first (mean / std of relu(v_j)) | at random |")
+    print("|---|---|---|")
+    for fraction in (0.05, 0.1, 0.2, 0.4):
+        row = []
+        for order in (tonic, shuffled):
+            given = order.argsort(descending=True)[: int(fraction * len(order))]
+            mixed = W_star.clone()
+            mixed[given] = W[given]
+            row.append(r2_slope(V, learned + drive(W_star) - drive(mixed))[0])
+        print(f"| {fraction:.0%} | {row[0]:.3f} | {row[1]:.3f} |")
+
+
+def per_neuron_scale(learned: torch.Tensor, true: torch.Tensor, ends: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) the factor r_k that best maps the learned weights (E,) at each neuron k onto the true ones,
+    ``sum_e true_e learned_e / sum_e learned_e^2`` over the edges with ``ends[e] == k`` (1 where none)."""
+    num = torch.zeros(n, dtype=learned.dtype).index_add_(0, ends, true * learned)
+    den = torch.zeros(n, dtype=learned.dtype).index_add_(0, ends, learned * learned)
+    return torch.where(den > 0, num / den.clamp(min=1e-30), torch.ones_like(num))
 
 
 def _proc_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:

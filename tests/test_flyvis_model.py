@@ -92,7 +92,12 @@ def test_aggregation_is_the_sparse_sum():
     [
         ({"w_init_mode": "ones"}, {}, r"w_init_mode='ones': allowed values: \[zeros, randn, randn_scaled\]"),
         ({"aggregation": "dense"}, {}, "model.aggregation"),
-        ({"update_form": "additive"}, {}, r"update_form='additive': allowed values: \[joint, separable\]"),
+        (
+            {"update_form": "additive"},
+            {},
+            r"update_form='additive': allowed values: \[joint, separable, affine\]",
+        ),
+        ({}, {"coeff_g_phi_zero": -1.0}, "training.coeff_g_phi_zero"),
         ({}, {"coeff_W_L1": -1.0}, "training.coeff_W_L1"),
         ({}, {"learning_rate_W_start": 0.0}, "training.learning_rate_W_start"),
         ({}, {"alternate_vrest_ratio": 1.0}, "alternate_vrest_ratio"),
@@ -164,14 +169,15 @@ def test_the_additivity_penalty_brings_the_leak_at_msg_zero_to_that_of_the_recor
     assert float(FlyvisGNN.leak_mismatch(true_model, v, true_model.messages(v), inp)) < 1e-8
 
 
-def test_a_separable_update_leaks_the_same_at_every_message_and_trains(data):
-    """``update_form: separable`` makes f additive in v and the drive by construction: its rise over a
-    voltage step is the same at the recorded message and input as at msg = I = 0, where the joint MLP's
-    is not."""
+@pytest.mark.parametrize("additive", ["separable", "affine"])
+def test_a_separable_update_leaks_the_same_at_every_message_and_trains(data, additive):
+    """``update_form: separable`` (and ``affine``) makes f additive in v and the drive by construction:
+    its rise over a voltage step is the same at the recorded message and input as at msg = I = 0,
+    where the joint MLP's is not."""
     obs = data.observations
     v, inp = obs.activity[100:108], obs.external_input[100:108]
     mismatch = {}
-    for form in ("joint", "separable"):
+    for form in ("joint", additive):
         torch.manual_seed(0)
         model = FlyvisGNN(
             obs, training(max_steps_per_epoch=200), hidden_dim=16, hidden_dim_update=16, update_form=form
@@ -181,7 +187,7 @@ def test_a_separable_update_leaks_the_same_at_every_message_and_trains(data):
                 p.normal_(0.0, 0.5)
             mismatch[form] = float(model.leak_mismatch(v, model.messages(v), inp))
     assert mismatch["joint"] > 1e-2
-    assert mismatch["separable"] < 1e-8
+    assert mismatch[additive] < 1e-8
     assert {name.split(".")[0] for name, _ in model.f_theta.named_parameters()} == {"leak", "drive"}
     dv = obs.derivative[100:108]
     terms = model.one_step_losses(v, dv, inp)
@@ -189,6 +195,53 @@ def test_a_separable_update_leaks_the_same_at_every_message_and_trains(data):
     before = float(terms["prediction"])
     fit(data, model)
     assert float(model.one_step_losses(v, dv, inp)["prediction"]) < 0.5 * before
+
+
+def test_an_affine_drive_is_straight_in_the_message_and_the_input(data):
+    """``update_form: affine``: f(v, m, I) - f(v, 0, 0) = g m + k I per neuron, so f at msg = 0 (the line
+    read-out's) is the straight continuation of f over the recorded messages; a free drive MLP bends."""
+    obs = data.observations
+    v, inp = obs.activity[100:108].double(), obs.external_input[100:108].double()
+    bend = {}
+    for form in ("separable", "affine"):
+        torch.manual_seed(0)
+        model = FlyvisGNN(obs, training(), hidden_dim=16, hidden_dim_update=16, update_form=form).double()
+        with torch.no_grad():
+            for p in model.f_theta.parameters():
+                p.normal_(0.0, 0.5)
+            msg, zero = model.messages(v), torch.zeros_like(v)
+            msg, stim = 3 * msg / msg.abs().max(), 3 * inp / inp.abs().max()  # across the MLP's kinks
+            for m, i in ((msg, zero), (zero, stim), (msg, stim)):
+                rise = model.f(v, m, i) - model.f(v, zero, zero)
+                double = model.f(v, 2 * m, 2 * i) - model.f(v, zero, zero)
+                bend[form, m is msg, i is stim] = float(((double - 2 * rise).abs() / rise.abs().mean()).max())
+    assert max(v for k, v in bend.items() if k[0] == "affine") < 1e-9
+    assert bend["separable", True, False] > 1e-2
+    assert set(dict(model.f_theta.named_parameters())) >= {"drive.gains.net.0.weight"}
+
+
+def test_the_zero_penalty_pins_psi_at_zero_voltage(data):
+    """``coeff_g_phi_zero`` pulls psi(0, a_j) to 0 (msg = 0 is then zero synaptic drive); off by
+    default."""
+    obs = data.observations
+    assert TRAINING["coeff_g_phi_zero"] == 0
+    at_zero = {}
+    for coeff in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = FlyvisGNN(
+            obs,
+            training(coeff_g_phi_zero=coeff, max_steps_per_epoch=100),
+            hidden_dim=16,
+            hidden_dim_update=16,
+        )
+        with torch.no_grad():  # psi well above 0 at v = 0 to start from
+            model.g_phi.net[-1].bias.fill_(0.5)
+        terms = model.one_step_losses(obs.activity[:4], obs.derivative[:4], obs.external_input[:4])
+        assert ("g_phi_zero" in terms) == (coeff > 0)
+        fit(data, model)
+        with torch.no_grad():
+            at_zero[coeff] = float(model.psi(torch.zeros(1, obs.n_neurons)).abs().mean())
+    assert at_zero[10.0] < 0.2 * at_zero[0.0]
 
 
 def test_without_learn_autapses_self_loops_stay_at_zero_and_send_nothing(data):

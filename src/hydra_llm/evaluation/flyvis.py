@@ -30,7 +30,8 @@ s_i = 0.004 took ``connectivity_R2`` from 0.83 to 0.10). With the clipped tau_i,
 reports anyway, W* and V_rest stay bounded and read nothing from the answer.
 
 V_rest is f's offset where the synaptic drive is zero, and msg = 0 is that point only if psi(0) = 0.
-Nothing pins psi there (``g_phi_norm`` fixes its value at 2 xnorm only), so a learned
+Nothing pins psi there by default (``g_phi_norm`` fixes its value at 2 xnorm only;
+``coeff_g_phi_zero`` pulls psi(0) to 0 when set), so a learned
 ``psi ~ slope_g relu(v) + b_j`` moves ``m_i = sum_j W_ij b_j`` out of f's offset at msg = 0.
 ``V_rest_zero_drive`` reads f's offset at msg = m_i instead (line and local read-outs alike), from the
 learned W and psi only; ``V_rest_R2`` stays the original's.

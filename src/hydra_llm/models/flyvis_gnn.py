@@ -11,7 +11,10 @@
   per edge), the test oracle.
 * ``update_form: separable`` makes ``f_theta = leak(v_i, a_i) + drive(msg_i, I_i, a_i)``
   (:class:`SeparableUpdate`): the line read-out's slope at msg = 0 is then f's slope at every message,
-  and the additivity penalty, identically 0, is skipped.
+  and the additivity penalty, identically 0, is skipped. ``update_form: affine`` makes the drive
+  ``g(a_i) msg_i + k(a_i) I_i`` (:class:`AffineDrive`): msg = 0, where the line read-out takes f, lies a
+  median 2.7 std below a neuron's recorded messages at extent 8, and a free MLP's drive need not be
+  straight over that gap, while the simulator's is.
 * ``f_theta``'s output is multiplied by ``yscale`` (std of the recorded training derivative, an
   observable) so the MLP works at unit scale; voltages, messages and input enter unscaled.
 * ``a_i``: per-neuron embeddings (N, embedding_dim), initialised to ones; cell types are never given.
@@ -23,6 +26,7 @@ Loss per step on a batch of training frames (B frames x N neurons)::
     + anneal * coeff_{g_phi,f_theta}_weight_{L1,L2} * MLP weight norms
     + coeff_g_phi_diff    * mean relu(psi(v) - psi(v + d))   psi non-decreasing, d = 0.05 xnorm
     + coeff_g_phi_norm    * mean_j (psi(v*, a_j) - v*)^2      v* = 2 xnorm: fixes the W <-> psi gauge
+    + coeff_g_phi_zero    * mean_j psi(0, a_j)^2              fixes psi's offset <-> f's offset gauge
     + coeff_f_theta_msg_diff * mean relu(f(m) - f(m + d_m))  f non-decreasing in the message
     + coeff_f_theta_additivity * mean((D f(m, I) - D f(0, 0)) / (0.05 yscale))^2
                                  D f(m, I) = f(v + d, m, I) - f(v, m, I): f's leak is the same at the
@@ -85,23 +89,50 @@ def aggregate_source_messages(
     return torch.zeros_like(psi).index_add_(1, edge_index[1], contributions)
 
 
+class AffineDrive(nn.Module):
+    """``drive = g(a) msg + k(a) I``: one MLP of the embedding gives each neuron's two gains
+    (``model.update_form: affine``).
+
+    Args:
+        embedding_dim: size of the embedding a.
+        hidden_dim, n_layers, activation: the gains' MLP (:class:`~hydra_llm.models.mlp.MLP`).
+
+    Shapes:
+        input (..., embedding_dim + 2) ordered ``[a, msg, I]`` -> output (..., 1).
+    """
+
+    def __init__(self, embedding_dim: int, hidden_dim: int, n_layers: int, activation: str) -> None:
+        super().__init__()
+        self.gains = MLP(embedding_dim, 2, hidden_dim, n_layers, activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.gains(x[..., :-2]) * x[..., -2:]).sum(-1, keepdim=True)
+
+
 class SeparableUpdate(nn.Module):
-    """``f_theta = leak(v, a) + drive(msg, I, a)``: two MLPs, so the slope of f in v does not depend on
-    the message or the input (``model.update_form: separable``).
+    """``f_theta = leak(v, a) + drive(msg, I, a)``, so the slope of f in v does not depend on the
+    message or the input (``model.update_form: separable``, or ``affine`` with an :class:`AffineDrive`).
 
     Args:
         embedding_dim: size of the embedding a.
         hidden_dim, n_layers, activation: each MLP's (:class:`~hydra_llm.models.mlp.MLP`).
+        affine: the drive is linear in msg and I (:class:`AffineDrive`), else an MLP of (a, msg, I).
 
     Shapes:
         input (..., 3 + embedding_dim) ordered ``[v, a, msg, I]`` as the joint MLP's -> output (..., 1).
     """
 
-    def __init__(self, embedding_dim: int, hidden_dim: int, n_layers: int, activation: str) -> None:
+    def __init__(
+        self, embedding_dim: int, hidden_dim: int, n_layers: int, activation: str, affine: bool = False
+    ) -> None:
         super().__init__()
         self.embedding_dim = embedding_dim
         self.leak = MLP(1 + embedding_dim, 1, hidden_dim, n_layers, activation)
-        self.drive = MLP(2 + embedding_dim, 1, hidden_dim, n_layers, activation)
+        self.drive = (
+            AffineDrive(embedding_dim, hidden_dim, n_layers, activation)
+            if affine
+            else MLP(2 + embedding_dim, 1, hidden_dim, n_layers, activation)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leak_in = x[..., : 1 + self.embedding_dim]  # v, a
@@ -158,7 +189,9 @@ class FlyvisGNN(FrameGNN):
         self.g_phi = MLP(1 + emb, 1, arch.hidden_dim, arch.n_layers, arch.activation, out_init_std=0.1)
         update = (arch.hidden_dim_update, arch.n_layers_update, arch.activation)
         self.f_theta = (
-            SeparableUpdate(emb, *update) if arch.update_form == "separable" else MLP(3 + emb, 1, *update)
+            MLP(3 + emb, 1, *update)
+            if arch.update_form == "joint"
+            else SeparableUpdate(emb, *update, affine=arch.update_form == "affine")
         )
         self.edge_oracle = EdgeMessagePassing(self._psi_features)
         # built only when used: it sorts the E edges into a CSR layout
@@ -323,6 +356,9 @@ class FlyvisGNN(FrameGNN):
             terms["g_phi_norm"] = (
                 cfg["coeff_g_phi_norm"] * ((self.psi(anchor) - 2.0 * self.xnorm) ** 2).mean()
             )
+        if cfg["coeff_g_phi_zero"] > 0:
+            at_zero = self.psi(torch.zeros((1, self.n_neurons), device=v.device))
+            terms["g_phi_zero"] = cfg["coeff_g_phi_zero"] * (at_zero**2).mean()
         if cfg["coeff_f_theta_msg_diff"] > 0:
             shift = 0.05 * (msg.detach().std() + 1e-6)
             diff = self.f(v, msg, inp) - self.f(v, msg + shift, inp)

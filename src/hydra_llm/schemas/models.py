@@ -48,10 +48,13 @@ class MessageAggregation(StrEnum):
 
 class UpdateForm(StrEnum):
     """joint: f_theta(v, a, msg, I) is one MLP; separable: f_theta = leak(v, a) + drive(msg, I, a), two
-    MLPs, so f's slope in v is the same at every message (the line read-out's at msg = 0 included)."""
+    MLPs, so f's slope in v is the same at every message (the line read-out's at msg = 0 included);
+    affine: separable with ``drive = g(a) msg + k(a) I``, so f at msg = 0 is the straight continuation
+    of f over the recorded messages."""
 
     joint = "joint"
     separable = "separable"
+    affine = "affine"
 
 
 class NodeForm(StrEnum):

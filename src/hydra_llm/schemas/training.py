@@ -103,6 +103,9 @@ class FlyvisTraining:
     coeff_W_L2: float = 0.0  # x sum W^2 / n_neurons
     coeff_g_phi_diff: float = 750.0  # psi monotonicity
     coeff_g_phi_norm: float = 0.9  # psi(2 xnorm) = 2 xnorm
+    # psi(0) = 0, where the simulator's relu starts: msg = 0, where f_theta is read out, is then the
+    # point of zero synaptic drive (psi's offset is otherwise free and moves into f's); 0 = off
+    coeff_g_phi_zero: float = 0.0
     coeff_g_phi_weight_L1: float = 0.0
     coeff_g_phi_weight_L2: float = 0.0
     coeff_f_theta_weight_L1: float = 0.0
