@@ -578,15 +578,14 @@ def bench_vrest(run: RecoveryRun, repeats: int) -> None:
     dm = run.data()
     obs, gt = dm.observations, dm.ground_truth
     n = obs.n_train_frames
-    sums = torch.zeros(4, obs.n_neurons, dtype=torch.float64)  # v, relu(v), dv/dt, relu(v)^2
+    sums = torch.zeros(3, obs.n_neurons, dtype=torch.float64)  # v, relu(v), dv/dt
     for start in range(0, n, 1024):
         v = obs.activity[start : min(start + 1024, n)].double()
         dv = obs.derivative[start : min(start + 1024, n)].double()
-        r = v.clamp(min=0)
-        sums += torch.stack([v.sum(0), r.sum(0), dv.sum(0), (r * r).sum(0)])
-    mean_v, relu_mean, mean_dv, relu_square = sums / n
-    relu_std = (relu_square - relu_mean**2).clamp(min=0).sqrt()
-    base = mean_v + gt["tau"].double() * mean_dv - mean_input(obs.external_input, n)
+        sums += torch.stack([v.sum(0), v.clamp(min=0).sum(0), dv.sum(0)])
+    mean_v, relu_mean, mean_dv = sums / n
+    input_mean = mean_input(obs.external_input, n)
+    base = mean_v + gt["tau"].double() * mean_dv - input_mean
     src, tgt = obs.edge_index
     V, W = gt["V_rest"].double(), gt["W"].double()
 
@@ -615,9 +614,11 @@ def bench_vrest(run: RecoveryRun, repeats: int) -> None:
     from hydra_llm.evaluation.flyvis import NeuronRange, corrected_weights
 
     path, _, model = last_snapshot(run, dm)
-    line = corrected_weights(model, obs, NeuronRange.of(obs.activity[:n]))["line"]
+    span = NeuronRange.of(obs.activity[:n])
+    line = corrected_weights(model, obs, span)["line"]
     W_star, tau_hat, tau = line["W_star"].double(), line["tau_hat"].double(), gt["tau"].double()
-    learned = mean_v + tau_hat * mean_dv - mean_input(obs.external_input, n) - drive(W_star)
+    learned_base = mean_v + tau_hat * mean_dv - input_mean
+    learned = learned_base - drive(W_star)
     print(
         f"[vrest] the balance with {path}'s W* and tau (learned quantities only; connectivity_R2 "
         f"{r2_slope(W, W_star)[0]:.3f}): V_rest_R2 = {r2_slope(V, learned)[0]:.3f}"
@@ -636,7 +637,7 @@ def bench_vrest(run: RecoveryRun, repeats: int) -> None:
         )
     # A source that sits above 0 and barely moves sends a large mean drive, which V_rest must be told
     # from, through a weight that its small fluctuations fix poorly.
-    tonic = (relu_mean / relu_std.clamp(min=1e-6))[src]
+    tonic = (relu_mean / span.relu_std.double().clamp(min=1e-6))[src]
     shuffled = torch.rand(tonic.shape, generator=generator, dtype=torch.float64)
     print("[vrest] the balance with W* and tau learned, and the true w on a fraction of the edges (oracle):")
     print("| edges given the true w | most tonic sources first (mean / std of relu(v_j)) | at random |")
@@ -647,7 +648,7 @@ def bench_vrest(run: RecoveryRun, repeats: int) -> None:
             given = order.argsort(descending=True)[: int(fraction * len(order))]
             mixed = W_star.clone()
             mixed[given] = W[given]
-            row.append(r2_slope(V, learned + drive(W_star) - drive(mixed))[0])
+            row.append(r2_slope(V, learned_base - drive(mixed))[0])
         print(f"| {fraction:.0%} | {row[0]:.3f} | {row[1]:.3f} |")
 
 
