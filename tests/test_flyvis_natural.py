@@ -76,6 +76,34 @@ def test_a_grey_lead_before_every_clip_lets_the_neurons_relax(tmp_path):
     assert speed[lead_ends].max() < 1e-3 * np.median(speed[~still])  # 0.012 after a 0.1 s lead
 
 
+def clip_frames(movie: np.ndarray) -> list[np.ndarray]:
+    """The clips of a movie whose clips each follow a grey lead."""
+    starts, lengths = grey_runs(movie)
+    ends = [*starts[1:], len(movie)]
+    return [movie[a:b] for a, b in zip(starts + lengths, ends, strict=True) if b - a > 10]
+
+
+def test_the_illuminant_changes_from_clip_to_clip_and_keeps_the_weber_contrast():
+    columns = compile_connectome(load_spec(), 4).columns
+    natural_movie = partial(natural.natural_sequence, columns, 3000, 0.02, NATURAL_IMAGES, blank_s=(0.1, 0.1))
+    plain = natural_movie(np.random.default_rng(0))
+    assert np.array_equal(plain, natural_movie(np.random.default_rng(0), luminance=(0.5, 0.5)))
+    # one illuminant: every clip is the same view at half the light; the grey leads stay grey
+    dim = natural_movie(np.random.default_rng(0), luminance=(0.25, 0.25))
+    lead = (plain == GREY).all(axis=1)
+    assert np.array_equal(dim[~lead], plain[~lead] * 0.5) and np.all(dim[lead] == GREY)
+    lit = natural_movie(np.random.default_rng(0), luminance=(0.2, 0.8))
+    assert lit.shape == plain.shape and lit.dtype == np.float32 and lit.min() >= 0.0 and lit.max() <= 1.0
+    spread, weber = {}, {}
+    for name, movie in (("plain", plain), ("lit", lit)):
+        clips = clip_frames(movie)
+        assert len(clips) >= 20, name
+        spread[name] = np.std([c.mean() for c in clips])
+        weber[name] = np.median([c.std() / c.mean() for c in clips])
+    assert spread["lit"] > 1.5 * spread["plain"] and spread["lit"] > 0.15  # U(0.2, 0.8) has std 0.17
+    assert abs(weber["lit"] / weber["plain"] - 1.0) < 0.4  # 1.23 here: clip medians over other clips
+
+
 def test_mirrored_sampling_is_continuous_past_the_image_border():
     image = np.random.default_rng(0).random((20, 30)).astype(np.float32)
     rows, cols = np.full(5, 7.0), np.array([0.0, 29.0, 30.0, 58.0, -1.0])
@@ -107,6 +135,8 @@ def test_flyvis_natural_holds_out_images_and_keeps_synthetic_families_out_of_dis
         ({"natural_images": ["lena.png", "grass.png"]}, r"natural_images=.*unknown images \['lena.png'\]"),
         ({"natural_images": ["grass.png"]}, r"natural_images=\[.grass.png.\]: fewer than 2 images"),
         ({"contrast": 0.0}, "contrast=0.0: must be a finite float > 0"),
+        ({"luminance": [0.0, 0.5]}, r"luminance=\[0.0, 0.5\]: mean luminances must be in \(0, 1\]"),
+        ({"luminance": [0.7, 0.3]}, r"luminance=\[0.7, 0.3\]: must be \[low, high\] with low <= high"),
         ({"held_out_fraction": 1.0}, r"held_out_fraction=1.0: must be in \(0, 1\)"),
         ({"blank_s": [0.5, 0.2]}, r"blank_s=\[0.5, 0.2\]: must be \[low, high\] with low <= high"),
         ({"blank_s": [-0.1, 0.2]}, r"blank_s=\[-0.1, 0.2\]: grey durations must be >= 0 s"),

@@ -292,6 +292,9 @@ class StimulusOptions:
     natural_images: list[str] = field(default_factory=lambda: list(NATURAL_IMAGES))
     pixels_per_column: float = 8.0  # natural: image pixels between neighbouring columns
     contrast: float = 0.2  # natural: std of the normalised luminance (mean 0.5)
+    # natural: each clip's mean luminance, drawn uniformly from this range; the clip is the normalised
+    # image times mean / 0.5 (an illuminant: Weber contrast kept), clipped to [0, 1]. [0.5, 0.5]: none
+    luminance: list[float] = field(default_factory=lambda: [0.5, 0.5])
     davis_root: str | None = None
     rotations: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # quarter turns (augmented copies)
     flips: list[bool] = field(default_factory=lambda: [False, True])
@@ -310,6 +313,9 @@ class StimulusOptions:
         if not 0.0 < self.held_out_fraction < 1.0:
             fail(self, "held_out_fraction", self.held_out_fraction, "must be in (0, 1)")
         positive(self, "pixels_per_column", "contrast")
+        ordered_pair(self, "luminance")
+        if not 0.0 < self.luminance[0] <= self.luminance[1] <= 1.0:
+            fail(self, "luminance", self.luminance, "mean luminances must be in (0, 1]")
         unknown = [name for name in self.natural_images if name not in NATURAL_IMAGES]
         if unknown or len(self.natural_images) < 2:
             why = f"unknown images {unknown}" if unknown else "fewer than 2 images (the split is by image)"

@@ -178,6 +178,7 @@ class FlyvisDataModule(SimulationDataModule):
                 "blank_s": blank_s,
                 "pixels_per_column": cfg["pixels_per_column"],
                 "contrast": cfg["contrast"],
+                "luminance": tuple(cfg["luminance"]),
             }
             train = natural.natural_sequence(columns, n_train, dt, train_images, rng, **view)
             test = natural.natural_sequence(columns, n_test, dt, test_images, rng, **view)

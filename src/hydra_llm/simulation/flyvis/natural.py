@@ -14,6 +14,11 @@ Per image: RGB -> luminance (0.299, 0.587, 0.114); blurred by a Gaussian of sigm
 sampled bilinearly at every column centre, ``pixels_per_column`` pixels apart. The image is mirrored
 at its borders, so a drift may run past its edge. Train and held-out recordings use disjoint images
 (split by image, with the seed).
+
+``luminance`` changes the illuminant from clip to clip: a clip's samples are multiplied by m / 0.5, m
+drawn uniformly from the range, so its mean luminance is m and its Weber contrast (std / mean) is kept.
+The sustained cells of the lamina (L4 and others) sit at a level set by the mean luminance; under one
+illuminant they barely move. The default [0.5, 0.5] draws nothing, so older recordings are unchanged.
 """
 
 from __future__ import annotations
@@ -126,13 +131,20 @@ def natural_sequence(
     pixels_per_column: float = 8.0,
     contrast: float = 0.2,
     blank_s: tuple[float, float] = (0.0, 0.0),
+    luminance: tuple[float, float] = (0.5, 0.5),
 ) -> np.ndarray:
     """(n_frames, C) float32 in [0, 1]: clips of random images among ``images``, each after a grey lead
-    of ``blank_s`` seconds (:func:`~hydra_llm.simulation.flyvis.stimuli.grey_lead`), concatenated."""
+    of ``blank_s`` seconds (:func:`~hydra_llm.simulation.flyvis.stimuli.grey_lead`), concatenated; each
+    clip's mean luminance drawn from ``luminance`` (see the module docstring)."""
     names, pos = list(images), column_positions(columns)
+    low, high = (float(x) for x in luminance)
 
     def clip(n: int) -> np.ndarray:
         image = load_image(names[int(rng.integers(len(names)))], float(pixels_per_column), float(contrast))
-        return natural_clip(pos, image, n, dt, pixels_per_column, rng)
+        view = natural_clip(pos, image, n, dt, pixels_per_column, rng)
+        if low == high == 0.5:
+            return view
+        gain = (rng.uniform(low, high) if high > low else low) / 0.5
+        return np.clip(view * gain, 0.0, 1.0).astype(np.float32)
 
     return clip_sequence(len(pos), n_frames, dt, rng, clip, clip_s, blank_s)
