@@ -17,8 +17,9 @@ at its borders, so a drift may run past its edge. Train and held-out recordings 
 
 ``luminance`` changes the illuminant from clip to clip: a clip's samples are multiplied by m / 0.5, m
 drawn uniformly from the range, so its mean luminance is m and its Weber contrast (std / mean) is kept.
-The sustained cells of the lamina (L4 and others) sit at a level set by the mean luminance; under one
-illuminant they barely move. The default [0.5, 0.5] draws nothing, so older recordings are unchanged.
+Under one illuminant the tonic cells (R1-R6, Mi3, TmY9 and others: above 0 and barely moving) hold a
+level set by the mean luminance; a changing illuminant moves them more, so their outgoing weights are
+better fixed by the record. The default [0.5, 0.5] draws nothing, so older recordings are unchanged.
 """
 
 from __future__ import annotations
