@@ -123,6 +123,11 @@ def test_flyvis_natural_holds_out_images_and_keeps_synthetic_families_out_of_dis
     assert lum.shape == (300, len(photoreceptors)) and float(lum.std(0).mean()) > 0.05
     assert torch.isfinite(obs.activity).all() and float(obs.activity.std(0).max()) > 0.01
     assert "natural_files" in dm.cache_key_params()
+    # the illuminant reaches the photoreceptors: half the light halves their training and held-out input
+    half = datamodule(tmp_path, stimulus={**NATURAL, "luminance": [0.25, 0.25]}, n_frames=300)
+    half.setup()
+    assert half.cache_path(tmp_path) != dm.cache_path(tmp_path)
+    assert torch.equal(half.observations.external_input[:, photoreceptors], 0.5 * lum)
     other = datamodule(
         tmp_path, stimulus={**NATURAL, "natural_images": ["grass.png", "gravel.png"]}, n_frames=300
     )
