@@ -314,7 +314,7 @@ class StimulusOptions:
             fail(self, "held_out_fraction", self.held_out_fraction, "must be in (0, 1)")
         positive(self, "pixels_per_column", "contrast")
         ordered_pair(self, "luminance")
-        if not 0.0 < self.luminance[0] <= self.luminance[1] <= 1.0:
+        if not (self.luminance[0] > 0.0 and self.luminance[1] <= 1.0):
             fail(self, "luminance", self.luminance, "mean luminances must be in (0, 1]")
         unknown = [name for name in self.natural_images if name not in NATURAL_IMAGES]
         if unknown or len(self.natural_images) < 2:

@@ -16,10 +16,11 @@ at its borders, so a drift may run past its edge. Train and held-out recordings 
 (split by image, with the seed).
 
 ``luminance`` changes the illuminant from clip to clip: a clip's samples are multiplied by m / 0.5, m
-drawn uniformly from the range, so its mean luminance is m and its Weber contrast (std / mean) is kept.
-Under one illuminant the tonic cells (R1-R6, Mi3, TmY9 and others: above 0 and barely moving) hold a
-level set by the mean luminance; a changing illuminant moves them more, so their outgoing weights are
-better fixed by the record. The default [0.5, 0.5] draws nothing, so older recordings are unchanged.
+drawn uniformly from the range, so its mean luminance is about m and its Weber contrast (std / mean) is
+kept (up to the clipping to [0, 1]). Under one illuminant the tonic cells (R1-R6, Mi3, TmY9 and others:
+above 0 and barely moving) hold a level set by the mean luminance; [0.2, 0.8] moves them 20-30% more
+(BENCHMARKS.md, "A changing illuminant"). The default [0.5, 0.5] draws nothing, so older recordings
+are unchanged.
 """
 
 from __future__ import annotations
