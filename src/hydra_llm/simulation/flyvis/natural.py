@@ -147,6 +147,6 @@ def natural_sequence(
         if low == high == 0.5:
             return view
         gain = (rng.uniform(low, high) if high > low else low) / 0.5
-        return np.clip(view * gain, 0.0, 1.0).astype(np.float32)
+        return np.clip(view * gain, 0.0, 1.0).astype(np.float32, copy=False)
 
     return clip_sequence(len(pos), n_frames, dt, rng, clip, clip_s, blank_s)
