@@ -2,7 +2,14 @@
 
 import pytest
 
-from hydra_llm.explore.space import SearchSpaceError, format_value, parse_space, parse_value
+from hydra_llm.explore.space import (
+    SearchSpaceError,
+    coerce,
+    format_value,
+    parse_space,
+    parse_value,
+    to_override_strings,
+)
 
 PARAMS = {
     "training.lr": "tag(log, interval(1e-5, 1e-1))",
@@ -79,6 +86,24 @@ def test_bad_declarations_raise_before_work():
         parse_space({"a.b": "tag(log, interval(0, 1))"}, {})
 
 
-@pytest.mark.parametrize("value", [0.001, 1e-05, 3, True, False, None, "relu", "two words", "a,b", "it's"])
+@pytest.mark.parametrize(
+    "value",
+    [0.001, 1e-05, 3, True, False, None, "relu", "two words", "a,b", "it's", [0.2, 0.8], [1, "a b", None]],
+)
 def test_format_value_round_trips_through_hydra_grammar(value):
     assert parse_value("k", format_value(value)) == value
+
+
+def test_a_list_valued_choice_is_one_value_and_reaches_the_child_as_a_list():
+    """``simulation.stimulus.luminance: choice([0.5,0.5],[0.2,0.8])``: each choice is one list."""
+    key = "simulation.stimulus.luminance"
+    space = parse_space({}, {key: "choice([0.5,0.5],[0.2,0.8])"}, defaults={key: [0.5, 0.5]})
+    spec = space.spec(key)
+    assert spec.choices == ([0.5, 0.5], [0.2, 0.8])
+    for proposed in ([0.2, 0.8], "[0.2, 0.80]", "[0.2,0.8]"):  # an LLM sends the list as a string
+        assert space.validate({key: proposed}, allow_block=True) == []
+        assert coerce(spec, parse_value(key, proposed)) is spec.choices[1]
+    (error,) = space.validate({key: "[0.3,0.8]"}, allow_block=True)
+    assert error == f"{key}: [0.3, 0.8] is not allowed; allowed: one of [0.5,0.5], [0.2,0.8]"
+    assert space.validate({key: [0.2, 0.8, 0.5]}, allow_block=True)  # a longer list is another value
+    assert to_override_strings({key: spec.choices[1]}) == [f"{key}=[0.2,0.8]"]

@@ -70,3 +70,5 @@ def test_the_landscape_studies_explore_their_regime_space_and_the_flyvis_study_e
         assert regime_key in settings.params and (study_key is None or study_key in settings.params)
         assert settings.protocol is None and regime["protocol"] == f"instructions/{study}.md"
     assert {"simulation.stimulus.source", "simulation.n_frames"} <= set(settings.block_params)
+    space = parse_space(settings.params, settings.block_params)
+    assert space.spec("simulation.stimulus.luminance").choices == ([0.5, 0.5], [0.2, 0.8])

@@ -47,6 +47,9 @@ def test_train_py_sweep_tiny_signal(tmp_path):
         "hydra.sweeper.protocol=instructions/signal_landscape.md",
         '+hydra.sweeper.params={training.learning_rate_W_start:"tag(log,interval(1e-4,1e-2))",'
         'training.coeff_W_L1:"tag(log,interval(1e-6,1e-3))"}',
+        # a list-valued block choice (one gain per type), taken at the second block
+        "hydra.sweeper.n_iter_block=2",
+        '+hydra.sweeper.block_params={simulation.gain:"choice(10.0,[8.0,12.0,10.0,10.0])"}',
         "logger=none",
         "evaluation.make_plots=false",
     )
@@ -54,6 +57,11 @@ def test_train_py_sweep_tiny_signal(tmp_path):
     state = json.loads((sweep_dir / "exploration" / "state.json").read_text())
     nodes = state["nodes"]
     assert [n["id"] for n in nodes] == [1, 2, 3, 4] and [len(b) for b in state["batches"]] == [2, 2]
+    gains = [
+        yaml.safe_load((Path(n["output_dir"]) / ".hydra" / "config.yaml").read_text())["simulation"]["gain"]
+        for n in nodes
+    ]
+    assert gains == [10.0, 10.0, [8.0, 12.0, 10.0, 10.0], [8.0, 12.0, 10.0, 10.0]]
     assert all(n["status"] == "completed" for n in nodes), [n["error"] for n in nodes]
     assert all(
         0.0 <= n["metrics"]["connectivity_R2"] <= 1.0 or n["metrics"]["connectivity_R2"] < 0 for n in nodes

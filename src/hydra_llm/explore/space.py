@@ -199,6 +199,8 @@ def _same(a: Any, b: Any) -> bool:
         if x is None or y is None:
             return a == b
         return math.isclose(x, y, rel_tol=1e-12, abs_tol=0.0)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return str(a) == str(b)
 
 
@@ -215,7 +217,9 @@ def coerce(spec: ParamSpec, value: Any) -> Any:
 
 
 def format_value(value: Any) -> str:
-    """A Python value as a Hydra override value string."""
+    """A Python value as a Hydra override value string (a list as Hydra's ``[a,b]``)."""
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(format_value(item) for item in value) + "]"
     if value is None:
         return "null"
     if isinstance(value, bool):

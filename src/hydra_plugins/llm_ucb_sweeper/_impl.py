@@ -388,7 +388,8 @@ class LLMUCBSweeperImpl:
         Values were already checked against the search space, so a child whose override keys and
         block-level values were composed before cannot fail differently; composing costs ~0.3 s.
         """
-        shape = (tuple(sorted(child.overrides)), tuple(sorted(child.simulation.items(), key=str)))
+        simulation = tuple(sorted(to_override_strings(child.simulation)))  # hashable, lists included
+        shape = (tuple(sorted(child.overrides)), simulation)
         if shape in self._composed:
             return None
         try:

@@ -68,6 +68,8 @@ def fmt(value: Any) -> str:
     """A compact rendering of numbers (4 significant digits) and other values."""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(fmt(item) for item in value) + "]"
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
     return str(value)

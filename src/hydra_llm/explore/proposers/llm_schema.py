@@ -31,7 +31,10 @@ class _Strict(BaseModel):
 
 class OverrideItem(_Strict):
     key: str = Field(description="Config key exactly as listed in the search space, e.g. training.coeff_W_L1")
-    value: Value = Field(description="One plain value inside the allowed range (never a sweep or a list)")
+    value: Value = Field(
+        description="One allowed value as the search space writes it (a list choice as a string, e.g. "
+        '"[0.2,0.8]"); never a sweep'
+    )
 
 
 class SlotReading(_Strict):
