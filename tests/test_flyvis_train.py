@@ -80,3 +80,28 @@ def test_davis_without_folder_fails_with_a_clear_message(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="JPEGImages/480p.*flyvis_synthetic") as info:
         run(cfg)
     assert isinstance(info.value, FileNotFoundError) or isinstance(info.value.__cause__, FileNotFoundError)
+
+
+def test_the_recovery_experiment_bundles_the_measured_settings_and_runs_end_to_end(tmp_path):
+    """``experiment=flyvis_recovery``: the settings of BENCHMARKS.md's best flyvis runs (extent 8, natural
+    images under a per-clip illuminant, noise 0.05, affine f with psi(0) = 0, 24,000 steps of batch 4);
+    the same experiment on the tiny connectome trains with that model and training."""
+    import torch
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=flyvis_recovery", "logger=none"])
+    sim = cfg.simulation
+    assert (sim.connectome.extent, sim.n_frames, sim.noise_model_level) == (8, 64_000, 0.05)
+    assert sim.parameters.mode == "trained" and sim.stimulus.source == "natural"
+    assert list(sim.stimulus.luminance) == [0.2, 0.8]
+    assert cfg.model._target_.endswith("FlyvisGNN") and cfg.model.update_form == "affine"
+    assert (cfg.training.coeff_g_phi_zero, cfg.training.max_steps_per_epoch) == (1.0, 24_000)
+    assert cfg.training.batch_size == 4 and cfg.trainer.accelerator == "cpu"
+
+    tiny = [o for o in FLYVIS_TINY if not o.startswith("simulation=")]
+    metrics = run(compose_flyvis(tmp_path, "experiment=flyvis_recovery", *tiny))
+    assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("connectivity_R2", "tau_R2", "V_rest_R2"))
+    (checkpoint,) = (tmp_path / "job" / "checkpoints").glob("*.ckpt")
+    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert hparams["update_form"] == "affine" and hparams["training"]["coeff_g_phi_zero"] == 1.0
+    assert hparams["training"]["max_steps_per_epoch"] == 30  # the tiny cap wins over the experiment's
