@@ -267,6 +267,28 @@ def test_datamodule_cache_is_reused_and_keyed_by_seed(tmp_path):
     assert not torch.equal(first.observations.activity, other.observations.activity)
 
 
+def test_the_cache_key_holds_the_stimulus_keys_its_source_reads(tmp_path):
+    """A key the source ignores (the illuminant under synthetic stimuli) shares the cached record; a
+    key it reads (the families) makes another; every stimulus key is read by some source."""
+    from hydra_llm.schemas.simulation import StimulusOptions, StimulusSource
+    from hydra_llm.simulation.flyvis.datamodule import SOURCE_KEYS, STIMULUS_KEYS
+
+    stimulus = {"source": "synthetic", "families": FAMS, "ood_families": ["pink_noise"]}
+    first = datamodule(tmp_path)
+    first.setup()
+    lit = datamodule(tmp_path, stimulus={**stimulus, "luminance": [0.2, 0.8], "crop": 0.5})
+    assert lit.cache_path(tmp_path) == first.cache_path(tmp_path)
+    lit.setup()
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    assert torch.equal(lit.observations.activity, first.observations.activity)
+    fewer = datamodule(tmp_path, stimulus={**stimulus, "families": FAMS[:3]})
+    assert fewer.cache_path(tmp_path) != first.cache_path(tmp_path)
+    assert first.stimulus_read() == {**stimulus, "clip_s": [0.5, 2.0], "blank_s": [0.0, 0.0]}
+    read = set(STIMULUS_KEYS).union(*SOURCE_KEYS.values())
+    assert read == {f.name for f in dataclasses.fields(StimulusOptions)}
+    assert set(SOURCE_KEYS) == {source.value for source in StimulusSource}
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

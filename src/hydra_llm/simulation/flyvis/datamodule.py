@@ -50,6 +50,24 @@ from hydra_llm.simulation.recording import add_measurement_noise, smooth_and_dif
 
 log = logging.getLogger(__name__)
 
+# The ``simulation.stimulus`` keys that each source reads (the others are ignored under it): the
+# recordings are made from these alone, so the cache key holds these alone.
+STIMULUS_KEYS = ("source", "clip_s", "blank_s", "ood_families")
+SOURCE_KEYS = {
+    "synthetic": ("families",),
+    "natural": ("natural_images", "held_out_fraction", "pixels_per_column", "contrast", "luminance"),
+    "davis": (
+        "davis_root",
+        "held_out_fraction",
+        "rotations",
+        "flips",
+        "max_clip_frames",
+        "fps",
+        "kernel_px",
+        "crop",
+    ),
+}
+
 
 class FlyvisDataModule(SimulationDataModule):
     """The flyvis regime. Sizes: N neurons (13,741 at extent 8), E edges, C columns, T frames."""
@@ -105,10 +123,12 @@ class FlyvisDataModule(SimulationDataModule):
     def cache_key_params(self) -> dict[str, Any]:
         params = {
             "regime": "flyvis",
-            "version": 4,  # 2: noise in std units; 3: checkpoints by name; 4: input as a column movie
+            # 2: noise in std units; 3: checkpoints by name; 4: input as a column movie; 5: the stimulus
+            # keys its source reads
+            "version": 5,
             "connectome": self.connectome_cfg,
             "parameters": self.parameters_cfg,
-            "stimulus": self.stimulus_cfg,
+            "stimulus": self.stimulus_read(),
             "n_frames": self.n_frames,
             "test_fraction": self.test_fraction,
             "n_ood_frames": self.n_ood_frames,
@@ -137,6 +157,11 @@ class FlyvisDataModule(SimulationDataModule):
             params["davis_split"] = [f.read_text() for f in split if f.is_file()]
         return params
 
+    def stimulus_read(self) -> dict[str, Any]:
+        """The ``simulation.stimulus`` keys that its source reads (:data:`SOURCE_KEYS`)."""
+        cfg = self.stimulus_cfg
+        return {key: cfg[key] for key in (*STIMULUS_KEYS, *SOURCE_KEYS[cfg["source"]])}
+
     # ------------------------------------------------------------------ generation
     def build_connectome(self) -> Connectome:
         cfg = self.connectome_cfg
@@ -159,7 +184,7 @@ class FlyvisDataModule(SimulationDataModule):
         self, connectome: Connectome, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Column movies (T, C) for the training, held-out and out-of-distribution recordings."""
-        cfg, columns, dt = self.stimulus_cfg, connectome.columns, self.delta_t
+        cfg, columns, dt = self.stimulus_read(), connectome.columns, self.delta_t
         n_test = max(2, int(round(self.test_fraction * self.n_frames)))
         n_train = self.n_frames - n_test
         clip_s, blank_s = tuple(cfg["clip_s"]), tuple(cfg["blank_s"])
