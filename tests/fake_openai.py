@@ -309,7 +309,8 @@ def prompt_facts(req: RecordedRequest) -> PromptFacts:
     runs = _RUNS_RE.search(text)
     space = text.split("## Search space", 1)[-1]
     within, _, block_part = space.partition("Block-level (simulation) keys")
-    choices = {k: [c.strip() for c in v.split(",")] for k, v in _CHOICE_RE.findall(block_part)}
+    # choices are listed as ", "-separated override values; a list's items are joined by "," alone
+    choices = {k: v.split(", ") for k, v in _CHOICE_RE.findall(block_part)}
     return PromptFacts(
         last_batch=[int(n) for _, n, _, _ in slots],
         completed=sorted(
@@ -358,7 +359,7 @@ def valid_reply(facts: PromptFacts, number: int = 0) -> dict[str, Any]:
         "block_end": None,
     }
     if facts.block_end:
-        next_sim = [{"key": k, "value": v[-1]} for k, v in list(facts.block_choices.items())[:1]]
+        next_sim = [{"key": k, "value": v[-1]} for k, v in facts.block_choices.items()]
         rules = [{"rule": "scripted rule -> keep lr near 1e-3", "evidence": facts.completed[-3:]}]
         reply["block_end"] = {
             "summary": f"scripted block summary {number}",

@@ -300,3 +300,21 @@ def test_block_end_rules_cite_the_finished_block_within_the_configured_limits(tm
     log = (sweep_dir / "exploration" / "sweep.log").read_text()
     assert "a second rule" in log and "limited to 1 rules" in log
     assert "a weak rule" in log and "at least 4 distinct completed nodes" in log
+
+
+def test_a_list_valued_block_choice_reaches_the_next_block_from_the_llms_reply(tmp_path):
+    """The prompt lists a list choice as its override value ``[3,4,5]``; the fake model sends that text
+    back as the next simulation, and the children of block 2 compose with the declared list."""
+    sweep_dir = tmp_path / "sweep"
+    with FakeOpenAIServer(default=SweepResponder()) as server:
+        run_sweep(server, sweep_dir, '+hydra.sweeper.block_params={simulation.span:"choice([1,2],[3,4,5])"}')
+    block_end = next(r for r in server.requests if prompt_facts(r).block_end)
+    assert "- simulation.span: one of [1,2], [3,4,5]" in block_end.text()
+    assert prompt_facts(block_end).block_choices["simulation.span"] == ["[1,2]", "[3,4,5]"]
+    children = child_overrides(sweep_dir)
+    assert sorted(children) == list(range(8))
+    for job, overrides in children.items():
+        composed = yaml.safe_load((sweep_dir / str(job) / ".hydra" / "config.yaml").read_text())
+        span = [3, 4, 5] if job >= 4 else [1, 2]
+        assert composed["simulation"]["span"] == span, job
+        assert overrides.get("simulation.span") == ("[3,4,5]" if job >= 4 else None), job

@@ -20,6 +20,7 @@ from typing import Any
 
 from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec
 from hydra_llm.explore.protocol import RulesPolicy
+from hydra_llm.explore.space import format_value
 from hydra_llm.explore.tree import Node, UCBScore
 
 BLOCK_END_MARKER = ">>> BLOCK END <<<"
@@ -142,8 +143,9 @@ def read_trajectory(output_dir: str, metric: str = "") -> str | None:
 
 
 def describe_spec(spec: ParamSpec) -> str:
+    """One line of the search space: a choice's values exactly as a proposal must send them."""
     if spec.kind == "choice":
-        allowed = "one of " + ", ".join(fmt(c) for c in spec.choices)
+        allowed = "one of " + ", ".join(format_value(c) for c in spec.choices)
     else:
         allowed = f"{spec.kind} in [{fmt(spec.low)}, {fmt(spec.high)}]" + (" log scale" if spec.log else "")
     default = "" if spec.default is None else f" (root value {fmt(spec.default)})"
