@@ -107,3 +107,17 @@ def test_a_list_valued_choice_is_one_value_and_reaches_the_child_as_a_list():
     assert error == f"{key}: [0.3, 0.8] is not allowed; allowed: one of [0.5,0.5], [0.2,0.8]"
     assert space.validate({key: [0.2, 0.8, 0.5]}, allow_block=True)  # a longer list is another value
     assert to_override_strings({key: spec.choices[1]}) == [f"{key}=[0.2,0.8]"]
+
+
+def test_the_prompt_lists_each_choice_as_the_exact_value_a_proposal_must_send():
+    """A choice with more digits than the prompt's display form (4 significant) is listed in full, so
+    that the text an LLM copies from the prompt is accepted."""
+    from hydra_llm.explore.proposers.llm_prompt import describe_spec, fmt
+
+    key = "training.coeff_g_phi_zero"
+    space = parse_space({key: "choice(0.12345, 1.0, 'two words')"}, {})
+    line = describe_spec(space.spec(key))
+    assert line == f"- {key}: one of 0.12345, 1.0, 'two words'"
+    assert fmt(0.12345) == "0.1235" and space.validate({key: "0.1235"}, False)  # the display form is refused
+    for listed in line.split("one of ", 1)[1].split(", "):
+        assert space.validate({key: parse_value(key, listed)}, False) == [], listed
