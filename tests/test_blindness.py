@@ -56,25 +56,27 @@ PHASE2 = [
     "training.data_augmentation_loop=2",
     "training.homeostasis_time_step=4",
 ]
+FLYVIS = [
+    "simulation=flyvis_synthetic",
+    "simulation.connectome.source=file",
+    f"simulation.connectome.path={FLYVIS_TINY}",
+    "simulation.connectome.extent=1",
+    "simulation.parameters.mode=random_trained_like",
+    "simulation.n_frames=120",
+    "simulation.n_ood_frames=20",
+    "training.max_steps_per_epoch=8",
+    "evaluation.callbacks.0.every_n_steps=4",
+]
 PATHS = {
     "signal": (SignalDataModule, SIGNAL),
     "signal_known_graph": (
         SignalDataModule,
         [*SIGNAL, "simulation.structure_known=true", "model.w_layout=edges"],
     ),
-    "flyvis": (
+    "flyvis": (FlyvisDataModule, FLYVIS),
+    "flyvis_embedding_snap": (
         FlyvisDataModule,
-        [
-            "simulation=flyvis_synthetic",
-            "simulation.connectome.source=file",
-            f"simulation.connectome.path={FLYVIS_TINY}",
-            "simulation.connectome.extent=1",
-            "simulation.parameters.mode=random_trained_like",
-            "simulation.n_frames=120",
-            "simulation.n_ood_frames=20",
-            "training.max_steps_per_epoch=8",
-            "evaluation.callbacks.0.every_n_steps=4",
-        ],
+        [*FLYVIS, "training.embedding_snap_at=[0.5]", "training.embedding_snap_components=3"],
     ),
     "metabolism_phase1": (
         MetabolismDataModule,

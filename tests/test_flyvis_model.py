@@ -7,6 +7,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from hydra_llm.evaluation.flyvis import (
     recorded_state_fit,
 )
 from hydra_llm.evaluation.metrics import r2_slope
+from hydra_llm.models.embedding_snap import EmbeddingSnap, cluster_medians
 from hydra_llm.models.flyvis_gnn import FlyvisGNN, aggregate_source_messages
 from hydra_llm.models.lr_schedule import lr_factor
 from hydra_llm.schemas.training import FlyvisTraining
@@ -103,6 +105,8 @@ def test_aggregation_is_the_sparse_sum():
         ({}, {"alternate_vrest_ratio": 1.0}, "alternate_vrest_ratio"),
         ({}, {"lr_final_ratio": 1.5}, r"training.lr_final_ratio=1.5: must be in \[0, 1\]"),
         ({}, {"lr_schedule": "step"}, "training.lr_schedule"),
+        ({}, {"embedding_snap_at": [0.5, 1.5]}, r"training.embedding_snap_at=\[0.5, 1.5\]: fractions"),
+        ({}, {"embedding_snap_components": 0}, "training.embedding_snap_components=0"),
     ],
 )
 def test_bad_options_name_the_key(data, model_kw, train_kw, message):
@@ -289,6 +293,44 @@ def test_annealing_is_active_from_the_first_step(data):
     }
     assert penalties <= set(terms)
     assert terms["W_L2"] > 0  # not gated by W_L1
+
+
+class EmbeddingProbe(pl.Callback):
+    """The embeddings by global step at the end of a batch (before the module's own callbacks, which
+    Lightning appends after the Trainer's) and at the start of the next."""
+
+    def __init__(self) -> None:
+        self.ends: dict[int, torch.Tensor] = {}
+        self.starts: dict[int, torch.Tensor] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.ends[trainer.global_step] = pl_module.a.detach().clone()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.starts[trainer.global_step] = pl_module.a.detach().clone()
+
+
+def test_embedding_snap_sets_each_embedding_to_its_cluster_median_then_training_moves_them(data):
+    options = training(max_steps_per_epoch=20, embedding_snap_at=[0.5], embedding_snap_components=3)
+    model = FlyvisGNN(data.observations, options)
+    probe = EmbeddingProbe()
+    fit(data, model, [probe])
+    (snap,) = [c for c in model.trainer.callbacks if isinstance(c, EmbeddingSnap)]
+    assert snap.snaps == [(10, 3)]
+    learned, snapped = probe.ends[10], probe.starts[10]
+    assert len(torch.unique(learned, dim=0)) > 20
+    rows, labels = torch.unique(snapped, dim=0, return_inverse=True)
+    assert len(rows) == 3
+    assert torch.equal(snapped, cluster_medians(learned, labels.numpy()))
+    assert len(torch.unique(probe.ends[20], dim=0)) > 20  # training moves them apart again
+    assert FlyvisGNN(data.observations, training()).configure_callbacks() == []  # off by default
+
+
+def test_cluster_medians_are_per_cluster_and_per_dimension():
+    embedding = torch.tensor([[0.0, 5.0], [1.0, 4.0], [2.0, 9.0], [10.0, 0.0], [20.0, 1.0]])
+    snapped = cluster_medians(embedding, np.array([0, 0, 0, 7, 7]))
+    assert torch.equal(snapped[:3], torch.tensor([[1.0, 5.0]] * 3))
+    assert torch.equal(snapped[3:], torch.tensor([[10.0, 0.0]] * 2))  # torch's median: the lower middle
 
 
 def test_the_weight_penalties_are_per_neuron(data):

@@ -295,14 +295,19 @@ def cluster_features(
     return torch.cat(cols, dim=1).numpy()
 
 
-def gmm_cluster_accuracy(features: np.ndarray, types: np.ndarray, n_components: int, seed: int) -> float:
-    """GMM (full covariance) on standardised features, matched to the types by the Hungarian method."""
+def gmm_labels(features: np.ndarray, n_components: int, seed: int) -> np.ndarray:
+    """(N,) cluster labels of a GMM (full covariance, ``n_components`` capped at N) on the standardised
+    ``features`` (N, F)."""
     from sklearn.mixture import GaussianMixture
 
     x = (features - features.mean(0)) / np.where(features.std(0) > 0, features.std(0), 1.0)
     k = max(1, min(int(n_components), len(x)))
-    labels = GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-4).fit_predict(x)
-    return cluster_accuracy(types, labels)
+    return GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-4).fit_predict(x)
+
+
+def gmm_cluster_accuracy(features: np.ndarray, types: np.ndarray, n_components: int, seed: int) -> float:
+    """:func:`gmm_labels` matched to the types by the Hungarian method."""
+    return cluster_accuracy(types, gmm_labels(features, n_components, seed))
 
 
 def fluctuation_r2(true: torch.Tensor, pred: torch.Tensor) -> float:

@@ -60,6 +60,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hydra_llm.models.embedding_snap import EmbeddingSnap
 from hydra_llm.models.frame_gnn import FrameGNN
 from hydra_llm.models.layers import EdgeMessagePassing, SparsePropagate
 from hydra_llm.models.lr_schedule import lr_factor
@@ -430,6 +431,13 @@ class FlyvisGNN(FrameGNN):
         if self.training_cfg["recurrent_training"]:
             return self.rollout_losses(batch["frame"].to(self.device))
         return self.one_step_losses(batch["activity"], batch["derivative"], batch["external_input"])
+
+    def configure_callbacks(self) -> list:
+        """An :class:`~hydra_llm.models.embedding_snap.EmbeddingSnap` if ``training.embedding_snap_at``."""
+        cfg = self.training_cfg
+        if not cfg["embedding_snap_at"]:
+            return []
+        return [EmbeddingSnap(cfg["embedding_snap_at"], cfg["embedding_snap_components"], cfg["seed"])]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam with four named groups (W, g_phi, f_theta, embedding); phases rewrite their rates."""

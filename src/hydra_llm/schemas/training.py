@@ -135,13 +135,26 @@ class FlyvisTraining:
     recurrent_training: bool = False
     time_step: int = 1
     noise_recurrent_level: float = 0.0
+    # set each embedding to its cluster's median at these fractions of all steps (a GMM on learned
+    # features: hydra_llm.models.embedding_snap); [] = off
+    embedding_snap_at: list[float] = field(default_factory=list)
+    embedding_snap_components: int = 100
 
     def __post_init__(self) -> None:
         positive(self, "learning_rate_W_start", "learning_rate_start", "learning_rate_embedding_start")
         positive(self, "data_augmentation_loop")
         non_negative(self, *prefixed(self, "coeff_"), "regul_annealing_rate", "noise_recurrent_level")
-        at_least_one(self, "batch_size", "n_epochs", "n_alternations", "time_step")
+        at_least_one(
+            self, "batch_size", "n_epochs", "n_alternations", "time_step", "embedding_snap_components"
+        )
         check_lr_schedule(self)
+        if not all(0.0 < float(x) <= 1.0 for x in self.embedding_snap_at):
+            fail(
+                self,
+                "embedding_snap_at",
+                list(self.embedding_snap_at),
+                "fractions of the steps, each in (0, 1]",
+            )
         if not 0.0 < self.alternate_vrest_ratio < 1.0:
             fail(self, "alternate_vrest_ratio", self.alternate_vrest_ratio, "must be in (0, 1)")
 
