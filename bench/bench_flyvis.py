@@ -320,6 +320,7 @@ def bench_recovery(
     """Simulate, train and evaluate; ``init``: start from a snapshot's state dict (a continuation; the
     optimiser's state and the regulariser annealing start afresh)."""
     from hydra_llm.evaluation.flyvis import ConnectivityR2Log, evaluate
+    from hydra_llm.models.embedding_snap import EmbeddingSnap
 
     if init is not None and not init.is_file():
         raise SystemExit(f"--rec-init={init}: no such snapshot (a step_*.pt that --rec-snapshots saved)")
@@ -358,6 +359,8 @@ def bench_recovery(
     for group, options in (("training", run.overrides), ("model", run.architecture)):
         if options:
             print(f"[recovery] {group} overrides: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+    for snap in (c for c in trainer.callbacks if isinstance(c, EmbeddingSnap)):
+        print("[recovery] embedding snaps (step, clusters): " + ", ".join(map(str, snap.snaps)))
     for key in RECOVERY_METRICS:
         print(f"[recovery] {key} = {metrics[key]:.4f}")
     if reference:
