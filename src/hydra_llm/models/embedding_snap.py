@@ -1,8 +1,9 @@
 """Snap each neuron's embedding to its cluster's median during training (``training.embedding_snap_at``).
 
 The original's training step of the same aim: neurons of one cell type share their dynamics, so at set
-points of training it clusters the learned neurons and replaces each embedding a_i by its cluster's
-median; training then goes on, with the embeddings free again. Here the clusters are the evaluation's
+points of training it clusters the learned neurons, replaces each embedding a_i by its cluster's median
+and fits f to the cluster-median function for a while. Here training simply goes on, with the
+embeddings free again. The clusters are the evaluation's
 GMM on learned quantities only (:func:`hydra_llm.evaluation.flyvis.cluster_features` of the headline
 read-out: a_i, tau_i, V_rest_i and the statistics of the corrected W into and out of neuron i); the
 number of components is a setting, never the number of true types.
@@ -50,11 +51,11 @@ class EmbeddingSnap(pl.Callback):
         self.snaps: list[tuple[int, int]] = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
-        total = int(pl_module.steps_per_epoch) * int(trainer.max_epochs or 1)
-        self.steps = {max(1, round(fraction * total)) for fraction in self.at}
+        self.steps = {max(1, round(fraction * pl_module.total_steps)) for fraction in self.at}
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step in self.steps and trainer.global_step not in dict(self.snaps):
+        # once a step: with gradient accumulation several batches end at one global step
+        if trainer.global_step in self.steps - {step for step, _ in self.snaps}:
             self.snap(pl_module, trainer.global_step)
 
     @torch.no_grad()

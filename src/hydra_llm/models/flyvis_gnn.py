@@ -271,6 +271,11 @@ class FlyvisGNN(FrameGNN):
         return min(steps, int(cap)) if cap else steps
 
     @property
+    def total_steps(self) -> int:
+        """Optimiser steps over all epochs."""
+        return self.steps_per_epoch * int(self.training_cfg["n_epochs"])
+
+    @property
     def frame_window(self) -> int:
         """Frames needed after a sampled start (1 + time_step for rollout training)."""
         return int(self.training_cfg["time_step"]) + 1 if self.training_cfg["recurrent_training"] else 1
@@ -418,8 +423,7 @@ class FlyvisGNN(FrameGNN):
     def lr_multiplier(self) -> float:
         """The ``lr_schedule`` multiplier at this optimiser step, over all epochs' steps."""
         cfg = self.training_cfg
-        total = self.steps_per_epoch * int(cfg["n_epochs"])
-        return lr_factor(str(cfg["lr_schedule"]), self.global_step, total, cfg)
+        return lr_factor(str(cfg["lr_schedule"]), self.global_step, self.total_steps, cfg)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.phase = self.phase_at(batch_idx)
