@@ -3,10 +3,10 @@
 The original's training step of the same aim: neurons of one cell type share their dynamics, so at set
 points of training it clusters the learned neurons, replaces each embedding a_i by its cluster's median
 and fits f to the cluster-median function for a while. Here training simply goes on, with the
-embeddings free again. The clusters are the evaluation's
-GMM on learned quantities only (:func:`hydra_llm.evaluation.flyvis.cluster_features` of the headline
-read-out: a_i, tau_i, V_rest_i and the statistics of the corrected W into and out of neuron i); the
-number of components is a setting, never the number of true types.
+embeddings free again. The clusters are the evaluation's GMM on learned quantities only
+(:func:`hydra_llm.evaluation.flyvis.cluster_features` of the headline read-out: a_i, tau_i, V_rest_i
+and the statistics of the corrected W into and out of neuron i); the number of components is a
+setting, never the number of true types.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class EmbeddingSnap(pl.Callback):
     """
 
     def __init__(self, at: Sequence[float], n_components: int, seed: int) -> None:
-        self.at, self.n_components, self.seed = sorted(float(x) for x in at), int(n_components), int(seed)
+        self.at, self.n_components, self.seed = tuple(float(x) for x in at), int(n_components), int(seed)
         self.steps: set[int] = set()
         self.snaps: list[tuple[int, int]] = []
 
