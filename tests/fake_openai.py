@@ -72,7 +72,7 @@ class RecordedRequest:
         if self.body.get("tool_choice"):
             return "tool"
         fmt = self.body.get("response_format") or {}
-        return fmt.get("type", "text") if fmt.get("type") != "text" else "text"
+        return fmt.get("type", "text")
 
     def text(self) -> str:
         """All text parts of all messages, joined (for assertions on the prompt)."""
