@@ -123,8 +123,9 @@ class FlyvisTraining:
     lr_final_ratio: float = 0.05
     lr_restart_fraction: float = 0.25
     # alternate training: W phase / V_rest phase cycles inside each epoch. At extent 8, noise 0.05,
-    # neither a V_rest phase after 12,000 steps (2 seeds) nor two stages from the start (3 seeds) took
-    # V_rest_R2 above 0.23 (BENCHMARKS.md, "The original's V_rest phase at noise 0.05")
+    # neither a V_rest phase after 12,000 steps (2 seeds) nor two stages from the start (4 seeds) took
+    # V_rest_R2 above 0.23 (BENCHMARKS.md, "The original's V_rest phase at noise 0.05" and "Two
+    # stages from the start")
     alternate_training: bool = False
     n_alternations: int = 4
     alternate_vrest_ratio: float = 0.5
