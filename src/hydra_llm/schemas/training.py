@@ -124,9 +124,9 @@ class FlyvisTraining:
     lr_restart_fraction: float = 0.25
     # alternate training: W phase / V_rest phase cycles inside each epoch. At extent 8, noise 0.05,
     # neither a V_rest phase after 12,000 steps (2 seeds) nor two stages from the start (4 seeds) took
-    # V_rest_R2 above 0.23; at noise 0.5 two stages lifted connectivity_R2 from 0.959 to 0.9705 on one
-    # seed (BENCHMARKS.md, "The original's V_rest phase at noise 0.05", "Two stages from the start"
-    # and "Two stages at noise 0.5")
+    # V_rest_R2 above 0.23; at noise 0.5 two stages lifted connectivity_R2 from 0.959 to 0.970 on 4 of
+    # 4 seeds (BENCHMARKS.md, "The original's V_rest phase at noise 0.05", "Two stages from the start"
+    # and "Two stages at noise 0.5 on four seeds, on a GPU")
     alternate_training: bool = False
     n_alternations: int = 4
     alternate_vrest_ratio: float = 0.5
