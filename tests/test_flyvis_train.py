@@ -85,8 +85,9 @@ def test_davis_without_folder_fails_with_a_clear_message(tmp_path, monkeypatch):
 
 def test_the_recovery_experiment_bundles_the_measured_settings_and_runs_end_to_end(tmp_path):
     """``experiment=flyvis_recovery``: the settings of BENCHMARKS.md's best flyvis runs (extent 8, natural
-    images under a per-clip illuminant, noise 0.05, affine f with psi(0) = 0, 24,000 steps of batch 4);
-    the same experiment on the tiny connectome trains with that model and training."""
+    images under a per-clip illuminant, noise 0.05, affine f with psi(0) = 0, 24,000 steps of batch 4 in
+    two stages); the same experiment on the tiny connectome trains with that model and training, W and
+    psi at 0.1 of their rates after the first 40% of the steps."""
     import torch
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -98,11 +99,19 @@ def test_the_recovery_experiment_bundles_the_measured_settings_and_runs_end_to_e
     assert cfg.model._target_.endswith("FlyvisGNN") and cfg.model.update_form == "affine"
     assert (cfg.training.coeff_g_phi_zero, cfg.training.max_steps_per_epoch) == (1.0, 24_000)
     assert cfg.training.batch_size == 4 and cfg.trainer.accelerator == "cpu"
+    training = cfg.training
+    assert training.alternate_training and training.n_alternations == 1
+    assert (training.alternate_vrest_ratio, training.alternate_lr_ratio) == (0.6, 0.1)
+    assert training.alternate_lr_update == training.learning_rate_start  # f_theta's own rate in stage one
+    assert training.alternate_lr_embedding == training.learning_rate_embedding_start
 
     tiny = [o for o in FLYVIS_TINY if not o.startswith("simulation=")]
-    metrics = run(compose_flyvis(tmp_path, "experiment=flyvis_recovery", *tiny))
+    log_every_6 = "evaluation.callbacks.0.every_n_steps=6"
+    metrics = run(compose_flyvis(tmp_path, "experiment=flyvis_recovery", *tiny, log_every_6))
     assert all(math.isfinite(metrics[k]) for k in ("connectivity_R2", "tau_R2", "V_rest_R2"))
     (checkpoint,) = (tmp_path / "job" / "checkpoints").glob("*.ckpt")
     hparams = torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
     assert hparams["update_form"] == "affine" and hparams["training"]["coeff_g_phi_zero"] == 1.0
     assert hparams["training"]["max_steps_per_epoch"] == 30  # the tiny cap wins over the experiment's
+    log = (tmp_path / "job" / "connectivity_r2.log").read_text().split()[1:]
+    assert [row.split(",")[-1] for row in log] == ["W", "W", "V_rest", "V_rest", "V_rest"]
