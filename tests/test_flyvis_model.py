@@ -399,6 +399,28 @@ def test_alternate_training_phases_rates_and_r2_log(data, tmp_path):
     assert all(0.0 <= float(r[2]) <= 1.0 for r in rows)
 
 
+def test_two_stages_keep_f_theta_and_embedding_at_their_own_rates(data):
+    """``alternate_lr_ratio_W_phase=1`` (experiment=flyvis_recovery): stage one runs every group at its
+    own rate, a user's f_theta rate included; stage two slows W and psi by ``alternate_lr_ratio``."""
+    cfg = training(
+        alternate_training=True,
+        n_alternations=1,
+        alternate_lr_ratio=0.1,
+        alternate_lr_ratio_W_phase=1.0,
+        learning_rate_update_start=3e-4,
+    )
+    model = FlyvisGNN(data.observations, cfg, hidden_dim=8, hidden_dim_update=8)
+    own = model.phase_learning_rates("joint")
+    assert own["f_theta"] == 3e-4 and model.phase_learning_rates("W") == own
+    stage_two = model.phase_learning_rates("V_rest")
+    assert stage_two["W"] == pytest.approx(own["W"] * 0.1) and stage_two["f_theta"] == 3e-4
+    explicit = {**cfg, "alternate_lr_update": 1e-6}
+    explicit = FlyvisGNN(data.observations, explicit, hidden_dim=8, hidden_dim_update=8)
+    assert explicit.phase_learning_rates("W")["f_theta"] == 1e-6  # a rate set by name wins over the ratio
+    with pytest.raises(ValueError, match=r"alternate_lr_ratio_W_phase=-1.0: must be a finite float >= 0"):
+        FlyvisGNN(data.observations, {**cfg, "alternate_lr_ratio_W_phase": -1.0})
+
+
 def test_the_r2_log_of_a_long_run_is_capped_at_max_records(data, tmp_path):
     cfg = training(max_steps_per_epoch=20)
     model = FlyvisGNN(data.observations, cfg, hidden_dim=16, hidden_dim_update=16)

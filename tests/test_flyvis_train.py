@@ -102,8 +102,7 @@ def test_the_recovery_experiment_bundles_the_measured_settings_and_runs_end_to_e
     training = cfg.training
     assert training.alternate_training and training.n_alternations == 1
     assert (training.alternate_vrest_ratio, training.alternate_lr_ratio) == (0.6, 0.1)
-    assert training.alternate_lr_update == training.learning_rate_start  # f_theta's own rate in stage one
-    assert training.alternate_lr_embedding == training.learning_rate_embedding_start
+    assert training.alternate_lr_ratio_W_phase == 1.0  # f_theta and a keep their rates in stage one
 
     tiny = [o for o in FLYVIS_TINY if not o.startswith("simulation=")]
     log_every_6 = "evaluation.callbacks.0.every_n_steps=6"

@@ -45,7 +45,8 @@ Training strategies: ``alternate_training`` splits each epoch into ``n_alternati
 W phase (W and g_phi at their learning rates, f_theta and a at ``alternate_lr_update`` /
 ``alternate_lr_embedding``) followed by a V_rest phase (``alternate_vrest_ratio`` of the cycle: f_theta
 and a at theirs, W and g_phi at ``alternate_lr_W`` / ``alternate_lr_edge``); an unset alternate rate is
-the active rate times ``alternate_lr_ratio``. ``lr_schedule`` multiplies every rate, in every
+the active rate times ``alternate_lr_ratio`` (in the W phase ``alternate_lr_ratio_W_phase`` when set:
+1.0 gives two stages where only W and g_phi slow down). ``lr_schedule`` multiplies every rate, in every
 phase, by :func:`hydra_llm.models.lr_schedule.lr_factor` of the step. ``recurrent_training`` unrolls
 ``time_step`` Euler steps on the model's own predictions (with the recorded input) and fits
 v(k + time_step).
@@ -313,6 +314,8 @@ class FlyvisGNN(FrameGNN):
         if phase == "joint":
             return base
         ratio = float(cfg["alternate_lr_ratio"])
+        if phase == "W" and cfg["alternate_lr_ratio_W_phase"] is not None:
+            ratio = float(cfg["alternate_lr_ratio_W_phase"])
 
         def slow(group: str, key: str) -> float:
             return float(cfg[key]) if cfg[key] is not None else base[group] * ratio

@@ -132,6 +132,7 @@ class FlyvisTraining:
     n_alternations: int = 4
     alternate_vrest_ratio: float = 0.5
     alternate_lr_ratio: float = 0.001  # inactive groups run at active lr x ratio unless set below
+    alternate_lr_ratio_W_phase: float | None = None  # f_theta and a in the W phase; None = the above
     alternate_lr_W: float | None = None
     alternate_lr_edge: float | None = None
     alternate_lr_update: float | None = None
@@ -160,6 +161,9 @@ class FlyvisTraining:
                 list(self.embedding_snap_at),
                 "fractions of the steps, each in (0, 1]",
             )
+        non_negative(self, "alternate_lr_ratio")
+        if self.alternate_lr_ratio_W_phase is not None:
+            non_negative(self, "alternate_lr_ratio_W_phase")
         if not 0.0 < self.alternate_vrest_ratio < 1.0:
             fail(self, "alternate_vrest_ratio", self.alternate_vrest_ratio, "must be in (0, 1)")
 
