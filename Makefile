@@ -49,7 +49,7 @@ browser:
 		|| echo "note: no chromium here; the report's browser test will be skipped"
 
 test: $(TEST_STAMP) browser  ## the test suite (what CI runs)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-all: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
