@@ -123,8 +123,8 @@ class FlyvisTraining:
     lr_final_ratio: float = 0.05
     lr_restart_fraction: float = 0.25
     # alternate training: W phase / V_rest phase cycles inside each epoch. At extent 8, noise 0.05,
-    # neither a V_rest phase after 12,000 steps (2 seeds) nor two stages from the start (7 runs) took
-    # V_rest_R2 above 0.23; two stages lifted connectivity_R2 on 7 of 7 runs there (0.957 to 0.9655 on
+    # neither a V_rest phase after 12,000 steps (2 seeds) nor two stages from the start (8 runs) took
+    # V_rest_R2 above 0.23; two stages lifted connectivity_R2 on 8 of 8 runs there (0.957 to 0.9655 on
     # seed 3 at 24,000 steps; experiment=flyvis_recovery uses them), from 0.959 to 0.970 on 4 of 4
     # seeds at noise 0.5, and cost 0.088 at noise 0 (BENCHMARKS.md, "Two stages from the start" and
     # the parts after it)
