@@ -414,9 +414,9 @@ def test_two_stages_keep_f_theta_and_embedding_at_their_own_rates(data):
     assert own["f_theta"] == 3e-4 and model.phase_learning_rates("W") == own
     stage_two = model.phase_learning_rates("V_rest")
     assert stage_two["W"] == pytest.approx(own["W"] * 0.1) and stage_two["f_theta"] == 3e-4
-    named = {**cfg, "alternate_lr_update": 1e-6}
-    named = FlyvisGNN(data.observations, named, hidden_dim=8, hidden_dim_update=8).phase_learning_rates("W")
-    assert named["f_theta"] == 1e-6  # a rate set by name wins over the ratio
+    named_cfg = {**cfg, "alternate_lr_update": 1e-6}
+    named = FlyvisGNN(data.observations, named_cfg, hidden_dim=8, hidden_dim_update=8)
+    assert named.phase_learning_rates("W")["f_theta"] == 1e-6  # a rate set by name wins over the ratio
     with pytest.raises(ValueError, match=r"alternate_lr_ratio_W_phase=-1.0: must be a finite float >= 0"):
         FlyvisGNN(data.observations, {**cfg, "alternate_lr_ratio_W_phase": -1.0})
 
