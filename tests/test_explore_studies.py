@@ -72,3 +72,18 @@ def test_the_landscape_studies_explore_their_regime_space_and_the_flyvis_study_e
     assert {"simulation.stimulus.source", "simulation.n_frames"} <= set(settings.block_params)
     space = parse_space(settings.params, settings.block_params)
     assert space.spec("simulation.stimulus.luminance").choices == ([0.5, 0.5], [0.2, 0.8])
+
+
+def test_the_flyvis_landscape_can_reach_the_two_stage_schedule_of_flyvis_recovery():
+    """Every alternation key where experiment=flyvis_recovery differs from the landscape study's base
+    is in the study's space with the recovery study's value among its choices."""
+    _, landscape = sweeper_settings("flyvis_landscape")
+    _, recovery = sweeper_settings("flyvis_recovery")
+    settings = OmegaConf.to_object(landscape.hydra.sweeper)
+    space = parse_space(settings.params, settings.block_params)
+    keys = [k for k in recovery.training if k.startswith("alternate_") or k == "n_alternations"]
+    differing = {k: recovery.training[k] for k in keys if recovery.training[k] != landscape.training[k]}
+    assert {"n_alternations", "alternate_vrest_ratio", "alternate_lr_ratio"} <= set(differing)
+    for key, value in differing.items():
+        spec = space.spec(f"training.{key}")
+        assert spec is not None and value in spec.choices, (key, value)
