@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hydra_llm.chunks import in_chunks
+from hydra_llm.evaluation.flyvis import gmm_fit
 from hydra_llm.evaluation.metrics import (
     cluster_accuracy,
     euler_rollout,
@@ -85,6 +86,20 @@ def test_kmeans_finds_separated_blobs_in_any_label_order():
     features = centres[types] + 0.3 * rng.standard_normal((60, 2))
     labels = kmeans_labels(features, 3, seed=0)
     assert cluster_accuracy(types, labels) == 1.0
+
+
+def test_gmm_keeps_the_likeliest_of_its_starts():
+    """The flyvis evaluation's GMM: separated blobs are found from one start, and over many
+    overlapping blobs ten starts keep one whose likelihood bound is at least the first start's."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    types = np.repeat([2, 0, 1], 20)
+    labels, bound = gmm_fit(centres[types] + 0.3 * rng.standard_normal((60, 2)), 3, seed=0)
+    assert cluster_accuracy(types, labels) == 1.0 and np.isfinite(bound)
+    crowded = rng.uniform(0, 10, (12, 2))[np.repeat(np.arange(12), 25)] + rng.standard_normal((300, 2))
+    bounds = [gmm_fit(crowded, 12, seed)[1] for seed in range(4)]
+    assert len(set(bounds)) > 1  # the start matters on these data
+    assert all(gmm_fit(crowded, 12, seed, n_init=10)[1] >= bounds[seed] - 1e-12 for seed in range(4))
 
 
 def test_pearson_and_fisher_pooling():

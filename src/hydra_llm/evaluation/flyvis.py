@@ -295,14 +295,21 @@ def cluster_features(
     return torch.cat(cols, dim=1).numpy()
 
 
-def gmm_labels(features: np.ndarray, n_components: int, seed: int) -> np.ndarray:
-    """(N,) cluster labels of a GMM (full covariance, ``n_components`` capped at N) on the standardised
-    ``features`` (N, F)."""
+def gmm_fit(features: np.ndarray, n_components: int, seed: int, n_init: int = 1) -> tuple[np.ndarray, float]:
+    """``(labels (N,), lower bound)`` of a GMM (full covariance, ``n_components`` capped at N) on the
+    standardised ``features`` (N, F); with ``n_init`` > 1, of the start whose likelihood bound (per
+    neuron) is highest."""
     from sklearn.mixture import GaussianMixture
 
     x = (features - features.mean(0)) / np.where(features.std(0) > 0, features.std(0), 1.0)
     k = max(1, min(int(n_components), len(x)))
-    return GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-4).fit_predict(x)
+    gmm = GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-4, n_init=n_init)
+    return gmm.fit_predict(x), float(gmm.lower_bound_)
+
+
+def gmm_labels(features: np.ndarray, n_components: int, seed: int) -> np.ndarray:
+    """(N,) cluster labels of one GMM start (:func:`gmm_fit`)."""
+    return gmm_fit(features, n_components, seed)[0]
 
 
 def gmm_cluster_accuracy(features: np.ndarray, types: np.ndarray, n_components: int, seed: int) -> float:
