@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,6 +140,7 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
             "training.learning_rate_W_start=-1.0: must be a finite float > 0",
         ),
         ("simulation.n_neuron_types=0", "simulation.n_neuron_types"),
+        ("evaluation.rollout_frames=1", "evaluation.rollout_frames=1: must be an integer >= 2"),
         pytest.param(
             "trainer=gpu",
             "trainer.accelerator=gpu: no GPU on this machine; use trainer=cpu",
@@ -167,6 +169,55 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith("error: trainer.accelerator=gpu: no GPU on this machine")
     assert not (tmp_path / "cache").exists()  # nothing simulated, nothing cached
+
+
+def test_a_bad_evaluation_setting_stops_a_run_before_it_simulates(tmp_path):
+    """Evaluation runs after training; its settings are checked before anything is simulated."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "evaluation.rollout_frames=1",
+            "logger=none",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: evaluation.rollout_frames=1: must be an integer >= 2"
+    ], proc.stderr[-2000:]
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["simulation=flyvis_synthetic", "evaluation.cluster_starts=0"],
+            "evaluation.cluster_starts=0: must be",
+        ),
+        (
+            ["simulation=metabolism_homeostasis", "evaluation.slope_c_max=-1"],
+            "evaluation.slope_c_max=-1.0: must be > slope_c_min (0.0)",
+        ),
+    ],
+)
+def test_each_regime_checks_its_evaluation_settings_in_the_preflight(overrides, message):
+    """Ranges in the preflight; a wrong type already when Hydra composes the typed config."""
+    from hydra.errors import ConfigCompositionException
+
+    from hydra_llm.preflight import check
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides)
+        with pytest.raises(ConfigCompositionException, match=r"evaluation\.cluster_seed=1\.5"):
+            compose("train", [*overrides, "evaluation.cluster_seed=1.5"])
+    with pytest.raises(PreflightError, match="^" + re.escape(message)):
+        check(cfg)
 
 
 def test_a_cluster_launcher_leaves_the_gpu_to_its_nodes():

@@ -14,8 +14,10 @@ import torch
 from hydra_llm.evaluation.flyvis import (
     ConnectivityR2Log,
     NeuronRange,
+    cluster_features,
     corrected_weights,
     evaluate,
+    gmm_cluster_accuracy,
     recorded_state_fit,
 )
 from hydra_llm.evaluation.metrics import r2_slope
@@ -671,3 +673,26 @@ def test_neuron_range_in_chunks_equals_the_whole_record_statistics():
     assert torch.allclose(span.mean, v.mean(0), atol=1e-6)
     assert torch.allclose(span.std, v.std(0), atol=1e-5)
     assert torch.allclose(span.relu_std, torch.relu(v).std(0), atol=1e-5)
+
+
+def test_cluster_accuracy_is_one_gmm_start_and_cluster_starts_give_its_spread(data, tmp_path):
+    """The headline is the start with ``cluster_seed`` (as the original clusters); ``cluster_starts``
+    starts with seeds ``cluster_seed``, ``cluster_seed + 1``, ... give its median, min and max."""
+    obs, gt = data.observations, data.ground_truth
+    torch.manual_seed(0)
+    model = FlyvisGNN(obs, training(), hidden_dim=16, hidden_dim_update=16)
+    kw = {"rollout_frames": 2, "cluster_n_components": 5, "cluster_seed": 3, "make_plots": False}
+    metrics = evaluate(model, obs, gt, tmp_path, cluster_starts=6, **kw)
+    values = corrected_weights(model, obs, NeuronRange.of(obs.activity[: obs.n_train_frames]))["line"]
+    features = cluster_features(
+        model.a, values["W_star"], values["tau_hat"], values["V_rest_hat"], obs.edge_index
+    )
+    each = [gmm_cluster_accuracy(features, gt["types"].numpy(), 5, seed) for seed in range(3, 9)]
+    assert max(each) > min(each)  # the starts differ here, so the spread is not the headline repeated
+    assert metrics["cluster_accuracy"] == each[0]
+    assert metrics["cluster_accuracy_median"] == pytest.approx(np.median(each))
+    assert (metrics["cluster_accuracy_min"], metrics["cluster_accuracy_max"]) == (min(each), max(each))
+    one = evaluate(model, obs, gt, tmp_path, cluster_starts=1, **kw)
+    assert one["cluster_accuracy"] == one["cluster_accuracy_median"] == one["cluster_accuracy_max"] == each[0]
+    with pytest.raises(ValueError, match=r"^evaluation\.cluster_starts=0: must be an integer >= 1$"):
+        evaluate(model, obs, gt, tmp_path, cluster_starts=0)

@@ -1,11 +1,11 @@
-"""The regime's cheap checks before any work: training keys and values, simulation settings, data.
+"""The regime's cheap checks before any work: training and evaluation settings, simulation settings, data.
 
 ``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
 missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
-the model class's ``check_training``, the trainer's device (where the runs train on this machine), and
-the simulation DataModule's constructor, which validates its arguments and finds its data but
-simulates nothing.
+the model class's ``check_training``, the evaluation settings, the trainer's device (where the runs
+train on this machine), and the simulation DataModule's constructor, which validates its arguments and
+finds its data but simulates nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def check(cfg: DictConfig) -> Any:
         model_check = getattr(get_class(cfg.model._target_), "check_training", None)
         if model_check is not None:
             model_check(training)
+        check_evaluation(cfg)
         try:
             return instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
         except InstantiationException as err:  # Hydra wraps the constructor's own error
@@ -38,6 +39,18 @@ def check(cfg: DictConfig) -> Any:
     except (ValueError, TypeError, KeyError, FileNotFoundError, InstantiationException) as err:
         first = " ".join(str(err).split()) or type(err).__name__
         raise PreflightError(first) from err  # the cause keeps its type (e.g. FileNotFoundError)
+
+
+def check_evaluation(cfg: DictConfig) -> None:
+    """Raise ``ValueError`` for a bad ``evaluation`` setting, checked against the regime's schema
+    (:mod:`hydra_llm.schemas.evaluation`); a user's own ``evaluation._target_`` checks its own."""
+    from hydra_llm.schemas import validate
+    from hydra_llm.schemas.evaluation import EVALUATIONS
+
+    options: dict[str, Any] = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
+    schema = EVALUATIONS.get(str(options.get("_target_")))
+    if schema is not None:
+        validate(schema, options)
 
 
 def check_accelerator(cfg: DictConfig) -> None:

@@ -35,6 +35,8 @@ import torch  # noqa: E402
 
 from hydra_llm.chunks import in_chunks  # noqa: E402
 from hydra_llm.evaluation.metrics import cluster_accuracy, r2_identity, r2_slope  # noqa: E402
+from hydra_llm.schemas import validate  # noqa: E402
+from hydra_llm.schemas.evaluation import MetabolismEvaluation  # noqa: E402
 from hydra_llm.simulation.base import GroundTruth, Observations  # noqa: E402
 
 
@@ -146,17 +148,13 @@ def evaluate(
     observations: Observations,
     ground_truth: GroundTruth,
     out_dir: str | Path,
-    slope_c_min: float = 0.0,
-    slope_c_max: float = 10.0,
-    slope_n_points: int = 50,
-    outlier_threshold: float = 0.3,
-    dbscan_eps: float = 0.3,
-    dbscan_min_samples: int = 5,
-    make_plots: bool = True,
+    **options: Any,
 ) -> dict[str, float]:
-    """All metabolism metrics of a trained :class:`~hydra_llm.models.metabolism.MetabolismGNN`."""
-    if slope_c_max <= slope_c_min:
-        raise ValueError(f"evaluation.slope_c_max must be > slope_c_min, got {slope_c_min}, {slope_c_max}")
+    """All metabolism metrics of a trained :class:`~hydra_llm.models.metabolism.MetabolismGNN`.
+
+    ``options``: :class:`~hydra_llm.schemas.evaluation.MetabolismEvaluation` keys (the line-fit grid, the
+    outlier threshold, DBSCAN's settings, ``make_plots``)."""
+    o = validate(MetabolismEvaluation, options)
     out_dir = Path(out_dir)
     model = model.eval()
     types = ground_truth["types"].cpu().numpy()
@@ -166,9 +164,9 @@ def evaluate(
     learned_log_k = model.corrected_log_k().cpu().numpy().astype(np.float64)
 
     metrics: dict[str, float] = {"alpha": model.alpha()}
-    metrics.update(rate_constant_metrics(learned_log_k, true_log_k, outlier_threshold))
+    metrics.update(rate_constant_metrics(learned_log_k, true_log_k, o.outlier_threshold))
 
-    grid = np.linspace(slope_c_min, slope_c_max, slope_n_points)
+    grid = np.linspace(o.slope_c_min, o.slope_c_max, o.slope_n_points)
     n = model.n_metabolites
     with torch.no_grad():
         conc = torch.as_tensor(grid, dtype=torch.float32).unsqueeze(1).expand(-1, n)
@@ -183,7 +181,7 @@ def evaluate(
     metrics.update(homeostasis_metrics(slopes, offsets, types, lam_t, base_t))
 
     embedding = model.embedding.detach().cpu().numpy().astype(np.float64)
-    emb_metrics, labels = embedding_metrics(embedding, types, dbscan_eps, dbscan_min_samples)
+    emb_metrics, labels = embedding_metrics(embedding, types, o.dbscan_eps, o.dbscan_min_samples)
     metrics.update(emb_metrics)
     metrics.update(kmeans_embedding_metrics(embedding, types))
 
@@ -191,7 +189,7 @@ def evaluate(
         true_s = ground_truth["stoichiometry"].cpu().numpy()
         metrics["stoichiometry_R2"] = r2_identity(true_s, model.stoichiometry.detach().cpu().numpy())
 
-    if make_plots:
+    if o.make_plots:
         plots = out_dir / "plots"
         plot_rate_constants(true_log_k, learned_log_k, metrics, plots / "rate_constants.png")
         plot_node_functions(grid, node_values, types, lam_t, base_t, metrics, plots / "MLP_node.png")

@@ -40,6 +40,7 @@ recording's duration. A plain linear fit would mix the link's slope into 1/tau.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +58,8 @@ from hydra_llm.evaluation.metrics import (
     r2_slope,
     r2_temporal,
 )
+from hydra_llm.schemas import validate
+from hydra_llm.schemas.evaluation import SignalEvaluation
 from hydra_llm.simulation.base import GroundTruth, Observations
 
 GRID_POINTS = 200
@@ -219,13 +222,13 @@ def evaluate(
     observations: Observations,
     ground_truth: GroundTruth,
     out_dir: str | Path,
-    rollout_frames: int = 200,
-    make_plots: bool = True,
-    cluster_seed: int = 0,
+    **options: Any,
 ) -> dict[str, float]:
-    """All signal metrics as a dict of floats; figures in ``out_dir/plots`` when ``make_plots``."""
-    if int(rollout_frames) < 2:
-        raise ValueError(f"evaluation.rollout_frames={rollout_frames!r}: must be >= 2")
+    """All signal metrics as a dict of floats; figures in ``out_dir/plots`` when ``make_plots``.
+
+    ``options``: :class:`~hydra_llm.schemas.evaluation.SignalEvaluation` keys (``rollout_frames``,
+    ``make_plots``, ``cluster_seed``)."""
+    o = validate(SignalEvaluation, options)
     model = model.cpu().eval()
     train_activity = observations.activity[: observations.n_train_frames]
     grid = value_grid(train_activity, observations.n_neurons)
@@ -250,18 +253,18 @@ def evaluate(
         phi_profiles = model.phi_of(grid).T  # (N, G)
     if n_types > 1:
         metrics["cluster_accuracy"] = cluster_accuracy(
-            types, profile_cluster_labels(phi_profiles, n_types, seed=cluster_seed)
+            types, profile_cluster_labels(phi_profiles, n_types, seed=o.cluster_seed)
         )
         metrics["cluster_accuracy_embedding"] = cluster_accuracy(
-            types, kmeans_labels(embeddings, n_types, seed=cluster_seed)
+            types, kmeans_labels(embeddings, n_types, seed=o.cluster_seed)
         )
     else:
         metrics["cluster_accuracy"] = metrics["cluster_accuracy_embedding"] = 1.0
 
-    test, arrays = rollout_metrics(model, observations, rollout_frames)
+    test, arrays = rollout_metrics(model, observations, o.rollout_frames)
     metrics.update(test)
 
-    if make_plots:
+    if o.make_plots:
         folder = Path(out_dir) / "plots"
         with torch.no_grad():
             phi, psi = model.phi_of(grid), model.psi_of(grid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
+from hydra_llm.schemas.evaluation import FlyvisEvaluation, MetabolismEvaluation, SignalEvaluation
 from hydra_llm.schemas.models import FlyvisModel, MetabolismModel, SignalModel
 from hydra_llm.schemas.simulation import FlyvisSimulation, MetabolismSimulation, SignalSimulation
 from hydra_llm.schemas.training import (
@@ -15,8 +16,9 @@ from hydra_llm.schemas.training import (
 
 
 def register() -> None:
-    """``schema/simulation/signal|metabolism|flyvis``, ``model=signal_gnn|flyvis_gnn|metabolism_gnn`` and
-    ``training=default|flyvis|metabolism_phase1|metabolism_phase2`` as typed configs."""
+    """``schema/simulation/signal|metabolism|flyvis``, ``model=signal_gnn|flyvis_gnn|metabolism_gnn``,
+    ``training=default|flyvis|metabolism_phase1|metabolism_phase2`` and
+    ``evaluation=signal|flyvis|metabolism`` as typed configs."""
     cs = ConfigStore.instance()
     # the schemas under the regimes' YAML (their defaults lists name them)
     cs.store(group="schema/simulation", name="signal", node=SignalSimulation)
@@ -31,3 +33,6 @@ def register() -> None:
     # in a Hydra run the phase-1 cache sits with the other cached data
     phase2 = MetabolismPhase2Training(phase1_cache_dir="${paths.cache_dir}")
     cs.store(group="training", name="metabolism_phase2", node=phase2)
+    cs.store(group="evaluation", name="signal", node=SignalEvaluation)
+    cs.store(group="evaluation", name="flyvis", node=FlyvisEvaluation)
+    cs.store(group="evaluation", name="metabolism", node=MetabolismEvaluation)
