@@ -1,10 +1,10 @@
 """Typed schemas of the settings objects, and the check that turns plain options into them.
 
-The ``training``, ``model`` and ``simulation`` options are dataclasses in :mod:`.training`, :mod:`.models`
-and :mod:`.simulation`, each with a ``GROUP`` (its config group, for error messages); :mod:`.store`
-registers them in Hydra's ConfigStore on every Hydra start (through ``hydra_plugins.hydra_llm_schemas``).
-:mod:`.sweeper` declares ``hydra/sweeper=llm_ucb``'s settings, registered by that plugin. Importing this
-package is cheap (no torch, no Hydra).
+The ``training``, ``model``, ``simulation`` and ``evaluation`` options are dataclasses in :mod:`.training`,
+:mod:`.models`, :mod:`.simulation` and :mod:`.evaluation`, each with a ``GROUP`` (its config group, for
+error messages); :mod:`.store` registers them in Hydra's ConfigStore on every Hydra start (through
+``hydra_plugins.hydra_llm_schemas``). :mod:`.sweeper` declares ``hydra/sweeper=llm_ucb``'s settings,
+registered by that plugin. Importing this package is cheap (no torch, no Hydra).
 """
 
 from __future__ import annotations

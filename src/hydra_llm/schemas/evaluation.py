@@ -56,7 +56,7 @@ class FlyvisEvaluation:
 
     ``cluster_accuracy`` is one GMM start with ``cluster_seed``, as the original clusters; the
     ``cluster_starts`` starts with seeds ``cluster_seed``, ``cluster_seed + 1``, ... give its spread
-    (``cluster_accuracy_median``, ``_min``, ``_max``): one start costs ~4 s at extent 8 on 2 cores."""
+    (``cluster_accuracy_median``, ``_min``, ``_max``): one start costs ~6 s at extent 8 on 2 cores."""
 
     GROUP: ClassVar[str] = "evaluation"
     _target_: str = "hydra_llm.evaluation.flyvis.evaluate"
