@@ -171,25 +171,28 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing simulated, nothing cached
 
 
-def test_a_bad_evaluation_setting_stops_a_run_before_it_simulates(tmp_path):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("evaluation.rollout_frames=1", "evaluation.rollout_frames=1: must be an integer >= 2"),
+        (
+            "evaluation.callbacks=[{_target_: hydra_llm.no_such_module.callback}]",
+            "evaluation.callbacks.0._target_='hydra_llm.no_such_module.callback': cannot be imported (",
+        ),
+    ],
+)
+def test_a_bad_evaluation_setting_stops_a_run_before_it_simulates(tmp_path, override, message):
     """Evaluation runs after training; its settings are checked before anything is simulated."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "evaluation.rollout_frames=1",
-            "logger=none",
-            f"hydra.run.dir={tmp_path}",
-        ],
+        [sys.executable, "train.py", override, "logger=none", f"hydra.run.dir={tmp_path}"],
         cwd=ROOT,
         env=env(tmp_path),
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
-        "error: evaluation.rollout_frames=1: must be an integer >= 2"
-    ], proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
     assert not (tmp_path / "cache").exists() and not (tmp_path / "checkpoints").exists()
 
 
@@ -218,6 +221,42 @@ def test_each_regime_checks_its_evaluation_settings_in_the_preflight(overrides, 
             compose("train", [*overrides, "evaluation.cluster_seed=1.5"])
     with pytest.raises(PreflightError, match="^" + re.escape(message)):
         check(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "evaluation.callbacks.0.every_n_steps=0",
+            "evaluation.callbacks.0.every_n_steps=0: must be an integer >= 1",
+        ),
+        (
+            "evaluation.callbacks.0.max_records=0",
+            "evaluation.callbacks.0.max_records=0: must be an integer >= 1, or null",
+        ),
+        ("evaluation.callbacks.0.every_n_steps=often", "evaluation.callbacks.0.every_n_steps='often': Value"),
+        ("+evaluation.callbacks.0.every_n_step=5", "evaluation.callbacks.0: unknown keys ['every_n_step']"),
+        (
+            "evaluation.callbacks.0._target_=math.pi",
+            "evaluation.callbacks.0._target_='math.pi': not callable",
+        ),
+        ("evaluation.callbacks=[5]", "evaluation.callbacks.0: must be a mapping with a _target_"),
+        ("evaluation.callbacks.0.max_records=null", None),
+    ],
+)
+def test_the_evaluation_callbacks_are_checked_in_the_preflight(override, message):
+    """The entries of evaluation.callbacks are built only after the simulation; their targets and the
+    options of a known one are checked before it."""
+    from hydra_llm.preflight import check
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", ["simulation=flyvis_synthetic", override])
+    if message is None:
+        check(cfg)
+        return
+    with pytest.raises(PreflightError) as err:
+        check(cfg)
+    assert str(err.value).startswith(message), str(err.value)
 
 
 def test_a_cluster_launcher_leaves_the_gpu_to_its_nodes():

@@ -429,7 +429,9 @@ def test_the_r2_log_of_a_long_run_is_capped_at_max_records(data, tmp_path):
     log = ConnectivityR2Log(data.observations, data.ground_truth, tmp_path, every_n_steps=1, max_records=5)
     fit(data, model, [log])
     assert [row[1] for row in log.rows] == [4, 8, 12, 16, 20]  # every ceil(20 / 5) steps, the end included
-    with pytest.raises(ValueError, match=r"max_records=0: must be >= 1, or null"):
+    with pytest.raises(
+        ValueError, match=r"^evaluation\.callbacks\.max_records=0: must be an integer >= 1, or null"
+    ):
         ConnectivityR2Log(data.observations, data.ground_truth, tmp_path, max_records=0)
 
 

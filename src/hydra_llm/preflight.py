@@ -43,14 +43,43 @@ def check(cfg: DictConfig) -> Any:
 
 def check_evaluation(cfg: DictConfig) -> None:
     """Raise ``ValueError`` for a bad ``evaluation`` setting, checked against the regime's schema
-    (:mod:`hydra_llm.schemas.evaluation`); a user's own ``evaluation._target_`` checks its own."""
+    (:mod:`hydra_llm.schemas.evaluation`); a user's own ``evaluation._target_`` checks its own.
+    Each ``evaluation.callbacks`` entry must name a callable ``_target_``; a known one (``CALLBACKS``)
+    has its options checked against its schema, without importing it."""
     from hydra_llm.schemas import validate
-    from hydra_llm.schemas.evaluation import EVALUATIONS
+    from hydra_llm.schemas.evaluation import CALLBACKS, EVALUATIONS
 
     options: dict[str, Any] = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
     schema = EVALUATIONS.get(str(options.get("_target_")))
     if schema is not None:
         validate(schema, options)
+    for i, entry in enumerate(options.get("callbacks") or []):
+        key = f"evaluation.callbacks.{i}"
+        target = entry.get("_target_") if isinstance(entry, dict) else None
+        if not isinstance(target, str):
+            raise ValueError(f"{key}: must be a mapping with a _target_ (a callable's import path)")
+        if target in CALLBACKS:
+            validate(CALLBACKS[target], entry, group=key)
+        else:
+            check_importable(f"{key}._target_", target)
+
+
+def check_importable(key: str, path: str) -> None:
+    """Raise ``ValueError`` unless ``path`` names a callable that imports here (e.g. a callback factory)."""
+    import logging
+
+    from hydra.utils import get_object
+
+    hydra_log = logging.getLogger("hydra.utils")  # get_object logs the error it raises; the caller says it
+    disabled, hydra_log.disabled = hydra_log.disabled, True
+    try:
+        found = get_object(path)
+    except Exception as err:  # a missing module or attribute comes in several exception types
+        raise ValueError(f"{key}={path!r}: cannot be imported ({' '.join(str(err).split())[:200]})") from None
+    finally:
+        hydra_log.disabled = disabled
+    if not callable(found):
+        raise ValueError(f"{key}={path!r}: not callable")
 
 
 def check_accelerator(cfg: DictConfig) -> None:

@@ -72,7 +72,7 @@ from hydra_llm.evaluation.metrics import (
     r2_slope,
 )
 from hydra_llm.schemas import validate
-from hydra_llm.schemas.evaluation import FlyvisEvaluation
+from hydra_llm.schemas.evaluation import FlyvisEvaluation, R2TrajectoryLog
 from hydra_llm.simulation.base import GroundTruth, IndexedInput, Observations
 
 GRID_POINTS = 200
@@ -466,26 +466,19 @@ class ConnectivityR2Log(pl.Callback):
     ``max_records`` caps the rows of a long run: the interval grows to ``ceil(steps / max_records)``
     when that is longer. A record reads W out through the learned functions, 5.2-5.7 s at extent 8 on
     2 CPU cores: every 200 steps of the default training's 89,600 it would add 41 min (None: no cap).
+    ``options``: :class:`~hydra_llm.schemas.evaluation.R2TrajectoryLog` keys.
     """
 
     holds_ground_truth = True  # evaluation code (hydra_llm.blindness does not count it as a leak)
 
     def __init__(
-        self,
-        observations: Observations,
-        ground_truth: GroundTruth,
-        out_dir: str | Path,
-        every_n_steps: int = 200,
-        max_records: int | None = 100,
+        self, observations: Observations, ground_truth: GroundTruth, out_dir: str | Path, **options: Any
     ) -> None:
-        if int(every_n_steps) < 1:
-            raise ValueError(f"evaluation r2 log every_n_steps={every_n_steps!r}: must be >= 1")
-        if max_records is not None and int(max_records) < 1:
-            raise ValueError(f"evaluation r2 log max_records={max_records!r}: must be >= 1, or null")
+        o = validate(R2TrajectoryLog, options)
         self.observations = observations
         self.true_W = ground_truth["W"].double()
         self.path = Path(out_dir) / "connectivity_r2.log"
-        self.every_n_steps, self.max_records = int(every_n_steps), max_records
+        self.every_n_steps, self.max_records = o.every_n_steps, o.max_records
         self.every = self.every_n_steps
         self.rows: list[tuple[int, int, float, str]] = []
         self.range: NeuronRange | None = None  # of the training voltages, computed at the first record
@@ -526,12 +519,8 @@ class ConnectivityR2Log(pl.Callback):
 
 
 def r2_trajectory_callback(
-    observations: Observations,
-    ground_truth: GroundTruth,
-    out_dir: str | Path,
-    every_n_steps: int = 200,
-    max_records: int | None = 100,
+    observations: Observations, ground_truth: GroundTruth, out_dir: str | Path, **options: Any
 ) -> ConnectivityR2Log:
-    """Factory for the ``callbacks`` list of ``evaluation=flyvis`` (``hydra_llm.schemas.evaluation``;
-    called by train.run)."""
-    return ConnectivityR2Log(observations, ground_truth, out_dir, every_n_steps, max_records)
+    """The target of an ``evaluation.callbacks`` entry of ``evaluation=flyvis``
+    (:class:`~hydra_llm.schemas.evaluation.R2TrajectoryLog`; called by train.run)."""
+    return ConnectivityR2Log(observations, ground_truth, out_dir, **options)

@@ -20,14 +20,15 @@ T = TypeVar("T")
 _ONE_OF = re.compile(r"expected one of \[(.*?)\]")
 
 
-def validate(schema: type[T], options: Mapping[str, Any] | None) -> T:
+def validate(schema: type[T], options: Mapping[str, Any] | None, group: str | None = None) -> T:
     """``options`` merged over the defaults of ``schema`` and checked (types, then the schema's own
     ``__post_init__`` ranges). A bad key or value raises one ``ValueError`` line naming
-    ``<schema.GROUP>.<key>`` and what is allowed."""
+    ``<group>.<key>`` and what is allowed; ``group`` defaults to ``schema.GROUP`` (an entry of a list
+    passes its place in it, e.g. ``evaluation.callbacks.0``)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-    prefix = schema.GROUP  # type: ignore[attr-defined]
+    prefix = group or schema.GROUP  # type: ignore[attr-defined]
     data = OmegaConf.to_container(options) if OmegaConf.is_config(options) else dict(options or {})
     allowed = [f.name for f in fields(schema)]  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(allowed))
@@ -43,10 +44,15 @@ def validate(schema: type[T], options: Mapping[str, Any] | None) -> T:
         rule = f"allowed values: [{one_of.group(1)}]" if one_of else first
         raise ValueError(f"{prefix}.{err.full_key}={err.value!r}: {rule}") from None
     except OmegaConfBaseException as err:
-        cause = err.__cause__ if isinstance(err.__cause__, ValueError) else None
-        if cause is not None:  # a range check of the schema's __post_init__
-            raise cause from None
-        raise ValueError(f"{prefix}: {str(err).splitlines()[0]}") from None
+        if not isinstance(err.__cause__, ValueError):
+            raise ValueError(f"{prefix}: {str(err).splitlines()[0]}") from None
+        check = err.__cause__  # a range check of a nested schema's __post_init__
+    except ValueError as err:  # a range check of the schema's own __post_init__
+        check = err
+    message = str(check)  # it names schema.GROUP; an entry of a list is named by its place
+    if group and message.startswith(schema.GROUP):  # type: ignore[attr-defined]
+        message = group + message.removeprefix(schema.GROUP)  # type: ignore[attr-defined]
+    raise ValueError(message) from None
 
 
 def plain(options: Any) -> dict[str, Any]:

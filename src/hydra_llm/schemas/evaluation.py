@@ -9,7 +9,7 @@ cheap (no torch).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from hydra_llm.schemas.ranges import at_least_one, fail, positive
@@ -37,17 +37,32 @@ class SignalEvaluation:
         check_rollout(self)
 
 
+@dataclass
+class R2TrajectoryLog:
+    """An ``evaluation.callbacks`` entry of ``evaluation=flyvis``: the R2 trajectory log
+    ``<job>/connectivity_r2.log`` (columns epoch,iteration,connectivity_r2,phase), a record every
+    ``every_n_steps`` steps and at most ``max_records`` records (null: no cap), spaced wider on long
+    runs: each costs ~5 s at extent 8 on 2 cores (``hydra_llm.evaluation.flyvis.ConnectivityR2Log``)."""
+
+    GROUP: ClassVar[str] = "evaluation.callbacks"
+    _target_: str = "hydra_llm.evaluation.flyvis.r2_trajectory_callback"
+    _partial_: bool = True
+    every_n_steps: int = 200
+    max_records: int | None = 100
+
+    def __post_init__(self) -> None:
+        at_least_one(self, "every_n_steps")
+        if self.max_records is not None and self.max_records < 1:
+            fail(self, "max_records", self.max_records, "must be an integer >= 1, or null")
+
+
+# the evaluation.callbacks entries whose options the preflight checks, by target
+CALLBACKS: dict[str, type] = {R2TrajectoryLog._target_: R2TrajectoryLog}
+
+
 def r2_trajectory() -> list[Any]:
-    """The R2 trajectory log ``<job>/connectivity_r2.log`` (columns epoch,iteration,connectivity_r2,phase);
-    at most ``max_records`` records, spaced wider on long runs: each costs ~5 s at extent 8 on 2 cores."""
-    return [
-        {
-            "_target_": "hydra_llm.evaluation.flyvis.r2_trajectory_callback",
-            "_partial_": True,
-            "every_n_steps": 200,
-            "max_records": 100,
-        }
-    ]
+    """The default ``callbacks`` of ``evaluation=flyvis``: one :class:`R2TrajectoryLog`."""
+    return [asdict(R2TrajectoryLog())]
 
 
 @dataclass
