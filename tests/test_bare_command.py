@@ -175,14 +175,16 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
     ("override", "message"),
     [
         ("evaluation.rollout_frames=1", "evaluation.rollout_frames=1: must be an integer >= 2"),
+        ("model.hidden_dim=0", "model.hidden_dim=0: must be an integer >= 1"),
         (
             "evaluation.callbacks=[{_target_: hydra_llm.no_such_module.callback}]",
             "evaluation.callbacks.0._target_='hydra_llm.no_such_module.callback': cannot be imported (",
         ),
     ],
 )
-def test_a_bad_evaluation_setting_stops_a_run_before_it_simulates(tmp_path, override, message):
-    """Evaluation runs after training; its settings are checked before anything is simulated."""
+def test_a_bad_model_or_evaluation_setting_stops_a_run_before_it_simulates(tmp_path, override, message):
+    """The model is built after the simulation and evaluation runs after training; their settings are
+    checked before anything is simulated."""
     proc = subprocess.run(
         [sys.executable, "train.py", override, "logger=none", f"hydra.run.dir={tmp_path}"],
         cwd=ROOT,
@@ -193,6 +195,7 @@ def test_a_bad_evaluation_setting_stops_a_run_before_it_simulates(tmp_path, over
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "checkpoints").exists()
     assert not (tmp_path / "cache").exists() and not (tmp_path / "checkpoints").exists()
 
 
@@ -219,6 +222,23 @@ def test_each_regime_checks_its_evaluation_settings_in_the_preflight(overrides, 
         cfg = compose("train", overrides)
         with pytest.raises(ConfigCompositionException, match=r"evaluation\.cluster_seed=1\.5"):
             compose("train", [*overrides, "evaluation.cluster_seed=1.5"])
+    with pytest.raises(PreflightError, match="^" + re.escape(message)):
+        check(cfg)
+
+
+@pytest.mark.parametrize(
+    ("regime", "override", "message"),
+    [
+        ("signal_chaotic", "model.n_layers=0", "model.n_layers=0: must be an integer >= 1"),
+        ("flyvis_synthetic", "model.w_init_scale=-1", "model.w_init_scale=-1.0: must be a finite float >= 0"),
+        ("metabolism_homeostasis", "model.log_k_init=[1,0]", "model.log_k_init=[1.0, 0.0]: must be [low,"),
+    ],
+)
+def test_each_regime_checks_its_model_settings_in_the_preflight(regime, override, message):
+    from hydra_llm.preflight import check
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", [f"simulation={regime}", override])
     with pytest.raises(PreflightError, match="^" + re.escape(message)):
         check(cfg)
 

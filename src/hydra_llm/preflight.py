@@ -1,11 +1,11 @@
-"""The regime's cheap checks before any work: training and evaluation settings, simulation settings, data.
+"""The regime's cheap checks before any work: model, training, evaluation and simulation settings, data.
 
 ``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
 missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
-the model class's ``check_training``, the evaluation settings, the trainer's device (where the runs
-train on this machine), and the simulation DataModule's constructor, which validates its arguments and
-finds its data but simulates nothing.
+the model settings against their schema, the model class's ``check_training``, the evaluation
+settings, the trainer's device (where the runs train on this machine), and the simulation
+DataModule's constructor, which validates its arguments and finds its data but simulates nothing.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ def check(cfg: DictConfig) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import get_class, instantiate
 
+    from hydra_llm.schemas.models import MODELS
+
     check_accelerator(cfg)
     try:
+        check_schema(cfg, "model", MODELS)
         training: dict[str, Any] = OmegaConf.to_container(cfg.training, resolve=True)  # type: ignore[assignment]
         model_check = getattr(get_class(cfg.model._target_), "check_training", None)
         if model_check is not None:
@@ -41,18 +44,26 @@ def check(cfg: DictConfig) -> Any:
         raise PreflightError(first) from err  # the cause keeps its type (e.g. FileNotFoundError)
 
 
+def check_schema(cfg: DictConfig, group: str, schemas: dict[str, type]) -> dict[str, Any]:
+    """Raise ``ValueError`` for a bad setting of ``cfg.<group>``, checked against the schema of its
+    ``_target_`` in ``schemas`` (a user's own ``_target_`` checks its own); return the options."""
+    from hydra_llm.schemas import validate
+
+    options: dict[str, Any] = OmegaConf.to_container(cfg[group], resolve=True)  # type: ignore[assignment]
+    schema = schemas.get(str(options.get("_target_")))
+    if schema is not None:
+        validate(schema, options)
+    return options
+
+
 def check_evaluation(cfg: DictConfig) -> None:
-    """Raise ``ValueError`` for a bad ``evaluation`` setting, checked against the regime's schema
-    (:mod:`hydra_llm.schemas.evaluation`); a user's own ``evaluation._target_`` checks its own.
+    """Raise ``ValueError`` for a bad ``evaluation`` setting (:mod:`hydra_llm.schemas.evaluation`).
     Each ``evaluation.callbacks`` entry must name a callable ``_target_``; a known one (``CALLBACKS``)
     has its options checked against its schema, without importing it."""
     from hydra_llm.schemas import validate
     from hydra_llm.schemas.evaluation import CALLBACKS, EVALUATIONS
 
-    options: dict[str, Any] = OmegaConf.to_container(cfg.evaluation, resolve=True)  # type: ignore[assignment]
-    schema = EVALUATIONS.get(str(options.get("_target_")))
-    if schema is not None:
-        validate(schema, options)
+    options = check_schema(cfg, "evaluation", EVALUATIONS)
     for i, entry in enumerate(options.get("callbacks") or []):
         key = f"evaluation.callbacks.{i}"
         target = entry.get("_target_") if isinstance(entry, dict) else None

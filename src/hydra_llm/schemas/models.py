@@ -154,3 +154,6 @@ class MetabolismModel:
             self, "hidden_dim_sub", "n_layers_sub", "hidden_dim_node", "n_layers_node", "embedding_dim"
         )
         ordered_pair(self, "log_k_init")
+
+
+MODELS: dict[str, type] = {schema._target_: schema for schema in (SignalModel, FlyvisModel, MetabolismModel)}
