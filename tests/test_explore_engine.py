@@ -318,6 +318,11 @@ def test_bad_engine_settings_name_key():
         EngineConfig(n_parallel=0).check()
     with pytest.raises(SweepConfigError, match="simulation_seed.*slot, iteration, fixed"):
         EngineConfig(simulation_seed="random").check()
+    with pytest.raises(SweepConfigError, match=r"^hydra\.sweeper\.ucb\.c: -1\.0; allowed: a finite float"):
+        EngineConfig.from_settings({"ucb": {"c": -1.0}})
+    with pytest.raises(SweepConfigError, match=r"^hydra\.sweeper\.ucb\.lcb_kappa: nan; allowed"):
+        EngineConfig.from_settings({"ucb": {"lcb_kappa": float("nan")}})
+    assert EngineConfig.from_settings({"ucb": {"c": 0.0}}).ucb_c == 0.0  # greedy on R is allowed
 
 
 HORIZONS = {"training.horizon": [4, 16, 32, 64]}

@@ -9,6 +9,7 @@ a config built here directly is coerced and checked against the same schema.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -121,6 +122,9 @@ class EngineConfig:
                 )
         if not self.slot_roles:
             raise SweepConfigError(f"hydra.sweeper.slot_roles: []; allowed roles: {', '.join(SlotRole)}")
+        for key, value in (("ucb.c", self.ucb_c), ("ucb.lcb_kappa", self.lcb_kappa)):
+            if not (math.isfinite(float(value)) and float(value) >= 0):  # < 0 would shun the unvisited
+                raise SweepConfigError(f"hydra.sweeper.{key}: {value!r}; allowed: a finite float >= 0")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise SweepConfigError(
                 f"hydra.sweeper.max_failure_rate: {self.max_failure_rate!r}; allowed: 0 to 1"
