@@ -196,7 +196,6 @@ def test_a_bad_model_or_evaluation_setting_stops_a_run_before_it_simulates(tmp_p
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
     assert not (tmp_path / "cache").exists() and not (tmp_path / "checkpoints").exists()
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(
