@@ -49,6 +49,12 @@ def sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
 
 
+def train(tmp_path: Path, *overrides: str, run_dir: Path | None = None) -> subprocess.CompletedProcess:
+    """`train.py` with ``overrides`` and no logger, into ``run_dir`` (default ``tmp_path``)."""
+    cmd = [sys.executable, "train.py", *overrides, "logger=none", f"hydra.run.dir={run_dir or tmp_path}"]
+    return subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
+
+
 def first_prompt(tmp_path: Path, *overrides: str) -> tuple[str, dict, subprocess.Popen, str]:
     """Start the bare command with ``overrides``, stop it (SIGTERM) once its first prompt reached the
     server: (the prompt, the saved state, the process, its stderr)."""
@@ -157,14 +163,7 @@ def test_bad_settings_stop_the_sweep_before_any_child(tmp_path, override, messag
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "train.py", "trainer=gpu", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT,
-        env=env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = train(tmp_path, "trainer=gpu", run_dir=tmp_path / "run")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith("error: trainer.accelerator=gpu: no GPU on this machine")
@@ -185,14 +184,7 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
 def test_a_bad_model_or_evaluation_setting_stops_a_run_before_it_simulates(tmp_path, override, message):
     """The model is built after the simulation and evaluation runs after training; their settings are
     checked before anything is simulated."""
-    proc = subprocess.run(
-        [sys.executable, "train.py", override, "logger=none", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT,
-        env=env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = train(tmp_path, override)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
     assert not (tmp_path / "cache").exists() and not (tmp_path / "checkpoints").exists()
