@@ -147,6 +147,15 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
         ),
         ("simulation.n_neuron_types=0", "simulation.n_neuron_types"),
         ("evaluation.rollout_frames=1", "evaluation.rollout_frames=1: must be an integer >= 2"),
+        (
+            "hydra.sweeper.objective.metric=tau_r2",
+            "hydra.sweeper.objective.metric=tau_r2: not a metric of this run (did you mean tau_R2?); "
+            "allowed: connectivity_R2,",
+        ),
+        (  # the regime's objective, when the sweeper sets none: V_rest_R2 is flyvis's, not signal's
+            "exploration.objective.metric=V_rest_R2",
+            "exploration.objective.metric=V_rest_R2: not a metric of this run",
+        ),
         pytest.param(
             "trainer=gpu",
             "trainer.accelerator=gpu: no GPU on this machine; use trainer=cpu",
@@ -175,6 +184,10 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
     [
         ("evaluation.rollout_frames=1", "evaluation.rollout_frames=1: must be an integer >= 2"),
         ("model.hidden_dim=0", "model.hidden_dim=0: must be an integer >= 1"),
+        (
+            "optimized_metric=connectivty_R2",
+            "optimized_metric=connectivty_R2: not a metric of this run (did you mean connectivity_R2?)",
+        ),
         (
             "evaluation.callbacks=[{_target_: hydra_llm.no_such_module.callback}]",
             "evaluation.callbacks.0._target_='hydra_llm.no_such_module.callback': cannot be imported (",
@@ -215,6 +228,30 @@ def test_each_regime_checks_its_evaluation_settings_in_the_preflight(overrides, 
             compose("train", [*overrides, "evaluation.cluster_seed=1.5"])
     with pytest.raises(PreflightError, match="^" + re.escape(message)):
         check(cfg)
+
+
+def test_optimized_metric_is_checked_against_the_regime_metrics_before_any_work():
+    """Per-type names (metabolism's slope_ratio_<i>) take any type index; a user's own evaluation,
+    whose metrics are known only once it ran, is not checked before it."""
+    from hydra_llm.preflight import check_optimized_metric
+
+    def composed(*overrides: str):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose("train", list(overrides))
+
+    check_optimized_metric(composed("simulation=metabolism_homeostasis", "optimized_metric=slope_ratio_12"))
+    with pytest.raises(
+        ValueError, match=r"^optimized_metric=slope_ratio_x: .*\(did you mean slope_ratio_<i>\?\)"
+    ):
+        check_optimized_metric(
+            composed("simulation=metabolism_homeostasis", "optimized_metric=slope_ratio_x")
+        )
+    with pytest.raises(ValueError, match=r"^optimized_metric=V_rest_R2: not a metric of this run"):
+        check_optimized_metric(composed("optimized_metric=V_rest_R2"))  # flyvis's, not signal's
+    check_optimized_metric(composed("simulation=flyvis_synthetic", "optimized_metric=V_rest_R2"))
+    own = composed("optimized_metric=anything")
+    own.evaluation._target_ = "my_lab.evaluate"
+    check_optimized_metric(own)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ from omegaconf import OmegaConf
 
 from hydra_llm.explore.engine_config import EngineConfig
 from hydra_llm.explore.space import parse_space
+from hydra_llm.preflight import metric_names
+from hydra_llm.schemas.evaluation import is_metric
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -46,6 +48,18 @@ def test_every_study_builds_an_engine_config():
         assert config.n_parallel >= 1 and config.objective.metric, path.stem
         for values in config.slot_params.values():
             assert len(values) == config.n_parallel, path.stem
+
+
+def test_every_study_and_regime_objective_is_a_metric_of_its_runs():
+    """The objective a sweep ranks by (the study's, else the regime's exploration node) is one of the
+    metrics its runs return, as the llm_ucb sweeper checks before its first batch."""
+    studies = [f"experiment={path.stem}" for path in sorted((CONF_DIR / "experiment").glob("*.yaml"))]
+    regimes = [f"simulation={path.stem}" for path in sorted((CONF_DIR / "simulation").glob("*.yaml"))]
+    for choice in [*studies, *regimes]:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[choice], return_hydra_config=True)
+        metric = OmegaConf.select(cfg, "hydra.sweeper.objective.metric") or cfg.exploration.objective.metric
+        assert is_metric(metric, metric_names(cfg)), (choice, metric)
 
 
 def test_a_study_overrides_the_primary_config_defaults():

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from hydra_llm.schemas.evaluation import FlyvisEvaluation
 from hydra_llm.train import run
+from tests.test_train_run import check_declared
 
 ROOT = Path(__file__).parents[1]
 TINY = Path(__file__).parent / "data" / "flyvis_tiny_connectome.json"
@@ -68,6 +70,7 @@ def test_train_run_writes_metrics_plots_and_r2_log(tmp_path):
         "training_time_min",
     ):
         assert key in metrics and key in stored
+    check_declared(metrics, FlyvisEvaluation._target_)
     assert (job / "plots" / "W_scatter.png").is_file()
     log = job / "connectivity_r2.log"
     if log.is_file():  # written when train.run passes evaluation.callbacks to the Trainer

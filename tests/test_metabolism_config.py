@@ -11,7 +11,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from hydra_llm.schemas.evaluation import MetabolismEvaluation
 from hydra_llm.train import run
+from tests.test_train_run import check_declared
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_DIR / "conf"
@@ -136,6 +138,7 @@ def test_tiny_phase1_then_phase2_run_writes_every_seed_metric(tmp_path):
     saved = json.loads((tmp_path / "p2" / "metrics.json").read_text())
     for name in SEED_METRICS:
         assert name in saved and math.isfinite(saved[name]), name
+    check_declared(metrics2, MetabolismEvaluation._target_)
     # reactions were frozen: phase 2 reports the same rate constants as phase 1
     assert metrics2["rate_constants_R2"] == metrics["rate_constants_R2"]
     for plot in ("MLP_node.png", "rate_constants.png", "embedding.png"):

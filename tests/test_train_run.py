@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from hydra_llm.schemas.evaluation import SignalEvaluation, is_metric, metric_names
 from hydra_llm.train import run
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -62,8 +63,16 @@ def tiny_run(tmp_path: Path, *overrides: str) -> tuple[dict[str, float], Path]:
     return run(cfg), out
 
 
+def check_declared(metrics: dict[str, float], evaluation_target: str) -> None:
+    """Every metric a run returned is one its evaluation declares (the names the preflight and the
+    llm_ucb sweeper check an objective against)."""
+    names = metric_names(evaluation_target)
+    assert names is not None and [k for k in metrics if not is_metric(k, names)] == []
+
+
 def check_job_folder(metrics: dict[str, float], out: Path) -> None:
     assert set(metrics) >= SIGNAL_METRICS
+    check_declared(metrics, SignalEvaluation._target_)
     assert all(isinstance(v, float) for v in metrics.values())
     assert all(math.isfinite(metrics[k]) for k in SIGNAL_METRICS)
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)

@@ -4,8 +4,9 @@
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
 missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
 the model settings against their schema, the model class's ``check_training``, the evaluation
-settings, the trainer's device (where the runs train on this machine), and the simulation
-DataModule's constructor, which validates its arguments and finds its data but simulates nothing.
+settings, ``optimized_metric`` against the evaluation's metric names, the trainer's device (where
+the runs train on this machine), and the simulation DataModule's constructor, which validates its
+arguments and finds its data but simulates nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def check(cfg: DictConfig) -> Any:
         if model_check is not None:
             model_check(training)
         check_evaluation(cfg)
+        check_optimized_metric(cfg)
         try:
             return instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
         except InstantiationException as err:  # Hydra wraps the constructor's own error
@@ -73,6 +75,27 @@ def check_evaluation(cfg: DictConfig) -> None:
             validate(CALLBACKS[target], entry, group=key)
         else:
             check_importable(f"{key}._target_", target)
+
+
+def metric_names(cfg: DictConfig) -> tuple[str, ...] | None:
+    """The metrics a run of ``cfg`` returns, from its evaluation's schema
+    (:func:`hydra_llm.schemas.evaluation.metric_names`); None for a user's own evaluation. The config's
+    ``metric_names`` key names this function for the llm_ucb sweeper, which checks its objective
+    metric against it before the first batch."""
+    from hydra_llm.schemas.evaluation import metric_names as names_of
+
+    return names_of(str(OmegaConf.select(cfg, "evaluation._target_", default="")))
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """Raise ``ValueError`` when ``optimized_metric`` (the one number a run returns to sweepers such as
+    Optuna) names no metric of the run, rather than after its training."""
+    from hydra_llm.schemas.evaluation import is_metric, unknown_metric
+
+    name = OmegaConf.select(cfg, "optimized_metric", default=None)
+    names = metric_names(cfg)
+    if name and names is not None and not is_metric(str(name), names):
+        raise ValueError(unknown_metric("optimized_metric", str(name), names))
 
 
 def check_importable(key: str, path: str) -> None:

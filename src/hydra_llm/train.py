@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_llm import preflight
+from hydra_llm.schemas.evaluation import unknown_metric
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +163,8 @@ def optimized(metrics: dict[str, float], key: str | None) -> dict[str, float] | 
     files are written when it names no metric of the run)."""
     if not key:
         return metrics
-    if key not in metrics:
-        raise ValueError(
-            f"optimized_metric={key}: not a metric of this run; allowed: {', '.join(sorted(metrics))}"
-        )
+    if key not in metrics:  # a user's own evaluation: the preflight could not know its names
+        raise ValueError(unknown_metric("optimized_metric", key, sorted(metrics)))
     return float(metrics[key])
 
 

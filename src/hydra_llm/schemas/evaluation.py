@@ -9,6 +9,9 @@ cheap (no torch).
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -25,6 +28,14 @@ class SignalEvaluation:
     """``evaluation=signal`` (``hydra_llm.evaluation.signal.evaluate``)."""
 
     GROUP: ClassVar[str] = "evaluation"
+    METRICS: ClassVar[tuple[str, ...]] = (
+        "connectivity_R2", "connectivity_R2_identity", "connectivity_slope",
+        "connectivity_R2_edges", "connectivity_R2_identity_edges", "connectivity_slope_edges",
+        "tau_R2", "tau_R2_identity", "tau_slope", "tau_relative_error", "s_R2",
+        "cluster_accuracy", "cluster_accuracy_embedding",
+        "test_R2", "test_pearson", "test_one_step_R2",
+        "connectivity_R2_oracle", "connectivity_R2_identity_oracle", "tau_R2_oracle",
+    )  # fmt: skip
     _target_: str = "hydra_llm.evaluation.signal.evaluate"
     rollout_frames: int = 200  # rollout length from the first held-out frame (2 time units at dt 0.01)
     make_plots: bool = True
@@ -74,6 +85,22 @@ class FlyvisEvaluation:
     (``cluster_accuracy_median``, ``_min``, ``_max``): one start costs ~6 s at extent 8 on 2 cores."""
 
     GROUP: ClassVar[str] = "evaluation"
+    METRICS: ClassVar[tuple[str, ...]] = (
+        "connectivity_R2", "connectivity_R2_identity", "connectivity_slope", "connectivity_R2_raw",
+        "connectivity_R2_visible", "visible_edge_fraction", "readout_agreement",
+        "connectivity_R2_trimmed_oracle", "connectivity_R2_identity_trimmed_oracle",
+        "connectivity_outlier_fraction",
+        "tau_R2", "tau_R2_identity", "tau_slope", "tau_clipped_fraction",
+        "V_rest_R2", "V_rest_R2_identity", "V_rest_slope",
+        "V_rest_zero_drive_R2", "V_rest_zero_drive_R2_identity", "V_rest_zero_drive_slope",
+        "cluster_accuracy", "cluster_accuracy_median", "cluster_accuracy_min", "cluster_accuracy_max",
+        "connectivity_R2_local", "connectivity_R2_identity_local", "connectivity_slope_local",
+        "tau_R2_local", "tau_R2_identity_local", "tau_slope_local", "tau_clipped_fraction_local",
+        "V_rest_R2_local", "V_rest_R2_identity_local", "V_rest_slope_local",
+        "V_rest_zero_drive_R2_local", "V_rest_zero_drive_R2_identity_local",
+        "V_rest_zero_drive_slope_local", "cluster_accuracy_local",
+        "test_R2", "test_pearson", "test_R2_ood", "test_pearson_ood", "degeneracy_gap",
+    )  # fmt: skip
     _target_: str = "hydra_llm.evaluation.flyvis.evaluate"
     rollout_frames: int = 500  # rollout length on held-out and out-of-distribution stimuli
     # |W* - w| above it: dropped from connectivity_R2_trimmed_oracle (as the original)
@@ -95,6 +122,15 @@ class MetabolismEvaluation:
     """``evaluation=metabolism`` (``hydra_llm.evaluation.metabolism.evaluate``)."""
 
     GROUP: ClassVar[str] = "evaluation"
+    METRICS: ClassVar[tuple[str, ...]] = (
+        "rate_constants_R2", "rate_constants_R2_identity", "rate_constants_slope",
+        "rate_constants_R2_trimmed_oracle", "rate_constants_n_outliers", "alpha",
+        "avg_slope_ratio", "slope_ratio_<i>", "offset_ratio_<i>",
+        "MLP_node_slope_<i>", "MLP_node_offset_<i>", "MLP_node_gt_slope_<i>", "MLP_node_gt_offset_<i>",
+        "phase2_node_magnitude", "test_R2", "stoichiometry_R2",
+        "embedding_cluster_acc", "embedding_n_clusters", "embedding_silhouette",
+        "embedding_cluster_acc_kmeans", "embedding_n_clusters_kmeans",
+    )  # fmt: skip
     _target_: str = "hydra_llm.evaluation.metabolism.evaluate"
     slope_c_min: float = 0.0  # MLP_node line fits over this concentration grid
     slope_c_max: float = 10.0
@@ -117,3 +153,27 @@ class MetabolismEvaluation:
 EVALUATIONS: dict[str, type] = {
     schema._target_: schema for schema in (SignalEvaluation, FlyvisEvaluation, MetabolismEvaluation)
 }
+
+# what train.run adds to the metrics of every regime
+RUN_METRICS: tuple[str, ...] = ("final_loss", "training_time_min", "smoothing_window")
+
+
+def metric_names(target: str) -> tuple[str, ...] | None:
+    """The metrics a run with the evaluation ``target`` returns (``<i>`` in a name stands for a type
+    index: ``slope_ratio_<i>`` is ``slope_ratio_0``, ``slope_ratio_1``, ...); None for an evaluation
+    without a schema here (a user's own), whose metrics are known only once it ran."""
+    schema = EVALUATIONS.get(target)
+    return None if schema is None else (*schema.METRICS, *RUN_METRICS)
+
+
+def is_metric(name: str, names: Iterable[str]) -> bool:
+    """Whether ``name`` is one of ``names`` (see :func:`metric_names` for ``<i>``)."""
+    return any(re.fullmatch(re.escape(n).replace("<i>", r"\d+"), name) for n in names)
+
+
+def unknown_metric(key: str, name: str, names: Iterable[str]) -> str:
+    """The one-line error for ``key=name`` that is not one of ``names``, with the closest name."""
+    names = list(names)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{key}={name}: not a metric of this run{hint}; allowed: {', '.join(names)}"

@@ -111,6 +111,7 @@ class LLMUCBSweeperImpl:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         objective = _objective(settings, regime)
         engine_config = EngineConfig.from_settings(settings, objective=objective)
+        self._check_metric(engine_config.objective.metric, given=settings.objective.metric is not None)
         proposer = self._proposer(config.hydra.sweeper.proposer)
         self.seed_keys = engine_config.seed_keys
         self.metric = engine_config.objective.metric
@@ -309,6 +310,21 @@ class LLMUCBSweeperImpl:
             get_method(str(target))(self.config)
         except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
             raise SweepConfigError(f"preflight: {' '.join(str(err).split())}") from None
+
+    def _check_metric(self, metric: str, given: bool) -> None:
+        """Stop before the first batch when the objective metric is none of the task's metrics (the
+        config's ``metric_names`` key, a dotted path to a function of the composed config that returns
+        them, or None when they are known only once a run ends). ``given``: the sweeper's own
+        ``objective.metric`` set it, not the regime's ``exploration.objective``."""
+        from hydra.utils import get_method
+
+        from hydra_llm.schemas.evaluation import is_metric, unknown_metric
+
+        target = OmegaConf.select(self.config, "metric_names", default=None)
+        names = get_method(str(target))(self.config) if target else None
+        if names is not None and not is_metric(metric, names):
+            key = "hydra.sweeper.objective.metric" if given else "exploration.objective.metric"
+            raise SweepConfigError(unknown_metric(key, metric, names))
 
     def _parse(self, record: Mapping[str, Mapping[str, str]], arguments: list[str]) -> SearchSpace:
         from hydra.core.override_parser.overrides_parser import OverridesParser
