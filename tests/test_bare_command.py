@@ -17,7 +17,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from hydra_llm.preflight import PreflightError, check_accelerator
+from hydra_llm.preflight import PreflightError, check_accelerator, check_trainer
 from tests.fake_openai import FakeError, FakeOpenAIServer
 from tests.test_sweeper_train_e2e import TINY_SIGNAL
 
@@ -152,6 +152,10 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
             "hydra.sweeper.objective.metric=tau_r2: not a metric of this run (did you mean tau_R2?); "
             "allowed: connectivity_R2,",
         ),
+        (
+            "+trainer.max_step=5",
+            "trainer.max_step: not an argument of Trainer; did you mean trainer.max_steps?",
+        ),
         (  # the regime's objective, when the sweeper sets none: V_rest_R2 is flyvis's, not signal's
             "exploration.objective.metric=V_rest_R2",
             "exploration.objective.metric=V_rest_R2: not a metric of this run",
@@ -184,6 +188,10 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
     [
         ("evaluation.rollout_frames=1", "evaluation.rollout_frames=1: must be an integer >= 2"),
         ("model.hidden_dim=0", "model.hidden_dim=0: must be an integer >= 1"),
+        (
+            "trainer.devices=0",
+            "trainer: `Trainer(devices=0)` value is not a valid input using cpu accelerator.",
+        ),
         (
             "optimized_metric=connectivty_R2",
             "optimized_metric=connectivty_R2: not a metric of this run (did you mean connectivity_R2?)",
@@ -313,9 +321,27 @@ def test_a_cluster_launcher_leaves_the_gpu_to_its_nodes():
         slurm = compose("train", ["trainer=gpu", "hydra/launcher=slurm"], return_hydra_config=True)
         local = compose("train", ["trainer=gpu"], return_hydra_config=True)
     check_accelerator(slurm)
+    check_trainer(slurm)  # its arguments only: the Trainer would look for the GPU here
     if not torch.cuda.is_available():
         with pytest.raises(PreflightError, match=r"^trainer\.accelerator=gpu: "):
             check_accelerator(local)
+
+
+def test_the_trainer_settings_are_checked_before_any_work():
+    """The run's Trainer is built in the preflight (its constructor checks the values); on a cluster
+    launcher, whose nodes the Trainer cannot see from here, the keys are still checked."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        typo = compose("train", ["+trainer.max_step=5", "hydra/launcher=slurm"], return_hydra_config=True)
+        bad = compose("train", ["+trainer.precision=17"])
+        fine = compose("train", ["+trainer.precision=bf16-mixed", "trainer.max_epochs=2"])
+    with pytest.raises(
+        ValueError,
+        match=r"^trainer\.max_step: not an argument of Trainer; did you mean trainer\.max_steps\?$",
+    ):
+        check_trainer(typo)
+    with pytest.raises(ValueError, match=r"^trainer: Precision 17 is invalid\. Allowed precision values: "):
+        check_trainer(bad)
+    check_trainer(fine)
 
 
 def test_an_accelerator_lightning_lacks_or_this_machine_lacks_is_named_before_any_work():

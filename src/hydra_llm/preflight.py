@@ -3,10 +3,10 @@
 ``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
 missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
-the model settings against their schema, the model class's ``check_training``, the evaluation
-settings, ``optimized_metric`` against the evaluation's metric names, the trainer's device (where
-the runs train on this machine), and the simulation DataModule's constructor, which validates its
-arguments and finds its data but simulates nothing.
+the trainer's device (where the runs train on this machine) and settings (the Trainer is built,
+nothing else), the model settings against their schema, the model class's ``check_training``, the
+evaluation settings, ``optimized_metric`` against the evaluation's metric names, and the simulation
+DataModule's constructor, which validates its arguments and finds its data but simulates nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def check(cfg: DictConfig) -> Any:
 
     check_accelerator(cfg)
     try:
+        check_trainer(cfg)
         check_schema(cfg, "model", MODELS)
         training: dict[str, Any] = OmegaConf.to_container(cfg.training, resolve=True)  # type: ignore[assignment]
         model_check = getattr(get_class(cfg.model._target_), "check_training", None)
@@ -116,6 +117,50 @@ def check_importable(key: str, path: str) -> None:
         raise ValueError(f"{key}={path!r}: not callable")
 
 
+def on_cluster_nodes(cfg: DictConfig) -> bool:
+    """Whether a cluster launcher (``hydra/launcher=slurm``) sends the runs to other nodes, whose
+    devices this machine need not have."""
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    return launcher.endswith("SlurmLauncher")
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """Raise ``ValueError`` for a ``trainer`` setting the run's Trainer would refuse after the
+    simulation: a key that is none of its arguments, or a value its constructor rejects
+    (``devices=0``, an unknown ``precision``). The Trainer is built here as the run builds it, without
+    logger, callbacks or files, its start-up messages silenced; where the runs go to cluster nodes
+    only the keys are checked (the constructor would look for the nodes' devices here)."""
+    import difflib
+    import inspect
+    import logging
+    import warnings
+
+    from hydra.utils import get_class, instantiate
+
+    options: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
+    target = get_class(str(options.pop("_target_")))
+    allowed = inspect.signature(target).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in allowed.values()):
+        for key in options:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, list(allowed), n=1)
+                hint = f"; did you mean trainer.{close[0]}?" if close else ""
+                raise ValueError(f"trainer.{key}: not an argument of {target.__name__}{hint}")
+    if on_cluster_nodes(cfg):
+        return
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..."
+    disabled, rank_zero.disabled = rank_zero.disabled, True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    except Exception as err:  # Hydra wraps the constructor's error (a MisconfigurationException, ...)
+        cause = err.__cause__ or err
+        raise ValueError(f"trainer: {' '.join(str(cause).split())[:300]}") from None
+    finally:
+        rank_zero.disabled = disabled
+
+
 def check_accelerator(cfg: DictConfig) -> None:
     """Raise :class:`PreflightError` when ``trainer.accelerator`` is not one of Lightning's accelerators,
     or names a device this machine lacks.
@@ -133,8 +178,7 @@ def check_accelerator(cfg: DictConfig) -> None:
             f"trainer.accelerator={accelerator}: not an accelerator Lightning knows here; one of "
             + ", ".join(sorted(devices))
         )
-    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
-    if launcher.endswith("SlurmLauncher") or not devices[accelerator]:
+    if on_cluster_nodes(cfg) or not devices[accelerator]:
         return
     # "gpu" is Lightning's alias for whichever of cuda and mps the machine has
     if not any(AcceleratorRegistry[name]["accelerator"].is_available() for name in devices[accelerator]):
