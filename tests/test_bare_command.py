@@ -193,6 +193,11 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
             "trainer: `Trainer(devices=0)` value is not a valid input using cpu accelerator.",
         ),
         (
+            "paths.cache_dir=/dev/null/cache",
+            "paths.cache_dir=/dev/null/cache: cannot be created (Not a directory); set paths.cache_dir (or "
+            "$HYDRA_LLM_CACHE) to a writable folder",
+        ),
+        (
             "optimized_metric=connectivty_R2",
             "optimized_metric=connectivty_R2: not a metric of this run (did you mean connectivity_R2?)",
         ),

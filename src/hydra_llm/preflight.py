@@ -5,8 +5,9 @@ task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (
 missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
 the trainer's device (where the runs train on this machine) and settings (the Trainer is built,
 nothing else), the model settings against their schema, the model class's ``check_training``, the
-evaluation settings, ``optimized_metric`` against the evaluation's metric names, and the simulation
-DataModule's constructor, which validates its arguments and finds its data but simulates nothing.
+evaluation settings, ``optimized_metric`` against the evaluation's metric names, the simulation
+DataModule's constructor, which validates its arguments and finds its data but simulates nothing,
+and the cache folder.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ def check(cfg: DictConfig) -> Any:
         check_evaluation(cfg)
         check_optimized_metric(cfg)
         try:
-            return instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
+            datamodule = instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
         except InstantiationException as err:  # Hydra wraps the constructor's own error
             raise (err.__cause__ or err) from None
+        check_cache_dir(cfg)  # last: it creates the folder, as the run would
+        return datamodule
     except (ValueError, TypeError, KeyError, FileNotFoundError, InstantiationException) as err:
         first = " ".join(str(err).split()) or type(err).__name__
         raise PreflightError(first) from err  # the cause keeps its type (e.g. FileNotFoundError)
@@ -97,6 +100,24 @@ def check_optimized_metric(cfg: DictConfig) -> None:
     names = metric_names(cfg)
     if name and names is not None and not is_metric(str(name), names):
         raise ValueError(unknown_metric("optimized_metric", str(name), names))
+
+
+def check_cache_dir(cfg: DictConfig) -> None:
+    """Raise ``ValueError`` when ``paths.cache_dir`` (where the simulation records) cannot be created or
+    written; the folder is created, as the run would create it."""
+    import os
+    from pathlib import Path
+
+    folder = OmegaConf.select(cfg, "paths.cache_dir", default=None)
+    if folder is None:
+        return
+    fix = "set paths.cache_dir (or $HYDRA_LLM_CACHE) to a writable folder"
+    try:
+        Path(str(folder)).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"paths.cache_dir={folder}: cannot be created ({err.strerror}); {fix}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"paths.cache_dir={folder}: not writable; {fix}")
 
 
 def check_importable(key: str, path: str) -> None:
