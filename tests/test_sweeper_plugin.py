@@ -260,6 +260,8 @@ def test_non_number_return_is_a_failed_node(tmp_path):
     assert all(n["error"] == "task returned str; expected a dict of floats or a float" for n in nodes)
     proc = cli(tmp_path / "stop", "hydra.sweeper.n_iterations=8", "behaviour.return_text=true", check=False)
     assert proc.returncode != 0 and "4/4 children failed" in proc.stderr
+    assert (proc.stdout + proc.stderr).count("children failed") == 1  # one line in the terminal
+    assert "4/4 children failed" in (tmp_path / "stop" / "exploration" / "sweep.log").read_text()
     assert len(load(tmp_path / "stop")["nodes"]) == 4  # stopped after the first batch, state kept
 
 

@@ -263,9 +263,10 @@ class ExplorationEngine:
         save_state(self.sweep_dir, state)
         return state
 
-    def _event(self, state: SweepState, message: str) -> None:
-        """A line for the terminal and ``sweep.log`` that is also kept in the state's events."""
-        state.events.append(self._say(message))
+    def _event(self, state: SweepState, message: str, console: bool = True) -> None:
+        """A line for the terminal (unless not ``console``) and ``sweep.log`` that is also kept in the
+        state's events."""
+        state.events.append(self._say(message, console))
 
     def _log_path(self) -> Path:
         self.exploration.mkdir(parents=True, exist_ok=True)
@@ -330,10 +331,12 @@ class ExplorationEngine:
         self._check_failure_rate()
         return nodes
 
-    def _say(self, message: str) -> str:
-        """A line for the terminal and ``sweep.log`` (one printable line, capped); returns it."""
+    def _say(self, message: str, console: bool = True) -> str:
+        """A line for the terminal (unless not ``console``) and ``sweep.log`` (one printable line,
+        capped); returns it."""
         message = one_line(message, LIMITS.event)
-        log.info("[llm_ucb] %s", message)
+        if console:
+            log.info("[llm_ucb] %s", message)
         with open(self._log_path(), "a", encoding="utf-8") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         return message
@@ -657,7 +660,7 @@ class ExplorationEngine:
                 f"State saved in {state_path(self.sweep_dir)}; "
                 "fix the cause and continue with hydra.sweeper.resume=true"
             )
-            self._event(self.state, message)
+            self._event(self.state, message, console=False)  # the error raised is the terminal's line
             raise SweepFailedError(message)
 
     # ------------------------------------------------------------------ end + persistence
