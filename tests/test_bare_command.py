@@ -188,6 +188,7 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
     [
         ("evaluation.rollout_frames=1", "evaluation.rollout_frames=1: must be an integer >= 2"),
         ("model.hidden_dim=0", "model.hidden_dim=0: must be an integer >= 1"),
+        ("simulation.noise_model_level=nan", "simulation.noise_model_level=nan: must be a finite number"),
         (
             "trainer.devices=0",
             "trainer: `Trainer(devices=0)` value is not a valid input using cpu accelerator.",

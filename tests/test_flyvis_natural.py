@@ -145,6 +145,8 @@ def test_flyvis_natural_holds_out_images_and_keeps_synthetic_families_out_of_dis
         ({"held_out_fraction": 1.0}, r"held_out_fraction=1.0: must be in \(0, 1\)"),
         ({"blank_s": [0.5, 0.2]}, r"blank_s=\[0.5, 0.2\]: must be \[low, high\] with low <= high"),
         ({"blank_s": [-0.1, 0.2]}, r"blank_s=\[-0.1, 0.2\]: grey durations must be >= 0 s"),
+        # a NaN passes every comparison, so no float reaches the range checks unless it is finite
+        ({"luminance": [0.2, float("nan")]}, r"luminance.1=nan: must be a finite number"),
     ],
 )
 def test_bad_natural_settings_fail_before_simulating(stimulus, message):

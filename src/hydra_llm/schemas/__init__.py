@@ -9,6 +9,7 @@ registered by that plugin. Importing this package is cheap (no torch, no Hydra).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, fields
@@ -21,8 +22,8 @@ _ONE_OF = re.compile(r"expected one of \[(.*?)\]")
 
 
 def validate(schema: type[T], options: Mapping[str, Any] | None, group: str | None = None) -> T:
-    """``options`` merged over the defaults of ``schema`` and checked (types, then the schema's own
-    ``__post_init__`` ranges). A bad key or value raises one ``ValueError`` line naming
+    """``options`` merged over the defaults of ``schema`` and checked (types, every float finite, then
+    the schema's own ``__post_init__`` ranges). A bad key or value raises one ``ValueError`` line naming
     ``<group>.<key>`` and what is allowed; ``group`` defaults to ``schema.GROUP`` (an entry of a list
     passes its place in it, e.g. ``evaluation.callbacks.0``)."""
     from omegaconf import OmegaConf
@@ -35,7 +36,10 @@ def validate(schema: type[T], options: Mapping[str, Any] | None, group: str | No
     if unknown:
         raise ValueError(f"{prefix}: unknown keys {unknown}; allowed keys: {allowed}")
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))  # type: ignore[return-value]
+        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+        bad = non_finite(OmegaConf.to_container(merged))
+        if bad is None:
+            return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except ConfigKeyError as err:
         raise ValueError(f"{prefix}.{err.full_key}: unknown key") from None
     except ValidationError as err:
@@ -49,10 +53,25 @@ def validate(schema: type[T], options: Mapping[str, Any] | None, group: str | No
         check = err.__cause__  # a range check of a nested schema's __post_init__
     except ValueError as err:  # a range check of the schema's own __post_init__
         check = err
+    else:  # checked before __post_init__, whose range checks a NaN passes (nan < 0 is False)
+        raise ValueError(f"{prefix}.{bad[0]}={bad[1]}: must be a finite number") from None
     message = str(check)  # it names schema.GROUP; an entry of a list is named by its place
     if group and message.startswith(schema.GROUP):  # type: ignore[attr-defined]
         message = group + message.removeprefix(schema.GROUP)  # type: ignore[attr-defined]
     raise ValueError(message) from None
+
+
+def non_finite(value: Any, key: str = "") -> tuple[str, float] | None:
+    """``(dotted key, value)`` of the first float in ``value`` (plain dicts, lists and scalars) that is
+    NaN or infinite; None when there is none."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (key, value)
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = non_finite(v, f"{key}.{k}" if key else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 def plain(options: Any) -> dict[str, Any]:
