@@ -163,7 +163,7 @@ def optimized(metrics: dict[str, float], key: str | None) -> dict[str, float] | 
     files are written when it names no metric of the run)."""
     if not key:
         return metrics
-    if key not in metrics:  # a user's own evaluation: the preflight could not know its names
+    if key not in metrics:  # one the preflight could not check (a user's own evaluation) or not produced
         raise ValueError(unknown_metric("optimized_metric", key, sorted(metrics)))
     return float(metrics[key])
 
