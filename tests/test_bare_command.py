@@ -244,6 +244,19 @@ def test_each_regime_checks_its_evaluation_settings_in_the_preflight(overrides, 
         check(cfg)
 
 
+def test_a_record_larger_than_the_free_space_stops_a_run_before_it_simulates(tmp_path):
+    """Extent 8 over 10^8 frames records 11 TB into the cache; on a full disk the memory-mapped record
+    would end the process without a Python error."""
+    proc = train(tmp_path, "simulation=flyvis_natural", "simulation.n_frames=100000000")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+    assert re.match(
+        r"error: paths\.cache_dir=.*: the simulation records 10992\.9 GB there and [\d.]+ GB are free",
+        lines[0],
+    )
+    assert not any((tmp_path / "cache").iterdir())  # nothing simulated
+
+
 def test_optimized_metric_is_checked_against_the_regime_metrics_before_any_work():
     """Per-type names (metabolism's slope_ratio_<i>) take any type index; a user's own evaluation,
     whose metrics are known only once it ran, is not checked before it."""

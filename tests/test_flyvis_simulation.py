@@ -245,6 +245,9 @@ def test_datamodule_cache_is_reused_and_keyed_by_seed(tmp_path):
         "derivative.npy",
         "extras.ood_activity.npy",
     ]
+    # the size the preflight checks against the free space, to the npy headers
+    written = sum(np.load(p, mmap_mode="r").nbytes for p in record.iterdir())
+    assert first.record_bytes() == written
     maps = Path("/proc/self/maps").read_text()
     assert all(str(p.resolve()) in maps for p in record.iterdir())
     assert torch.equal(torch.from_numpy(np.load(record / "derivative.npy")), second.observations.derivative)

@@ -43,7 +43,7 @@ def check(cfg: DictConfig) -> Any:
             datamodule = instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
         except InstantiationException as err:  # Hydra wraps the constructor's own error
             raise (err.__cause__ or err) from None
-        check_cache_dir(cfg)  # last: it creates the folder, as the run would
+        check_cache_dir(cfg, datamodule)  # last: it creates the folder, as the run would
         return datamodule
     except (ValueError, TypeError, KeyError, FileNotFoundError, InstantiationException) as err:
         first = " ".join(str(err).split()) or type(err).__name__
@@ -102,10 +102,13 @@ def check_optimized_metric(cfg: DictConfig) -> None:
         raise ValueError(unknown_metric("optimized_metric", str(name), names))
 
 
-def check_cache_dir(cfg: DictConfig) -> None:
+def check_cache_dir(cfg: DictConfig, datamodule: Any) -> None:
     """Raise ``ValueError`` when ``paths.cache_dir`` (where the simulation records) cannot be created or
-    written; the folder is created, as the run would create it."""
+    written, or lacks the space the ``datamodule``'s record needs (``record_bytes``) when it is not
+    cached yet: a full disk under a memory-mapped record ends the process without a Python error.
+    The folder is created, as the run would create it."""
     import os
+    import shutil
     from pathlib import Path
 
     folder = OmegaConf.select(cfg, "paths.cache_dir", default=None)
@@ -118,6 +121,14 @@ def check_cache_dir(cfg: DictConfig) -> None:
         raise ValueError(f"paths.cache_dir={folder}: cannot be created ({err.strerror}); {fix}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"paths.cache_dir={folder}: not writable; {fix}")
+    need, cached = datamodule.record_bytes(), datamodule.cache_path(folder)
+    free = shutil.disk_usage(folder).free
+    if need > free and cached is not None and not cached.is_file():
+        raise ValueError(
+            f"paths.cache_dir={folder}: the simulation records {need / 1e9:.1f} GB there and "
+            f"{free / 1e9:.1f} GB are free; free space, set paths.cache_dir (or $HYDRA_LLM_CACHE) to "
+            "another disk, or lower simulation.n_frames"
+        )
 
 
 def check_importable(key: str, path: str) -> None:

@@ -210,6 +210,11 @@ class SimulationDataModule(pl.LightningDataModule):
         """Every parameter that changes the generated data, including the seed."""
         raise NotImplementedError
 
+    def record_bytes(self) -> int:
+        """The bytes :meth:`prepare_data` writes into the cache's record files (0: nothing of note, the
+        recording is pickled with the cache file). The preflight compares it with the free space."""
+        return 0
+
     def cache_path(self, cache_dir: str | Path | None) -> Path | None:
         if cache_dir is None:
             return None

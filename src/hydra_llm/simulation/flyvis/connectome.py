@@ -191,6 +191,19 @@ def fill_hull(offsets: np.ndarray, n_syn: np.ndarray, n_syn_fill: float) -> tupl
     return np.concatenate([offsets, new]), np.concatenate([n_syn, np.full(len(new), float(n_syn_fill))])
 
 
+def type_columns(node: dict[str, Any], columns: np.ndarray) -> np.ndarray:
+    """(C,) bool: the ``columns`` (C, 2) that hold a neuron of the spec's ``node`` (its type): those whose
+    (u, v) are multiples of the type's pattern strides."""
+    su, sv = node["pattern"][1]
+    return (columns[:, 0] % su == 0) & (columns[:, 1] % sv == 0)
+
+
+def count_neurons(spec: dict[str, Any], extent: int) -> int:
+    """The N of :func:`compile_connectome` at ``extent``, without building its edges."""
+    columns = hex_columns(extent)
+    return sum(int(type_columns(node, columns).sum()) for node in spec["nodes"])
+
+
 def compile_connectome(spec: dict[str, Any], extent: int = 8, n_syn_fill: float = 1.0) -> Connectome:
     """Tile the spec's per-pair offset filters over the hex lattice of the given extent."""
     validate_spec(spec)
@@ -198,8 +211,7 @@ def compile_connectome(spec: dict[str, Any], extent: int = 8, n_syn_fill: float 
     columns = hex_columns(extent)
     node_type, node_u, node_v = [], [], []
     for t, node in enumerate(spec["nodes"]):
-        su, sv = node["pattern"][1]
-        keep = (columns[:, 0] % su == 0) & (columns[:, 1] % sv == 0)
+        keep = type_columns(node, columns)
         node_type.append(np.full(int(keep.sum()), t, dtype=np.int64))
         node_u.append(columns[keep, 0])
         node_v.append(columns[keep, 1])
