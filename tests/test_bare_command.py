@@ -299,6 +299,32 @@ def test_each_regime_checks_its_model_settings_in_the_preflight(regime, override
 
 
 @pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["simulation=flyvis_synthetic", "training.max_steps_per_epoch=0"],
+            "training.max_steps_per_epoch=0: must be an integer >= 1, or null",
+        ),
+        (  # the file is needed before the simulation; its contents are checked when phase 2 loads it
+            [
+                "simulation=metabolism_homeostasis",
+                "training=metabolism_phase2",
+                "training.phase1_checkpoint=/no.ckpt",
+            ],
+            "training.phase1_checkpoint: file not found: /no.ckpt",
+        ),
+    ],
+)
+def test_training_settings_used_after_the_simulation_are_checked_in_the_preflight(overrides, message):
+    from hydra_llm.preflight import check
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides)
+    with pytest.raises(PreflightError, match="^" + re.escape(message) + "$"):
+        check(cfg)
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         (

@@ -161,6 +161,8 @@ class FlyvisTraining:
                 list(self.embedding_snap_at),
                 "fractions of the steps, each in (0, 1]",
             )
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            fail(self, "max_steps_per_epoch", self.max_steps_per_epoch, "must be an integer >= 1, or null")
         non_negative(self, "alternate_lr_ratio")
         if self.alternate_lr_ratio_W_phase is not None:
             non_negative(self, "alternate_lr_ratio_W_phase")

@@ -50,7 +50,12 @@ from hydra_llm.models.lr_schedule import lr_factor
 from hydra_llm.models.metabolism import least_squares, losses
 from hydra_llm.models.metabolism.conserved_types import conserved_types
 from hydra_llm.models.metabolism.network import REACTION_ARCH_KEYS, ReactionNetwork
-from hydra_llm.models.metabolism.options import amplification, trainer_settings, training_options
+from hydra_llm.models.metabolism.options import (
+    amplification,
+    check_training,
+    trainer_settings,
+    training_options,
+)
 from hydra_llm.simulation.base import Observations, config_hash
 from hydra_llm.simulation.frames import FrameSampling, start_frame_loader
 
@@ -71,7 +76,7 @@ class MetabolismGNN(ReactionNetwork):
     """
 
     # Lets a caller check cfg.training before simulating: get_class(target).check_training(training).
-    check_training = staticmethod(training_options)
+    check_training = staticmethod(check_training)
 
     # the losses and least-squares steps, bound as methods (the phase-2 strategy calls some of them)
     regularisers = losses.regularisers

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hydra_llm.schemas import as_dict
@@ -19,6 +20,16 @@ def training_options(training: Mapping[str, Any] | None) -> dict[str, Any]:
     if phase not in (1, 2):
         raise ValueError(f"training.phase={phase!r}: must be one of [1, 2]")
     return as_dict(MetabolismPhase1Training if phase == 1 else MetabolismPhase2Training, training)
+
+
+def check_training(training: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:func:`training_options`, and in phase 2 a ``phase1_checkpoint`` that is a file: what a run
+    checks before it simulates (the checkpoint's contents are checked when phase 2 loads it)."""
+    opts = training_options(training)
+    path = opts.get("phase1_checkpoint")
+    if path is not None and not Path(str(path)).is_file():
+        raise FileNotFoundError(f"training.phase1_checkpoint: file not found: {path}")
+    return opts
 
 
 def trainer_settings(opts: Mapping[str, Any]) -> dict[str, Any]:
