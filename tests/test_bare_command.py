@@ -301,6 +301,19 @@ def test_each_regime_checks_its_model_settings_in_the_preflight(regime, override
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        (  # a seed numpy or Lightning refuses, in every regime's simulation and training
+            ["simulation=flyvis_natural", "simulation.seed=-2"],
+            "simulation.seed=-2: must be an integer in [0, 4294967295]",
+        ),
+        (
+            ["simulation=flyvis_synthetic", "simulation.connectome.seed=4294967296"],
+            "simulation.connectome.seed=4294967296: must be an integer in [0, 4294967295]",
+        ),
+        (["training.seed=-1"], "training.seed=-1: must be an integer in [0, 4294967295]"),
+        (
+            ["simulation=metabolism_homeostasis", "training.seed=-1"],
+            "training.seed=-1: must be an integer in [0, 4294967295]",
+        ),
         (
             ["simulation=flyvis_synthetic", "training.max_steps_per_epoch=0"],
             "training.max_steps_per_epoch=0: must be an integer >= 1, or null",
@@ -315,7 +328,7 @@ def test_each_regime_checks_its_model_settings_in_the_preflight(regime, override
         ),
     ],
 )
-def test_training_settings_used_after_the_simulation_are_checked_in_the_preflight(overrides, message):
+def test_seeds_and_training_settings_used_after_the_preflight_are_checked_in_it(overrides, message):
     from hydra_llm.preflight import check
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -323,6 +323,13 @@ def test_bad_engine_settings_name_key():
     with pytest.raises(SweepConfigError, match=r"^hydra\.sweeper\.ucb\.lcb_kappa: nan; allowed"):
         EngineConfig.from_settings({"ucb": {"lcb_kappa": float("nan")}})
     assert EngineConfig.from_settings({"ucb": {"c": 0.0}}).ucb_c == 0.0  # greedy on R is allowed
+    # a child's simulation seed, seed x 1000 + slot, must stay a seed numpy and Lightning accept
+    with pytest.raises(
+        SweepConfigError, match=r"^hydra\.sweeper\.seed: -1; allowed: an integer in \[0, 4294966\]$"
+    ):
+        EngineConfig(seed=-1).check()
+    EngineConfig(seed=4294966, n_parallel=4).check()
+    assert 4294966 * 1000 + 999 <= 2**32 - 1
 
 
 HORIZONS = {"training.horizon": [4, 16, 32, 64]}

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from hydra_llm.explore.tree import Objective
+from hydra_llm.schemas.ranges import SEED_MAX
 from hydra_llm.schemas.sweeper import (
     LLMUCBSweeperConf,
     ReplicateReward,
@@ -129,6 +130,9 @@ class EngineConfig:
             raise SweepConfigError(
                 f"hydra.sweeper.max_failure_rate: {self.max_failure_rate!r}; allowed: 0 to 1"
             )
+        top = (SEED_MAX - 999) // 1000  # a child's simulation seed is seed x 1000 + its slot
+        if not 0 <= self.seed <= top:
+            raise SweepConfigError(f"hydra.sweeper.seed: {self.seed!r}; allowed: an integer in [0, {top}]")
         unknown = set(self.seed_keys) - {"simulation", "training"}
         if unknown:
             raise SweepConfigError(

@@ -35,6 +35,15 @@ def at_least_one(options: Any, *keys: str) -> None:
             fail(options, key, getattr(options, key), "must be an integer >= 1")
 
 
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed_everything's bound
+
+
+def seeds(options: Any, *keys: str) -> None:
+    """Random seeds: integers in [0, 2^32 - 1], the range numpy's generators and Lightning accept."""
+    for key in keys:
+        within(options, key, 0, SEED_MAX, f"must be an integer in [0, {SEED_MAX}]")
+
+
 def within(options: Any, key: str, low: float, high: float, rule: str) -> None:
     """``low <= value <= high`` (``rule`` says so in the error, e.g. with the bound's own key)."""
     value = getattr(options, key)

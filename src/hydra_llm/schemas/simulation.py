@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from hydra_llm.schemas.ranges import at_least_one, fail, non_negative, ordered_pair, positive, within
+from hydra_llm.schemas.ranges import at_least_one, fail, non_negative, ordered_pair, positive, seeds, within
 
 
 class ConnectivityType(StrEnum):
@@ -71,6 +71,7 @@ class SignalSimulation:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        seeds(self, "seed")
         if self.n_neurons < 1:
             fail(self, "n_neurons", self.n_neurons, "must be > 0")
         up_to_n = f"must be in [1, n_neurons={self.n_neurons}]"
@@ -145,6 +146,7 @@ class MetabolismSimulation:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        seeds(self, "seed")
         n = self.n_metabolites
         if n < 2:
             fail(self, "n_metabolites", n, "must be >= 2")
@@ -212,6 +214,7 @@ class ConnectomeOptions:
     seed: int = 0  # source=synthetic
 
     def __post_init__(self) -> None:
+        seeds(self, "seed")
         if self.extent < 0:
             fail(self, "extent", self.extent, "must be >= 0")
         if self.source == ConnectomeSource.file and self.path is None:
@@ -348,6 +351,7 @@ class FlyvisSimulation:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        seeds(self, "seed")
         if not 0.0 < self.test_fraction < 1.0:
             fail(self, "test_fraction", self.test_fraction, "must be in (0, 1)")
         if self.n_frames < 10:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
 
-from hydra_llm.schemas.ranges import at_least_one, fail, non_negative, positive, prefixed, within
+from hydra_llm.schemas.ranges import at_least_one, fail, non_negative, positive, prefixed, seeds, within
 
 
 class LRSchedule(StrEnum):
@@ -69,6 +69,7 @@ class SignalTraining:
     seed: int = 24
 
     def __post_init__(self) -> None:
+        seeds(self, "seed")
         positive(self, *prefixed(self, "learning_rate"), "data_augmentation_loop")
         non_negative(self, *prefixed(self, "coeff_"))
         at_least_one(self, "n_epochs", "batch_size")
@@ -147,6 +148,7 @@ class FlyvisTraining:
     embedding_snap_components: int = 100
 
     def __post_init__(self) -> None:
+        seeds(self, "seed")
         positive(self, "learning_rate_W_start", "learning_rate_start", "learning_rate_embedding_start")
         positive(self, "data_augmentation_loop")
         non_negative(self, *prefixed(self, "coeff_"), "regul_annealing_rate", "noise_recurrent_level")
@@ -218,6 +220,7 @@ class MetabolismPhase1Training:
     PHASE: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
+        seeds(self, "seed")
         non_negative(self, *prefixed(self, "learning_rate", "coeff_"), "gradient_clip_val")
         positive(self, "data_augmentation_loop", "iterations_fraction")
         at_least_one(self, "batch_size", "n_epochs", "gradient_accumulation", "time_step")
