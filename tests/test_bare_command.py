@@ -160,6 +160,10 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
             "exploration.objective.metric=V_rest_R2",
             "exploration.objective.metric=V_rest_R2: not a metric of this run",
         ),
+        (  # joblib refuses it only when the first batch starts
+            "hydra/launcher=joblib hydra.launcher.n_jobs=0",
+            "[llm_ucb] hydra.launcher.n_jobs=0: must be a nonzero integer (-1: one job per core)",
+        ),
         pytest.param(
             "trainer=gpu",
             "trainer.accelerator=gpu: no GPU on this machine; use trainer=cpu",
@@ -169,7 +173,7 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
 )
 def test_bad_settings_stop_the_sweep_before_any_child(tmp_path, override, message):
     sweep_dir = tmp_path / "sweep"
-    proc = sweep(tmp_path, override)
+    proc = sweep(tmp_path, *override.split())
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not sweep_dir.exists()
 
@@ -201,6 +205,10 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
         (
             "optimized_metric=connectivty_R2",
             "optimized_metric=connectivty_R2: not a metric of this run (did you mean connectivity_R2?)",
+        ),
+        (  # torch's threads are set after the preflight, which reads the value first
+            "num_threads=abc",
+            "num_threads='abc': must be an integer >= 1, or null (from the launcher: cores // n_jobs",
         ),
         (
             "evaluation.callbacks=[{_target_: hydra_llm.no_such_module.callback}]",
@@ -318,6 +326,16 @@ def test_each_regime_checks_its_model_settings_in_the_preflight(regime, override
             ["simulation=flyvis_synthetic", "training.max_steps_per_epoch=0"],
             "training.max_steps_per_epoch=0: must be an integer >= 1, or null",
         ),
+        (
+            ["num_threads=0"],
+            "num_threads=0: must be an integer >= 1, or null (from the launcher: "
+            "cores // n_jobs under joblib, cpus_per_task under SLURM)",
+        ),
+        (  # a cluster launcher reads the resource hints as integers when it submits the batch's jobs
+            ["hydra/launcher=slurm", "resources.mem_gb=7.5"],
+            "resources.mem_gb=7.5: must be an integer >= 0",
+        ),
+        (["resources.timeout_min=0"], "resources.timeout_min=0: must be an integer >= 1"),
         (  # the file is needed before the simulation; its contents are checked when phase 2 loads it
             [
                 "simulation=metabolism_homeostasis",

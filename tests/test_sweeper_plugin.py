@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import yaml
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
+
+from hydra_llm.explore.engine_config import SweepConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "tests" / "apps" / "toy" / "toy_app.py"
@@ -447,3 +450,31 @@ def test_a_child_killed_at_a_launcher_limit_says_which_limit_and_setting():
     # a launcher without the key (joblib): the limit without a setting
     assert limit_reached(handler, {}).startswith("time limit reached: UncompletedJobError")
     assert limit_reached("ValueError: bad lr", settings) == "ValueError: bad lr"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: must be a nonzero"),
+        (["hydra/launcher=slurm", "hydra.launcher.array_parallelism=0"], "hydra.launcher.array_parallelism"),
+        (["hydra/launcher=slurm", "resources.cpus_per_task=0"], "resources.cpus_per_task=0: must be an"),
+        (["hydra/launcher=slurm", "hydra.launcher.timeout_min=-5"], "hydra.launcher.timeout_min=-5: must be"),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"], None),
+        (["hydra/launcher=slurm", "resources.mem_gb=0", "resources.gpus_per_node=0"], None),
+        (["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=null"], None),
+    ],
+)
+def test_launcher_counts_are_checked_before_the_first_batch(overrides, message):
+    """A count the launcher would refuse when it starts the first batch stops the sweep, named by the
+    override that sets it; the launchers' own special values pass."""
+    from hydra import compose, initialize_config_dir
+
+    from hydra_plugins.llm_ucb_sweeper._impl import check_launcher
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", overrides, return_hydra_config=True)
+    if message is None:
+        check_launcher(cfg.hydra.launcher)
+    else:
+        with pytest.raises(SweepConfigError, match="^" + re.escape(message)):
+            check_launcher(cfg.hydra.launcher)

@@ -3,7 +3,7 @@
 ``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
 missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
-the trainer's device (where the runs train on this machine) and settings (the Trainer is built,
+``num_threads`` and the ``resources`` hints, the trainer's device (where the runs train on this machine) and settings (the Trainer is built,
 nothing else), the model settings against their schema, the model class's ``check_training``, the
 evaluation settings, ``optimized_metric`` against the evaluation's metric names, the simulation
 DataModule's constructor, which validates its arguments and finds its data but simulates nothing,
@@ -31,6 +31,7 @@ def check(cfg: DictConfig) -> Any:
 
     check_accelerator(cfg)
     try:
+        check_job_settings(cfg)
         check_trainer(cfg)
         check_schema(cfg, "model", MODELS)
         training: dict[str, Any] = OmegaConf.to_container(cfg.training, resolve=True)  # type: ignore[assignment]
@@ -48,6 +49,31 @@ def check(cfg: DictConfig) -> Any:
     except (ValueError, TypeError, KeyError, FileNotFoundError, InstantiationException) as err:
         first = " ".join(str(err).split()) or type(err).__name__
         raise PreflightError(first) from err  # the cause keeps its type (e.g. FileNotFoundError)
+
+
+# The job's resource hints (``resources.*`` in conf/train.yaml, which cluster launchers read as integers)
+# and the least each allows.
+RESOURCE_MINIMA = {"timeout_min": 1, "cpus_per_task": 1, "mem_gb": 0, "gpus_per_node": 0}
+
+
+def check_job_settings(cfg: DictConfig) -> None:
+    """Raise ``ValueError`` for a bad ``num_threads`` or ``resources`` value: a run reads the first only
+    when it sets its threads, a cluster launcher the others only when it submits the batch's jobs."""
+    threads = OmegaConf.select(cfg, "num_threads", default=None)
+    if threads is not None and not at_least(threads, 1):
+        raise ValueError(
+            f"num_threads={threads!r}: must be an integer >= 1, or null (from the launcher: "
+            "cores // n_jobs under joblib, cpus_per_task under SLURM)"
+        )
+    for key, low in RESOURCE_MINIMA.items():
+        value = OmegaConf.select(cfg, f"resources.{key}", default=None)
+        if value is not None and not at_least(value, low):
+            raise ValueError(f"resources.{key}={value!r}: must be an integer >= {low}")
+
+
+def at_least(value: Any, low: int) -> bool:
+    """Whether ``value`` is an integer (not a bool) >= ``low``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def check_schema(cfg: DictConfig, group: str, schemas: dict[str, type]) -> dict[str, Any]:

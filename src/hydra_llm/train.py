@@ -131,8 +131,8 @@ def threads_for_child(num_threads: int | None) -> int | None:
 
     from hydra.core.hydra_config import HydraConfig
 
-    if num_threads is not None:
-        return max(1, int(num_threads))
+    if num_threads is not None:  # an integer >= 1 (the preflight checks it)
+        return int(num_threads)
     if not HydraConfig.initialized() or "launcher" not in HydraConfig.get():
         return None
     launcher = HydraConfig.get().launcher
@@ -177,14 +177,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     out = output_dir(cfg)
     quiet_duplicate_loggers()
-    threads = threads_for_child(cfg.get("num_threads"))
-    if threads is not None:
-        torch.set_num_threads(threads)
-        log.info("torch threads: %d", threads)
     code = cfg.get("code") or {}
     use_version(code.get("dir"))  # the code version a sweep gave this run (None: the installed code)
     # a bad setting or missing data fails here, before anything is simulated
     datamodule = preflight.check(cfg)
+    threads = threads_for_child(cfg.get("num_threads"))
+    if threads is not None:
+        torch.set_num_threads(threads)
+        log.info("torch threads: %d", threads)
     datamodule.prepare_data()
     datamodule.setup("fit")
     # Evaluation takes the ground truth; the datamodule that goes to Lightning keeps none.

@@ -53,6 +53,16 @@ _LIMITS = (
     ("time limit", "timeout_min", ("timed-out", "(state: TIMEOUT)", "DUE TO TIME LIMIT")),
     ("memory limit", "mem_gb", ("(state: OUT_OF_MEMORY)", "oom-kill", "oom_kill")),
 )
+# The submitit launcher's counts and the least each allows (null keeps SLURM's default).
+_LAUNCHER_MINIMA = {
+    "timeout_min": 1,
+    "cpus_per_task": 1,
+    "mem_gb": 0,
+    "gpus_per_node": 0,
+    "tasks_per_node": 1,
+    "nodes": 1,
+    "array_parallelism": 1,
+}
 _LAUNCHER_LOGGERS = (
     "hydra._internal.core_plugins.basic_launcher",
     "hydra_plugins.hydra_joblib_launcher._core",
@@ -108,6 +118,7 @@ class LLMUCBSweeperImpl:
         regime = _plain(OmegaConf.select(config, "exploration", default=None)) or {}
         self.space, space_record = self._space(regime, arguments)
         self._preflight()
+        check_launcher(config.hydra.launcher)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         objective = _objective(settings, regime)
         engine_config = EngineConfig.from_settings(settings, objective=objective)
@@ -543,18 +554,36 @@ def _plots(output_dir: str) -> tuple[str, ...]:
     return tuple(str(p) for p in sorted(Path(output_dir).glob("plots/*.png"))) if output_dir else ()
 
 
-def limit_settings(launcher: DictConfig) -> dict[str, str]:
-    """The override that sets each of the launcher's limits, as ``name=value``: the key the launcher
-    takes it from (``resources.timeout_min`` under the ``slurm`` preset) or the launcher's own key."""
+def setting_name(launcher: DictConfig, key: str) -> str:
+    """The override that sets the launcher's ``key``: the key it takes it from (``resources.timeout_min``
+    under the ``slurm`` preset) or the launcher's own key."""
     raw = OmegaConf.to_container(launcher, resolve=False)
     assert isinstance(raw, dict)
-    settings = {}
-    for _, key, _ in _LIMITS:
-        if key in raw:
-            source = re.fullmatch(r"\$\{([\w.]+)\}", str(raw[key]))
-            name = source.group(1) if source else f"hydra.launcher.{key}"
-            settings[key] = f"{name}={OmegaConf.select(launcher, key)}"
-    return settings
+    source = re.fullmatch(r"\$\{([\w.]+)\}", str(raw.get(key)))
+    return source.group(1) if source else f"hydra.launcher.{key}"
+
+
+def limit_settings(launcher: DictConfig) -> dict[str, str]:
+    """The override that sets each of the launcher's limits (:func:`setting_name`), as ``name=value``."""
+    return {
+        key: f"{setting_name(launcher, key)}={OmegaConf.select(launcher, key)}"
+        for _, key, _ in _LIMITS
+        if key in launcher
+    }
+
+
+def check_launcher(launcher: DictConfig) -> None:
+    """Raise :class:`SweepConfigError` for a launcher count that would fail the first batch: joblib's
+    ``n_jobs`` of 0, or a submitit count (``_LAUNCHER_MINIMA``) below its least. Types are the launcher
+    schema's own (Hydra checks them)."""
+    if "joblib" in str(launcher.get("_target_", "")).lower() and launcher.get("n_jobs") == 0:
+        raise SweepConfigError(
+            f"{setting_name(launcher, 'n_jobs')}=0: must be a nonzero integer (-1: one job per core)"
+        )
+    for key, low in _LAUNCHER_MINIMA.items():
+        value = OmegaConf.select(launcher, key, default=None) if key in launcher else None
+        if isinstance(value, int) and value < low:
+            raise SweepConfigError(f"{setting_name(launcher, key)}={value}: must be an integer >= {low}")
 
 
 def limit_reached(error: str, settings: Mapping[str, str]) -> str:
