@@ -55,15 +55,17 @@ def train(tmp_path: Path, *overrides: str, run_dir: Path | None = None) -> subpr
     return subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
 
 
-def first_prompt(tmp_path: Path, *overrides: str) -> tuple[str, dict, subprocess.Popen, str]:
-    """Start the bare command with ``overrides``, stop it (SIGTERM) once its first prompt reached the
-    server: (the prompt, the saved state, the process, its stderr)."""
+def first_prompt(
+    tmp_path: Path, *overrides: str, cwd: Path = ROOT
+) -> tuple[str, dict, subprocess.Popen, str]:
+    """Start the bare command with ``overrides`` from ``cwd``, stop it (SIGTERM) once its first prompt
+    reached the server: (the prompt, the saved state, the process, its stderr)."""
     sweep_dir = tmp_path / "sweep"
     # the server holds the call, so the sweeper is still waiting for its first reply when it is stopped
     with FakeOpenAIServer(default=FakeError(503, "busy", delay=60)) as server:
         cmd = [
             sys.executable,
-            "train.py",
+            str(ROOT / "train.py"),
             "-m",
             "hydra/sweeper=llm_ucb",
             *overrides,
@@ -73,7 +75,7 @@ def first_prompt(tmp_path: Path, *overrides: str) -> tuple[str, dict, subprocess
             "hydra.sweeper.proposer.max_retries=0",
         ]
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            cmd, cwd=cwd, env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         try:
             deadline = time.monotonic() + 90
@@ -99,6 +101,16 @@ def test_bare_command_explores_the_regime(tmp_path, regime):
     assert heading in prompt and "<!-- RULES:BEGIN -->" in prompt
     assert metric in prompt
     assert any(p["key"] == key for p in state["search_space"]["params"])
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+
+
+def test_the_bare_command_finds_its_protocol_from_any_folder(tmp_path):
+    """The regime's protocol path is relative: looked for under the folder the sweep starts from, then
+    under the app's own folder, so `python /path/to/train.py -m ...` works from anywhere."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    prompt, _, proc, stderr = first_prompt(tmp_path, cwd=elsewhere)
+    assert "# Signal landscape" in prompt and "<!-- RULES:BEGIN -->" in prompt
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
 
 
@@ -159,6 +171,14 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
         (  # the regime's objective, when the sweeper sets none: V_rest_R2 is flyvis's, not signal's
             "exploration.objective.metric=V_rest_R2",
             "exploration.objective.metric=V_rest_R2: not a metric of this run",
+        ),
+        (  # Hydra builds the proposer: its own check's error, as one line
+            "hydra.sweeper.proposer.base_url=notaurl",
+            "[llm_ucb] hydra.sweeper.proposer: llm.base_url='notaurl' must start with http:// or https://",
+        ),
+        (  # checked even when no key or base_url selects the LLM (they take effect once one is set)
+            "hydra.sweeper.proposer.deadline=-1",
+            "[llm_ucb] hydra.sweeper.proposer: llm.deadline=-1.0 must be a finite number > 0 seconds",
         ),
         (  # joblib refuses it only when the first batch starts
             "hydra/launcher=joblib hydra.launcher.n_jobs=0",

@@ -187,6 +187,14 @@ def test_bad_settings_name_the_key_and_allowed_values(key_env):
         LLMSettings(model="m", api_key_env=SECRET).check()
     with pytest.raises(ValueError, match="temperature"):
         LLMSettings(model="m", temperature=5).check()
+    # NaN passes every comparison; a reply budget of 0 tokens would fail every call
+    with pytest.raises(ValueError, match=r"^llm\.timeout=nan must be a finite number > 0 seconds$"):
+        LLMSettings(model="m", timeout=float("nan")).check()
+    with pytest.raises(ValueError, match=r"^llm\.deadline=inf must be a finite number > 0 seconds$"):
+        LLMSettings(model="m", deadline=float("inf")).check()
+    with pytest.raises(ValueError, match=r"^llm\.max_tokens=0 must be >= 1, or null"):
+        LLMSettings(model="m", max_tokens=0).check()
+    LLMSettings(model="m", max_tokens=None).check()
 
 
 def test_missing_key_without_base_url_is_a_clear_error(monkeypatch):

@@ -3,11 +3,11 @@
 ``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
 missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
-``num_threads`` and the ``resources`` hints, the trainer's device (where the runs train on this machine) and settings (the Trainer is built,
-nothing else), the model settings against their schema, the model class's ``check_training``, the
-evaluation settings, ``optimized_metric`` against the evaluation's metric names, the simulation
-DataModule's constructor, which validates its arguments and finds its data but simulates nothing,
-and the cache folder.
+``num_threads`` and the ``resources`` hints, the trainer's device (where the runs train on this
+machine) and settings (the Trainer is built, nothing else), the model settings against their schema,
+the model class's ``check_training``, the evaluation settings, ``optimized_metric`` against the
+evaluation's metric names, the simulation DataModule's constructor, which validates its arguments and
+finds its data but simulates nothing, and the cache folder.
 """
 
 from __future__ import annotations

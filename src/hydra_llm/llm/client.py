@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -124,12 +125,14 @@ class LLMSettings:
             )
         if not (0.0 <= float(self.temperature) <= 2.0):
             raise ValueError(f"llm.temperature={self.temperature} must be within [0, 2]")
-        if float(self.timeout) <= 0:
-            raise ValueError(f"llm.timeout={self.timeout} must be > 0 seconds")
-        if float(self.deadline) <= 0:
-            raise ValueError(f"llm.deadline={self.deadline} must be > 0 seconds")
+        for key in ("timeout", "deadline"):
+            value = float(getattr(self, key))
+            if not (value > 0 and math.isfinite(value)):  # NaN fails both
+                raise ValueError(f"llm.{key}={value} must be a finite number > 0 seconds")
         if int(self.max_retries) < 0 or int(self.max_reasks) < 0:
             raise ValueError("llm.max_retries and llm.max_reasks must be >= 0")
+        if self.max_tokens is not None and int(self.max_tokens) < 1:
+            raise ValueError(f"llm.max_tokens={self.max_tokens} must be >= 1, or null (sized from the reply)")
         if not self.api_key_env or not str(self.api_key_env).replace("_", "").isalnum():
             raise ValueError(
                 f"llm.api_key_env={self.api_key_env!r} must be the NAME of an environment variable "

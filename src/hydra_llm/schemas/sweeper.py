@@ -150,6 +150,9 @@ class LLMUCBSweeperConf:
     """``hydra/sweeper=llm_ucb``: the search space, the budget, the objective and the tree's settings."""
 
     _target_: str = "hydra_plugins.llm_ucb_sweeper.llm_ucb_sweeper.LLMUCBSweeper"
+    # Hydra builds the sweeper without its proposer: the sweep builds that once, after the preflight, and
+    # turns a bad proposer setting into one line
+    _recursive_: bool = False
     defaults: list[Any] = field(default_factory=lambda: [{"proposer": "auto"}])
     proposer: Any = MISSING
     # The search space in Hydra's override grammar. Both empty (and no sweep on the command line): the

@@ -367,7 +367,13 @@ class LLMUCBSweeperImpl:
 
     @staticmethod
     def _proposer(node: Any) -> Proposer:
-        proposer = instantiate(node) if OmegaConf.is_config(node) or isinstance(node, dict) else node
+        from hydra.errors import InstantiationException
+
+        try:
+            proposer = instantiate(node) if OmegaConf.is_config(node) or isinstance(node, dict) else node
+        except (InstantiationException, ValueError) as err:  # Hydra wraps the constructor's own check
+            first = (str(err.__cause__ or err).strip().splitlines() or [type(err).__name__])[0]
+            raise SweepConfigError(f"hydra.sweeper.proposer: {first}") from None
         if not isinstance(proposer, Proposer):
             raise SweepConfigError(
                 f"hydra.sweeper.proposer: {type(proposer).__name__} is not a Proposer; "
@@ -376,14 +382,23 @@ class LLMUCBSweeperImpl:
         return proposer
 
     def _protocol_text(self, path: str | None) -> str:
+        """The protocol file's text; a relative ``path`` is looked for under the folder the sweep was
+        started from, then under the app's own folder (the one above its primary config folder, where
+        ``instructions/`` ships), so that ``python /path/to/train.py -m ...`` works from anywhere."""
         if not path:
             return ""
-        candidate = Path(path)
-        if not candidate.is_absolute():
-            candidate = Path(str(self.config.hydra.runtime.cwd)) / candidate
-        if not candidate.is_file():
-            raise SweepConfigError(f"hydra.sweeper.protocol: {path!r} is not a file (looked at {candidate})")
-        return candidate.read_text(encoding="utf-8")
+        roots = [Path(str(self.config.hydra.runtime.cwd))]
+        roots += [
+            Path(str(source.path)).parent
+            for source in self.config.hydra.runtime.config_sources
+            if source.provider == "main" and source.schema == "file"
+        ]
+        candidates = [Path(path)] if Path(path).is_absolute() else [root / path for root in roots]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate.read_text(encoding="utf-8")
+        looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+        raise SweepConfigError(f"hydra.sweeper.protocol: {path!r} is not a file (looked at {looked})")
 
     # ------------------------------------------------------------------ children
     def overrides(self, child: Node) -> list[str]:
