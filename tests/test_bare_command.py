@@ -351,11 +351,6 @@ def test_each_regime_checks_its_model_settings_in_the_preflight(regime, override
             "num_threads=0: must be an integer >= 1, or null (from the launcher: "
             "cores // n_jobs under joblib, cpus_per_task under SLURM)",
         ),
-        (  # a cluster launcher reads the resource hints as integers when it submits the batch's jobs
-            ["hydra/launcher=slurm", "resources.mem_gb=7.5"],
-            "resources.mem_gb=7.5: must be an integer >= 0",
-        ),
-        (["resources.timeout_min=0"], "resources.timeout_min=0: must be an integer >= 1"),
         (  # the file is needed before the simulation; its contents are checked when phase 2 loads it
             [
                 "simulation=metabolism_homeostasis",

@@ -459,6 +459,7 @@ def test_a_child_killed_at_a_launcher_limit_says_which_limit_and_setting():
         (["hydra/launcher=slurm", "hydra.launcher.array_parallelism=0"], "hydra.launcher.array_parallelism"),
         (["hydra/launcher=slurm", "resources.cpus_per_task=0"], "resources.cpus_per_task=0: must be an"),
         (["hydra/launcher=slurm", "hydra.launcher.timeout_min=-5"], "hydra.launcher.timeout_min=-5: must be"),
+        (["hydra/launcher=slurm", "resources.mem_gb=7.5"], "resources.mem_gb=7.5: must be an integer >= 0"),
         (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"], None),
         (["hydra/launcher=slurm", "resources.mem_gb=0", "resources.gpus_per_node=0"], None),
         (["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=null"], None),
@@ -474,7 +475,7 @@ def test_launcher_counts_are_checked_before_the_first_batch(overrides, message):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("train", overrides, return_hydra_config=True)
     if message is None:
-        check_launcher(cfg.hydra.launcher)
+        check_launcher(cfg)
     else:
         with pytest.raises(SweepConfigError, match="^" + re.escape(message)):
-            check_launcher(cfg.hydra.launcher)
+            check_launcher(cfg)

@@ -3,7 +3,7 @@
 ``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
 missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
-``num_threads`` and the ``resources`` hints, the trainer's device (where the runs train on this
+``num_threads``, the trainer's device (where the runs train on this
 machine) and settings (the Trainer is built, nothing else), the model settings against their schema,
 the model class's ``check_training``, the evaluation settings, ``optimized_metric`` against the
 evaluation's metric names, the simulation DataModule's constructor, which validates its arguments and
@@ -51,29 +51,15 @@ def check(cfg: DictConfig) -> Any:
         raise PreflightError(first) from err  # the cause keeps its type (e.g. FileNotFoundError)
 
 
-# The job's resource hints (``resources.*`` in conf/train.yaml, which cluster launchers read as integers)
-# and the least each allows.
-RESOURCE_MINIMA = {"timeout_min": 1, "cpus_per_task": 1, "mem_gb": 0, "gpus_per_node": 0}
-
-
 def check_job_settings(cfg: DictConfig) -> None:
-    """Raise ``ValueError`` for a bad ``num_threads`` or ``resources`` value: a run reads the first only
-    when it sets its threads, a cluster launcher the others only when it submits the batch's jobs."""
+    """Raise ``ValueError`` for a bad ``num_threads``, which the run reads only when it sets its threads
+    (the ``resources`` hints are the launcher's: the llm_ucb sweeper checks them with its launcher)."""
     threads = OmegaConf.select(cfg, "num_threads", default=None)
-    if threads is not None and not at_least(threads, 1):
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ValueError(
             f"num_threads={threads!r}: must be an integer >= 1, or null (from the launcher: "
             "cores // n_jobs under joblib, cpus_per_task under SLURM)"
         )
-    for key, low in RESOURCE_MINIMA.items():
-        value = OmegaConf.select(cfg, f"resources.{key}", default=None)
-        if value is not None and not at_least(value, low):
-            raise ValueError(f"resources.{key}={value!r}: must be an integer >= {low}")
-
-
-def at_least(value: Any, low: int) -> bool:
-    """Whether ``value`` is an integer (not a bool) >= ``low``."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def check_schema(cfg: DictConfig, group: str, schemas: dict[str, type]) -> dict[str, Any]:

@@ -118,7 +118,7 @@ class LLMUCBSweeperImpl:
         regime = _plain(OmegaConf.select(config, "exploration", default=None)) or {}
         self.space, space_record = self._space(regime, arguments)
         self._preflight()
-        check_launcher(config.hydra.launcher)
+        check_launcher(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         objective = _objective(settings, regime)
         engine_config = EngineConfig.from_settings(settings, objective=objective)
@@ -587,18 +587,29 @@ def limit_settings(launcher: DictConfig) -> dict[str, str]:
     }
 
 
-def check_launcher(launcher: DictConfig) -> None:
-    """Raise :class:`SweepConfigError` for a launcher count that would fail the first batch: joblib's
-    ``n_jobs`` of 0, or a submitit count (``_LAUNCHER_MINIMA``) below its least. Types are the launcher
-    schema's own (Hydra checks them)."""
+def check_launcher(config: DictConfig) -> None:
+    """Raise :class:`SweepConfigError` for a count of ``config.hydra.launcher`` that would fail the first
+    batch: joblib's ``n_jobs`` of 0, or a submitit count (``_LAUNCHER_MINIMA``; under the ``slurm``
+    preset, from ``resources.*``) that is not an integer at least its least, named by the override that
+    sets it."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    launcher = config.hydra.launcher
     if "joblib" in str(launcher.get("_target_", "")).lower() and launcher.get("n_jobs") == 0:
         raise SweepConfigError(
             f"{setting_name(launcher, 'n_jobs')}=0: must be a nonzero integer (-1: one job per core)"
         )
     for key, low in _LAUNCHER_MINIMA.items():
-        value = OmegaConf.select(launcher, key, default=None) if key in launcher else None
-        if isinstance(value, int) and value < low:
-            raise SweepConfigError(f"{setting_name(launcher, key)}={value}: must be an integer >= {low}")
+        if key not in launcher:
+            continue
+        rule = f"must be an integer >= {low}"
+        try:  # the launcher's schema types the value that an interpolation brings
+            value = OmegaConf.select(launcher, key, default=None)
+        except OmegaConfBaseException:
+            raw = OmegaConf.select(config, setting_name(launcher, key), throw_on_resolution_failure=False)
+            raise SweepConfigError(f"{setting_name(launcher, key)}={raw!r}: {rule}") from None
+        if value is not None and value < low:
+            raise SweepConfigError(f"{setting_name(launcher, key)}={value}: {rule}")
 
 
 def limit_reached(error: str, settings: Mapping[str, str]) -> str:
