@@ -172,7 +172,7 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
             "exploration.objective.metric=V_rest_R2",
             "exploration.objective.metric=V_rest_R2: not a metric of this run",
         ),
-        (  # Hydra builds the proposer: its own check's error, as one line
+        (  # the proposer constructor's own check, as one line
             "hydra.sweeper.proposer.base_url=notaurl",
             "[llm_ucb] hydra.sweeper.proposer: llm.base_url='notaurl' must start with http:// or https://",
         ),
