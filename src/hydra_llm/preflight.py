@@ -3,11 +3,11 @@
 ``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
 missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
-``num_threads``, the trainer's device (where the runs train on this
-machine) and settings (the Trainer is built, nothing else), the model settings against their schema,
-the model class's ``check_training``, the evaluation settings, ``optimized_metric`` against the
-evaluation's metric names, the simulation DataModule's constructor, which validates its arguments and
-finds its data but simulates nothing, and the cache folder.
+``num_threads``, the trainer's device (where the runs train on this machine) and settings (the
+Trainer is built, nothing else), the model settings against their schema, the model class's
+``check_training``, the evaluation settings, ``optimized_metric`` against the evaluation's metric
+names, the simulation DataModule's constructor, which validates its arguments and finds its data but
+simulates nothing, and the cache folder.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def check(cfg: DictConfig) -> Any:
 
     check_accelerator(cfg)
     try:
-        check_job_settings(cfg)
+        check_num_threads(cfg)
         check_trainer(cfg)
         check_schema(cfg, "model", MODELS)
         training: dict[str, Any] = OmegaConf.to_container(cfg.training, resolve=True)  # type: ignore[assignment]
@@ -51,7 +51,7 @@ def check(cfg: DictConfig) -> Any:
         raise PreflightError(first) from err  # the cause keeps its type (e.g. FileNotFoundError)
 
 
-def check_job_settings(cfg: DictConfig) -> None:
+def check_num_threads(cfg: DictConfig) -> None:
     """Raise ``ValueError`` for a bad ``num_threads``, which the run reads only when it sets its threads
     (the ``resources`` hints are the launcher's: the llm_ucb sweeper checks them with its launcher)."""
     threads = OmegaConf.select(cfg, "num_threads", default=None)

@@ -366,12 +366,12 @@ class LLMUCBSweeperImpl:
         return out
 
     @staticmethod
-    def _proposer(node: Any) -> Proposer:
+    def _proposer(node: DictConfig) -> Proposer:
         from hydra.errors import InstantiationException
 
         try:
-            proposer = instantiate(node) if OmegaConf.is_config(node) or isinstance(node, dict) else node
-        except (InstantiationException, ValueError) as err:  # Hydra wraps the constructor's own check
+            proposer = instantiate(node)
+        except InstantiationException as err:  # Hydra wraps the constructor's own check
             first = (str(err.__cause__ or err).strip().splitlines() or [type(err).__name__])[0]
             raise SweepConfigError(f"hydra.sweeper.proposer: {first}") from None
         if not isinstance(proposer, Proposer):
