@@ -302,13 +302,21 @@ class PromptFacts:
     user_input: bool
 
 
+def prompt_section(text: str, title: str) -> str:
+    """The body of the prompt's ``## <title>`` section, up to the next ``## `` heading ('' if absent).
+
+    Not for the study protocol, whose own text has ``## `` headings.
+    """
+    _, found, rest = text.partition(f"## {title}\n")
+    return rest.split("\n## ", 1)[0] if found else ""
+
+
 def prompt_facts(req: RecordedRequest) -> PromptFacts:
     text = req.text()
     slots = _SLOT_RE.findall(text)
     ucb = _UCB_RE.findall(text)
     runs = _RUNS_RE.search(text)
-    space = text.split("## Search space", 1)[-1]
-    within, _, block_part = space.partition("Block-level (simulation) keys")
+    within, _, block_part = prompt_section(text, "Search space").partition("Block-level (simulation) keys")
     # choices are listed as ", "-separated override values; a list's items are joined by "," alone
     choices = {k: v.split(", ") for k, v in _CHOICE_RE.findall(block_part)}
     return PromptFacts(
@@ -319,7 +327,7 @@ def prompt_facts(req: RecordedRequest) -> PromptFacts:
         ),
         ucb_nodes=[int(n) for n, _ in ucb],
         n_runs=int(runs.group(1)) if runs else 0,
-        block_end=">>> BLOCK END <<<" in text.split("## Study protocol", 1)[0],
+        block_end=">>> BLOCK END <<<" in prompt_section(text, "Position"),
         float_keys={k: (float(lo), float(hi)) for k, lo, hi in _FLOAT_RE.findall(within)},
         block_choices=choices,
         user_input="PENDING USER INSTRUCTIONS" in text,

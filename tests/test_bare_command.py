@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from hydra_llm.preflight import PreflightError, check_accelerator, check_trainer
-from tests.fake_openai import FakeError, FakeOpenAIServer
+from tests.fake_openai import FakeError, FakeOpenAIServer, prompt_section
 from tests.test_sweeper_train_e2e import TINY_SIGNAL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,8 +96,7 @@ def first_prompt(
 def test_bare_command_explores_the_regime(tmp_path, regime):
     key, heading, metric = REGIMES[regime]
     prompt, state, proc, stderr = first_prompt(tmp_path, f"simulation={regime}")
-    space = prompt.split("## Search space", 1)[-1] if "## Search space" in prompt else prompt
-    assert f"- {key}:" in space, prompt[-3000:]
+    assert f"- {key}:" in prompt_section(prompt, "Search space"), prompt[-3000:]
     assert heading in prompt and "<!-- RULES:BEGIN -->" in prompt
     assert metric in prompt
     assert any(p["key"] == key for p in state["search_space"]["params"])

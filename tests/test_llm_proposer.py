@@ -12,7 +12,7 @@ from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec
 from hydra_llm.explore.proposers.llm import LLMProposer, endpoint_configured
 from hydra_llm.explore.proposers.llm_prompt import BLOCK_END_MARKER, PromptBuilder, cap_lines, read_trajectory
 from hydra_llm.explore.tree import Node, UCBScore
-from tests.fake_openai import FakeError, FakeOpenAIServer, FakeReply
+from tests.fake_openai import FakeError, FakeOpenAIServer, FakeReply, prompt_section
 
 SECRET = "sk-test-proposer-SECRET-42"
 PNG = bytes.fromhex(
@@ -243,14 +243,14 @@ def test_block_end_prompt_lists_the_finished_block_slot_params_and_classes(tmp_p
     )
     builder = PromptBuilder()
     text = builder.user_text(view)
-    position = text.split("## Study protocol")[0]
+    position = prompt_section(text, "Position")
     assert BLOCK_END_MARKER in position
     assert "### Finished block 0 (final UCB table; rule evidence may cite any completed node" in position
     assert "Node 7: UCB=1.900, parent=5, visits=1" in position and "status=failed" in position
     assert "(empty: this block has no nodes yet; use parent=null)" in text
     # the last batch's parents are found in the finished block: a real diff, not 'unknown parent'
     assert "Config diff vs parent: training.coeff_W_L1: 1e-05 -> 0.0001" in text
-    assert "- training.homeostasis_time_step: slot 0=4, slot 1=16" in text.split("## Search space")[1]
+    assert "- training.homeostasis_time_step: slot 0=4, slot 1=16" in prompt_section(text, "Search space")
     system = builder.system_text(view)
     assert "Classification of a run: converged: 0.8 <= avg_slope_ratio <= 1.2; partial: 0.3" in system
     # outside a block end there is no finished block section

@@ -19,7 +19,14 @@ import pytest
 import yaml
 
 from hydra_llm.explore.protocol import split_protocol
-from tests.fake_openai import FakeError, FakeOpenAIServer, FakeReply, SweepResponder, prompt_facts
+from tests.fake_openai import (
+    FakeError,
+    FakeOpenAIServer,
+    FakeReply,
+    SweepResponder,
+    prompt_facts,
+    prompt_section,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "tests" / "apps" / "llm_toy" / "llm_toy_app.py"
@@ -289,7 +296,7 @@ def test_block_end_rules_cite_the_finished_block_within_the_configured_limits(tm
     block_end = server.requests[2]
     facts = prompt_facts(block_end)
     assert facts.block_end and facts.last_batch == [3, 4] and facts.completed == [1, 2, 3, 4]
-    position = block_end.text().split("## Study protocol")[0]
+    position = prompt_section(block_end.text(), "Position")
     assert "### Finished block 1" in position
     assert all(f"Node {i}: UCB=" in position for i in (1, 2, 3, 4))
     assert "(empty: this block has no nodes yet" in block_end.text()
@@ -300,6 +307,18 @@ def test_block_end_rules_cite_the_finished_block_within_the_configured_limits(tm
     log = (sweep_dir / "exploration" / "sweep.log").read_text()
     assert "a second rule" in log and "limited to 1 rules" in log
     assert "a weak rule" in log and "at least 4 distinct completed nodes" in log
+
+    # Consecutive calls share a long prompt prefix that a caching server reads once: the system messages
+    # never change (the final call's included), and within a block the user message starts with the
+    # same protocol and search space. A block end changes the search space (block-level keys allowed)
+    # and then the protocol (its new rules). Calls: two in block 1, the block end, one in block 2, and
+    # the final call (a block end too).
+    assert len(server.requests) == 5
+    assert len({json.dumps(r.body["messages"][:-1]) for r in server.requests}) == 1
+    stable = [r.body["messages"][-1]["content"].split("## Position\n")[0] for r in server.requests]
+    assert stable[0].startswith("## Study protocol\n") and "## Search space\n" in stable[0]
+    assert stable[0] == stable[1] and "keys, NOT allowed now" in stable[1]
+    assert "keys, allowed NOW" in stable[2] and "lr near 1e-3 -> keep it" in stable[3] != stable[2]
 
 
 def test_a_list_valued_block_choice_reaches_the_next_block_from_the_llms_reply(tmp_path):

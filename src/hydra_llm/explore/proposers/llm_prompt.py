@@ -1,11 +1,16 @@
 """The prompt of the LLM proposer, built from an :class:`ExplorationView`.
 
 Two messages: a system message (the role, the output contract and the hard constraints) and a user
-message with the study protocol, the position in the sweep (with a ``>>> BLOCK END <<<`` marker), the
-working memory, the UCB table, the last batch per slot (status, metrics, seeds, config diff vs parent,
-error summary, R2 trajectory when the child logged one), the variance table, the search space and the
-pending user instructions. With ``vision`` the slots' plots follow as images. Every part is bounded
-(:class:`PromptLimits`) so a long sweep cannot grow the prompt without limit.
+message with the study protocol, the search space, the position in the sweep (with a
+``>>> BLOCK END <<<`` marker), the working memory, the UCB table, the last batch per slot (status,
+metrics, seeds, config diff vs parent, error summary, R2 trajectory when the child logged one), the
+variance table and the pending user instructions. With ``vision`` the slots' plots follow as images.
+Every part is bounded (:class:`PromptLimits`) so a long sweep cannot grow the prompt without limit.
+
+The parts are ordered from the most to the least stable. The system message is the same for every call
+of a sweep, and the protocol and the search space change only at a block end, so consecutive calls
+share a long prefix: a server that caches prompt prefixes (llama.cpp, vLLM, OpenAI) reads only the
+part that changed.
 """
 
 from __future__ import annotations
@@ -155,14 +160,15 @@ def describe_spec(spec: ParamSpec) -> str:
 _SYSTEM = """\
 You are the proposer of an exploration sweep that trains graph neural networks to recover the
 hidden parameters of simulated networks. Each batch you read the results, keep a working memory,
-and propose the next {n} runs (one per slot), each with a one-line hypothesis.
+and propose the next runs, one per slot, each with a one-line hypothesis.
 Objective: {goal}. Follow the study protocol in the user message.{classes}
 
 Reply with ONE JSON object with the fields observations, proposals, memory, user_input_ack,
 block_end. Hard constraints (a violating proposal is rejected and replaced):
 - observations: one entry per node of the last batch (none at the sweep start).
-- proposals: exactly {n}, slots 0..{last_slot}. parent is the id of an existing node listed in
-  the UCB table or the last batch, or null for the block root.
+- proposals: exactly as many as the Position section asks for, one per slot, slots numbered
+  from 0. parent is the id of an existing node listed in the UCB table or the last batch, or null
+  for the block root.
 - overrides: {{key, value}} pairs, ONE plain value per key, keys only from the search space,
   values inside the allowed range; null or [] means a replicate (same config, new seeds).
 - never propose seeds, paths, dataset names or hydra.* keys: the sweeper sets those.
@@ -204,8 +210,6 @@ class PromptBuilder:
         classes = f"\nClassification of a run: {objective['classes']}." if objective.get("classes") else ""
         return _SYSTEM.format(
             classes=classes,
-            n=view.n_parallel,
-            last_slot=view.n_parallel - 1,
             goal=goal,
             memory_lines=limits.memory_lines,
             min_evidence=policy.min_evidence,
@@ -216,17 +220,17 @@ class PromptBuilder:
     # ------------------------------------------------------------------ user
     def user_text(self, view: ExplorationView) -> str:
         sections = [
-            self._position(view),
             self._section(
                 "Study protocol", cap_chars(view.protocol, self.limits.protocol_chars, keep="head")
             ),
+            self._section("Search space", self._space(view)),
+            self._position(view),
             self._section("Working memory", cap_lines(view.memory, self.limits.memory_lines) or "(empty)"),
             self._section("UCB table (current block)", self._ucb(view)),
             self._section("Last batch", self._last_batch(view)),
             self._section(
                 "Variance table", cap_lines(view.variance_table, self.limits.variance_lines) or "(none yet)"
             ),
-            self._section("Search space", self._space(view)),
         ]
         if view.code:
             sections.append(
