@@ -306,9 +306,18 @@ def test_the_cache_key_holds_the_stimulus_keys_its_source_reads(tmp_path):
         ),
         ({"stimulus": {"source": "synthetic", "families": FAMS, "ood_families": ["grating"]}}, "overlap"),
         ({"test_fraction": 1.5}, "test_fraction"),
+        (
+            {"connectome": {"source": "flyvis", "extent": 16}},
+            r"connectome.extent=16: must be <= 15 with connectome.source=flyvis \(the fly's eye has 721",
+        ),
         ({"parameters": {"mode": "checkpoint", "checkpoint_path": "/nowhere"}}, "checkpoint_path"),
     ],
 )
 def test_bad_config_fails_before_simulating(overrides, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         datamodule(**overrides)
+
+
+def test_only_the_flyvis_connectome_is_bounded_by_the_eye():
+    larger = datamodule(connectome={"source": "file", "path": str(TINY), "extent": 16})
+    assert larger.connectome_cfg["extent"] == 16

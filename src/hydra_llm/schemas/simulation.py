@@ -202,9 +202,13 @@ class StimulusSource(StrEnum):
     davis = "davis"
 
 
+EYE_EXTENT = 15  # the fly's eye, flyvis's own lattice: 721 hex columns, 45,669 neurons
+
+
 @dataclass
 class ConnectomeOptions:
-    """``simulation.connectome``: which connectome, and how many hex columns of it."""
+    """``simulation.connectome``: which connectome, and how many hex columns of it (flyvis's: at most
+    the eye's :data:`EYE_EXTENT`)."""
 
     GROUP: ClassVar[str] = "simulation.connectome"
     source: ConnectomeSource = ConnectomeSource.flyvis
@@ -217,6 +221,14 @@ class ConnectomeOptions:
         seeds(self, "seed")
         if self.extent < 0:
             fail(self, "extent", self.extent, "must be >= 0")
+        if self.source == ConnectomeSource.flyvis and self.extent > EYE_EXTENT:
+            fail(
+                self,
+                "extent",
+                self.extent,
+                f"must be <= {EYE_EXTENT} with connectome.source=flyvis (the fly's eye has 721 columns, "
+                f"extent {EYE_EXTENT}); a synthetic or file connectome may tile a larger lattice",
+            )
         if self.source == ConnectomeSource.file and self.path is None:
             fail(self, "path", None, "is required when connectome.source=file")
 

@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from hydra_llm.schemas.simulation import ParameterOptions
+from hydra_llm.schemas.simulation import EYE_EXTENT, ParameterOptions
 from hydra_llm.simulation.flyvis.connectome import Connectome, compile_connectome, load_spec
 
 _OPTIONS = ParameterOptions()  # the random_trained_like defaults, declared once in the schema
 TRAINED_CHECKPOINT = Path(__file__).parent / "assets" / "flow_0000_000_best_chkpt"
 TRAINED_SHA256 = "d8a57a022aa18ca338599be713af9db29b89cde4b00098ffe42b78f0d583e46a"
-CHECKPOINT_ORDER_EXTENT = 15  # flyvis's default extent; its parameter order is first appearance there
+CHECKPOINT_ORDER_EXTENT = EYE_EXTENT  # flyvis's default extent; its parameter order is first appearance there
 
 
 @dataclass(frozen=True)
