@@ -316,6 +316,10 @@ def test_bad_engine_settings_name_key():
         EngineConfig(slot_roles=("exploit", "greedy")).check()
     with pytest.raises(SweepConfigError, match="n_parallel"):
         EngineConfig(n_parallel=0).check()
+    with pytest.raises(
+        SweepConfigError, match=r"^hydra\.sweeper\.memory_max_lines: 0; allowed: an integer >= 1$"
+    ):
+        EngineConfig(memory_max_lines=0).check()
     with pytest.raises(SweepConfigError, match="simulation_seed.*slot, iteration, fixed"):
         EngineConfig(simulation_seed="random").check()
     with pytest.raises(SweepConfigError, match=r"^hydra\.sweeper\.ucb\.c: -1\.0; allowed: a finite float"):

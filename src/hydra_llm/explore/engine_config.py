@@ -116,7 +116,7 @@ class EngineConfig:
     def check(self) -> None:
         """Raise :class:`SweepConfigError` naming the key and what is allowed (what the schema's types
         cannot say: ranges, seed names, slot values; the choices are checked when it is built)."""
-        for key in ("n_iterations", "n_parallel", "n_iter_block"):
+        for key in ("n_iterations", "n_parallel", "n_iter_block", "memory_max_lines"):
             if int(getattr(self, key)) < 1:
                 raise SweepConfigError(
                     f"hydra.sweeper.{key}: {getattr(self, key)!r}; allowed: an integer >= 1"
