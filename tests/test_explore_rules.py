@@ -227,3 +227,17 @@ def test_half_steps_once_every_full_step_from_the_best_config_lost():
     # the least-bad direction (lr down, -0.05) at half its step: 1e-3 / sqrt(3)
     assert proposal.parent == 1 and "half step" in proposal.hypothesis
     assert proposal.overrides == {"training.lr": pytest.approx(1e-3 / 3**0.5, rel=1e-5)}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"step_factor": 1.0}, r"^rules proposer: step_factor=1.0 must be a finite number > 1$"),
+        ({"step_factor": math.nan}, r"^rules proposer: step_factor=nan must be"),
+        ({"probe_factor": math.inf}, r"^rules proposer: probe_factor=inf must be"),
+        ({"n_steps": 0}, r"^rules proposer: n_steps must be >= 1$"),
+    ],
+)
+def test_bad_rules_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RulesProposer(**kwargs)

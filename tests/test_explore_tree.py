@@ -151,11 +151,14 @@ def test_objective_bands_override_the_symmetric_thresholds():
             {"converged_band": [0.8, 1.2], "partial_band": [0.9, 3.0]},
             r"objective.partial_band: \[0.9, 3.0\] must contain objective.converged_band \[0.8, 1.2\]",
         ),
+        ({"target": math.nan}, r"objective.target: nan is not allowed; allowed: a finite number"),
+        ({"failure_reward": -math.inf}, r"objective.failure_reward: -inf is not allowed"),
+        ({"converged": math.nan}, r"objective.converged: nan is not allowed"),
     ],
 )
-def test_objective_bad_bands_name_the_key(kwargs, message):
+def test_objective_bad_bands_and_values_name_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        Objective(metric="s", direction="target", target=1.0, **kwargs)
+        Objective(**{"metric": "s", "direction": "target", "target": 1.0, **kwargs})
 
 
 def test_tree_layout_depth_and_centring():

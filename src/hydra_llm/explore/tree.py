@@ -47,6 +47,10 @@ class Objective:
             )
         if self.direction == "target" and self.target is None:
             raise ValueError("objective.target: required when objective.direction=target (e.g. 1.0)")
+        for name in ("target", "failure_reward", "converged", "partial"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(float(value)):
+                raise ValueError(f"objective.{name}: {value!r} is not allowed; allowed: a finite number")
         for name in ("converged_band", "partial_band"):
             object.__setattr__(self, name, _band(name, getattr(self, name)))
         inner, outer = self.converged_band, self.partial_band

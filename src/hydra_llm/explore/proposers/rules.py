@@ -84,8 +84,9 @@ class RulesProposer(Proposer):
         probe_factor: float = RulesProposerConf.probe_factor,
         n_steps: int = RulesProposerConf.n_steps,
     ) -> None:
-        if step_factor <= 1.0 or probe_factor <= 1.0:
-            raise ValueError("rules proposer: step_factor and probe_factor must be > 1")
+        for name, factor in (("step_factor", step_factor), ("probe_factor", probe_factor)):
+            if not (math.isfinite(float(factor)) and float(factor) > 1.0):
+                raise ValueError(f"rules proposer: {name}={factor!r} must be a finite number > 1")
         if n_steps < 1:
             raise ValueError("rules proposer: n_steps must be >= 1")
         self.step_factor = float(step_factor)
