@@ -8,9 +8,11 @@ from typing import Literal
 
 import pytest
 
+from hydra_llm.explore.proposers.auto import auto_proposer
 from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec
 from hydra_llm.explore.proposers.llm import LLMProposer, endpoint_configured
 from hydra_llm.explore.proposers.llm_prompt import BLOCK_END_MARKER, PromptBuilder, cap_lines, read_trajectory
+from hydra_llm.explore.proposers.rules import RulesProposer
 from hydra_llm.explore.tree import Node, UCBScore
 from tests.fake_openai import FakeError, FakeOpenAIServer, FakeReply, prompt_section
 
@@ -375,6 +377,15 @@ def test_bad_configuration_is_refused_before_any_call(monkeypatch):
         LLMProposer(model="gpt-4o-mini", api_key_env="HYDRA_LLM_ABSENT")
     with pytest.raises(ValueError, match="structured_output"):
         LLMProposer(model="m", base_url="http://127.0.0.1:1/v1", structured_output="yaml")
+    for key, value, low in (("memory_max_lines", 19, 20), ("min_rule_evidence", 0, 1), ("max_rules", -1, 0)):
+        message = f"^llm proposer: {key}={value} must be >= {low}$"
+        with pytest.raises(ValueError, match=message):
+            LLMProposer(model="m", base_url="http://127.0.0.1:1/v1", **{key: value})
+        with pytest.raises(ValueError, match=message):  # auto picks rules here, and still checks them
+            auto_proposer(api_key_env="HYDRA_LLM_ABSENT", **{key: value})
+    assert isinstance(
+        auto_proposer(api_key_env="HYDRA_LLM_ABSENT", vision=True, record_dir="x"), RulesProposer
+    )
     assert endpoint_configured("HYDRA_LLM_ABSENT", "http://x/v1") and not endpoint_configured(
         "HYDRA_LLM_ABSENT"
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 from typing import Any
 
 from hydra_llm.explore.proposers.base import Proposer
@@ -34,13 +33,10 @@ def auto_proposer(
 
         proposer: Proposer = LLMProposer(api_key_env=api_key_env, base_url=base_url, **llm_kwargs)
     else:  # the LLM's settings are still checked: they take effect once a key or base_url is set
-        from hydra_llm.llm.client import LLMSettings
+        from hydra_llm.explore.proposers.llm import checked_options
 
-        known = {f.name for f in fields(LLMSettings)}
-        settings = {key: value for key, value in llm_kwargs.items() if key in known}
-        output = settings.get("structured_output", AutoProposerConf.structured_output)
-        settings["structured_output"] = str(output)
-        LLMSettings(**{"model": AutoProposerConf.model, **settings}, api_key_env=api_key_env).check()
+        options = {key: value for key, value in llm_kwargs.items() if key not in ("vision", "record_dir")}
+        checked_options(api_key_env=api_key_env, base_url=base_url, **options)
         proposer = RulesProposer()
     proposer.choice_note = f"{kind} ({why})"  # type: ignore[attr-defined]
     return proposer

@@ -38,6 +38,33 @@ from hydra_llm.schemas.sweeper import LLMProposerConf
 log = logging.getLogger(__name__)
 
 
+def checked_options(
+    memory_max_lines: int = LLMProposerConf.memory_max_lines,
+    min_rule_evidence: int = LLMProposerConf.min_rule_evidence,
+    max_rules: int = LLMProposerConf.max_rules,
+    max_rules_chars: int = LLMProposerConf.max_rules_chars,
+    **llm: Any,
+) -> tuple[LLMSettings, RulesPolicy, PromptLimits]:
+    """The client's settings (``llm``: :class:`LLMSettings` fields, the model by default
+    LLMProposerConf's) and the limits on the model's memory and learned rules, all checked: raises
+    ``ValueError`` naming the first bad one. The ``auto`` proposer checks them too when it picks rules."""
+    llm = {"model": LLMProposerConf.model, **llm}
+    llm["base_url"] = llm.get("base_url") or None
+    llm["structured_output"] = str(llm.get("structured_output", LLMProposerConf.structured_output))
+    settings = LLMSettings(**llm)
+    settings.check()
+    for key, value, low in (
+        ("memory_max_lines", memory_max_lines, 20),
+        ("min_rule_evidence", min_rule_evidence, 1),  # a learned rule cites the nodes that support it
+        ("max_rules", max_rules, 0),
+        ("max_rules_chars", max_rules_chars, 0),
+    ):
+        if int(value) < low:
+            raise ValueError(f"llm proposer: {key}={value} must be >= {low}")
+    policy = RulesPolicy(int(min_rule_evidence), int(max_rules), int(max_rules_chars))
+    return settings, policy, PromptLimits(memory_lines=int(memory_max_lines))
+
+
 def endpoint_configured(api_key_env: str = LLMProposerConf.api_key_env, base_url: str | None = None) -> bool:
     """True when an LLM endpoint is usable: a ``base_url`` is set or the key variable is set."""
     return bool(base_url) or bool(os.environ.get(api_key_env))
@@ -76,29 +103,29 @@ class LLMProposer(Proposer):
         max_rules_chars: int = LLMProposerConf.max_rules_chars,
         fallback: Proposer | None = None,
     ) -> None:
-        self.settings = LLMSettings(
+        self.settings, self.rules_policy, limits = checked_options(
             model=model,
-            base_url=base_url or None,
+            base_url=base_url,
             api_key_env=api_key_env,
             temperature=temperature,
             timeout=timeout,
             deadline=deadline,
             max_retries=max_retries,
-            structured_output=str(structured_output),
+            structured_output=structured_output,
             max_reasks=max_reasks,
             max_tokens=max_tokens,
+            memory_max_lines=memory_max_lines,
+            min_rule_evidence=min_rule_evidence,
+            max_rules=max_rules,
+            max_rules_chars=max_rules_chars,
         )
-        self.settings.check()
         if self.settings.base_url is None and not os.environ.get(api_key_env):
             raise ValueError(
                 f"llm proposer: environment variable {api_key_env} is unset and no base_url is configured; "
                 "set the variable, point base_url at a local server, or use proposer=rules"
             )
-        if int(memory_max_lines) < 20:
-            raise ValueError(f"llm proposer: memory_max_lines={memory_max_lines} must be >= 20")
         self.vision = bool(vision)
-        self.rules_policy = RulesPolicy(int(min_rule_evidence), int(max_rules), int(max_rules_chars))
-        self.builder = PromptBuilder(PromptLimits(memory_lines=int(memory_max_lines)), self.rules_policy)
+        self.builder = PromptBuilder(limits, self.rules_policy)
         self._record_dir = Path(record_dir) if record_dir else None
         self._client: LLMClient | None = None
         self._fallback = fallback
