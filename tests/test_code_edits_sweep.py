@@ -237,6 +237,8 @@ def test_bad_code_edit_settings_stop_the_sweep_with_one_line(tmp_path):
     assert line.startswith("[llm_ucb] hydra.sweeper.code_edits.modules: hydra_llm.models.mlp: no '# region")
     line = bad_setting(tmp_path / "c", *llm, "hydra.sweeper.code_edits.modules=[hydra_llm.no_such]")
     assert "hydra_llm.no_such: not an importable module" in line
+    line = bad_setting(tmp_path / "e", *llm, "hydra.sweeper.code_edits.check_timeout_s=nan")
+    assert line.endswith("code_edits.check_timeout_s: nan; allowed: a finite number of seconds > 0")
     toy = str(ROOT / "tests" / "apps" / "toy" / "toy_app.py")
     line = bad_setting(
         tmp_path / "d",

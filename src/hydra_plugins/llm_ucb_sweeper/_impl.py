@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -254,8 +255,10 @@ class LLMUCBSweeperImpl:
                 raise SweepConfigError(
                     f"{key}.{name}: {value}; allowed: an integer >= {int(name == 'max_edits')}"
                 )
-        if conf.check_timeout_s <= 0:
-            raise SweepConfigError(f"{key}.check_timeout_s: {conf.check_timeout_s}; allowed: seconds > 0")
+        if not (conf.check_timeout_s > 0 and math.isfinite(conf.check_timeout_s)):  # NaN fails both
+            raise SweepConfigError(
+                f"{key}.check_timeout_s: {conf.check_timeout_s}; allowed: a finite number of seconds > 0"
+            )
         self._check_overrides = [str(o) for o in conf.check_overrides or regime.get("check_overrides") or []]
         self._check_timeout = conf.check_timeout_s
         editor_settings = CodeEditSettings(modules=modules, **limits)
