@@ -179,6 +179,11 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
             "hydra.sweeper.proposer.deadline=-1",
             "[llm_ucb] hydra.sweeper.proposer: llm.deadline=-1.0 must be a finite number > 0 seconds",
         ),
+        (  # the sweep's own settings pass, and still nothing is written before the preflight
+            "hydra/sweeper/proposer=llm hydra.sweeper.proposer.base_url=http://127.0.0.1:9/v1 "
+            "hydra.sweeper.code_edits.enabled=true evaluation.rollout_frames=1",
+            "evaluation.rollout_frames=1: must be an integer >= 2",
+        ),
         (  # joblib refuses it only when the first batch starts
             "hydra/launcher=joblib hydra.launcher.n_jobs=0",
             "[llm_ucb] hydra.launcher.n_jobs=0: must be a nonzero integer (-1: one job per core)",

@@ -242,7 +242,7 @@ def editor(tmp_path: Path, server: FakeOpenAIServer, **settings) -> tuple[CodeEd
     code_editor = CodeEditor(
         CodeEditSettings(**{"modules": (bodies.MODULE,), **DEFAULTS, **settings}),
         tmp_path / "exploration",
-        client_completer(client),
+        client_completer(lambda: client),
         in_process_check(tmp_path / "cache"),
         events.append,
     )

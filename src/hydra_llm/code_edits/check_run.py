@@ -29,9 +29,9 @@ from omegaconf import DictConfig
 from hydra_llm.blindness import differing, held_by_training, truth_paths
 from hydra_llm.code_edits import loader
 from hydra_llm.code_edits.regions import RegionError, find_regions
+from hydra_llm.code_edits.versions import ERROR_FILE
 
 CHECK_FILE = "code_check.json"
-ERROR_FILE = "code_error.json"
 MAX_TRACEBACK_CHARS = 4000
 
 

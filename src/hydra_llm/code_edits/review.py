@@ -28,10 +28,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hydra_llm.code_edits.check_run import ERROR_FILE
 from hydra_llm.code_edits.regions import Region, RegionError, find_regions, outside, splice
 from hydra_llm.code_edits.static import MAX_BODY_CHARS, check_region, top_level_names
-from hydra_llm.code_edits.versions import CodeStore, CodeVersion, version_name
+from hydra_llm.code_edits.versions import ERROR_FILE, CodeStore, CodeVersion, version_name
 from hydra_llm.explore.text import clip, one_line, plain_text
 from hydra_llm.explore.tree import Node, stats
 
@@ -582,13 +581,14 @@ class CodeEditor:
         return "\n".join(lines)
 
 
-def client_completer(client: Any, max_tokens: int = 6000) -> Complete:
-    """A :data:`Complete` on an :class:`~hydra_llm.llm.client.LLMClient` (schema-checked replies,
-    saved prompts, the client's retries and deadline); ``max_tokens`` bounds each reply."""
+def client_completer(client: Callable[[], Any], max_tokens: int = 6000) -> Complete:
+    """A :data:`Complete` on the :class:`~hydra_llm.llm.client.LLMClient` that ``client()`` returns
+    (schema-checked replies, saved prompts, the client's retries and deadline), asked for on the first
+    call: building a client creates its record folder. ``max_tokens`` bounds each reply."""
     from hydra_llm.llm.client import reask_messages
 
     def complete(messages: list[dict[str, Any]], *, tag: str, check: Any) -> Any:
-        done = client.complete(messages, CodeReply, check=check, tag=tag, max_tokens=max_tokens)
+        done = client().complete(messages, CodeReply, check=check, tag=tag, max_tokens=max_tokens)
         return done.value, lambda problem: reask_messages(done.messages, done.raw_text, problem)
 
     return complete

@@ -29,6 +29,7 @@ from hydra_llm.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 Status = Literal["installed", "candidate", "kept", "reverted", "replaced"]
+ERROR_FILE = "code_error.json"  # what a child whose code version raised leaves in its folder
 GIT_IDENTITY = (
     "-c",
     "user.name=hydra-llm",

@@ -117,18 +117,20 @@ class LLMUCBSweeperImpl:
             logging.getLogger(name).setLevel(logging.WARNING)
         config, settings = self.config, self.settings
         regime = _plain(OmegaConf.select(config, "exploration", default=None)) or {}
+        # The sweep's own settings first (well under a second), then the task's preflight, which
+        # imports the training stack (seconds); nothing is written before both have passed.
         self.space, space_record = self._space(regime, arguments)
-        self._preflight()
         check_launcher(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         objective = _objective(settings, regime)
         engine_config = EngineConfig.from_settings(settings, objective=objective)
-        self._check_metric(engine_config.objective.metric, given=settings.objective.metric is not None)
         proposer = self._proposer(config.hydra.sweeper.proposer)
+        code_editor = self.code_editor = self._code_editor(settings.code_edits, proposer, sweep_dir)
+        self._preflight()
+        self._check_metric(engine_config.objective.metric, given=settings.objective.metric is not None)
         self.seed_keys = engine_config.seed_keys
         self.metric = engine_config.objective.metric
         self.sweep_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.hydra.job.name}-{sweep_dir.name}")
-        code_editor = self.code_editor = self._code_editor(settings.code_edits, proposer, sweep_dir)
         summary = {
             "n_iterations": settings.n_iterations,
             "n_parallel": settings.n_parallel,
@@ -263,7 +265,7 @@ class LLMUCBSweeperImpl:
         self._check_timeout = conf.check_timeout_s
         editor_settings = CodeEditSettings(modules=modules, **limits)
         try:
-            completer = client_completer(proposer.client)
+            completer = client_completer(lambda: proposer.client)
             return CodeEditor(editor_settings, sweep_dir / "exploration", completer, self._run_code_check)
         except RegionError as err:
             raise SweepConfigError(f"{key}.modules: {err}") from None
