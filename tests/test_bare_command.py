@@ -252,6 +252,25 @@ def test_a_bad_model_or_evaluation_setting_stops_a_run_before_it_simulates(tmp_p
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0: must be an integer >= 1"),
+        (["trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan: must be a number (0: no"),
+        (["logger=wandb", "logger.mode=foo"], "logger.mode='foo': must be 'online', 'offline'"),
+    ],
+)
+def test_values_that_fail_only_after_the_simulation_are_checked_in_the_preflight(overrides, message):
+    """Lightning's Trainer takes the first two and its loop fails on them at the first step; the W&B
+    logger refuses its mode when it starts its run, after the simulation."""
+    from hydra_llm.preflight import check
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides)
+    with pytest.raises(PreflightError, match="^" + re.escape(message)):
+        check(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
         (
             ["simulation=flyvis_synthetic", "evaluation.cluster_starts=0"],
             "evaluation.cluster_starts=0: must be",

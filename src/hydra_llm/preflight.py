@@ -2,16 +2,18 @@
 
 ``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
-missing DAVIS folder or a misspelt training key launches no child). It takes well under a second:
-``num_threads``, the trainer's device (where the runs train on this machine) and settings (the
-Trainer is built, nothing else), the model settings against their schema, the model class's
+missing DAVIS folder or a misspelt training key launches no child). Beyond importing the training
+stack (Lightning, seconds), it takes well under a second: ``num_threads``, the trainer's device (where
+the runs train on this machine) and settings (the Trainer is built, nothing else, and the values its
+loop would fail on are checked), the model settings against their schema, the model class's
 ``check_training``, the evaluation settings, ``optimized_metric`` against the evaluation's metric
-names, the simulation DataModule's constructor, which validates its arguments and finds its data but
-simulates nothing, and the cache folder.
+names, the W&B logger's mode, the simulation DataModule's constructor, which validates its arguments
+and finds its data but simulates nothing, and the cache folder.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +42,7 @@ def check(cfg: DictConfig) -> Any:
             model_check(training)
         check_evaluation(cfg)
         check_optimized_metric(cfg)
+        check_logger(cfg)
         try:
             datamodule = instantiate(cfg.simulation, cache_dir=cfg.paths.cache_dir)
         except InstantiationException as err:  # Hydra wraps the constructor's own error
@@ -190,6 +193,7 @@ def check_trainer(cfg: DictConfig) -> None:
                 close = difflib.get_close_matches(key, list(allowed), n=1)
                 hint = f"; did you mean trainer.{close[0]}?" if close else ""
                 raise ValueError(f"trainer.{key}: not an argument of {target.__name__}{hint}")
+    check_loop_values(options)
     if on_cluster_nodes(cfg):
         return
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..."
@@ -203,6 +207,37 @@ def check_trainer(cfg: DictConfig) -> None:
         raise ValueError(f"trainer: {' '.join(str(cause).split())[:300]}") from None
     finally:
         rank_zero.disabled = disabled
+
+
+def check_loop_values(options: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for a Trainer value its constructor takes but its loop fails on, after the
+    simulation: ``accumulate_grad_batches`` 0 or less (a division by zero at the first step) and a
+    ``gradient_clip_val`` of NaN (refused at the first step; 0 or less turns clipping off)."""
+    count = options.get("accumulate_grad_batches", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"trainer.accumulate_grad_batches={count!r}: must be an integer >= 1")
+    clip = options.get("gradient_clip_val")
+    if isinstance(clip, float) and math.isnan(clip):
+        raise ValueError("trainer.gradient_clip_val=nan: must be a number (0: no clipping), or null")
+
+
+def check_logger(cfg: DictConfig) -> None:
+    """Raise ``ValueError`` for a W&B ``logger.mode`` that W&B refuses: the logger starts its W&B run
+    only after the simulation."""
+    logger = OmegaConf.select(cfg, "logger", default=None)
+    if not logger or not str(logger.get("_target_", "")).endswith("WandbLogger"):
+        return
+    mode = logger.get("mode")
+    if mode is None:
+        return
+    from pydantic import ValidationError
+    from wandb.sdk.wandb_settings import Settings
+
+    try:
+        Settings(mode=mode)
+    except ValidationError as err:
+        allowed = str(err.errors()[0]["msg"]).replace("Input should be", "must be")
+        raise ValueError(f"logger.mode={mode!r}: {allowed}") from None
 
 
 def check_accelerator(cfg: DictConfig) -> None:
