@@ -318,7 +318,8 @@ def test_block_end_rules_cite_the_finished_block_within_the_configured_limits(tm
     stable = [r.body["messages"][-1]["content"].split("## Position\n")[0] for r in server.requests]
     assert stable[0].startswith("## Study protocol\n") and "## Search space\n" in stable[0]
     assert stable[0] == stable[1] and "keys, NOT allowed now" in stable[1]
-    assert "keys, allowed NOW" in stable[2] and "lr near 1e-3 -> keep it" in stable[3] != stable[2]
+    assert "keys, allowed NOW" in stable[2] and "lr near 1e-3 -> keep it" not in stable[2]
+    assert "lr near 1e-3 -> keep it" in stable[3]
 
 
 def test_a_list_valued_block_choice_reaches_the_next_block_from_the_llms_reply(tmp_path):

@@ -173,10 +173,11 @@ def on_cluster_nodes(cfg: DictConfig) -> bool:
 
 def check_trainer(cfg: DictConfig) -> None:
     """Raise ``ValueError`` for a ``trainer`` setting the run's Trainer would refuse after the
-    simulation: a key that is none of its arguments, or a value its constructor rejects
-    (``devices=0``, an unknown ``precision``). The Trainer is built here as the run builds it, without
-    logger, callbacks or files, its start-up messages silenced; where the runs go to cluster nodes
-    only the keys are checked (the constructor would look for the nodes' devices here)."""
+    simulation: a key that is none of its arguments, a value its constructor rejects (``devices=0``,
+    an unknown ``precision``) or one its loop fails on (:func:`check_loop_values`). The Trainer is
+    built here as the run builds it, without logger, callbacks or files, its start-up messages
+    silenced; where the runs go to cluster nodes only the keys and loop values are checked (the
+    constructor would look for the nodes' devices here)."""
     import difflib
     import inspect
     import logging
