@@ -179,6 +179,11 @@ def test_missing_data_stops_the_sweep_before_any_child_with_one_line(tmp_path):
             "hydra.sweeper.proposer.deadline=-1",
             "[llm_ucb] hydra.sweeper.proposer: llm.deadline=-1.0 must be a finite number > 0 seconds",
         ),
+        (  # what the model is told about its memory must hold
+            "hydra/sweeper/proposer=llm hydra.sweeper.proposer.base_url=http://127.0.0.1:9/v1 "
+            "hydra.sweeper.memory_max_lines=50",
+            "[llm_ucb] hydra.sweeper.proposer.memory_max_lines=400 is above hydra.sweeper.memory_max_lines=",
+        ),
         (  # the sweep's own settings pass, and still nothing is written before the preflight
             "hydra/sweeper/proposer=llm hydra.sweeper.proposer.base_url=http://127.0.0.1:9/v1 "
             "hydra.sweeper.code_edits.enabled=true evaluation.rollout_frames=1",

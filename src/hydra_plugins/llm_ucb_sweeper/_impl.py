@@ -125,6 +125,7 @@ class LLMUCBSweeperImpl:
         objective = _objective(settings, regime)
         engine_config = EngineConfig.from_settings(settings, objective=objective)
         proposer = self._proposer(config.hydra.sweeper.proposer)
+        _check_memory_caps(proposer, config.hydra.sweeper)
         code_editor = self.code_editor = self._code_editor(settings.code_edits, proposer, sweep_dir)
         self._preflight()
         self._check_metric(engine_config.objective.metric, given=settings.objective.metric is not None)
@@ -590,6 +591,19 @@ def limit_settings(launcher: DictConfig) -> dict[str, str]:
         for _, key, _ in _LIMITS
         if key in launcher
     }
+
+
+def _check_memory_caps(proposer: Proposer, sweeper: DictConfig) -> None:
+    """The LLM is told how many lines of working memory it may keep (``proposer.memory_max_lines``);
+    the sweep keeps ``memory_max_lines``: what the model is told must hold."""
+    told = OmegaConf.select(sweeper, "proposer.memory_max_lines", default=None)
+    kept = int(sweeper.memory_max_lines)
+    if getattr(proposer, "name", "") == "llm" and told is not None and int(told) > kept:
+        raise SweepConfigError(
+            f"hydra.sweeper.proposer.memory_max_lines={told} is above hydra.sweeper.memory_max_lines={kept}: "
+            f"the model would be told it may keep {told} lines of memory and the sweep keeps {kept}; "
+            f"allowed: at most {kept}"
+        )
 
 
 def check_launcher(config: DictConfig) -> None:
