@@ -225,17 +225,17 @@ def check_loop_values(options: dict[str, Any]) -> None:
 def check_logger(cfg: DictConfig) -> None:
     """Raise ``ValueError`` for a W&B ``logger.mode`` that W&B refuses: the logger starts its W&B run
     only after the simulation."""
-    logger = OmegaConf.select(cfg, "logger", default=None)
-    if not logger or not str(logger.get("_target_", "")).endswith("WandbLogger"):
-        return
-    mode = logger.get("mode")
+    from hydra_llm.wandb_runs import wandb_logger
+
+    logger = wandb_logger(cfg)
+    mode = logger.get("mode") if logger is not None else None
     if mode is None:
         return
+    import wandb
     from pydantic import ValidationError
-    from wandb.sdk.wandb_settings import Settings
 
     try:
-        Settings(mode=mode)
+        wandb.Settings(mode=mode)
     except ValidationError as err:
         allowed = str(err.errors()[0]["msg"]).replace("Input should be", "must be")
         raise ValueError(f"logger.mode={mode!r}: {allowed}") from None

@@ -98,16 +98,16 @@ def build_logger(cfg: DictConfig, out: Path):
     """Instantiate the configured Lightning logger (or None), named and grouped for sweeps."""
     from hydra.utils import instantiate
 
+    from hydra_llm.wandb_runs import child_tags, wandb_logger
+
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return None
-    target = str(cfg.logger._target_)
     kwargs: dict[str, Any] = {}
-    if target.endswith("WandbLogger"):
+    if wandb_logger(cfg) is not None:
         config = loggable_config(cfg)
         record = child_record(cfg)
         if record is not None:
             config["sweep_node"] = record  # plain data: never resolved, never an override
-        from hydra_llm.wandb_runs import child_tags
 
         kwargs = {
             "config": config,

@@ -19,6 +19,14 @@ from typing import Any
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]+")
 
 
+def wandb_logger(cfg: Any) -> Any:
+    """The task config's ``logger`` node when it builds Lightning's ``WandbLogger``, else None."""
+    logger = cfg.get("logger") if cfg is not None else None
+    if not logger or not str(logger.get("_target_", "")).endswith("WandbLogger"):
+        return None
+    return logger
+
+
 def tag(name: str, value: Any) -> str:
     """A W&B tag ``name:value`` made of safe characters, at most 64 of them."""
     return _TAG_UNSAFE.sub("_", f"{name}:{value}")[:64]

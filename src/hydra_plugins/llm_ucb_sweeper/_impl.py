@@ -196,8 +196,10 @@ class LLMUCBSweeperImpl:
     def _wandb_hook(self, sweep_dir: Path, summary: Mapping[str, Any]) -> Any:
         """After each batch, the sweep-level W&B run (when the task logs to W&B and W&B is not off);
         ``summary``: the settings it records as its config."""
-        logger = OmegaConf.select(self.config, "logger", default=None)
-        if logger is None or not str(logger.get("_target_", "")).endswith("WandbLogger"):
+        from hydra_llm.wandb_runs import wandb_logger
+
+        logger = wandb_logger(self.config)
+        if logger is None:
             return None
         mode = str(os.environ.get("WANDB_MODE") or OmegaConf.select(logger, "mode", default="offline"))
         if mode == "disabled":
