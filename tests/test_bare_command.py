@@ -17,7 +17,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from hydra_llm.preflight import PreflightError, check_accelerator, check_trainer
+from hydra_llm.preflight import PreflightError, check_accelerator, check_added_keys, check_trainer
 from tests.fake_openai import FakeError, FakeOpenAIServer, prompt_section
 from tests.test_sweeper_train_e2e import TINY_SIGNAL
 
@@ -444,6 +444,36 @@ def test_a_cluster_launcher_leaves_the_gpu_to_its_nodes():
     if not torch.cuda.is_available():
         with pytest.raises(PreflightError, match=r"^trainer\.accelerator=gpu: "):
             check_accelerator(local)
+
+
+def test_a_top_level_key_that_nothing_reads_is_refused(monkeypatch):
+    """``+seed=3`` (Hydra's own advice for ``seed=3``) would otherwise train as if it were not there; a
+    key added under a group, or a group added with ``+``, is left to its own checks."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        seed = compose("train", ["+seed=3"], return_hydra_config=True)
+        nested = compose(
+            "train", ["+optimizer.lr=0.1", "+trainer.precision=bf16-mixed"], return_hydra_config=True
+        )
+        fine = compose(
+            "train", ["+trainer.precision=bf16-mixed", "++num_threads=1"], return_hydra_config=True
+        )
+    with pytest.raises(ValueError) as err:
+        check_added_keys(seed)  # the sweeper's config holds the hydra node
+    assert str(err.value).startswith(
+        "+seed=3: adds a top-level key 'seed' that nothing reads (the top-level keys: "
+    )
+    assert str(err.value).endswith("did you mean training.seed or simulation.seed?")
+    assert "\n" not in str(err.value) and "optimized_metric" in str(err.value)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored after
+    HydraConfig.instance().set_config(nested)  # a run's task function reads it from Hydra
+    with open_dict(nested):
+        del nested["hydra"]
+    with pytest.raises(ValueError, match=r"^\+optimizer\.lr=0\.1: adds a top-level key 'optimizer' "):
+        check_added_keys(nested)
+    check_added_keys(fine)
 
 
 def test_the_trainer_settings_are_checked_before_any_work():

@@ -3,9 +3,10 @@
 ``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
 missing DAVIS folder or a misspelt training key launches no child). Beyond importing the training
-stack (Lightning, seconds), it takes well under a second: ``num_threads``, the trainer's device (where
-the runs train on this machine) and settings (the Trainer is built, nothing else, and the values its
-loop would fail on are checked), the model settings against their schema, the model class's
+stack (Lightning, seconds), it takes well under a second: a top-level key that the command line adds
+and nothing reads (``+seed=3``), ``num_threads``, the trainer's device (where the runs train on this
+machine) and settings (the Trainer is built, nothing else, and the values its loop would fail on are
+checked), the model settings against their schema, the model class's
 ``check_training``, the evaluation settings, ``optimized_metric`` against the evaluation's metric
 names, the W&B logger's mode, the simulation DataModule's constructor, which validates its arguments
 and finds its data but simulates nothing, and the cache folder.
@@ -33,6 +34,7 @@ def check(cfg: DictConfig) -> Any:
 
     check_accelerator(cfg)
     try:
+        check_added_keys(cfg)
         check_num_threads(cfg)
         check_trainer(cfg)
         check_schema(cfg, "model", MODELS)
@@ -52,6 +54,51 @@ def check(cfg: DictConfig) -> Any:
     except (ValueError, TypeError, KeyError, FileNotFoundError, InstantiationException) as err:
         first = " ".join(str(err).split()) or type(err).__name__
         raise PreflightError(first) from err  # the cause keeps its type (e.g. FileNotFoundError)
+
+
+def _hydra_node(cfg: DictConfig) -> Any:
+    """The ``hydra`` node: the sweeper's config holds it, a run's task function reads it from Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    node = OmegaConf.select(cfg, "hydra", default=None)
+    if node is None and HydraConfig.initialized():
+        node = HydraConfig.get()
+    return node
+
+
+def _leaf_keys(value: Any, prefix: str) -> set[str]:
+    """The dotted keys of every leaf under ``value`` (a plain container; a leaf is its own key)."""
+    if not isinstance(value, dict) or not value:
+        return {prefix}
+    return set().union(*(_leaf_keys(v, f"{prefix}.{k}") for k, v in value.items()))
+
+
+def check_added_keys(cfg: DictConfig) -> None:
+    """Raise ``ValueError`` for a top-level key that the command line adds (``+seed=3``,
+    ``+optimizer.lr=0.1``) and that names no config group: nothing reads it, so the run would go ahead as
+    if it were not there (Hydra itself suggests the ``+`` for a misspelt key). Names the group keys of
+    that name, where there are any."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_node = _hydra_node(cfg)
+    if hydra_node is None:
+        return
+    groups = set(OmegaConf.select(hydra_node, "runtime.choices", default=None) or {})
+    task = list(OmegaConf.select(hydra_node, "overrides.task", default=None) or [])
+    adds = [o for o in OverridesParser.create().parse_overrides(task) if o.is_add()]
+    added = {o.key_or_group for o in adds}
+    tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
+    tree.pop("hydra", None)
+    for override in adds:
+        top = override.key_or_group.split(".")[0]
+        if top in groups or top not in tree or not _leaf_keys(tree[top], top) <= added:
+            continue  # a group, or a key that was there before (its own checks read it)
+        near = [f"{group}.{top}" for group, node in tree.items() if isinstance(node, dict) and top in node]
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        raise ValueError(
+            f"{override.input_line}: adds a top-level key {top!r} that nothing reads (the top-level keys: "
+            f"{', '.join(sorted(k for k in tree if k != top))}){hint}"
+        )
 
 
 def check_num_threads(cfg: DictConfig) -> None:
