@@ -48,8 +48,12 @@ browser:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "note: no chromium here; the report's browser test will be skipped"
 
+# Two workers, one test file each at a time (a module's fixtures, e.g. the SLURM cluster, stay in one
+# process); the tests marked `alone` then run by themselves. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(TEST_STAMP) browser  ## the test suite (what CI runs)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+	$(BIN)/python -m pytest -q -m "not slow and not alone" -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -m "alone and not slow" --durations=5
 
 test-all: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q

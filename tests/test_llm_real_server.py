@@ -99,6 +99,7 @@ def _wait_until_up(base_url: str, proc: subprocess.Popen, log: Path, timeout: fl
     raise AssertionError(f"llama server not up after {timeout} s: {log.read_text()[-2000:]}")
 
 
+@pytest.mark.alone  # its calls' latencies are part of what it checks
 def test_two_batch_sweep_against_llama_cpp_server(server, tmp_path):
     sweep_dir = tmp_path / "sweep"
     start = time.monotonic()

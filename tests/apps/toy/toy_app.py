@@ -35,7 +35,9 @@ def run(cfg: DictConfig):
         os.system("echo toy child subprocess output")
     if b.pid_dir is not None:
         Path(b.pid_dir).mkdir(parents=True, exist_ok=True)
-        (Path(b.pid_dir) / f"{job}.pid").write_text(str(os.getpid()))
+        part = Path(b.pid_dir) / f"{job}.pid.part"  # renamed whole: a reader never sees it half written
+        part.write_text(str(os.getpid()))
+        part.replace(part.with_suffix(""))
     end = time.monotonic() + float(b.sleep or 0.0)
     while time.monotonic() < end and not (b.release_file and Path(b.release_file).exists()):
         time.sleep(min(0.05, max(0.0, end - time.monotonic())))

@@ -37,6 +37,8 @@ class PausingProposer(RulesProposer):
             and view.first_iteration == self.pause_at_iteration
             and not self.marker.exists()
         ):
-            self.marker.write_text(str(os.getpid()))
+            part = self.marker.with_name(self.marker.name + ".part")  # renamed whole: never read half written
+            part.write_text(str(os.getpid()))
+            part.replace(self.marker)
             time.sleep(self.sleep_s)
         return super().propose(view, feedback)
