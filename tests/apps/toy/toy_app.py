@@ -13,6 +13,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from hydra_llm.files import atomic_write_text
+
 
 def score(lr: float, width: int, act: str, regime: str, sim_seed: int, train_seed: int) -> float:
     """Peaks at lr=1e-3, width=8, act=relu; small seed-dependent jitter (deterministic)."""
@@ -34,10 +36,7 @@ def run(cfg: DictConfig):
         print("toy child warning on stderr", file=sys.stderr, flush=True)
         os.system("echo toy child subprocess output")
     if b.pid_dir is not None:
-        Path(b.pid_dir).mkdir(parents=True, exist_ok=True)
-        part = Path(b.pid_dir) / f"{job}.pid.part"  # renamed whole: a reader never sees it half written
-        part.write_text(str(os.getpid()))
-        part.replace(part.with_suffix(""))
+        atomic_write_text(Path(b.pid_dir) / f"{job}.pid", str(os.getpid()))  # never read half written
     end = time.monotonic() + float(b.sleep or 0.0)
     while time.monotonic() < end and not (b.release_file and Path(b.release_file).exists()):
         time.sleep(min(0.05, max(0.0, end - time.monotonic())))

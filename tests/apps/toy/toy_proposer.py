@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hydra_llm.explore.proposers.base import ExplorationView, ProposerReply
 from hydra_llm.explore.proposers.rules import RulesProposer
+from hydra_llm.files import atomic_write_text
 
 
 class PausingProposer(RulesProposer):
@@ -37,8 +38,6 @@ class PausingProposer(RulesProposer):
             and view.first_iteration == self.pause_at_iteration
             and not self.marker.exists()
         ):
-            part = self.marker.with_name(self.marker.name + ".part")  # renamed whole: never read half written
-            part.write_text(str(os.getpid()))
-            part.replace(self.marker)
+            atomic_write_text(self.marker, str(os.getpid()))  # never read half written
             time.sleep(self.sleep_s)
         return super().propose(view, feedback)
