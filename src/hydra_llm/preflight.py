@@ -6,10 +6,10 @@ missing DAVIS folder or a misspelt training key launches no child). Beyond impor
 stack (Lightning, seconds), it takes well under a second: a top-level key that the command line adds
 and nothing reads (``+seed=3``), ``num_threads``, the trainer's device (where the runs train on this
 machine) and settings (the Trainer is built, nothing else, and the values its loop would fail on are
-checked), the model settings against their schema, the model class's
-``check_training``, the evaluation settings, ``optimized_metric`` against the evaluation's metric
-names, the W&B logger's mode, the simulation DataModule's constructor, which validates its arguments
-and finds its data but simulates nothing, and the cache folder.
+checked), the model settings against their schema, the model class's ``check_training``, the
+evaluation settings, ``optimized_metric`` against the evaluation's metric names, the W&B logger's mode,
+the simulation DataModule's constructor, which validates its arguments and finds its data but simulates
+nothing, and the cache folder.
 """
 
 from __future__ import annotations
