@@ -260,7 +260,19 @@ def check_trainer(cfg: DictConfig) -> None:
 def check_loop_values(options: dict[str, Any]) -> None:
     """Raise ``ValueError`` for a Trainer value its constructor takes but its loop fails on, after the
     simulation: ``accumulate_grad_batches`` 0 or less (a division by zero at the first step) and a
-    ``gradient_clip_val`` of NaN (refused at the first step; 0 or less turns clipping off)."""
+    ``gradient_clip_val`` of NaN (refused at the first step; 0 or less turns clipping off); and for a
+    loop that takes no step (``max_epochs``, ``max_steps`` or ``limit_train_batches`` 0: the run would
+    evaluate the untrained model as if it were a result) or never ends (``max_epochs=-1`` with no
+    ``max_steps`` or ``max_time``)."""
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        if options.get(key) == 0 and not isinstance(options[key], bool):
+            raise ValueError(
+                f"trainer.{key}={options[key]!r}: trains nothing; give at least 1"
+                + (" (it follows training.n_epochs unless set)" if key == "max_epochs" else "")
+            )
+    endless = options.get("max_epochs") == -1 and options.get("max_steps", -1) == -1
+    if endless and not options.get("max_time"):
+        raise ValueError("trainer.max_epochs=-1: never ends without trainer.max_steps or trainer.max_time")
     count = options.get("accumulate_grad_batches", 1)
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ValueError(f"trainer.accumulate_grad_batches={count!r}: must be an integer >= 1")
