@@ -72,7 +72,7 @@ def test_a_study_overrides_the_primary_config_defaults():
 
 def test_the_landscape_studies_explore_their_regime_space_and_the_flyvis_study_extends_it():
     """A study's space is the regime's `exploration` node (interpolated, so a command-line sweep still
-    joins it); the flyvis study adds its alternation keys and the stimulus source there."""
+    joins it); the flyvis study adds its alternation keys and the regime (natural or synthetic) there."""
     for study, regime_key, study_key in (
         ("signal_landscape", "training.coeff_edge_diff", None),
         ("flyvis_landscape", "training.coeff_f_theta_additivity", "training.n_alternations"),
@@ -83,8 +83,9 @@ def test_the_landscape_studies_explore_their_regime_space_and_the_flyvis_study_e
         assert settings.params == regime["params"] and settings.block_params == regime["block_params"]
         assert regime_key in settings.params and (study_key is None or study_key in settings.params)
         assert settings.protocol is None and regime["protocol"] == f"instructions/{study}.md"
-    assert {"simulation.stimulus.source", "simulation.n_frames"} <= set(settings.block_params)
+    assert {"simulation", "simulation.n_frames"} <= set(settings.block_params)
     space = parse_space(settings.params, settings.block_params)
+    assert space.spec("simulation").choices == ("flyvis_natural", "flyvis_synthetic")
     assert space.spec("simulation.stimulus.luminance").choices == ([0.5, 0.5], [0.2, 0.8])
 
 
