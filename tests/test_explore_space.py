@@ -5,6 +5,7 @@ import pytest
 from hydra_llm.explore.space import (
     SearchSpaceError,
     coerce,
+    edge_rounds,
     format_value,
     parse_space,
     parse_value,
@@ -37,6 +38,31 @@ def test_parse_kinds(space):
     assert space.spec("simulation.n_frames").choices == (1000, 2000, 3000, 4000)
     assert space.spec("simulation.regime").block_level and not space.spec("training.act").block_level
     assert space.fixed == ("experiment=quick",)
+
+
+def test_the_edge_values_go_out_in_as_many_rounds_as_the_longest_choice(space):
+    """Every choice and each interval's two ends (ints as ints), each key once per value, in four
+    configs (the four values of simulation.n_frames) rather than one per value."""
+    rounds = edge_rounds([*space.params, *space.block_params])
+    assert len(rounds) == 4
+    assert rounds[0] == {
+        "training.lr": 1e-5,
+        "training.coeff": 0.0,
+        "training.width": 1,
+        "training.epochs": 1,
+        "training.act": "relu",
+        "training.batch_size": 1,
+        "simulation.regime": "smooth",
+        "simulation.n_frames": 1000,
+    }
+    assert rounds[1]["training.width"] == 16 and isinstance(rounds[1]["training.epochs"], int)
+    assert rounds[3] == {"simulation.n_frames": 4000}
+    seen = {}
+    for values in rounds:
+        for key, value in values.items():
+            seen.setdefault(key, []).append(value)
+    assert seen["training.batch_size"] == [1, 2, 4] and seen["training.lr"] == [1e-5, 1e-1]
+    assert edge_rounds([]) == []
 
 
 def test_cli_sweep_arguments_join_params():

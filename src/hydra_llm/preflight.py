@@ -2,14 +2,15 @@
 
 ``check(cfg)`` runs on the composed config before a single run simulates anything and, through the
 task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (so a sweep with a
-missing DAVIS folder or a misspelt training key launches no child). Beyond importing the training
-stack (Lightning, seconds), it takes well under a second: a top-level key that the command line adds
-and nothing reads (``+seed=3``), ``num_threads``, the trainer's device (where the runs train on this
-machine) and settings (the Trainer is built, nothing else, and the values its loop would fail on are
-checked), the model settings against their schema, the model class's ``check_training``, the
-evaluation settings, ``optimized_metric`` against the evaluation's metric names, the W&B logger's mode,
-the simulation DataModule's constructor, which validates its arguments and finds its data but simulates
-nothing, and the cache folder.
+missing DAVIS folder or a misspelt training key launches no child; the sweeper checks the configs
+that the search space's edge values compose too). Beyond importing the training stack (Lightning,
+seconds), it takes well under a second: the trainer's device (where the runs train on this machine),
+a top-level key that the command line adds and nothing reads (``+seed=3``), ``num_threads``, the
+model settings against their schema, the model class's ``check_training``, the trainer's settings
+(the Trainer is built, nothing else, and the values its loop would fail on or that train nothing are
+checked), the evaluation settings, ``optimized_metric`` against the evaluation's metric names, the
+W&B logger's mode, the simulation DataModule's constructor, which validates its arguments and finds
+its data but simulates nothing, and the cache folder.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ def check(cfg: DictConfig) -> Any:
     try:
         check_added_keys(cfg)
         check_num_threads(cfg)
-        check_trainer(cfg)
         check_schema(cfg, "model", MODELS)
         training: dict[str, Any] = OmegaConf.to_container(cfg.training, resolve=True)  # type: ignore[assignment]
         model_check = getattr(get_class(cfg.model._target_), "check_training", None)
         if model_check is not None:
             model_check(training)
+        check_trainer(cfg)  # after training: trainer.max_epochs follows training.n_epochs
         check_evaluation(cfg)
         check_optimized_metric(cfg)
         check_logger(cfg)

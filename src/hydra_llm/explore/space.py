@@ -153,6 +153,23 @@ def _num(x: float | None) -> str:
     return "None" if x is None else f"{x:g}"
 
 
+def edge_values(spec: ParamSpec) -> tuple[Any, ...]:
+    """The values of ``spec`` that stand for all it allows in a check: every choice, a range's two ends."""
+    if spec.kind == "choice":
+        return spec.choices
+    assert spec.low is not None and spec.high is not None
+    cast = int if spec.kind == "int" else float
+    return (cast(spec.low), cast(spec.high))
+
+
+def edge_rounds(specs: Sequence[ParamSpec]) -> list[dict[str, Any]]:
+    """The edge values of ``specs`` in as few configs as possible: round ``i`` sets each key that has
+    an ``i``-th edge value to it (five choices and two ends: five rounds, not seven configs)."""
+    values = {spec.key: edge_values(spec) for spec in specs}
+    n_rounds = max((len(v) for v in values.values()), default=0)
+    return [{key: v[i] for key, v in values.items() if i < len(v)} for i in range(n_rounds)]
+
+
 def check_value(spec: ParamSpec, value: Any) -> str | None:
     """Why ``value`` is not allowed for ``spec`` (type or range), or None."""
     allowed = describe(spec)

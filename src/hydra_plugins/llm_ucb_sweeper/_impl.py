@@ -35,6 +35,7 @@ from hydra_llm.explore.proposers.base import Proposer
 from hydra_llm.explore.space import (
     SearchSpace,
     SearchSpaceError,
+    edge_rounds,
     format_value,
     parse_space,
     to_override_strings,
@@ -81,6 +82,22 @@ def _objective(settings: LLMUCBSweeperConf, regime: Mapping[str, Any]) -> dict[s
     ``exploration.objective`` (a field null in both keeps the built-in objective's value)."""
     given = {k: v for k, v in vars(settings.objective).items() if v is not None}
     return {**dict(regime.get("objective") or {}), **given}
+
+
+def _refusal(check: Any, config: DictConfig) -> str | None:
+    """The one-line error with which the task's preflight ``check`` refuses ``config``, or None."""
+    try:
+        check(config)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+        return " ".join(str(err).split())
+    return None
+
+
+def _names_another_key(error: str, key: str, keys: Sequence[str]) -> bool:
+    """Whether ``error`` names one of ``keys`` other than ``key``, in full or by its last part."""
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", error))
+    others = [k.lstrip("+") for k in keys if k != key]
+    return any(k in words or k.rsplit(".", 1)[-1] in words for k in others)
 
 
 class LLMUCBSweeperImpl:
@@ -319,16 +336,41 @@ class LLMUCBSweeperImpl:
 
     def _preflight(self) -> None:
         """The task's own cheap check (the config's ``preflight`` key, a dotted path to a function of
-        the composed config) on the root config, before any child runs."""
+        the composed config) on the root config, then on the configs that the search space's edge
+        values compose (every choice, each interval's two ends: :func:`edge_rounds`), as a child
+        composes them, before any child runs."""
         target = OmegaConf.select(self.config, "preflight", default=None)
         if not target:
             return
         from hydra.utils import get_method
 
+        check = get_method(str(target))
+        error = _refusal(check, self.config)
+        if error:
+            raise SweepConfigError(f"preflight: {error}")
+        specs = [*self.space.params, *self.space.block_params]
+        for values in edge_rounds(specs):
+            if self._edge_refusal(check, values) is None:
+                continue
+            # One of the round's values, or two that clash; a clash, or a refusal that names another
+            # key of the space (which a proposal may change with it), is left to the children.
+            for key, value in values.items():
+                error = self._edge_refusal(check, {key: value})
+                if error and not _names_another_key(error, key, [spec.key for spec in specs]):
+                    raise SweepConfigError(
+                        f"search space: {key} allows {format_value(value)}, which the run refuses: "
+                        f"{error}; take it out of the key's choice or interval"
+                    )
+
+    def _edge_refusal(self, check: Any, values: Mapping[str, Any]) -> str | None:
+        """The preflight's refusal of the root config with ``values`` set, as a child's overrides set
+        them, or None."""
+        overrides = [*self.space.fixed, *to_override_strings(values)]
         try:
-            get_method(str(target))(self.config)
-        except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
-            raise SweepConfigError(f"preflight: {' '.join(str(err).split())}") from None
+            config = self.outer.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        except Exception as err:  # Hydra's composition errors have no common base class
+            return " ".join(str(err).split())[:300] or type(err).__name__
+        return _refusal(check, config)
 
     def _check_metric(self, metric: str, given: bool) -> None:
         """Stop before the first batch when the objective metric is none of the task's metrics (the
