@@ -352,8 +352,8 @@ class LLMUCBSweeperImpl:
         for values in edge_rounds(specs):
             if self._edge_refusal(check, values) is None:
                 continue
-            # One of the round's values, or two that clash; a clash, or a refusal that names another
-            # key of the space (which a proposal may change with it), is left to the children.
+            # Split the round: a value refused alone stops the sweep, unless the refusal names another
+            # key of the space (a proposal may change that key too); two values that clash pass.
             for key, value in values.items():
                 error = self._edge_refusal(check, {key: value})
                 if error and not _names_another_key(error, key, [spec.key for spec in specs]):
