@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -339,6 +340,51 @@ def test_a_record_larger_than_the_free_space_stops_a_run_before_it_simulates(tmp
         lines[0],
     )
     assert not any((tmp_path / "cache").iterdir())  # nothing simulated
+
+
+FILL_DISK = """
+import sys
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
+    cfg = compose("train", ["simulation=flyvis_natural", "simulation.connectome.extent=1",
+                            "simulation.n_frames=4000"])
+datamodule = instantiate(cfg.simulation, cache_dir=sys.argv[2])
+print(datamodule.record_bytes(), flush=True)
+datamodule.prepare_data()
+"""
+
+
+def test_a_disk_that_fills_while_the_record_is_made_gives_an_error_not_a_sigbus(tmp_path):
+    """The preflight checks the free space of one record; batch mates that simulate at once (or any
+    other writer) can still fill the disk after it. On an 8 MB tmpfs, a 16 MB record (two 8 MB files
+    written through memory maps) ended the process with SIGBUS and left its files; its disk is now
+    reserved when each file is made, so the full disk is an OSError naming the folder and the record
+    is removed. Needs root (mount)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", FILL_DISK, str(ROOT / "conf"), str(disk / "cache")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert int(proc.stdout.split()[0]) > 8 * 2**20  # the record does not fit
+        assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])  # -7 was SIGBUS
+        last = proc.stderr.strip().splitlines()[-1]
+        error = r"OSError: \[Errno 28\] paths\.cache_dir=.*/disk/cache: no room for the record \(0\.02 GB; No"
+        assert re.match(error, last), last
+        assert not [p for p in (disk / "cache").iterdir() if p.suffix != ".lock"]  # no half record left
+        assert shutil.disk_usage(disk).used < 2**20
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_optimized_metric_is_checked_against_the_regime_metrics_before_any_work():

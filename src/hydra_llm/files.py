@@ -1,5 +1,5 @@
 """Atomic file writes: readers (other sweep children, a resumed sweeper) see the old content or the
-new one, never a half-written file.
+new one, never a half-written file. And disk reserved up front for files written through a memory map.
 
 Every write goes to a temporary file with a unique name in the target's folder, which then replaces
 the target (``os.replace``, atomic on POSIX). Two processes writing the same target never share a
@@ -39,3 +39,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     import torch
 
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def reserve_disk(path: str | Path) -> None:
+    """Give the whole of the existing file ``path`` its disk blocks now (``posix_fallocate``).
+
+    A file made at its full size for a memory map (``numpy.lib.format.open_memmap``) is sparse: a full
+    disk shows only when a write through the map reaches a page with no block behind it, and the
+    kernel then kills the process (SIGBUS) without a Python error. Reserved here, a full disk raises
+    ``OSError`` (ENOSPC) before anything is written. Where the call is missing (not POSIX) nothing is
+    reserved."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)

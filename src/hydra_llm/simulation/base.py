@@ -27,7 +27,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from hydra_llm.files import atomic_torch_save
+from hydra_llm.files import atomic_torch_save, reserve_disk
 
 log = logging.getLogger(__name__)
 # Bump when the layout of a cached file changes: older files are then ignored, never misread.
@@ -231,9 +231,17 @@ class SimulationDataModule(pl.LightningDataModule):
         if self._record_dir is None or self._recordings is None:
             return torch.empty(shape, dtype=torch.float32)
         self._record_dir.mkdir(exist_ok=True)
-        array = np.lib.format.open_memmap(
-            self._record_dir / f"{name}.npy", mode="w+", dtype=np.float32, shape=tuple(shape)
-        )
+        path = self._record_dir / f"{name}.npy"
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=tuple(shape))
+        try:
+            reserve_disk(path)
+        except OSError as err:  # a full disk, now rather than as a SIGBUS mid-simulation
+            raise OSError(
+                err.errno,
+                f"paths.cache_dir={self.cache_dir}: no room for the record ({self.record_bytes() / 1e9:.2f} "
+                f"GB; {err.strerror}); free space, set paths.cache_dir (or $HYDRA_LLM_CACHE) to another "
+                "disk, or lower simulation.n_frames",
+            ) from None
         tensor = torch.from_numpy(array)
         self._recordings[name] = tensor
         return tensor
@@ -278,6 +286,9 @@ class SimulationDataModule(pl.LightningDataModule):
             try:
                 observations, truth = self.simulate()
                 observations = _map_recordings(observations, self._record_file)
+            except BaseException:
+                shutil.rmtree(record_dir, ignore_errors=True)  # its disk goes back at once
+                raise
             finally:
                 self._record_dir, self._recordings = None, None
             atomic_torch_save({"observations": observations, "ground_truth": truth}, path)
