@@ -4,6 +4,7 @@ regime whose data is missing stops before any child with one line; Hydra's basic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -218,14 +220,19 @@ def test_bad_settings_stop_the_sweep_before_any_child(tmp_path, override, messag
     assert not sweep_dir.exists()
 
 
-@pytest.mark.parametrize("study", ["flyvis_landscape", "homeostasis_phase2"])
-def test_every_value_a_study_explores_passes_the_preflight(tmp_path, study):
+@pytest.mark.parametrize(
+    ("study", "scale"),
+    [("flyvis_landscape", ["simulation.connectome.extent=1"]), ("homeostasis_phase2", [])],
+)
+def test_every_value_a_study_explores_passes_the_preflight(tmp_path, study, scale):
     """The studies' spaces pass the check of their edge values. flyvis_landscape changes the regime
     at block boundaries (a synthetic stimulus under flyvis_natural's out-of-distribution families
     would fail every child); homeostasis_phase2 allows residual_supervision_weight=0, which the root
     config refuses (no loss left) only while rollout_loss_weight, also explored, is 0: such a clash is
-    left to the children. The sweep then stops at its (unknown) objective metric: the check after it."""
-    proc = sweep(tmp_path, f"experiment={study}", "hydra.sweeper.objective.metric=nope")
+    left to the children. The sweep then stops at its (unknown) objective metric: the check after it.
+    flyvis at extent 1, so that the room its records need at extent 8 (4 x 7.1 GB in the first batch,
+    14.1 GB at 128,000 frames) is not what the test measures."""
+    proc = sweep(tmp_path, f"experiment={study}", *scale, "hydra.sweeper.objective.metric=nope")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith("[llm_ucb] hydra.sweeper.objective.metric=nope: not a metric of this run")
@@ -356,20 +363,28 @@ datamodule.prepare_data()
 """
 
 
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's notation, e.g. ``8m``) at ``folder``; skips without root."""
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 def test_a_disk_that_fills_while_the_record_is_made_gives_an_error_not_a_sigbus(tmp_path):
     """The preflight checks the free space of one record; batch mates that simulate at once (or any
     other writer) can still fill the disk after it. On an 8 MB tmpfs, a 16 MB record (two 8 MB files
     written through memory maps) ended the process with SIGBUS and left its files; its disk is now
     reserved when each file is made, so the full disk is an OSError naming the folder and the record
-    is removed. Needs root (mount)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    is removed."""
+    with small_disk(tmp_path / "disk", "8m") as disk:
         proc = subprocess.run(
             [sys.executable, "-c", FILL_DISK, str(ROOT / "conf"), str(disk / "cache")],
             capture_output=True,
@@ -379,12 +394,38 @@ def test_a_disk_that_fills_while_the_record_is_made_gives_an_error_not_a_sigbus(
         assert int(proc.stdout.split()[0]) > 8 * 2**20  # the record does not fit
         assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])  # -7 was SIGBUS
         last = proc.stderr.strip().splitlines()[-1]
-        error = r"OSError: \[Errno 28\] paths\.cache_dir=.*/disk/cache: no room for the record \(0\.02 GB; No"
+        error = r"OSError: \[Errno 28\] paths\.cache_dir=.*/disk/cache: no room for the record \(16 MB; No"
         assert re.match(error, last), last
         assert not [p for p in (disk / "cache").iterdir() if p.suffix != ".lock"]  # no half record left
         assert shutil.disk_usage(disk).used < 2**20
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_sweep_whose_first_batch_records_do_not_fit_together_stops_before_any_child(tmp_path):
+    """With one simulation seed per slot each of the 4 children of a batch records its own 16 MB at
+    once; on a 40 MB tmpfs one fits (the run's own preflight passes) and four do not. With one record
+    for all slots (simulation_seed=fixed) the sweep passes the check and stops at the next one."""
+    with small_disk(tmp_path / "disk", "40m") as disk:
+        overrides = [
+            "simulation=flyvis_natural",
+            "simulation.connectome.extent=1",
+            "simulation.n_frames=4000",
+            f"paths.cache_dir={disk / 'cache'}",
+            '+hydra.sweeper.params={training.learning_rate_W_start:"tag(log,interval(1e-4,1e-2))"}',
+            "hydra.sweeper.objective.metric=nope",
+        ]
+        proc = sweep(tmp_path, *overrides)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+        assert re.match(
+            r"\[llm_ucb\] preflight: the first batch's 4 children record 4 simulations at once in "
+            r"paths\.cache_dir=.*/disk/cache \(64 MB, \d+ MB free; hydra\.sweeper\.simulation_seed=slot: "
+            r"one record per slot\); free space, .* share one record with "
+            r"hydra\.sweeper\.simulation_seed=fixed$",
+            lines[0],
+        ), lines[0]
+        assert not (tmp_path / "sweep").exists()
+        shared = sweep(tmp_path, *overrides, "hydra.sweeper.simulation_seed=fixed")
+        assert "[llm_ucb] hydra.sweeper.objective.metric=nope: not a metric" in shared.stderr, shared.stderr
 
 
 def test_optimized_metric_is_checked_against_the_regime_metrics_before_any_work():

@@ -41,6 +41,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def disk_size(n_bytes: float) -> str:
+    """``n_bytes`` for a message: GB with one decimal from 1 GB, whole MB below."""
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
+
+
 def reserve_disk(path: str | Path) -> None:
     """Give the whole of the existing file ``path`` its disk blocks now (``posix_fallocate``).
 

@@ -174,6 +174,8 @@ def check_cache_dir(cfg: DictConfig, datamodule: Any) -> None:
     import shutil
     from pathlib import Path
 
+    from hydra_llm.files import disk_size
+
     folder = OmegaConf.select(cfg, "paths.cache_dir", default=None)
     if folder is None:
         return
@@ -188,8 +190,8 @@ def check_cache_dir(cfg: DictConfig, datamodule: Any) -> None:
     free = shutil.disk_usage(folder).free
     if need > free and cached is not None and not cached.is_file():
         raise ValueError(
-            f"paths.cache_dir={folder}: the simulation records {need / 1e9:.1f} GB there and "
-            f"{free / 1e9:.1f} GB are free; free space, set paths.cache_dir (or $HYDRA_LLM_CACHE) to "
+            f"paths.cache_dir={folder}: the simulation records {disk_size(need)} there and "
+            f"{disk_size(free)} are free; free space, set paths.cache_dir (or $HYDRA_LLM_CACHE) to "
             "another disk, or lower simulation.n_frames"
         )
 

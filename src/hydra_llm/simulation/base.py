@@ -27,7 +27,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from hydra_llm.files import atomic_torch_save, reserve_disk
+from hydra_llm.files import atomic_torch_save, disk_size, reserve_disk
 
 log = logging.getLogger(__name__)
 # Bump when the layout of a cached file changes: older files are then ignored, never misread.
@@ -236,10 +236,11 @@ class SimulationDataModule(pl.LightningDataModule):
         try:
             reserve_disk(path)
         except OSError as err:  # a full disk, now rather than as a SIGBUS mid-simulation
+            size = disk_size(self.record_bytes())
             raise OSError(
                 err.errno,
-                f"paths.cache_dir={self.cache_dir}: no room for the record ({self.record_bytes() / 1e9:.2f} "
-                f"GB; {err.strerror}); free space, set paths.cache_dir (or $HYDRA_LLM_CACHE) to another "
+                f"paths.cache_dir={self.cache_dir}: no room for the record ({size}; "
+                f"{err.strerror}); free space, set paths.cache_dir (or $HYDRA_LLM_CACHE) to another "
                 "disk, or lower simulation.n_frames",
             ) from None
         tensor = torch.from_numpy(array)

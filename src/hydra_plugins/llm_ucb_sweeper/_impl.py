@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_llm.explore.child_output import to_job_log
-from hydra_llm.explore.children import ChildOutcome, seed_overrides
+from hydra_llm.explore.children import ChildOutcome, child_seeds, seed_overrides
 from hydra_llm.explore.engine import ExplorationEngine
 from hydra_llm.explore.engine_config import EngineConfig, SweepConfigError, SweepFailedError
 from hydra_llm.explore.interrupts import InterruptGuard, SweepInterrupted, exit_now, watch_sweeper
@@ -42,7 +43,7 @@ from hydra_llm.explore.space import (
 )
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
 from hydra_llm.explore.tree import Node
-from hydra_llm.files import atomic_write_text
+from hydra_llm.files import atomic_write_text, disk_size
 from hydra_llm.schemas.sweeper import CodeEditsConf, LLMUCBSweeperConf
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class LLMUCBSweeperImpl:
         proposer = self._proposer(config.hydra.sweeper.proposer)
         _check_memory_caps(proposer, config.hydra.sweeper)
         code_editor = self.code_editor = self._code_editor(settings.code_edits, proposer, sweep_dir)
-        self._preflight()
+        self._preflight(engine_config)
         self._check_metric(engine_config.objective.metric, given=settings.objective.metric is not None)
         self.seed_keys = engine_config.seed_keys
         self.metric = engine_config.objective.metric
@@ -334,20 +335,23 @@ class LLMUCBSweeperImpl:
                 "error": f"the check run exited with code {done.returncode}: {lines[-1] if lines else ''}",
             }
 
-    def _preflight(self) -> None:
+    def _preflight(self, engine_config: EngineConfig) -> None:
         """The task's own cheap check (the config's ``preflight`` key, a dotted path to a function of
         the composed config) on the root config, then on the configs that the search space's edge
         values compose (every choice, each interval's two ends: :func:`edge_rounds`), as a child
-        composes them, before any child runs."""
+        composes them, and the room for the first batch's records (:meth:`_check_batch_records`),
+        before any child runs."""
         target = OmegaConf.select(self.config, "preflight", default=None)
         if not target:
             return
         from hydra.utils import get_method
 
         check = get_method(str(target))
-        error = _refusal(check, self.config)
-        if error:
-            raise SweepConfigError(f"preflight: {error}")
+        try:
+            root = check(self.config)
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+            raise SweepConfigError(f"preflight: {' '.join(str(err).split())}") from None
+        self._check_batch_records(check, root, engine_config)
         specs = [*self.space.params, *self.space.block_params]
         for values in edge_rounds(specs):
             if self._edge_refusal(check, values) is None:
@@ -371,6 +375,39 @@ class LLMUCBSweeperImpl:
         except Exception as err:  # Hydra's composition errors have no common base class
             return " ".join(str(err).split())[:300] or type(err).__name__
         return _refusal(check, config)
+
+    def _check_batch_records(self, check: Any, root: Any, config: EngineConfig) -> None:
+        """Stop when the records that the first batch's children make at once do not fit in the cache
+        folder together: the task's preflight finds room for one, but with one simulation seed per
+        slot (``simulation_seed=slot``; per iteration every record is new) each child records its own.
+        Only a task whose check returns a DataModule with ``record_bytes`` above 0 (flyvis: memory-mapped
+        records of GB) is checked; records already in the cache count for nothing."""
+        if config.simulation_seed == "fixed" or not getattr(root, "record_bytes", lambda: 0)():
+            return
+        loader = self.outer.hydra_context.config_loader
+        records: dict[Path, int] = {}
+        for slot in range(config.n_parallel):
+            seeds = child_seeds(config, 0, slot)
+            seed = {config.seed_keys[k]: v for k, v in seeds.items() if k == "simulation"}
+            overrides = [*self.space.fixed, *to_override_strings({**config.slot_values(slot), **seed})]
+            try:
+                datamodule = check(loader.load_sweep_config(self.config, overrides))
+            except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+                raise SweepConfigError(f"preflight (slot {slot}): {' '.join(str(err).split())}") from None
+            path = datamodule.cache_path(datamodule.cache_dir)
+            if path is not None and not path.is_file():
+                records[path] = datamodule.record_bytes()
+        need, folder = sum(records.values()), Path(str(root.cache_dir))
+        free = shutil.disk_usage(folder).free
+        if need > free:
+            raise SweepConfigError(
+                f"preflight: the first batch's {config.n_parallel} children record {len(records)} "
+                f"simulations at once in paths.cache_dir={folder} ({disk_size(need)}, {disk_size(free)} "
+                f"free; hydra.sweeper.simulation_seed={config.simulation_seed}: one record per slot); "
+                "free space, set paths.cache_dir (or $HYDRA_LLM_CACHE) to another disk, lower "
+                "hydra.sweeper.n_parallel or simulation.n_frames, or share one record with "
+                "hydra.sweeper.simulation_seed=fixed"
+            )
 
     def _check_metric(self, metric: str, given: bool) -> None:
         """Stop before the first batch when the objective metric is none of the task's metrics (the
