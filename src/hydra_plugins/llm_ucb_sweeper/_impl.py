@@ -395,8 +395,10 @@ class LLMUCBSweeperImpl:
             except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
                 raise SweepConfigError(f"preflight (slot {slot}): {' '.join(str(err).split())}") from None
             path = datamodule.cache_path(datamodule.cache_dir)
-            if path is not None and not path.is_file():
+            if path is not None and (config.simulation_seed == "iteration" or not path.is_file()):
                 records[path] = datamodule.record_bytes()
+        if not records:  # all cached, or no cache folder
+            return
         need, folder = sum(records.values()), Path(str(root.cache_dir))
         free = shutil.disk_usage(folder).free
         if need > free:
