@@ -42,6 +42,7 @@ from hydra_llm.explore.space import (
     to_override_strings,
 )
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
+from hydra_llm.explore.text import one_line
 from hydra_llm.explore.tree import Node
 from hydra_llm.files import atomic_write_text, disk_size
 from hydra_llm.schemas.sweeper import CodeEditsConf, LLMUCBSweeperConf
@@ -85,13 +86,24 @@ def _objective(settings: LLMUCBSweeperConf, regime: Mapping[str, Any]) -> dict[s
     return {**dict(regime.get("objective") or {}), **given}
 
 
+_REFUSALS = (ValueError, TypeError, KeyError, FileNotFoundError)  # what a task's preflight raises
+
+
 def _refusal(check: Any, config: DictConfig) -> str | None:
     """The one-line error with which the task's preflight ``check`` refuses ``config``, or None."""
     try:
         check(config)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
-        return " ".join(str(err).split())
+    except _REFUSALS as err:
+        return one_line(err, 1000)
     return None
+
+
+def _checked(check: Any, config: DictConfig, where: str) -> Any:
+    """What the task's preflight ``check`` returns for ``config``; its refusal as one line after ``where``."""
+    try:
+        return check(config)
+    except _REFUSALS as err:
+        raise SweepConfigError(f"{where}: {one_line(err, 1000)}") from None
 
 
 def _names_another_key(error: str, key: str, keys: Sequence[str]) -> bool:
@@ -347,10 +359,7 @@ class LLMUCBSweeperImpl:
         from hydra.utils import get_method
 
         check = get_method(str(target))
-        try:
-            root = check(self.config)
-        except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
-            raise SweepConfigError(f"preflight: {' '.join(str(err).split())}") from None
+        root = _checked(check, self.config, "preflight")
         self._check_batch_records(check, root, engine_config)
         specs = [*self.space.params, *self.space.block_params]
         for values in edge_rounds(specs):
@@ -373,7 +382,7 @@ class LLMUCBSweeperImpl:
         try:
             config = self.outer.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         except Exception as err:  # Hydra's composition errors have no common base class
-            return " ".join(str(err).split())[:300] or type(err).__name__
+            return one_line(err, 300) or type(err).__name__
         return _refusal(check, config)
 
     def _check_batch_records(self, check: Any, root: Any, config: EngineConfig) -> None:
@@ -390,10 +399,9 @@ class LLMUCBSweeperImpl:
             seeds = child_seeds(config, 0, slot)
             seed = {config.seed_keys[k]: v for k, v in seeds.items() if k == "simulation"}
             overrides = [*self.space.fixed, *to_override_strings({**config.slot_values(slot), **seed})]
-            try:
-                datamodule = check(loader.load_sweep_config(self.config, overrides))
-            except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
-                raise SweepConfigError(f"preflight (slot {slot}): {' '.join(str(err).split())}") from None
+            datamodule = _checked(
+                check, loader.load_sweep_config(self.config, overrides), f"preflight (slot {slot})"
+            )
             path = datamodule.cache_path(datamodule.cache_dir)
             if path is not None and (config.simulation_seed == "iteration" or not path.is_file()):
                 records[path] = datamodule.record_bytes()
