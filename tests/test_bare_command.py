@@ -428,6 +428,56 @@ def test_a_sweep_whose_first_batch_records_do_not_fit_together_stops_before_any_
         assert "[llm_ucb] hydra.sweeper.objective.metric=nope: not a metric" in shared.stderr, shared.stderr
 
 
+def test_a_block_whose_records_do_not_fit_together_keeps_the_simulation_in_force(tmp_path):
+    """A block that changes the simulation is checked before its first batch, as the first batch is
+    before the sweep starts. Block 1 records 2 x 75 KB (one record per slot) on a 1 MB tmpfs; block
+    2 would record 2 x 563 KB at once (simulation.n_frames=2400): one fits, two do not. The proposer
+    hears why, the block keeps the simulation in force and runs on its cached records; nothing is
+    written for the refused simulation."""
+    from tests.test_flyvis_train import FLYVIS_TINY
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        cmd = [
+            sys.executable,
+            "train.py",
+            "-m",
+            "hydra/sweeper=llm_ucb",
+            *FLYVIS_TINY,
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            f"paths.cache_dir={disk / 'cache'}",
+            "hydra/sweeper/proposer=rules",
+            "hydra.sweeper.tree_plot=false",
+            "hydra.sweeper.n_iterations=4",
+            "hydra.sweeper.n_parallel=2",
+            "hydra.sweeper.n_iter_block=2",
+            '+hydra.sweeper.params={training.learning_rate_W_start:"tag(log,interval(1e-4,1e-2))"}',
+            '+hydra.sweeper.block_params={simulation.n_frames:"choice(300,2400)"}',
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        state = json.loads((tmp_path / "sweep" / "exploration" / "state.json").read_text())
+        assert [(n["block"], n["status"], n["simulation"]) for n in state["nodes"]] == [
+            (1, "completed", {}),
+            (1, "completed", {}),
+            (2, "completed", {}),
+            (2, "completed", {}),
+        ]
+        log = (tmp_path / "sweep" / "exploration" / "sweep.log").read_text()
+        refusal = (
+            r"next_simulation: the block's first batch's 2 children record 2 simulations at once in "
+            r"paths\.cache_dir=.*/disk/cache \(1 MB, \d+ MB free; hydra\.sweeper\.simulation_seed=slot: "
+            r"one record per slot\); free space, .* share one record with "
+            r"hydra\.sweeper\.simulation_seed=fixed"
+        )
+        assert re.search(r"iter 3: rejected proposals: " + refusal, log), log[-3000:]
+        assert re.search(r"block 2: keeps the simulation in force; the rules' " + refusal, log), log[-3000:]
+        assert "block 2 starts at iteration 3; simulation: root config" in log
+        assert len(list((disk / "cache").glob("*.pt"))) == 2  # block 1's two records, nothing more
+        assert not list((disk / "cache").glob("*.rec/*.tmp"))
+
+
 def test_optimized_metric_is_checked_against_the_regime_metrics_before_any_work():
     """Per-type names (metabolism's slope_ratio_<i>) take any type index; a user's own evaluation,
     whose metrics are known only once it ran, is not checked before it."""

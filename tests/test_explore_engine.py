@@ -57,7 +57,9 @@ class ToyLauncher:
         return out
 
 
-def make(tmp_path, proposer=None, launcher=None, resume=False, check_child=None, **overrides):
+def make(
+    tmp_path, proposer=None, launcher=None, resume=False, check_child=None, check_batch=None, **overrides
+):
     settings = dict(
         n_iterations=8, n_parallel=4, n_iter_block=4, objective=Objective(metric="r2"), tree_plot=False
     )
@@ -70,6 +72,7 @@ def make(tmp_path, proposer=None, launcher=None, resume=False, check_child=None,
         launcher or ToyLauncher(),
         tmp_path,
         check_child=check_child,
+        check_batch=check_batch,
         protocol=PROTOCOL,
         resume=resume,
     )
@@ -103,6 +106,45 @@ def test_blocks_reset_tree_and_change_simulation(tmp_path):
     results = (tmp_path / "optimization_results.yaml").read_text()
     assert "best_job_num" in results and "best_output_dir" in results
     assert all(n.observation for n in state.nodes)  # the last batch got its observations at the end
+
+
+def test_a_block_whose_first_batch_cannot_start_keeps_the_simulation_in_force(tmp_path):
+    """The block's first batch on the proposed next_simulation is checked (``check_batch``: e.g. its
+    records do not fit on the disk together). A refusal goes back to the proposer; when the rules'
+    next_simulation is refused too, the block keeps the simulation in force and says so."""
+    calls = []
+    refusal = "the block's first batch's 4 children record 4 simulations at once (64 MB, 42 MB free)"
+
+    def check_batch(simulation, first_iteration):
+        calls.append((dict(simulation), first_iteration))
+        if simulation.get("simulation.regime") == "rough":
+            return refusal
+        return None
+
+    proposer = Scripted([])
+    state = make(tmp_path, proposer, check_batch=check_batch, n_iterations=10, max_reasks=1).run()
+    assert [n.block for n in state.nodes] == [1] * 4 + [2] * 4 + [3] * 2
+    assert {n.simulation.get("simulation.regime", "smooth") for n in state.nodes} == {"smooth"}
+    assert calls[0] == ({"simulation.regime": "rough"}, 5)  # checked on the batch that starts block 2
+    assert proposer.feedback[2] == [f"next_simulation: {refusal}"]
+    kept = [e for e in state.events if "keeps the simulation in force" in e]
+    assert len(kept) == 2
+    assert kept[0].endswith(f"block 2: keeps the simulation in force; the rules' next_simulation: {refusal}")
+    assert "simulation: root config" in next(e for e in state.events if "block 2 starts" in e)
+
+    # A proposer that reads the refusal and picks a simulation that fits gets it.
+    class Listener(Proposer):
+        name = "listener"
+
+        def propose(self, view, feedback=None):
+            reply = RulesProposer().propose(view)
+            if view.is_block_end and feedback:
+                reply.next_simulation = {"simulation.regime": "smooth"}
+            return reply
+
+    state = make(tmp_path / "listener", Listener(), check_batch=check_batch, n_iterations=8).run()
+    assert not [e for e in state.events if "keeps the simulation" in e]
+    assert "block 2 starts at iteration 5; simulation: simulation.regime=smooth" in "\n".join(state.events)
 
 
 def test_without_block_params_the_tree_carries_over_block_ends(tmp_path):

@@ -32,6 +32,8 @@ class ChildOutcome:
 
 LaunchFn = Callable[[Sequence[Node]], Sequence[ChildOutcome]]
 CheckFn = Callable[[Node], str | None]
+# (block-level values, first iteration) -> why a block's first batch cannot start on them, or None
+CheckBatchFn = Callable[[Mapping[str, Any], int], str | None]
 
 
 def child_seeds(config: EngineConfig, node_id: int, slot: int) -> dict[str, int]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from hydra_llm.explore import reports
 from hydra_llm.explore.children import (
+    CheckBatchFn,
     CheckFn,
     ChildOutcome,
     LaunchFn,
@@ -84,6 +85,7 @@ class ExplorationEngine:
         sweep_dir: str | Path,
         *,
         check_child: CheckFn | None = None,
+        check_batch: CheckBatchFn | None = None,
         protocol: str = "",
         sweep_id: str = "sweep",
         name: str = "sweep",
@@ -116,6 +118,7 @@ class ExplorationEngine:
             max_reasks=config.max_reasks,
             slot_params=config.slot_params,
             check_child=check_child,
+            check_batch=check_batch,
             build_child=self._child,
             current_simulation=lambda: self.state.current_simulation,
             event=lambda message: self._event(self.state, message),

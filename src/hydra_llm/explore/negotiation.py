@@ -4,7 +4,9 @@ Each slot's proposal is validated against the search space, the tree (a parent m
 node of the block) and the sweeper's fixed keys, and the child it would launch is composed
 (``check_child``). Invalid proposals go back to the proposer with the errors (``max_reasks`` times);
 those still invalid, and every slot when the proposer fails, are proposed by the rules proposer. A
-block end's ``next_simulation`` is checked the same way.
+block end's ``next_simulation`` is checked the same way, and so is the block's first batch on it
+(``check_batch``: e.g. its children's records must fit on the disk together); when the rules'
+``next_simulation`` is refused too, the block keeps the simulation in force.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from hydra_llm.explore.children import CheckFn
+from hydra_llm.explore.children import CheckBatchFn, CheckFn
 from hydra_llm.explore.proposers.base import ExplorationView, Proposal, Proposer, ProposerReply
 from hydra_llm.explore.space import SearchSpace, parse_value
 from hydra_llm.explore.text import clean_reply, one_line
@@ -25,6 +27,7 @@ class Negotiator:
     """One batch's exchange with the proposer (see the module docstring).
 
     ``build_child`` turns a proposal into the child it would launch (for ``check_child``),
+    ``check_batch`` tells why a block's first batch cannot start on a ``next_simulation``,
     ``current_simulation`` gives the block-level overrides in force, ``event`` logs one line.
     """
 
@@ -41,6 +44,7 @@ class Negotiator:
         current_simulation: Callable[[], Mapping[str, Any]],
         event: Callable[[str], Any],
         proposer_note: str,
+        check_batch: CheckBatchFn | None = None,
     ) -> None:
         self.proposer = proposer
         self.rules = rules
@@ -48,6 +52,7 @@ class Negotiator:
         self.max_reasks = max_reasks
         self.slot_params = slot_params
         self.check_child = check_child
+        self.check_batch = check_batch
         self.build_child = build_child
         self.current_simulation = current_simulation
         self.event = event
@@ -103,6 +108,11 @@ class Negotiator:
         if reply_errors and fallback is not None:
             reply.next_simulation = fallback.next_simulation
             record["fallback_next_simulation"] = True
+            problem = self.batch_refusal(fallback, view)
+            if problem:
+                self.event(f"block {view.block}: keeps the simulation in force; the rules' {problem}")
+                reply.next_simulation = None
+                record["fallback_next_simulation"] = "refused"
         return reply, proposals, record
 
     def validate(self, reply: ProposerReply, view: ExplorationView) -> tuple[dict[int, list[str]], list[str]]:
@@ -161,7 +171,17 @@ class Negotiator:
                     f"next_simulation: {e}"
                     for e in self.space.validate(reply.next_simulation, allow_block=True)
                 ]
+            if not reply_errors:
+                reply_errors += [e for e in [self.batch_refusal(reply, view)] if e]
         return slot_errors, reply_errors
+
+    def batch_refusal(self, reply: ProposerReply, view: ExplorationView) -> str | None:
+        """Why the block's first batch cannot start on ``reply``'s valid ``next_simulation``
+        (``check_batch``), as ``next_simulation: <reason>``; None when it can or nothing changes."""
+        if self.check_batch is None or not (view.is_block_end and reply.next_simulation):
+            return None
+        problem = self.check_batch(self.next_simulation_of(reply, view), view.first_iteration)
+        return f"next_simulation: {one_line(problem, 500)}" if problem else None
 
     def next_simulation_of(self, reply: ProposerReply, view: ExplorationView) -> dict[str, Any]:
         if view.is_block_end and reply.next_simulation:

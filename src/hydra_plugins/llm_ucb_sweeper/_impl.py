@@ -122,6 +122,7 @@ class LLMUCBSweeperImpl:
         self.space: Any = None
         self.code_editor: Any = None  # set when the sweep edits code: a node's version -> its folder
         self._composed: set[tuple[Any, ...]] = set()
+        self._task_check: Any = None  # the config's ``preflight`` function, when it names one
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         self.outer.hydra_context = hydra_context
@@ -177,6 +178,9 @@ class LLMUCBSweeperImpl:
             self._launch,
             sweep_dir,
             check_child=self._check_child,
+            check_batch=lambda simulation, first: self._batch_refusal(
+                engine_config, simulation, first, "the block's first batch"
+            ),
             protocol=self._protocol_text(settings.protocol or regime.get("protocol")),
             sweep_id=self.sweep_id,
             name=str(config.hydra.job.name),
@@ -349,18 +353,20 @@ class LLMUCBSweeperImpl:
 
     def _preflight(self, engine_config: EngineConfig) -> None:
         """The task's own cheap check (the config's ``preflight`` key, a dotted path to a function of
-        the composed config) on the root config, then on the configs that the search space's edge
-        values compose (every choice, each interval's two ends: :func:`edge_rounds`), as a child
-        composes them, and the room for the first batch's records (:meth:`_check_batch_records`),
-        before any child runs."""
+        the composed config) on the root config, on each slot of the first batch and the room for the
+        records its children make at once (:meth:`_batch_refusal`), then on the configs that the search
+        space's edge values compose (every choice, each interval's two ends: :func:`edge_rounds`), as
+        a child composes them, before any child runs."""
         target = OmegaConf.select(self.config, "preflight", default=None)
         if not target:
             return
         from hydra.utils import get_method
 
-        check = get_method(str(target))
-        root = _checked(check, self.config, "preflight")
-        self._check_batch_records(check, root, engine_config)
+        check = self._task_check = get_method(str(target))
+        _checked(check, self.config, "preflight")
+        refusal = self._batch_refusal(engine_config, {}, 1, "the first batch")
+        if refusal:
+            raise SweepConfigError(f"preflight: {refusal}")
         specs = [*self.space.params, *self.space.block_params]
         for values in edge_rounds(specs):
             if self._edge_refusal(check, values) is None:
@@ -385,39 +391,55 @@ class LLMUCBSweeperImpl:
             return one_line(err, 300) or type(err).__name__
         return _refusal(check, config)
 
-    def _check_batch_records(self, check: Any, root: Any, config: EngineConfig) -> None:
-        """Stop when the records that the first batch's children make at once do not fit in the cache
-        folder together: the task's preflight finds room for one, but with one simulation seed per
-        slot (``simulation_seed=slot``; per iteration every record is new) each child records its own.
-        Only a task whose check returns a DataModule with ``record_bytes`` above 0 (flyvis: memory-mapped
-        records of GB) is checked; records already in the cache count for nothing."""
-        if config.simulation_seed == "fixed" or not getattr(root, "record_bytes", lambda: 0)():
-            return
+    def _batch_refusal(
+        self, config: EngineConfig, simulation: Mapping[str, Any], first_iteration: int, batch: str
+    ) -> str | None:
+        """Why the batch that starts at ``first_iteration`` on the block-level values ``simulation``
+        (the root config's when empty) cannot start, or None: the task's preflight refuses a slot's
+        config (its seeds and ``slot_params``), or the records its children make at once do not fit in
+        the cache folder together. The run's own preflight finds room for one record, but with one
+        simulation seed per slot (``simulation_seed=slot``; per iteration every record is new) each
+        child records its own. Records are counted for a task whose check returns a DataModule with
+        ``record_bytes`` above 0 (flyvis: memory-mapped records of GB); those in the cache count for
+        nothing. The first batch is checked before the sweep starts, a block's when it changes the
+        simulation (the proposer's ``next_simulation``)."""
+        check = self._task_check
+        if check is None:
+            return None
         loader = self.outer.hydra_context.config_loader
         records: dict[Path, int] = {}
+        folder = None
         for slot in range(config.n_parallel):
-            seeds = child_seeds(config, 0, slot)
+            seeds = child_seeds(config, first_iteration + slot, slot)
             seed = {config.seed_keys[k]: v for k, v in seeds.items() if k == "simulation"}
-            overrides = [*self.space.fixed, *to_override_strings({**config.slot_values(slot), **seed})]
-            datamodule = _checked(
-                check, loader.load_sweep_config(self.config, overrides), f"preflight (slot {slot})"
-            )
-            path = datamodule.cache_path(datamodule.cache_dir)
-            if path is not None and (config.simulation_seed == "iteration" or not path.is_file()):
-                records[path] = datamodule.record_bytes()
-        if not records:  # all cached, or no cache folder
-            return
-        need, folder = sum(records.values()), Path(str(root.cache_dir))
-        free = shutil.disk_usage(folder).free
-        if need > free:
-            raise SweepConfigError(
-                f"preflight: the first batch's {config.n_parallel} children record {len(records)} "
-                f"simulations at once in paths.cache_dir={folder} ({disk_size(need)}, {disk_size(free)} "
-                f"free; hydra.sweeper.simulation_seed={config.simulation_seed}: one record per slot); "
-                "free space, set paths.cache_dir (or $HYDRA_LLM_CACHE) to another disk, lower "
-                "hydra.sweeper.n_parallel or simulation.n_frames, or share one record with "
-                "hydra.sweeper.simulation_seed=fixed"
-            )
+            values = {**simulation, **config.slot_values(slot), **seed}
+            overrides = [*self.space.fixed, *to_override_strings(values)]
+            try:
+                composed = loader.load_sweep_config(self.config, overrides)
+            except Exception as err:  # Hydra's composition errors have no common base class
+                return f"{batch}'s slot {slot}: {one_line(err, 300) or type(err).__name__}"
+            try:
+                datamodule = _checked(check, composed, f"{batch}'s slot {slot}")
+            except SweepConfigError as err:
+                return str(err)
+            size = getattr(datamodule, "record_bytes", lambda: 0)()
+            path = datamodule.cache_path(datamodule.cache_dir) if size else None
+            if path is not None and not path.is_file():
+                records[path], folder = size, Path(str(datamodule.cache_dir))
+        if folder is None:  # all cached, no cache folder, or records of no note
+            return None
+        need, free = sum(records.values()), shutil.disk_usage(folder).free
+        if need <= free:
+            return None
+        per = {"slot": "slot", "iteration": "child"}.get(str(config.simulation_seed), "batch")
+        return (
+            f"{batch}'s {config.n_parallel} children record {len(records)} simulations at once in "
+            f"paths.cache_dir={folder} ({disk_size(need)}, {disk_size(free)} free; "
+            f"hydra.sweeper.simulation_seed={config.simulation_seed}: one record per {per}); "
+            "free space, set paths.cache_dir (or $HYDRA_LLM_CACHE) to another disk, lower "
+            "hydra.sweeper.n_parallel or simulation.n_frames, or share one record with "
+            "hydra.sweeper.simulation_seed=fixed"
+        )
 
     def _check_metric(self, metric: str, given: bool) -> None:
         """Stop before the first batch when the objective metric is none of the task's metrics (the
