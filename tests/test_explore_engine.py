@@ -1,5 +1,6 @@
 """The batch loop without Hydra: blocks, validation and fallback, failures, persistence and resume."""
 
+import errno
 import json
 import math
 
@@ -7,7 +8,7 @@ import pytest
 
 from hydra_llm.explore.children import ChildOutcome
 from hydra_llm.explore.engine import ExplorationEngine
-from hydra_llm.explore.engine_config import EngineConfig, SweepConfigError, SweepFailedError
+from hydra_llm.explore.engine_config import EngineConfig, SweepConfigError, SweepFailedError, SweepOutOfSpace
 from hydra_llm.explore.proposers.base import Proposal, Proposer, ProposerReply
 from hydra_llm.explore.proposers.rules import RulesProposer
 from hydra_llm.explore.protocol import RULES_BEGIN, RULES_END, RulesPolicy, split_protocol
@@ -34,9 +35,12 @@ def toy_score(spec):
 class ToyLauncher:
     """Stands in for a Hydra launcher: runs each child's toy score, records what it launched."""
 
-    def __init__(self, fail_when=None, crash_on_batch=None, interrupt_on_batch=None):
+    def __init__(
+        self, fail_when=None, crash_on_batch=None, interrupt_on_batch=None, error="ValueError: boom"
+    ):
         self.batches = []
         self.fail_when = fail_when
+        self.error = error
         self.crash_on_batch = crash_on_batch
         self.interrupt_on_batch = interrupt_on_batch
 
@@ -49,7 +53,7 @@ class ToyLauncher:
         out = []
         for child in children:
             if self.fail_when and self.fail_when(child):
-                out.append(ChildOutcome("failed", error="ValueError: boom", output_dir=f"/x/{child.job_num}"))
+                out.append(ChildOutcome("failed", error=self.error, output_dir=f"/x/{child.job_num}"))
             else:
                 out.append(
                     ChildOutcome("completed", {"r2": toy_score(child)}, output_dir=f"/x/{child.job_num}")
@@ -296,6 +300,33 @@ def test_max_failure_rate_stops_a_sweep_that_only_fails(tmp_path):
     with pytest.raises(SweepFailedError, match="4/4 children failed.*max_failure_rate=0.8.*resume=true"):
         engine.run()
     assert len(load_state(tmp_path).nodes) == 4
+
+
+def test_a_child_that_finds_the_disk_full_stops_the_sweep_and_its_batch_is_proposed_again(tmp_path):
+    """A full disk (ENOSPC, or a quota: EDQUOT) is the disk's failure, not the config's: the sweep stops
+    before recording the batch, which the resume proposes again, as after a kill; no failed node is
+    left to steer the tree away from those configs."""
+    reference = make(tmp_path / "ref", n_iterations=12).run()
+    full = ToyLauncher(
+        fail_when=lambda c: c.job_num == 6,
+        error="OSError: [Errno 28] paths.cache_dir=/data/cache: no room for the record (7.1 GB)",
+    )
+    with pytest.raises(
+        SweepOutOfSpace, match=r"^stopping: a disk is full: node 7 \(job 6\) failed with OSError"
+    ):
+        make(tmp_path / "full", launcher=full, n_iterations=12).run()
+    stopped = load_state(tmp_path / "full")
+    assert len(stopped.nodes) == 4 and [c["job_num"] for c in stopped.in_flight] == [4, 5, 6, 7]
+    log = (tmp_path / "full" / "exploration" / "sweep.log").read_text().splitlines()
+    assert "stopping: a disk is full" in log[-1] and "re-proposed on resume" in log[-1]
+    resumed = make(tmp_path / "full", resume=True, n_iterations=12).run()
+    assert comparable(resumed.nodes) == comparable(reference.nodes)
+    assert not [n for n in resumed.nodes if n.status == "failed"]
+    quota = ToyLauncher(
+        fail_when=lambda c: True, error=f"OSError: [Errno {errno.EDQUOT}] Disk quota exceeded"
+    )
+    with pytest.raises(SweepOutOfSpace):
+        make(tmp_path / "quota", launcher=quota, n_iterations=4).run()
 
 
 def test_protocol_rules_replaced_only_between_markers(tmp_path):

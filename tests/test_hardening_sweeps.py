@@ -230,3 +230,28 @@ def test_random_kills_and_resumes_lose_nothing(tmp_path, launcher):
         assert [line.split(":")[0] for line in text.splitlines() if line.startswith("## Iter ")] == [
             f"## Iter {i}" for i in range(1, 9)
         ]
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_full_disk_stops_the_sweep_with_one_line_and_the_resume_loses_nothing(tmp_path, launcher):
+    """The sweep folder on a small tmpfs: the disk fills while a job folder is made (200 KB) or while
+    the sweep saves its state (400 KB; where it fills depends on the files' sizes, either way it must
+    hold). One line, no traceback; after the disk grows, the resume ends as an uninterrupted sweep."""
+    from tests.test_bare_command import small_disk
+
+    settings = [*(JOBLIB if launcher == "joblib" else []), "hydra.sweeper.n_iterations=60"]
+    reference = load(cli(tmp_path / "reference", *settings) and tmp_path / "reference")["nodes"]
+    for size in ("200k", "400k"):
+        with small_disk(tmp_path / f"disk-{size}", size) as disk:
+            sweep = disk / "sweep"
+            stopped = cli(sweep, *settings, check=False)
+            lines = stopped.stderr.strip().splitlines()
+            assert stopped.returncode == 1 and len(lines) == 1, stopped.stderr[-3000:]
+            assert lines[0].startswith("[llm_ucb] stopping: a disk is full"), lines[0]
+            assert lines[0].endswith("hydra.sweeper.resume=true") or "resume=true (state: " in lines[0]
+            subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
+            cli(sweep, *settings, "hydra.sweeper.resume=true")
+            state = load(sweep)
+            assert comparable(state["nodes"]) == comparable(reference), size
+            jobs = [n["job_num"] for n in state["nodes"]]
+            assert len(set(jobs)) == 60 and all(j < state["next_job_idx"] for j in jobs)

@@ -12,6 +12,7 @@ numbers, records), :mod:`hydra_llm.code_edits` (code versions, when the sweep ed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,6 +36,8 @@ from hydra_llm.explore.engine_config import (
     EngineConfig,
     SweepConfigError,
     SweepFailedError,
+    SweepOutOfSpace,
+    is_out_of_space,
 )
 from hydra_llm.explore.negotiation import Negotiator
 from hydra_llm.explore.proposers.base import (
@@ -316,6 +319,7 @@ class ExplorationEngine:
         outcomes = self._launch(children)
         if len(children) > 1 and any(o.lost for o in outcomes):
             children, outcomes = self._rerun_lost_alone(snapshot, children, outcomes)
+        self._stop_if_out_of_space(children, outcomes)
         objective = self.config.objective
         nodes = [finished(c, o, objective) for c, o in zip(children, outcomes, strict=True)]
         self.state.nodes.extend(nodes)
@@ -648,6 +652,24 @@ class ExplorationEngine:
     def child_record(self, child: Node) -> dict[str, Any]:
         """The node metadata a child reads for itself (see :func:`children.child_record`)."""
         return child_record(self.state.sweep_id, child)
+
+    def _stop_if_out_of_space(self, children: Sequence[Node], outcomes: Sequence[ChildOutcome]) -> None:
+        """A child that found a disk full failed for the disk, not for its config, and so would every
+        child after it: stop before the batch is recorded. It stays in flight, so the resume proposes
+        it again (as after a kill), and no failed node steers the tree away from its config."""
+        full = [(c, o) for c, o in zip(children, outcomes, strict=True) if is_out_of_space(o.error)]
+        if not full:
+            return
+        child, out = full[0]
+        message = (
+            f"stopping: a disk is full: node {child.id} (job {child.job_num}) failed with "
+            f"{clip(out.error or '', 300)}. The batch of iterations {children[0].id}-{children[-1].id} is "
+            f"re-proposed on resume; free space, then continue with hydra.sweeper.resume=true (state: "
+            f"{state_path(self.sweep_dir)})"
+        )
+        with contextlib.suppress(OSError):  # sweep.log may be on the full disk
+            self._event(self.state, message, console=False)  # the error raised is the terminal's line
+        raise SweepOutOfSpace(message)
 
     def _check_failure_rate(self) -> None:
         nodes = self.state.nodes

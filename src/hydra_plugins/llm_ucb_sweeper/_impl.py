@@ -30,7 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 from hydra_llm.explore.child_output import to_job_log
 from hydra_llm.explore.children import ChildOutcome, child_seeds, seed_overrides
 from hydra_llm.explore.engine import ExplorationEngine
-from hydra_llm.explore.engine_config import EngineConfig, SweepConfigError, SweepFailedError
+from hydra_llm.explore.engine_config import (
+    EngineConfig,
+    SweepConfigError,
+    SweepFailedError,
+    is_out_of_space,
+)
 from hydra_llm.explore.interrupts import InterruptGuard, SweepInterrupted, exit_now, watch_sweeper
 from hydra_llm.explore.proposers.base import Proposer
 from hydra_llm.explore.space import (
@@ -136,12 +141,30 @@ class LLMUCBSweeperImpl:
 
     # ------------------------------------------------------------------ sweep
     def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
-        """Run the exploration; a bad setting or a stopped sweep ends the process with one line."""
+        """Run the exploration; a bad setting, a stopped sweep or a full disk under the sweep's own
+        files ends the process with one line."""
+        # A log file on a full disk would print a traceback for every line logged; the full disk is
+        # reported once, below.
+        raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
         try:
             return self._sweep(arguments)
         except (SweepConfigError, SearchSpaceError, SweepFailedError) as err:
             print(f"[llm_ucb] {err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
+        except OSError as err:
+            if not is_out_of_space(err):
+                raise
+            # Every file of the sweep is written atomically: what is on disk is what was saved before.
+            print(
+                f"[llm_ucb] stopping: a disk is full ({one_line(err, 300)}) while the sweep wrote its "
+                f"files in {self.config.hydra.sweep.dir}; what was saved before stays; free space, then "
+                "continue with hydra.sweeper.resume=true",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(1) from None
+        finally:
+            logging.raiseExceptions = raise_exceptions
 
     def _sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
         for name in _LAUNCHER_LOGGERS:  # the sweep prints one line per node instead of each job's overrides
