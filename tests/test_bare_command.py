@@ -5,6 +5,8 @@ regime whose data is missing stops before any child with one line; Hydra's basic
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
 import json
 import os
 import re
@@ -398,6 +400,27 @@ def test_a_disk_that_fills_while_the_record_is_made_gives_an_error_not_a_sigbus(
         assert re.match(error, last), last
         assert not [p for p in (disk / "cache").iterdir() if p.suffix != ".lock"]  # no half record left
         assert shutil.disk_usage(disk).used < 2**20
+
+
+def test_a_torch_file_on_a_full_disk_is_an_error_that_names_the_folder(tmp_path):
+    """torch.save on a full disk says only "unexpected pos 576 vs 534" (a RuntimeError); the data
+    caches and checkpoints written through atomic_torch_save raise ENOSPC naming the folder instead,
+    which a sweep reads as a full disk, and leave no partial file."""
+    from hydra_llm.files import atomic_torch_save
+
+    with small_disk(tmp_path / "disk", "100k") as disk:
+        try:
+            atomic_torch_save({"x": torch.zeros(100_000)}, disk / "big.pt")
+        except OSError as err:
+            code, message = err.errno, str(err)
+        else:
+            raise AssertionError("a 400 KB file was written on a 100 KB disk")
+        gc.collect()  # torch's writer, held by the traceback, keeps the file open until collected
+        assert code == errno.ENOSPC
+        assert re.match(
+            r"\[Errno 28\] .*/disk: no space left on device while writing big\.pt \(RuntimeError: ", message
+        ), message
+        assert list(disk.iterdir()) == []
 
 
 def test_a_sweep_whose_first_batch_records_do_not_fit_together_stops_before_any_child(tmp_path):

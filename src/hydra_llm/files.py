@@ -8,7 +8,9 @@ temporary file; the last rename wins.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,10 @@ from typing import Any
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Create ``path`` through ``write(temporary_path)``, then rename it into place."""
+    """Create ``path`` through ``write(temporary_path)``, then rename it into place.
+
+    A writer that fails on a full disk without saying so (``torch.save``: "unexpected pos 576 vs
+    534") raises ``OSError`` (ENOSPC) naming the folder, with its own error in the message."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -24,9 +29,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     try:
         write(Path(tmp))
         os.replace(tmp, path)
+    except Exception as err:
+        full = not isinstance(err, OSError) and _nearly_full(path.parent)  # measured with the tmp file
+        Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise OSError(
+                errno.ENOSPC,
+                f"{path.parent}: no space left on device while writing {path.name} "
+                f"({type(err).__name__}: {' '.join(str(err).split())[:300]})",
+            ) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Whether the disk of ``folder`` has less than 1 MB free (False where that cannot be read)."""
+    try:
+        return shutil.disk_usage(folder).free < 1_000_000
+    except OSError:
+        return False
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
