@@ -6,15 +6,16 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, float] | float:
+    from hydra_llm.files import is_out_of_space
     from hydra_llm.preflight import PreflightError
     from hydra_llm.train import in_sweep, optimized, run
 
     try:
         metrics = run(cfg)
-    except PreflightError as err:
-        if in_sweep():  # a failed node; the sweeper ran the same check before its first batch
-            raise
-        raise SystemExit(f"error: {err}") from None  # one line naming the setting, no traceback
+    except (PreflightError, OSError) as err:
+        if in_sweep() or not (isinstance(err, PreflightError) or is_out_of_space(err)):
+            raise  # in a sweep: a failed node (or a full disk, which stops the sweep)
+        raise SystemExit(f"error: {err}") from None  # one line naming the setting or the disk
     return optimized(metrics, cfg.get("optimized_metric"))
 
 

@@ -405,7 +405,7 @@ def test_a_disk_that_fills_while_the_record_is_made_gives_an_error_not_a_sigbus(
 def test_a_torch_file_on_a_full_disk_is_an_error_that_names_the_folder(tmp_path):
     """torch.save on a full disk says only "unexpected pos 576 vs 534" (a RuntimeError); the data
     caches and checkpoints written through atomic_torch_save raise ENOSPC naming the folder instead,
-    which a sweep reads as a full disk, and leave no partial file."""
+    which a sweep reads as a full disk, and leave no partial file. A run stops with one line."""
     from hydra_llm.files import atomic_torch_save
 
     with small_disk(tmp_path / "disk", "100k") as disk:
@@ -421,6 +421,15 @@ def test_a_torch_file_on_a_full_disk_is_an_error_that_names_the_folder(tmp_path)
             r"\[Errno 28\] .*/disk: no space left on device while writing big\.pt \(RuntimeError: ", message
         ), message
         assert list(disk.iterdir()) == []
+        # A run whose data cache fills: one line, as for a bad setting.
+        proc = train(tmp_path, f"paths.cache_dir={disk / 'cache'}", "+trainer.max_steps=5")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+        assert re.match(
+            r"error: \[Errno 28\] .*/disk/cache: no space left on device while writing "
+            r"SignalDataModule-\w+\.pt ",
+            lines[0],
+        ), lines[0]
 
 
 def test_a_sweep_whose_first_batch_records_do_not_fit_together_stops_before_any_child(tmp_path):

@@ -64,6 +64,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left on device, disk quota exceeded
+
+
+def is_out_of_space(error: BaseException | str | None) -> bool:
+    """Whether ``error`` (an exception, or a sweep child's error line ``Type: message``) says a disk
+    is full."""
+    if isinstance(error, OSError):
+        return error.errno in NO_SPACE_ERRNOS
+    return isinstance(error, str) and any(f"[Errno {code}]" in error for code in NO_SPACE_ERRNOS)
+
+
 def disk_size(n_bytes: float) -> str:
     """``n_bytes`` for a message: GB with one decimal from 1 GB, whole MB below."""
     return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"

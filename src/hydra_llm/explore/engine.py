@@ -32,13 +32,7 @@ from hydra_llm.explore.children import (
     child_seeds,
     finished,
 )
-from hydra_llm.explore.engine_config import (
-    EngineConfig,
-    SweepConfigError,
-    SweepFailedError,
-    SweepOutOfSpace,
-    is_out_of_space,
-)
+from hydra_llm.explore.engine_config import EngineConfig, SweepConfigError, SweepFailedError, SweepOutOfSpace
 from hydra_llm.explore.negotiation import Negotiator
 from hydra_llm.explore.proposers.base import (
     ExplorationView,
@@ -64,7 +58,7 @@ from hydra_llm.explore.sweep_folder import (
 )
 from hydra_llm.explore.text import LIMITS, clean_reply, clip, one_line
 from hydra_llm.explore.tree import Node, UCBScore, describe_mutation, stats, ucb_scores
-from hydra_llm.files import atomic_write_text
+from hydra_llm.files import atomic_write_text, is_out_of_space
 
 if TYPE_CHECKING:
     from hydra_llm.code_edits.review import CodeEditor

@@ -9,7 +9,6 @@ a config built here directly is coerced and checked against the same schema.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,16 +48,6 @@ class SweepOutOfSpace(SweepFailedError):
     """A disk the sweep writes to is full (the sweep folder, a job folder, the data cache): the sweep
     stops with the batch in flight left to the resume, instead of recording failures that are the
     disk's, not the config's."""
-
-
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left on device, disk quota exceeded
-
-
-def is_out_of_space(error: BaseException | str | None) -> bool:
-    """Whether ``error`` (an exception, or a child's error line ``Type: message``) says a disk is full."""
-    if isinstance(error, OSError):
-        return error.errno in NO_SPACE_ERRNOS
-    return isinstance(error, str) and any(f"[Errno {code}]" in error for code in NO_SPACE_ERRNOS)
 
 
 @dataclass(frozen=True)

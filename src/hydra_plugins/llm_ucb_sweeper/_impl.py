@@ -30,12 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydra_llm.explore.child_output import to_job_log
 from hydra_llm.explore.children import ChildOutcome, child_seeds, seed_overrides
 from hydra_llm.explore.engine import ExplorationEngine
-from hydra_llm.explore.engine_config import (
-    EngineConfig,
-    SweepConfigError,
-    SweepFailedError,
-    is_out_of_space,
-)
+from hydra_llm.explore.engine_config import EngineConfig, SweepConfigError, SweepFailedError
 from hydra_llm.explore.interrupts import InterruptGuard, SweepInterrupted, exit_now, watch_sweeper
 from hydra_llm.explore.proposers.base import Proposer
 from hydra_llm.explore.space import (
@@ -49,7 +44,7 @@ from hydra_llm.explore.space import (
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
 from hydra_llm.explore.text import one_line
 from hydra_llm.explore.tree import Node
-from hydra_llm.files import atomic_write_text, disk_size
+from hydra_llm.files import atomic_write_text, disk_size, is_out_of_space
 from hydra_llm.schemas.sweeper import CodeEditsConf, LLMUCBSweeperConf
 
 log = logging.getLogger(__name__)
