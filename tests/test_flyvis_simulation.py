@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -268,6 +269,29 @@ def test_datamodule_cache_is_reused_and_keyed_by_seed(tmp_path):
     other.setup()
     assert len(list(tmp_path.glob("*.pt"))) == 2
     assert not torch.equal(first.observations.activity, other.observations.activity)
+
+
+def test_a_damaged_cache_entry_is_simulated_again(tmp_path, caplog):
+    """A record file deleted to free space, or a truncated cache file, is a cache miss with a warning,
+    not an error in every run that shares the entry; the data come out as before."""
+    first = datamodule(tmp_path)
+    first.setup()
+    path = next(tmp_path.glob("*.pt"))
+    (path.with_suffix(".rec") / "activity.npy").unlink()  # `first` keeps its mapping
+    damaged = {"a record file deleted": None, "a truncated cache file": path.stat().st_size // 2}
+    for what, size in damaged.items():
+        if size is not None:
+            with open(path, "r+b") as handle:
+                handle.truncate(size)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hydra_llm.simulation.base"):
+            again = datamodule(tmp_path)
+            again.setup()
+        assert f"the data cache's {path} cannot be read" in caplog.text, what
+        assert "simulating it again" in caplog.text, what
+        assert torch.equal(again.observations.activity, first.observations.activity), what
+        assert torch.equal(again.observations.derivative, first.observations.derivative), what
+        assert sorted(p.name for p in tmp_path.glob("*.pt")) == [path.name]
 
 
 def test_the_cache_key_holds_the_stimulus_keys_its_source_reads(tmp_path):

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -254,13 +255,22 @@ class SimulationDataModule(pl.LightningDataModule):
             self._write_cache(path)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load from the cache (or simulate, and store when there is a cache); idempotent."""
+        """Load from the cache (or simulate, and store when there is a cache); idempotent. An entry that
+        cannot be read (a truncated file, a record file deleted to free space) is simulated again."""
         if getattr(self, "observations", None) is not None:
             return
         path = self.cache_path(self.cache_dir)
         if path is None:
             self.observations, self.ground_truth = self.simulate()
-        else:
+            return
+        self._write_cache(path)
+        seen = path.stat()
+        try:
+            self.observations, self.ground_truth = self._load_cache(path)
+        except Exception as err:  # a damaged entry (a truncated file, a record deleted to free space)
+            reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+            log.warning("the data cache's %s cannot be read (%s); simulating it again", path, reason)
+            self._discard(path, seen)
             self._write_cache(path)
             self.observations, self.ground_truth = self._load_cache(path)
 
@@ -293,6 +303,21 @@ class SimulationDataModule(pl.LightningDataModule):
             finally:
                 self._record_dir, self._recordings = None, None
             atomic_torch_save({"observations": observations, "ground_truth": truth}, path)
+
+    @staticmethod
+    def _discard(path: Path, seen: os.stat_result) -> None:
+        """Remove the cache entry ``path`` (its file and record folder) under its lock, unless another
+        process has removed or replaced it since it was ``seen``."""
+        from filelock import FileLock
+
+        with FileLock(f"{path}.lock"):
+            try:
+                now = path.stat()
+            except FileNotFoundError:
+                return
+            if (now.st_ino, now.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns):
+                path.unlink()
+                shutil.rmtree(path.with_suffix(".rec"), ignore_errors=True)
 
     def _record_file(self, name: str, value: Any) -> Any:
         """``_RecordFile(name)`` when ``value`` is the whole tensor allocated as ``name`` (its file is
