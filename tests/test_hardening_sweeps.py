@@ -126,6 +126,45 @@ def test_children_of_a_killed_joblib_sweeper_stop(tmp_path, sig):
     assert len(jobs) == 8 and not set(jobs) & set(children) and len(set(jobs)) == 8
 
 
+def processes_of(sweeper: int) -> list[int]:
+    """The live processes started for the sweeper ``sweeper`` (they inherit its PID in the environment)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes() if proc.name.isdigit() else b""
+        except OSError:
+            continue
+        if f"HYDRA_LLM_SWEEPER_PID={sweeper}\0".encode() in environ + b"\0" and alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+def test_pool_workers_that_never_got_a_child_stop_with_a_killed_sweeper(tmp_path):
+    """4 joblib workers and 2 children a batch: two workers never get a child. They used to idle on
+    after a SIGKILL of the sweeper, at times for good (blocked on the dead pool's pipes); each now
+    watches the sweeper from its start."""
+    sweep, pid_dir = tmp_path / "sweep", tmp_path / "pids"
+    settings = [
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "hydra.sweeper.n_parallel=2",
+        "hydra.sweeper.n_iterations=4",
+        "behaviour.sleep=30",
+        f"behaviour.pid_dir={pid_dir}",
+    ]
+    proc = start(sweep, *settings)
+    try:
+        wait_for(lambda: len(pids(pid_dir)) == 2, 90, "two children running")
+        workers = [p for p in processes_of(proc.pid) if b"loky" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(workers) >= 4, workers  # the pool's four workers, two of them idle
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_for(lambda: not processes_of(proc.pid), 10, "every process of the killed sweeper to stop")
+
+
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_ctrl_c_stops_within_seconds_with_the_state_saved(tmp_path, launcher):
     sweep, pid_dir, release = tmp_path / "sweep", tmp_path / "pids", tmp_path / "release"

@@ -8,7 +8,8 @@ and after every batch), so ending the process loses at most the batch in flight.
 
 In a child running in its own process (joblib, submitit_local), :func:`watch_sweeper` moves it out of
 the terminal's process group (Ctrl-C reaches the sweeper only) and exits it as soon as the sweeper
-is gone, so a killed sweeper leaves no child writing into the sweep folder.
+is gone, so a killed sweeper leaves no child writing into the sweep folder. A joblib pool worker runs
+it when it starts, so one that never gets a child stops with the sweeper too.
 """
 
 from __future__ import annotations

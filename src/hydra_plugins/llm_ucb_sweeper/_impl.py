@@ -130,6 +130,12 @@ class LLMUCBSweeperImpl:
         self.outer.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=RecordingTask(task_function), config=config
         )
+        # Hydra's joblib launcher passes these keyword arguments to joblib.Parallel. Each pool worker
+        # watches the sweeper from its start, not from its first child: a worker that never got one
+        # (a batch smaller than n_jobs) would otherwise outlive a SIGKILLed sweeper, at times for good.
+        joblib_kwargs = getattr(self.outer.launcher, "joblib", None)
+        if isinstance(joblib_kwargs, dict):
+            joblib_kwargs.setdefault("initializer", watch_sweeper)
         self.config = config
         # ``hydra.sweeper`` as its schema's dataclass: typed and checked when Hydra composed it.
         self.settings: LLMUCBSweeperConf = OmegaConf.to_object(config.hydra.sweeper)
