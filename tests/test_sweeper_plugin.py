@@ -206,6 +206,27 @@ def test_cli_joblib_raise_nan_and_hard_crash_fails_alone(tmp_path):
     assert len(state["batches"]) == 2
 
 
+def test_cli_joblib_a_child_past_the_launchers_timeout_fails_alone_and_says_so(tmp_path):
+    """joblib's per-child ``timeout`` stops the whole pool with a bare TimeoutError: the batch mates
+    keep their results (recorded, or re-run alone) and the slow node fails alone, naming the limit."""
+    proc = cli(
+        tmp_path,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.launcher.timeout=3",
+        "hydra.sweeper.n_iterations=4",
+        "behaviour.sleep_at_node=2",
+        "behaviour.sleep_at_job_s=30",
+    )
+    assert proc.returncode == 0
+    nodes = load(tmp_path)["nodes"]
+    assert [n["status"] for n in nodes] == ["completed", "failed", "completed", "completed"]
+    assert nodes[1]["error"] == (
+        "launcher error: time limit reached (hydra.launcher.timeout=3.0 s per child): TimeoutError:"
+    )
+    assert "re-running nodes [2]" in (tmp_path / "exploration" / "sweep.log").read_text()
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -49,8 +49,9 @@ from hydra_llm.schemas.sweeper import CodeEditsConf, LLMUCBSweeperConf
 
 log = logging.getLogger(__name__)
 # A worker of a process pool died (os._exit, a signal, the OOM killer): the pool takes every running
-# child down with it (loky's TerminatedWorkerError, concurrent.futures' BrokenProcessPool).
-_BROKEN_POOL_ERRORS = ("TerminatedWorkerError", "BrokenProcessPool")
+# child down with it (loky's TerminatedWorkerError, concurrent.futures' BrokenProcessPool). So does a
+# child that runs past joblib's hydra.launcher.timeout (TimeoutError): joblib stops the whole pool.
+_BROKEN_POOL_ERRORS = ("TerminatedWorkerError", "BrokenProcessPool", "TimeoutError")
 # A launcher's resource limit, told by the marks submitit and SLURM leave in a killed child's error,
 # and the launcher key that sets it.
 _LIMITS = (
@@ -606,6 +607,9 @@ class LLMUCBSweeperImpl:
         themselves."""
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         reason = " ".join(f"{type(err).__name__}: {err}".split())
+        timeout = OmegaConf.select(self.config.hydra.launcher, "timeout", default=None)
+        if type(err).__name__ == "TimeoutError" and timeout is not None:  # joblib's says nothing more
+            reason = f"time limit reached (hydra.launcher.timeout={timeout} s per child): {reason}"
         pool_broke = type(err).__name__ in _BROKEN_POOL_ERRORS
         outcomes = []
         for child in children:

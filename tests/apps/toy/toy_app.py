@@ -40,7 +40,8 @@ def run(cfg: DictConfig):
     end = time.monotonic() + float(b.sleep or 0.0)
     while time.monotonic() < end and not (b.release_file and Path(b.release_file).exists()):
         time.sleep(min(0.05, max(0.0, end - time.monotonic())))
-    if b.sleep_at_job is not None and job == b.sleep_at_job:
+    at_node = b.sleep_at_node is not None and cfg.sweep_node.node == b.sleep_at_node
+    if (b.sleep_at_job is not None and job == b.sleep_at_job) or at_node:
         time.sleep(float(b.sleep_at_job_s))
     lr, width = float(cfg.training.lr), int(cfg.training.width)
     exit_node = b.exit_at_node is not None and cfg.sweep_node.node == b.exit_at_node
