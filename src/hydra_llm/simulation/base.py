@@ -267,6 +267,8 @@ class SimulationDataModule(pl.LightningDataModule):
         seen = path.stat()
         try:
             self.observations, self.ground_truth = self._load_cache(path)
+        except MemoryError:  # the entry may be sound
+            raise
         except Exception as err:  # a damaged entry (a truncated file, a record deleted to free space)
             reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
             log.warning("the data cache's %s cannot be read (%s); simulating it again", path, reason)

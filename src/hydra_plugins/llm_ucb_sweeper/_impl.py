@@ -456,11 +456,12 @@ class LLMUCBSweeperImpl:
         need, free = sum(records.values()), shutil.disk_usage(folder).free
         if need <= free:
             return None
-        per = {"slot": "slot", "iteration": "child"}.get(str(config.simulation_seed), "batch")
+        shared = {"slot": "one record per slot", "iteration": "one record per child"}
         return (
             f"{batch}'s {config.n_parallel} children record {len(records)} simulations at once in "
             f"paths.cache_dir={folder} ({disk_size(need)}, {disk_size(free)} free; "
-            f"hydra.sweeper.simulation_seed={config.simulation_seed}: one record per {per}); "
+            f"hydra.sweeper.simulation_seed={config.simulation_seed}: "
+            f"{shared.get(str(config.simulation_seed), 'one record for every child')}); "
             "free space, set paths.cache_dir (or $HYDRA_LLM_CACHE) to another disk, lower "
             "hydra.sweeper.n_parallel or simulation.n_frames, or share one record with "
             "hydra.sweeper.simulation_seed=fixed"
