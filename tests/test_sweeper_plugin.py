@@ -481,7 +481,13 @@ def test_a_child_killed_at_a_launcher_limit_says_which_limit_and_setting():
         (["hydra/launcher=slurm", "resources.cpus_per_task=0"], "resources.cpus_per_task=0: must be an"),
         (["hydra/launcher=slurm", "hydra.launcher.timeout_min=-5"], "hydra.launcher.timeout_min=-5: must be"),
         (["hydra/launcher=slurm", "resources.mem_gb=7.5"], "resources.mem_gb=7.5: must be an integer >= 0"),
+        (
+            ["hydra/launcher=joblib", "hydra.launcher.timeout=0"],
+            "hydra.launcher.timeout=0.0: must be a number",
+        ),
+        (["hydra/launcher=joblib", "hydra.launcher.timeout=nan"], "hydra.launcher.timeout=nan: must be"),
         (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"], None),
+        (["hydra/launcher=joblib", "hydra.launcher.timeout=3600"], None),
         (["hydra/launcher=slurm", "resources.mem_gb=0", "resources.gpus_per_node=0"], None),
         (["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=null"], None),
     ],

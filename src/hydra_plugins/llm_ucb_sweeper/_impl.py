@@ -749,17 +749,24 @@ def _check_memory_caps(proposer: Proposer, sweeper: DictConfig) -> None:
 
 
 def check_launcher(config: DictConfig) -> None:
-    """Raise :class:`SweepConfigError` for a count of ``config.hydra.launcher`` that would fail the first
-    batch: joblib's ``n_jobs`` of 0, or a submitit count (``_LAUNCHER_MINIMA``; under the ``slurm``
-    preset, from ``resources.*``) that is not an integer at least its least, named by the override that
-    sets it."""
+    """Raise :class:`SweepConfigError` for a setting of ``config.hydra.launcher`` that would fail the first
+    batch: joblib's ``n_jobs`` of 0 or a ``timeout`` that is not above 0, or a submitit count
+    (``_LAUNCHER_MINIMA``; under the ``slurm`` preset, from ``resources.*``) that is not an integer at
+    least its least, named by the override that sets it."""
     from omegaconf.errors import OmegaConfBaseException
 
     launcher = config.hydra.launcher
-    if "joblib" in str(launcher.get("_target_", "")).lower() and launcher.get("n_jobs") == 0:
-        raise SweepConfigError(
-            f"{setting_name(launcher, 'n_jobs')}=0: must be a nonzero integer (-1: one job per core)"
-        )
+    if "joblib" in str(launcher.get("_target_", "")).lower():
+        if launcher.get("n_jobs") == 0:
+            raise SweepConfigError(
+                f"{setting_name(launcher, 'n_jobs')}=0: must be a nonzero integer (-1: one job per core)"
+            )
+        timeout = launcher.get("timeout")
+        if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):  # NaN fails both
+            raise SweepConfigError(
+                f"{setting_name(launcher, 'timeout')}={timeout}: must be a number of seconds > 0 per child "
+                "(null: no limit)"
+            )
     for key, low in _LAUNCHER_MINIMA.items():
         if key not in launcher:
             continue
