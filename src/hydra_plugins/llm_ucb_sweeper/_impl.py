@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,7 @@ from hydra_llm.explore.space import (
     parse_space,
     to_override_strings,
 )
+from hydra_llm.explore.state import state_path
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
 from hydra_llm.explore.text import one_line
 from hydra_llm.explore.tree import Node
@@ -165,12 +167,26 @@ class LLMUCBSweeperImpl:
                 flush=True,
             )
             raise SystemExit(1) from None
+        except KeyboardInterrupt:  # Ctrl-C before the batch loop (imports, preflight): its guard is not up
+            saved = state_path(Path(str(self.config.hydra.sweep.dir)))
+            then = (
+                f"state saved in {saved}; continue with hydra.sweeper.resume=true"
+                if saved.is_file()
+                else "nothing was written"
+            )
+            print(f"[llm_ucb] stopped by SIGINT before the first batch: {then}", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signal.SIGINT) from None
         finally:
             logging.raiseExceptions = raise_exceptions
 
     def _sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
         for name in _LAUNCHER_LOGGERS:  # the sweep prints one line per node instead of each job's overrides
             logging.getLogger(name).setLevel(logging.WARNING)
+        # joblib's resource tracker (a process that shares the terminal) cleans up after a stopped sweep
+        # and warns of "leaked semlock objects" after the sweep's own last line; it inherits this.
+        os.environ["PYTHONWARNINGS"] = ",".join(
+            filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"])
+        )
         config, settings = self.config, self.settings
         regime = _plain(OmegaConf.select(config, "exploration", default=None)) or {}
         # The sweep's own settings first (well under a second), then the task's preflight, which

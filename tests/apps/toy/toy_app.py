@@ -59,6 +59,12 @@ def run(cfg: DictConfig):
     return {"score": value, "lr": lr, "width": float(width), "horizon": float(cfg.training.horizon)}
 
 
+def slow_preflight(cfg: DictConfig) -> None:
+    """A task preflight that takes its time (the Ctrl-C tests): it marks its start, then sleeps."""
+    Path(cfg.behaviour.preflight_marker).write_text("started")
+    time.sleep(60)
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
     return run(cfg)
