@@ -227,6 +227,29 @@ def test_cli_joblib_a_child_past_the_launchers_timeout_fails_alone_and_says_so(t
     assert "re-running nodes [2]" in (tmp_path / "exploration" / "sweep.log").read_text()
 
 
+def test_a_sweep_folder_that_cannot_be_written_stops_the_sweep_with_one_line(tmp_path):
+    """Before, the engine's lock raised a 35-line traceback (mkdir: read-only file system)."""
+    (tmp_path / "file").write_text("")
+    sweep = tmp_path / "file" / "sweep"
+    proc = cli(sweep, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"[llm_ucb] hydra.sweep.dir={sweep}: {tmp_path / 'file'} is not a folder; "
+        "choose a folder you can write"
+    ]
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(read_only)]).returncode:
+        pytest.skip("no root here to mount a read-only tmpfs; the case above passed")
+    try:
+        proc = cli(read_only / "sweep", check=False)
+    finally:
+        subprocess.run(["umount", str(read_only)], check=True)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"[llm_ucb] hydra.sweep.dir={read_only / 'sweep'}: {read_only} is not writable (a read-only file "
+        "system); choose a folder you can write"
+    ]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

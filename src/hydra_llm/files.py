@@ -75,6 +75,20 @@ def is_out_of_space(error: BaseException | str | None) -> bool:
     return isinstance(error, str) and any(f"[Errno {code}]" in error for code in NO_SPACE_ERRNOS)
 
 
+def unwritable(folder: str | Path) -> str | None:
+    """Why ``folder`` could not be created and written, or None; nothing is created. The nearest part
+    of the path that exists must be a folder this process may write in."""
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and os.statvfs(probe).f_flag & os.ST_RDONLY
+        return f"{probe} is not writable" + (" (a read-only file system)" if read_only else "")
+    return None
+
+
 def disk_size(n_bytes: float) -> str:
     """``n_bytes`` for a message: GB with one decimal from 1 GB, whole MB below."""
     return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"

@@ -46,7 +46,7 @@ from hydra_llm.explore.state import state_path
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
 from hydra_llm.explore.text import one_line
 from hydra_llm.explore.tree import Node
-from hydra_llm.files import atomic_write_text, disk_size, is_out_of_space
+from hydra_llm.files import atomic_write_text, disk_size, is_out_of_space, unwritable
 from hydra_llm.schemas.sweeper import CodeEditsConf, LLMUCBSweeperConf
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,8 @@ class LLMUCBSweeperImpl:
         self.space, space_record = self._space(regime, arguments)
         check_launcher(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        if problem := unwritable(sweep_dir):
+            raise SweepConfigError(f"hydra.sweep.dir={sweep_dir}: {problem}; choose a folder you can write")
         objective = _objective(settings, regime)
         engine_config = EngineConfig.from_settings(settings, objective=objective)
         proposer = self._proposer(config.hydra.sweeper.proposer)
