@@ -361,6 +361,24 @@ def test_user_input_reaches_proposer_and_is_acknowledged(tmp_path):
     assert text.split("## Acknowledged")[0].split("## Pending")[1].strip() == ""
 
 
+def test_user_input_in_another_encoding_or_of_any_size_never_stops_the_sweep(tmp_path):
+    """A user_input.md saved by a Latin-1 editor crashed the sweep (UnicodeDecodeError) mid-run. Its
+    bytes are now read as they are: the proposer sees a replacement character, the file is rewritten
+    with the user's bytes unchanged, and what a batch reads is capped; a folder of that name is skipped."""
+    (tmp_path / "user_input.md").write_bytes(
+        b"# User input\n\n## Pending\nTry caf\xe9 widths. " + b"x" * 9000
+    )
+    proposer = Scripted([])
+    make(tmp_path, proposer, n_iterations=8).run()
+    seen = proposer.views[0].user_input
+    assert seen.startswith("Try caf\ufffd widths. xxx") and len(seen) == 4000 and "chars cut]" in seen
+    assert b"] Try caf\xe9 widths. xxx" in (tmp_path / "user_input.md").read_bytes()
+    folder = tmp_path / "folder"
+    (folder / "user_input.md").mkdir(parents=True)
+    state = make(folder, n_iterations=4).run()
+    assert len(state.nodes) == 4 and any("user_input.md cannot be read" in e for e in state.events)
+
+
 def test_kill_inside_batch_then_resume_matches_uninterrupted(tmp_path):
     reference = make(tmp_path / "ref", n_iterations=12).run()
     with pytest.raises(KeyboardInterrupt):

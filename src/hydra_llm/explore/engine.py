@@ -58,7 +58,7 @@ from hydra_llm.explore.sweep_folder import (
 )
 from hydra_llm.explore.text import LIMITS, clean_reply, clip, one_line
 from hydra_llm.explore.tree import Node, UCBScore, describe_mutation, stats, ucb_scores
-from hydra_llm.files import atomic_write_text, is_out_of_space
+from hydra_llm.files import atomic_write, atomic_write_text, is_out_of_space
 
 if TYPE_CHECKING:
     from hydra_llm.code_edits.review import CodeEditor
@@ -496,9 +496,23 @@ class ExplorationEngine:
         c = self.config
         return tuple(ucb_scores(nodes, c.ucb_formula, c.ucb_c, c.replicate_reward, c.lcb_kappa))
 
-    def _pending_user_input(self) -> str:
+    def _user_input(self) -> str | None:
+        """``user_input.md`` as the user wrote it (bytes that are not UTF-8, e.g. from a Latin-1 editor,
+        kept as they are for the rewrite), or None when there is none or it cannot be read."""
         path = self.sweep_dir / "user_input.md"
-        return reports.pending_user_input(path.read_text(encoding="utf-8")) if path.exists() else ""
+        try:
+            return path.read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            return None
+        except OSError as err:  # a folder of that name, no permission: the sweep goes on without it
+            self._event(self.state, f"user_input.md cannot be read ({type(err).__name__}: {err}); skipped")
+            return None
+
+    def _pending_user_input(self) -> str:
+        """The pending instructions (see :func:`reports.pending_user_input`), printable and capped."""
+        text = reports.pending_user_input(self._user_input() or "")
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return clip(text, LIMITS.user_input)
 
     # ------------------------------------------------------------------ propose + validate
     def _ask(self, view: ExplorationView) -> tuple[ProposerReply, list[Proposal]]:
@@ -519,13 +533,13 @@ class ExplorationEngine:
         self._set_memory(reply.memory)
         if view.is_block_end:
             self._block_end(reply, view)
-        path = self.sweep_dir / "user_input.md"
-        if view.user_input and path.exists():
+        text = self._user_input() if view.user_input else None
+        if text is not None:
             ack = reply.user_input_ack or "received"
             label = f"batch_{view.first_iteration}-{view.first_iteration + view.n_parallel - 1}"
-            atomic_write_text(
-                path, reports.acknowledge_user_input(path.read_text(encoding="utf-8"), ack, label)
-            )
+            text = reports.acknowledge_user_input(text, ack, label)
+            path = self.sweep_dir / "user_input.md"  # the user's bytes go back as they came
+            atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"))
             self.state.user_input_acks.append(f"[{label}] {view.user_input} -> {ack}")
         if reply.extra and self.state.replies:
             self.state.replies[-1]["extra"] = dict(reply.extra)

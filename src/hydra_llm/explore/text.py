@@ -32,6 +32,7 @@ class TextLimits:
     event: int = 2000  # one sweep.log line
     key: int = 200  # an override key
     value: int = 1000  # a string override value
+    user_input: int = 4000  # the pending instructions of user_input.md that a batch reads
 
 
 LIMITS = TextLimits()
