@@ -276,6 +276,17 @@ def test_cli_bad_settings_fail_before_any_child(tmp_path, override, message):
     assert not (tmp_path / "0").exists()
 
 
+def test_a_protocol_that_is_not_utf8_is_one_line(tmp_path):
+    protocol = tmp_path / "protocol.md"
+    protocol.write_bytes(b"# Protocol\nCaf\xe9 first.\n")  # saved by a Latin-1 editor
+    proc = cli(tmp_path / "sweep", f"hydra.sweeper.protocol={protocol}", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"[llm_ucb] hydra.sweeper.protocol: {protocol} is not UTF-8 text (byte 0xe9 at position 14); "
+        "save it as UTF-8"
+    ]
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_auto_proposer_says_which_it_chose(tmp_path):
     auto = [o for o in BASE if not o.startswith("hydra/sweeper/proposer")]
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}

@@ -559,7 +559,13 @@ class LLMUCBSweeperImpl:
         candidates = [Path(path)] if Path(path).is_absolute() else [root / path for root in roots]
         for candidate in candidates:
             if candidate.is_file():
-                return candidate.read_text(encoding="utf-8")
+                try:
+                    return candidate.read_text(encoding="utf-8")
+                except UnicodeDecodeError as err:
+                    raise SweepConfigError(
+                        f"hydra.sweeper.protocol: {candidate} is not UTF-8 text (byte "
+                        f"{err.object[err.start]:#04x} at position {err.start}); save it as UTF-8"
+                    ) from None
         looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
         raise SweepConfigError(f"hydra.sweeper.protocol: {path!r} is not a file (looked at {looked})")
 
