@@ -8,14 +8,15 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> dict[str, float] | float:
     from hydra_llm.files import is_out_of_space
     from hydra_llm.preflight import PreflightError
+    from hydra_llm.simulation.base import DataError
     from hydra_llm.train import in_sweep, optimized, run
 
     try:
         metrics = run(cfg)
-    except (PreflightError, OSError) as err:
-        if in_sweep() or not (isinstance(err, PreflightError) or is_out_of_space(err)):
+    except (PreflightError, DataError, OSError) as err:
+        if in_sweep() or not (isinstance(err, PreflightError | DataError) or is_out_of_space(err)):
             raise  # in a sweep: a failed node (or a full disk, which stops the sweep)
-        raise SystemExit(f"error: {err}") from None  # one line naming the setting or the disk
+        raise SystemExit(f"error: {err}") from None  # one line naming the setting, the file or the disk
     return optimized(metrics, cfg.get("optimized_metric"))
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hydra_llm.simulation.base import DataError
 from hydra_llm.simulation.flyvis import FlyvisDataModule, davis
 from hydra_llm.simulation.flyvis.connectome import hex_columns
 from hydra_llm.simulation.flyvis.dynamics import GREY
@@ -173,3 +177,40 @@ def test_datamodule_on_davis_folder(davis_root, tmp_path):
     photo = obs.external_input[:, :14]
     assert float(photo.std()) > 0.01  # video luminance drives the photoreceptors
     assert len(list((tmp_path / "cache" / "davis").glob("*.npy"))) >= 2
+
+
+def test_a_damaged_jpeg_is_one_line_naming_it(davis_root, tmp_path):
+    """A half-downloaded frame (its first 300 bytes) gave PIL's "Truncated File Read" without a path,
+    in a traceback from deep in the simulation."""
+    bad = davis_root / "JPEGImages" / "480p" / "video2" / "00003.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])
+    with pytest.raises(DataError, match=rf"^{bad}: not a readable image \(.+\); download it again"):
+        davis.render_video(bad.parent, hex_columns(2), dt=0.02)
+    tiny = [
+        f"simulation.connectome.path={TINY}",
+        "simulation.connectome.source=file",
+        "simulation.connectome.extent=1",
+        "simulation.parameters.mode=random_trained_like",
+        "simulation.n_frames=300",
+        "simulation.n_ood_frames=50",
+    ]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "simulation=flyvis_davis",
+        f"simulation.stimulus.davis_root={davis_root}",
+    ]
+    cmd += [
+        *tiny,
+        "logger=none",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        cmd, cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: {bad}: not a readable image (Truncated File Read); download it again, or remove its "
+        "video folder"
+    ], proc.stderr[-2000:]

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 4
 
 
+class DataError(ValueError):
+    """Input data that cannot be read (a damaged or half-downloaded file): one line naming the file and
+    the fix. A run reports it as it reports a bad setting."""
+
+
 class IndexedInput:
     """A known input that reaches few neurons, stored as its source movie: frame t of neuron
     ``neuron[k]`` is ``values[t, channel[k]]``, every other neuron gets 0.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hydra_llm.simulation.base import config_hash
+from hydra_llm.simulation.base import DataError, config_hash
 from hydra_llm.simulation.flyvis.stimuli import LUMA, column_positions, grey_lead, held_out_split
 
 ENV_VAR = "DATAVIS_ROOT"
@@ -111,8 +111,13 @@ def load_luminance(path: Path, crop: float, size: int, rotation: int, flip: bool
     """(size, size) luminance in [0, 1] of one JPEG after centre crop, rotation (k*90 deg), flip, resize."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        rgb = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
+    try:
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # a damaged or partial download
+        raise DataError(
+            f"{path}: not a readable image ({err}); download it again, or remove its video folder"
+        ) from None
     lum = rgb @ LUMA
     h, w = lum.shape
     ch, cw = max(1, int(round(h * crop))), max(1, int(round(w * crop)))
