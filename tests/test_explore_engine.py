@@ -379,6 +379,35 @@ def test_user_input_in_another_encoding_or_of_any_size_never_stops_the_sweep(tmp
     assert len(state.nodes) == 4 and any("user_input.md cannot be read" in e for e in state.events)
 
 
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda s: s.pop("nodes"), "iteration 4 and the node ids [] disagree"),  # was resumed as empty
+        (lambda s: s["nodes"][0].update(metrics="x"), "nodes[0].metrics: str 'x', not dict[str, float]"),
+        (lambda s: s["nodes"][0]["metrics"].update(r2="hi"), "node 1: a metric that is not a number"),
+        (lambda s: s.update(next_job_idx="abc"), "state.next_job_idx: str 'abc', not int"),
+        (lambda s: s["nodes"][1].update(id=None), "nodes[1].id: NoneType 'None', not int"),
+        (lambda s: s["nodes"][2].update(status="done"), "node 3: status 'done'; allowed: completed, failed"),
+        (lambda s: s["nodes"][0].update(bogus=1), "nodes[0]: unknown key 'bogus'"),
+        (lambda s: s.update(next_job_idx=2), "node 3: job 2 is not below next_job_idx 2"),
+        (lambda s: s["batches"][0].reverse(), "batches do not list the nodes in order"),
+    ],
+)
+def test_a_state_edited_into_nonsense_is_kept_aside_and_named(tmp_path, edit, reason):
+    """A state.json that parses but is not what the sweep writes (a hand edit, a bug) stops the resume
+    with one line naming the field, and is kept; before, a missing node list resumed as an empty sweep
+    and a wrong type raised deep in the engine."""
+    make(tmp_path, n_iterations=4).run()
+    path = tmp_path / "exploration" / "state.json"
+    saved = json.loads(path.read_text())
+    edit(saved)
+    path.write_text(json.dumps(saved))
+    with pytest.raises(SweepConfigError, match="is unreadable") as caught:
+        make(tmp_path, resume=True, n_iterations=8)
+    assert f"(ValueError: {reason})" in str(caught.value)
+    assert not path.exists() and len(list(path.parent.glob("state.json.corrupt-*"))) == 1
+
+
 def test_kill_inside_batch_then_resume_matches_uninterrupted(tmp_path):
     reference = make(tmp_path / "ref", n_iterations=12).run()
     with pytest.raises(KeyboardInterrupt):

@@ -7,7 +7,9 @@ and the batch in flight (its job numbers are consumed: a resumed sweep never reu
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,19 +54,74 @@ class SweepState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepState:
+        """The state saved as ``data``; ``ValueError`` naming the first field that is not what this
+        version writes (a wrong type, an unknown key, nodes that disagree with the sweep's position).
+        Keys added after a state was saved take their defaults."""
         data = dict(data)
         if data.get("version") != STATE_VERSION:
             raise ValueError(
                 f"state.json version {data.get('version')!r} is not supported (expected {STATE_VERSION})"
             )
-        data["nodes"] = [Node.from_dict(n) for n in data.get("nodes", [])]
-        return cls(**data)
+        _check_fields(cls, data, "state")
+        nodes = []
+        for i, raw in enumerate(data.get("nodes", [])):
+            if not isinstance(raw, dict):
+                raise ValueError(f"nodes[{i}]: {type(raw).__name__}, not an object")
+            _check_fields(Node, raw, f"nodes[{i}]")
+            nodes.append(Node.from_dict(raw))
+        state = cls(**{**data, "nodes": nodes})
+        state._check_consistent()
+        return state
+
+    def _check_consistent(self) -> None:
+        """The nodes are iterations 1..``iteration`` in the order of ``batches``, with known statuses,
+        numeric metrics and job numbers below ``next_job_idx``."""
+        ids = [n.id for n in self.nodes]
+        if ids != list(range(1, len(ids) + 1)) or self.iteration != len(ids):
+            raise ValueError(f"iteration {self.iteration} and the node ids {ids[:8]} disagree")
+        if [i for batch in self.batches for i in batch] != ids:
+            raise ValueError("batches do not list the nodes in order")
+        for n in self.nodes:
+            if n.status not in ("completed", "failed"):
+                raise ValueError(f"node {n.id}: status {n.status!r}; allowed: completed, failed")
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in n.metrics.values()):
+                raise ValueError(f"node {n.id}: a metric that is not a number")
+            if n.job_num >= self.next_job_idx:
+                raise ValueError(
+                    f"node {n.id}: job {n.job_num} is not below next_job_idx {self.next_job_idx}"
+                )
 
     def node(self, node_id: int) -> Node | None:
         for node in self.nodes:
             if node.id == node_id:
                 return node
         return None
+
+
+# A field's annotation (its text, under ``from __future__ import annotations``) -> the JSON types it takes
+_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "Literal": (str,),
+    "list": (list,),
+    "dict": (dict,),
+}
+
+
+def _check_fields(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise ``ValueError`` for a key of ``data`` that is not a field of the dataclass ``cls``, or
+    whose value is not of the field's JSON type (``None`` only where the field allows it)."""
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for name, value in data.items():
+        if name not in fields:
+            raise ValueError(f"{what}: unknown key {name!r}")
+        annotation = fields[name]
+        if value is None and "None" in annotation:
+            continue
+        kinds = _KINDS.get(re.split(r"[\[ |]", annotation, maxsplit=1)[0])
+        if kinds and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise ValueError(f"{what}.{name}: {type(value).__name__} {str(value)[:40]!r}, not {annotation}")
 
 
 def state_path(sweep_dir: Path) -> Path:
