@@ -1,5 +1,7 @@
 """Atomic file writes: readers (other sweep children, a resumed sweeper) see the old content or the
-new one, never a half-written file. And disk reserved up front for files written through a memory map.
+new one, never a half-written file. And the disk around them: room reserved up front for files
+written through a memory map, a full disk told from other errors (:func:`is_out_of_space`), a folder
+that cannot be written told before anything is (:func:`unwritable`), sizes for messages.
 
 Every write goes to a temporary file with a unique name in the target's folder, which then replaces
 the target (``os.replace``, atomic on POSIX). Two processes writing the same target never share a
