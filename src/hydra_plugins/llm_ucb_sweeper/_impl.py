@@ -145,8 +145,8 @@ class LLMUCBSweeperImpl:
 
     # ------------------------------------------------------------------ sweep
     def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
-        """Run the exploration; a bad setting, a stopped sweep or a full disk under the sweep's own
-        files ends the process with one line."""
+        """Run the exploration; a bad setting, a stopped sweep, a full disk under the sweep's own files
+        or a Ctrl-C before the first batch ends the process with one line."""
         # A log file on a full disk would print a traceback for every line logged; the full disk is
         # reported once, below.
         raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
