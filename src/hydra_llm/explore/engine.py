@@ -509,7 +509,8 @@ class ExplorationEngine:
             return None
 
     def _pending_user_input(self) -> str:
-        """The pending instructions (see :func:`reports.pending_user_input`), printable and capped."""
+        """The pending instructions (see :func:`reports.pending_user_input`): bytes that are not UTF-8
+        replaced (U+FFFD), at most ``LIMITS.user_input`` characters."""
         text = reports.pending_user_input(self._user_input() or "")
         text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         return clip(text, LIMITS.user_input)

@@ -26,6 +26,7 @@ from typing import Any
 from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec
 from hydra_llm.explore.protocol import RulesPolicy
 from hydra_llm.explore.space import format_value
+from hydra_llm.explore.text import LIMITS
 from hydra_llm.explore.tree import Node, UCBScore
 
 BLOCK_END_MARKER = ">>> BLOCK END <<<"
@@ -44,7 +45,7 @@ class PromptLimits:
     ucb_rows: int = 40
     variance_lines: int = 60
     error_chars: int = 1500
-    user_input_chars: int = 4000
+    user_input_chars: int = LIMITS.user_input  # what the engine reads of user_input.md
     plots_per_slot: int = 2
     image_bytes: int = 2_000_000
 
