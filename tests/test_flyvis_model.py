@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hydra_llm.evaluation.flyvis import (
+    READOUTS,
     ConnectivityR2Log,
     NeuronRange,
     cluster_features,
@@ -226,6 +227,31 @@ def test_an_affine_drive_is_straight_in_the_message_and_the_input(data):
     assert set(dict(model.f_theta.named_parameters())) >= {"drive.gains.net.0.weight"}
 
 
+@pytest.mark.parametrize("form", ["joint", "separable", "affine"])
+def test_every_update_form_reads_each_neuron_row_by_row_and_the_affine_gains_once_per_neuron(data, form):
+    """f on a batch (B, N) is f on each frame alone; the affine drive's gain MLP sees the N embeddings
+    once, whatever the batch (a batch of 4 at extent 8 costs a quarter of the rows it did per frame)."""
+    obs = data.observations
+    torch.manual_seed(0)
+    model = FlyvisGNN(obs, training(), hidden_dim=16, hidden_dim_update=16, update_form=form).double()
+    with torch.no_grad():
+        model.a.normal_()
+    v, inp = obs.activity[100:104].double(), obs.external_input[100:104].double()
+    rows = []
+    if form == "affine":
+        model.f_theta.drive.gains.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape))
+    with torch.no_grad():
+        msg = model.messages(v)
+        batch = model.f(v, msg, inp)
+        frames = torch.cat([model.f(v[k : k + 1], msg[k : k + 1], inp[k : k + 1]) for k in range(4)])
+        grid = model.f(v[None], msg[None], inp[None])[0]  # any leading dimensions, as the read-outs' grids
+    assert batch.shape == (4, obs.n_neurons)
+    torch.testing.assert_close(batch, frames, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(batch, grid, rtol=1e-12, atol=1e-12)
+    if form == "affine":
+        assert rows[0] == (obs.n_neurons, model.a.shape[1])
+
+
 def test_the_zero_penalty_pins_psi_at_zero_voltage(data):
     """``coeff_g_phi_zero`` pulls psi(0, a_j) to 0 (msg = 0 is then zero synaptic drive); off by
     default."""
@@ -421,6 +447,25 @@ def test_two_stages_keep_f_theta_and_embedding_at_their_own_rates(data):
     assert named.phase_learning_rates("W")["f_theta"] == 1e-6  # a rate set by name wins over the ratio
     with pytest.raises(ValueError, match=r"alternate_lr_ratio_W_phase=-1.0: must be a finite float >= 0"):
         FlyvisGNN(data.observations, {**cfg, "alternate_lr_ratio_W_phase": -1.0})
+
+
+def test_the_r2_log_records_the_line_readouts_w_star_without_the_zero_drive_pass(data, tmp_path):
+    """The R2 log (and the embedding snap) skip the second pass of f (``zero_drive=False``); what they
+    read is what the full read-out gives."""
+    torch.manual_seed(0)
+    model = FlyvisGNN(
+        data.observations, training(max_steps_per_epoch=10), hidden_dim=16, hidden_dim_update=16
+    )
+    log = ConnectivityR2Log(data.observations, data.ground_truth, tmp_path, every_n_steps=100)
+    fit(data, model, [log])
+    full = corrected_weights(model, data.observations)
+    light = corrected_weights(model, data.observations, zero_drive=False)
+    for readout in READOUTS:
+        assert "V_rest_zero_drive_hat" in full[readout] and "V_rest_zero_drive_hat" not in light[readout]
+        for key, value in light[readout].items():
+            torch.testing.assert_close(value, full[readout][key], rtol=0, atol=0)
+    r2 = r2_slope(data.ground_truth["W"].double(), full["line"]["W_star"].double())[0]
+    assert log.rows[-1][1] == 10 and log.rows[-1][2] == pytest.approx(r2, abs=1e-12)
 
 
 def test_the_r2_log_of_a_long_run_is_capped_at_max_records(data, tmp_path):

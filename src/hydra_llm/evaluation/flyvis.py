@@ -203,7 +203,7 @@ def recorded_state_fit(
 
 
 def corrected_weights(
-    model, observations: Observations, span: NeuronRange | None = None
+    model, observations: Observations, span: NeuronRange | None = None, zero_drive: bool = True
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Per read-out (``READOUTS``): W* (E,), tau_hat and V_rest_hat (N,) and the self-decay slope
     ``slope_f`` (N,) from the learned functions (see the module docstring).
@@ -213,8 +213,9 @@ def corrected_weights(
     (:func:`recorded_state_fit`; msg = 0 is rarely visited by a real neuron, and the line extrapolates f
     there), except where that fit does not decay (the line's there). For the true model both give
     s = -1/tau and V_rest. g_i and psi's slope are shared by both; W* and V_rest use the clipped tau_hat.
-    ``span``: the training voltages' :class:`NeuronRange`, computed here when not given. The model may sit
-    on any device; the read-outs come back on the CPU.
+    ``span``: the training voltages' :class:`NeuronRange`, computed here when not given. ``zero_drive``:
+    also ``V_rest_zero_drive_hat`` (N,), which takes a second pass of f over the grid (a fifth of the
+    time). The model may sit on any device; the read-outs come back on the CPU.
     """
     if span is None:
         span = NeuronRange.of(observations.activity[: observations.n_train_frames])
@@ -225,7 +226,8 @@ def corrected_weights(
     local = recorded_state_fit(model, observations)
     slope_g, offset_g = psi_line(model, span)
     msg_rest = zero_drive_messages(W, edge_index, offset_g)
-    line = (*f_theta_line(model, span), f_theta_line(model, span, msg_rest)[1])
+    slope, offset = f_theta_line(model, span)
+    line = (slope, offset, f_theta_line(model, span, msg_rest)[1] if zero_drive else offset)
     # a neuron whose local fit does not decay (s >= 0) has no time constant there: it takes the line's
     # slope and offsets
     decays = local["slope_v"] < 0
@@ -242,9 +244,10 @@ def corrected_weights(
             "W_star": finite(W_star),
             "tau_hat": tau_hat,
             "V_rest_hat": finite(offset_f * tau_hat),
-            "V_rest_zero_drive_hat": finite(offset_rest * tau_hat),
             "slope_f": slope_f,
         }
+        if zero_drive:
+            values["V_rest_zero_drive_hat"] = finite(offset_rest * tau_hat)
         out[name] = {key: value.cpu() for key, value in values.items()}
     return out
 
@@ -499,7 +502,8 @@ class ConnectivityR2Log(pl.Callback):
             if self.range is None:
                 obs = self.observations
                 self.range = NeuronRange.of(obs.activity[: obs.n_train_frames])
-            W_star = corrected_weights(pl_module, self.observations, self.range)["line"]["W_star"]
+            readouts = corrected_weights(pl_module, self.observations, self.range, zero_drive=False)
+            W_star = readouts["line"]["W_star"]
             W_star = W_star.double().cpu()
             r2 = r2_slope(self.true_W, W_star)[0]
         finally:

@@ -63,7 +63,7 @@ class EmbeddingSnap(pl.Callback):
         from hydra_llm.evaluation.flyvis import cluster_features, corrected_weights, gmm_labels
 
         observations = model.observations
-        line = corrected_weights(model, observations)["line"]
+        line = corrected_weights(model, observations, zero_drive=False)["line"]
         features = cluster_features(
             model.a.cpu(), line["W_star"], line["tau_hat"], line["V_rest_hat"], observations.edge_index
         )

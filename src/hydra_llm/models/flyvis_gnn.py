@@ -55,7 +55,7 @@ v(k + time_step).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -91,55 +91,91 @@ def aggregate_source_messages(
     return torch.zeros_like(psi).index_add_(1, edge_index[1], contributions)
 
 
+def neuron_features(
+    a: torch.Tensor, before: Sequence[torch.Tensor], after: Sequence[torch.Tensor] = ()
+) -> torch.Tensor:
+    """The input rows of a per-neuron MLP: the columns ``before`` (each (..., N)), the embedding ``a``
+    (N, emb) broadcast over the leading dimensions, then the columns ``after`` -> (..., N, n + emb)."""
+    shape = (before or after)[0].shape
+    columns = [x.unsqueeze(-1) for x in before] + [a.expand(*shape, a.shape[-1])]
+    return torch.cat(columns + [x.unsqueeze(-1) for x in after], dim=-1)
+
+
+class JointUpdate(MLP):
+    """``f_theta(v, a, msg, I)``: one MLP of the four (``model.update_form: joint``).
+
+    Args:
+        embedding_dim: size of the embedding a.
+        hidden_dim, n_layers, activation: the MLP's (:class:`~hydra_llm.models.mlp.MLP`).
+
+    Shapes:
+        v, msg, I (..., N) and a (N, embedding_dim) -> (..., N); the MLP reads ``[v, a, msg, I]``.
+    """
+
+    def __init__(self, embedding_dim: int, hidden_dim: int, n_layers: int, activation: str) -> None:
+        super().__init__(3 + embedding_dim, 1, hidden_dim, n_layers, activation)
+
+    def forward(self, v: torch.Tensor, a: torch.Tensor, msg: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        return super().forward(neuron_features(a, [v], [msg, inp])).squeeze(-1)
+
+
+class DriveMLP(MLP):
+    """``drive(a, msg, I)``: a free MLP of the three (``model.update_form: separable``).
+
+    Shapes:
+        a (N, embedding_dim), msg and I (..., N) -> (..., N); the MLP reads ``[a, msg, I]``.
+    """
+
+    def __init__(self, embedding_dim: int, hidden_dim: int, n_layers: int, activation: str) -> None:
+        super().__init__(2 + embedding_dim, 1, hidden_dim, n_layers, activation)
+
+    def forward(self, a: torch.Tensor, msg: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        return super().forward(neuron_features(a, [], [msg, inp])).squeeze(-1)
+
+
 class AffineDrive(nn.Module):
     """``drive = g(a) msg + k(a) I``: one MLP of the embedding gives each neuron's two gains
-    (``model.update_form: affine``).
+    (``model.update_form: affine``). The gains are computed once per neuron, not per frame.
 
     Args:
         embedding_dim: size of the embedding a.
         hidden_dim, n_layers, activation: the gains' MLP (:class:`~hydra_llm.models.mlp.MLP`).
 
     Shapes:
-        input (..., embedding_dim + 2) ordered ``[a, msg, I]`` -> output (..., 1).
+        a (N, embedding_dim), msg and I (..., N) -> (..., N).
     """
 
     def __init__(self, embedding_dim: int, hidden_dim: int, n_layers: int, activation: str) -> None:
         super().__init__()
         self.gains = MLP(embedding_dim, 2, hidden_dim, n_layers, activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.gains(x[..., :-2]) * x[..., -2:]).sum(-1, keepdim=True)
+    def forward(self, a: torch.Tensor, msg: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        g, k = self.gains(a).unbind(-1)
+        return g * msg + k * inp
 
 
 class SeparableUpdate(nn.Module):
-    """``f_theta = leak(v, a) + drive(msg, I, a)``, so the slope of f in v does not depend on the
+    """``f_theta = leak(v, a) + drive(a, msg, I)``, so the slope of f in v does not depend on the
     message or the input (``model.update_form: separable``, or ``affine`` with an :class:`AffineDrive`).
 
     Args:
         embedding_dim: size of the embedding a.
         hidden_dim, n_layers, activation: each MLP's (:class:`~hydra_llm.models.mlp.MLP`).
-        affine: the drive is linear in msg and I (:class:`AffineDrive`), else an MLP of (a, msg, I).
+        affine: the drive is linear in msg and I (:class:`AffineDrive`), else a :class:`DriveMLP`.
 
     Shapes:
-        input (..., 3 + embedding_dim) ordered ``[v, a, msg, I]`` as the joint MLP's -> output (..., 1).
+        v, msg, I (..., N) and a (N, embedding_dim) -> (..., N), as :class:`JointUpdate`.
     """
 
     def __init__(
         self, embedding_dim: int, hidden_dim: int, n_layers: int, activation: str, affine: bool = False
     ) -> None:
         super().__init__()
-        self.embedding_dim = embedding_dim
         self.leak = MLP(1 + embedding_dim, 1, hidden_dim, n_layers, activation)
-        self.drive = (
-            AffineDrive(embedding_dim, hidden_dim, n_layers, activation)
-            if affine
-            else MLP(2 + embedding_dim, 1, hidden_dim, n_layers, activation)
-        )
+        self.drive = (AffineDrive if affine else DriveMLP)(embedding_dim, hidden_dim, n_layers, activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leak_in = x[..., : 1 + self.embedding_dim]  # v, a
-        drive_in = x[..., 1:]  # a, msg, I
-        return self.leak(leak_in) + self.drive(drive_in)
+    def forward(self, v: torch.Tensor, a: torch.Tensor, msg: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        return self.leak(neuron_features(a, [v])).squeeze(-1) + self.drive(a, msg, inp)
 
 
 class FlyvisGNN(FrameGNN):
@@ -191,7 +227,7 @@ class FlyvisGNN(FrameGNN):
         self.g_phi = MLP(1 + emb, 1, arch.hidden_dim, arch.n_layers, arch.activation, out_init_std=0.1)
         update = (arch.hidden_dim_update, arch.n_layers_update, arch.activation)
         self.f_theta = (
-            MLP(3 + emb, 1, *update)
+            JointUpdate(emb, *update)
             if arch.update_form == "joint"
             else SeparableUpdate(emb, *update, affine=arch.update_form == "affine")
         )
@@ -218,14 +254,11 @@ class FlyvisGNN(FrameGNN):
 
     def psi(self, v: torch.Tensor) -> torch.Tensor:
         """psi(v_j, a_j) for voltages (B, N) -> (B, N)."""
-        a = self.a.unsqueeze(0).expand(v.shape[0], -1, -1)
-        return self._psi_features(torch.cat([v.unsqueeze(-1), a], dim=-1)).squeeze(-1)
+        return self._psi_features(neuron_features(self.a, [v])).squeeze(-1)
 
     def f(self, v: torch.Tensor, msg: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """f_theta(v_i, a_i, msg_i, I_i) for (B, N) tensors -> dv/dt (B, N)."""
-        a = self.a.unsqueeze(0).expand(v.shape[0], -1, -1)
-        x = torch.cat([v.unsqueeze(-1), a, msg.unsqueeze(-1), inp.unsqueeze(-1)], dim=-1)
-        return self.yscale * self.f_theta(x).squeeze(-1)
+        return self.yscale * self.f_theta(v, self.a, msg, inp)
 
     @property
     def weights(self) -> torch.Tensor:
