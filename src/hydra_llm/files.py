@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra_llm.printable import error_line
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Create ``path`` through ``write(temporary_path)``, then rename it into place.
@@ -37,8 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         if full:
             raise OSError(
                 errno.ENOSPC,
-                f"{path.parent}: no space left on device while writing {path.name} "
-                f"({type(err).__name__}: {' '.join(str(err).split())[:300]})",
+                f"{path.parent}: no space left on device while writing {path.name} ({error_line(err, 300)})",
             ) from err
         raise
     except BaseException:

@@ -31,8 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from hydra_llm.code_edits.regions import Region, RegionError, find_regions, outside, splice
 from hydra_llm.code_edits.static import MAX_BODY_CHARS, check_region, top_level_names
 from hydra_llm.code_edits.versions import ERROR_FILE, CodeStore, CodeVersion, version_name
-from hydra_llm.explore.text import clip, one_line, plain_text
+from hydra_llm.explore.text import plain_text
 from hydra_llm.explore.tree import Node, stats
+from hydra_llm.printable import clip, error_line, one_line
 
 RunCheck = Callable[[Path, Mapping[str, Any]], dict[str, Any]]
 # complete(messages, tag=..., check=...) -> (reply, reask) where reask(problem) is the conversation
@@ -211,9 +212,7 @@ class CodeEditor:
                 messages, f"code_review_block{block:03d}", lambda r: self._reply_errors(r, candidates)
             )
         except Exception as err:  # no reply: candidates stay candidates, the code stays as it is
-            self.say(
-                f"code review at block {block}: no usable reply ({type(err).__name__}: {one_line(err, 200)})"
-            )
+            self.say(f"code review at block {block}: no usable reply ({error_line(err, 240)})")
             self.code["reviewed_blocks"].append(block)
             return
         self._apply_verdicts(reply.verdicts, block)
@@ -249,14 +248,14 @@ class CodeEditor:
             if version is None or version.status != "candidate":
                 continue
             version.status = "kept" if verdict.decision == "KEEP" else "reverted"
-            version.reason = f"block {block} review: {clip(one_line(verdict.evidence, 400), 400)}"
+            version.reason = f"block {block} review: {one_line(verdict.evidence, 400)}"
             self._save_version(version)
             self.store.tag_verdict(version)
             if version.status == "reverted" and self.resolve(self.active) != self.active:
                 self.code["active"] = self.resolve(self.active)
             self.say(
                 f"code review at block {block}: {verdict.decision} {version_name(version.id)} "
-                f"({clip(one_line(verdict.evidence, 200), 200)}); code of the next block: "
+                f"({one_line(verdict.evidence, 200)}); code of the next block: "
                 f"{version_name(self.active)}"
             )
 
@@ -374,7 +373,7 @@ class CodeEditor:
         what = f"repair of {version_name(base)}" if repair_of is not None else f"edit of {version_name(base)}"
         self.say(
             f"code {version_name(number)} ({what}: {', '.join(version.regions)}) passed the checks; "
-            f"it runs from now on. {clip(one_line(rationale, 200), 200)}"
+            f"it runs from now on. {one_line(rationale, 200)}"
         )
         return version
 
@@ -453,7 +452,7 @@ class CodeEditor:
     def _revert(self, version: CodeVersion, reason: str) -> None:
         """Revert ``version`` and the versions its repairs replaced; the code falls back to the
         nearest live ancestor."""
-        version.status, version.reason = "reverted", clip(one_line(reason, 600), 600)
+        version.status, version.reason = "reverted", one_line(reason, 600)
         self._save_version(version)
         self.store.tag_verdict(version)
         versions = self.versions
@@ -493,7 +492,7 @@ class CodeEditor:
                 "## Candidate versions: answer KEEP or REVERT for each, citing the results above",
                 *(
                     f"### {version_name(v.id)} (edit of {version_name(v.parent or 0)}, block {v.block}): "
-                    f"{clip(one_line(v.rationale, 300), 300)}\n```diff\n{self._diff(v)}```"
+                    f"{one_line(v.rationale, 300)}\n```diff\n{self._diff(v)}```"
                     for v in candidates
                 ),
                 "",
@@ -558,7 +557,7 @@ class CodeEditor:
             lines.append(
                 f"- {version_name(vid)} ({version.status}; parent {version_name(version.parent or 0)}; block "
                 f"{version.block}; regions {', '.join(version.regions)}): "
-                f"{clip(one_line(version.rationale, 200), 200)}"
+                f"{one_line(version.rationale, 200)}"
                 + (f" [{clip(version.reason, 200)}]" if version.reason else "")
             )
         return "\n".join(lines)

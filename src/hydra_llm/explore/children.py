@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hydra_llm.explore.engine_config import EngineConfig
-from hydra_llm.explore.text import one_line
 from hydra_llm.explore.tree import Node, Objective
+from hydra_llm.printable import one_line
 
 
 @dataclass(frozen=True)

@@ -56,9 +56,10 @@ from hydra_llm.explore.sweep_folder import (
     set_aside,
     write_child_record,
 )
-from hydra_llm.explore.text import LIMITS, clean_reply, clip, one_line
+from hydra_llm.explore.text import LIMITS, clean_reply
 from hydra_llm.explore.tree import Node, UCBScore, describe_mutation, stats, ucb_scores
 from hydra_llm.files import atomic_write, atomic_write_text, is_out_of_space
+from hydra_llm.printable import clip, error_line, one_line
 
 if TYPE_CHECKING:
     from hydra_llm.code_edits.review import CodeEditor
@@ -185,7 +186,7 @@ class ExplorationEngine:
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             kept = set_aside(path, "corrupt")
             raise SweepConfigError(
-                f"{path} is unreadable ({type(err).__name__}: {one_line(err, 200)}); it was kept as "
+                f"{path} is unreadable ({error_line(err, 240)}); it was kept as "
                 f"{kept}. To continue, repair that file and move it back to {path.name}, or run again "
                 "with hydra.sweeper.resume=true to start a new exploration in this folder (its job "
                 "numbers continue after the existing job folders)"
@@ -649,7 +650,7 @@ class ExplorationEngine:
         try:
             outcomes = list(self.launch(children))
         except Exception as err:  # a hard crash of the launcher fails the batch, not the sweep
-            message = f"launcher error: {type(err).__name__}: {one_line(err, 300)}"
+            message = f"launcher error: {error_line(err, 340)}"
             self._event(self.state, f"iters {children[0].node_id}-{children[-1].node_id}: {message}")
             return [ChildOutcome("failed", error=message, lost=True) for _ in children]
         if len(outcomes) != len(children):

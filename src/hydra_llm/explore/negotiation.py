@@ -17,8 +17,9 @@ from typing import Any
 from hydra_llm.explore.children import CheckBatchFn, CheckFn
 from hydra_llm.explore.proposers.base import ExplorationView, Proposal, Proposer, ProposerReply
 from hydra_llm.explore.space import SearchSpace, parse_value
-from hydra_llm.explore.text import clean_reply, one_line
+from hydra_llm.explore.text import clean_reply
 from hydra_llm.explore.tree import Node
+from hydra_llm.printable import one_line
 
 BuildChild = Callable[[Proposal, int, ExplorationView, dict[str, Any]], Node]
 

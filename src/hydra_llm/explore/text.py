@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, replace
 
 from hydra_llm.explore.proposers.base import Proposal, ProposerReply, SlotObservation
+from hydra_llm.printable import CONTROL, clip, one_line
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 # Lines that would read as structure in analysis.md / sweep.log (a forged ``## Iter`` entry,
 # a block separator, a block summary heading).
 _STRUCTURE = re.compile(r"^(\s*)(#|---|===)")
@@ -38,25 +38,11 @@ class TextLimits:
 LIMITS = TextLimits()
 
 
-def clip(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, marking the cut."""
-    if len(text) <= limit:
-        return text
-    marker = f" [...{len(text) - limit} chars cut]"
-    return text[: max(0, limit - len(marker))] + marker
-
-
-def one_line(text: object, limit: int) -> str:
-    """One printable line: control characters dropped, any run of whitespace a single space, capped."""
-    cleaned = _CONTROL.sub(" ", str(text if text is not None else ""))
-    return clip(" ".join(cleaned.split()), limit)
-
-
 def block_text(text: object, max_chars: int, max_lines: int) -> str:
     """Printable multi-line text: no control characters, no structural line starts, capped."""
     lines = []
     for raw in str(text if text is not None else "").splitlines():
-        line = _CONTROL.sub(" ", raw.replace("\t", "    ")).rstrip()
+        line = CONTROL.sub(" ", raw.replace("\t", "    ")).rstrip()
         lines.append(_STRUCTURE.sub(r"\1\\\2", line))
     if len(lines) > max_lines:
         lines = [*lines[: max_lines - 1], f"[{len(lines) - max_lines + 1} lines cut]"]
@@ -65,7 +51,7 @@ def block_text(text: object, max_chars: int, max_lines: int) -> str:
 
 def plain_text(text: object, max_chars: int) -> str:
     """Printable multi-line text (markdown structure allowed, e.g. the working memory), capped."""
-    lines = [_CONTROL.sub(" ", raw.replace("\t", "    ")).rstrip() for raw in str(text or "").splitlines()]
+    lines = [CONTROL.sub(" ", raw.replace("\t", "    ")).rstrip() for raw in str(text or "").splitlines()]
     return clip("\n".join(lines), max_chars)
 
 
@@ -109,9 +95,9 @@ def _clean_overrides(overrides: dict, limits: TextLimits) -> dict:
     out = {}
     for key, value in overrides.items():
         key_text = str(key)
-        if len(key_text) > limits.key or _CONTROL.search(key_text):
+        if len(key_text) > limits.key or CONTROL.search(key_text):
             key_text = clip(repr(key_text), limits.key)  # quoted: never a valid key
-        if isinstance(value, str) and (len(value) > limits.value or _CONTROL.search(value)):
+        if isinstance(value, str) and (len(value) > limits.value or CONTROL.search(value)):
             value = clip(repr(value), limits.value)
         out[key_text] = value
     return out

@@ -253,11 +253,11 @@ class FlyvisGNN(FrameGNN):
         return g * g if self.g_phi_positive else g
 
     def psi(self, v: torch.Tensor) -> torch.Tensor:
-        """psi(v_j, a_j) for voltages (B, N) -> (B, N)."""
+        """psi(v_j, a_j) for voltages (..., N) -> (..., N)."""
         return self._psi_features(neuron_features(self.a, [v])).squeeze(-1)
 
     def f(self, v: torch.Tensor, msg: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-        """f_theta(v_i, a_i, msg_i, I_i) for (B, N) tensors -> dv/dt (B, N)."""
+        """f_theta(v_i, a_i, msg_i, I_i) for (..., N) tensors -> dv/dt (..., N)."""
         return self.yscale * self.f_theta(v, self.a, msg, inp)
 
     @property

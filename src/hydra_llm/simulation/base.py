@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from hydra_llm.files import atomic_torch_save, disk_size, reserve_disk
+from hydra_llm.printable import error_line
 
 log = logging.getLogger(__name__)
 # Bump when the layout of a cached file changes: older files are then ignored, never misread.
@@ -275,7 +276,7 @@ class SimulationDataModule(pl.LightningDataModule):
         except MemoryError:  # the entry may be sound
             raise
         except Exception as err:  # a damaged entry (a truncated file, a record deleted to free space)
-            reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+            reason = error_line(err, 300)
             log.warning("the data cache's %s cannot be read (%s); simulating it again", path, reason)
             self._discard(path, seen)
             self._write_cache(path)

@@ -44,9 +44,9 @@ from hydra_llm.explore.space import (
 )
 from hydra_llm.explore.state import state_path
 from hydra_llm.explore.sweep_folder import RESULTS_DIR
-from hydra_llm.explore.text import one_line
 from hydra_llm.explore.tree import Node
 from hydra_llm.files import atomic_write_text, disk_size, is_out_of_space, unwritable
+from hydra_llm.printable import error_line, one_line
 from hydra_llm.schemas.sweeper import CodeEditsConf, LLMUCBSweeperConf
 
 log = logging.getLogger(__name__)
@@ -631,7 +631,7 @@ class LLMUCBSweeperImpl:
         engine runs it again alone. Elsewhere (SLURM) children are separate jobs and fail by
         themselves."""
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        reason = " ".join(f"{type(err).__name__}: {err}".split())
+        reason = error_line(err, 1000)
         timeout = OmegaConf.select(self.config.hydra.launcher, "timeout", default=None)
         if type(err).__name__ == "TimeoutError" and timeout is not None:  # joblib's says nothing more
             reason = f"time limit reached (hydra.launcher.timeout={timeout} s per child): {reason}"
