@@ -3,6 +3,8 @@
     python bench/bench_flyvis.py sim        # frames/s of the Euler simulator at extent 8
     python bench/bench_flyvis.py step       # node-wise g_phi + index_add vs torch-geometric propagate
                                             # with a CSR product vs per-edge MessagePassing
+    python bench/bench_flyvis.py record     # one record of the R2 log (--step-form affine: the
+                                            # experiment=flyvis_recovery model)
     python bench/bench_flyvis.py recovery   # simulate + train + evaluate on a CPU-sized budget
     python bench/bench_flyvis.py readout    # today's read-outs of the snapshots that
                                             # `recovery --rec-snapshots` saved (same --rec-* arguments)
@@ -89,15 +91,15 @@ def train_step(model, opt, v: torch.Tensor, inp: torch.Tensor, dv: torch.Tensor)
     opt.step()
 
 
-def bench_step(extent: int, batch: int, repeats: int, steps: int, device: str = "cpu") -> None:
-    from hydra_llm.models.flyvis_gnn import FlyvisGNN
+def random_observations(extent: int, n_frames: int, gen: torch.Generator):
+    """``Observations`` on the connectome at ``extent`` with random voltages, derivative and input
+    (n_frames, N): what a step or a read-out costs does not depend on the values."""
     from hydra_llm.simulation.base import Observations
     from hydra_llm.simulation.flyvis.connectome import compile_connectome, load_spec
 
     c = compile_connectome(load_spec(), extent)
-    T, N = 64, c.n_neurons
-    gen = torch.Generator().manual_seed(0)
-    obs = Observations(
+    T, N = n_frames, c.n_neurons
+    return Observations(
         activity=torch.randn(T, N, generator=gen),
         derivative=torch.randn(T, N, generator=gen),
         dt=0.02,
@@ -105,12 +107,21 @@ def bench_step(extent: int, batch: int, repeats: int, steps: int, device: str = 
         edge_index=torch.from_numpy(np.stack([c.edge_src, c.edge_tgt])).long(),
         external_input=torch.rand(T, N, generator=gen),
     )
+
+
+def bench_step(
+    extent: int, batch: int, repeats: int, steps: int, device: str = "cpu", form: str = "joint"
+) -> None:
+    from hydra_llm.models.flyvis_gnn import FlyvisGNN
+
+    T, gen = 64, torch.Generator().manual_seed(0)
+    obs = random_observations(extent, T, gen)
     training = asdict(FlyvisTraining())
     sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
     times = {}
     for aggregation in ("node", "sparse", "edge"):
         torch.manual_seed(0)
-        model = FlyvisGNN(obs, training, aggregation=aggregation).to(device)
+        model = FlyvisGNN(obs, training, aggregation=aggregation, update_form=form).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         idx = torch.randint(0, T, (batch,), generator=gen)
         v, dv, inp = (x[idx].to(device) for x in (obs.activity, obs.derivative, obs.external_input))
@@ -125,13 +136,41 @@ def bench_step(extent: int, batch: int, repeats: int, steps: int, device: str = 
             samples.append((time.perf_counter() - t0) / steps)
         times[aggregation] = statistics.median(samples)
         print(
-            f"[step] extent {extent}, batch {batch}, aggregation={aggregation}, {device}: "
-            f"{1e3 * times[aggregation]:.2f} ms/step"
+            f"[step] extent {extent}, batch {batch}, aggregation={aggregation}, update_form={form}, "
+            f"{device}: {1e3 * times[aggregation]:.2f} ms/step"
         )
     print(
         f"[step] node-wise gather/index_add vs propagate with a CSR product: "
         f"x{times['sparse'] / times['node']:.2f}; vs per-edge: x{times['edge'] / times['node']:.1f} "
         f"(same run); {load()}"
+    )
+
+
+def bench_record(extent: int, repeats: int, form: str) -> None:
+    """One record of the R2 log (``ConnectivityR2Log``: the line read-out of W*, without the
+    zero-drive pass of f where the code has that option) on an untrained model at ``extent``, 2,000
+    random frames; the median of ``repeats`` after one untimed record."""
+    import inspect
+
+    from hydra_llm.evaluation.flyvis import NeuronRange, corrected_weights
+    from hydra_llm.models.flyvis_gnn import FlyvisGNN
+
+    obs = random_observations(extent, 2000, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = FlyvisGNN(obs, asdict(FlyvisTraining()), update_form=form).eval()
+    span = NeuronRange.of(obs.activity)
+    light = "zero_drive" in inspect.signature(corrected_weights).parameters
+    kwargs = {"zero_drive": False} if light else {}
+    corrected_weights(model, obs, span, **kwargs)
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        corrected_weights(model, obs, span, **kwargs)
+        samples.append(time.perf_counter() - t0)
+    runs = ", ".join(f"{x:.2f}" for x in samples)
+    print(
+        f"[record] extent {extent}, update_form={form}, zero-drive pass {'skipped' if light else 'run'}: "
+        f"{statistics.median(samples):.2f} s (runs: {runs}); {load()}"
     )
 
 
@@ -778,7 +817,18 @@ def main() -> None:
     )
     parser.add_argument(
         "what",
-        choices=["sim", "step", "recovery", "readout", "errors", "clusters", "vrest", "memory", "all"],
+        choices=[
+            "sim",
+            "step",
+            "record",
+            "recovery",
+            "readout",
+            "errors",
+            "clusters",
+            "vrest",
+            "memory",
+            "all",
+        ],
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -788,6 +838,7 @@ def main() -> None:
     parser.add_argument("--step-batch", type=int, default=4)
     parser.add_argument("--step-iters", type=int, default=3)
     parser.add_argument("--step-device", default="cpu", help="cpu, or cuda for a GPU's step time")
+    parser.add_argument("--step-form", choices=["joint", "separable", "affine"], default="joint")
     parser.add_argument("--rec-extent", type=int, default=1)
     parser.add_argument("--rec-frames", type=int, default=20000)
     parser.add_argument(
@@ -840,7 +891,11 @@ def main() -> None:
     if args.what in ("sim", "all"):
         bench_sim(args.sim_extent, args.sim_frames, args.repeats, 0.05)
     if args.what in ("step", "all"):
-        bench_step(args.step_extent, args.step_batch, args.repeats, args.step_iters, args.step_device)
+        bench_step(
+            args.step_extent, args.step_batch, args.repeats, args.step_iters, args.step_device, args.step_form
+        )
+    if args.what == "record":
+        bench_record(args.step_extent, args.repeats, args.step_form)
     run = RecoveryRun(
         args.rec_extent,
         args.rec_frames,
