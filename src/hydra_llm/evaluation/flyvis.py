@@ -467,8 +467,9 @@ class ConnectivityR2Log(pl.Callback):
     only exposes its learned functions and its current ``phase`` (W, V_rest or joint).
 
     ``max_records`` caps the rows of a long run: the interval grows to ``ceil(steps / max_records)``
-    when that is longer. A record reads W out through the learned functions, 5.2-5.7 s at extent 8 on
-    2 CPU cores: every 200 steps of the default training's 89,600 it would add 41 min (None: no cap).
+    when that is longer. A record reads W out through the learned functions (not the zero-drive
+    V_rest), 6.7 s at extent 8 on 2 CPU cores with the affine f (``bench/bench_flyvis.py record``):
+    every 200 steps of the default training's 89,600 it would add 50 min (None: no cap).
     ``options``: :class:`~hydra_llm.schemas.evaluation.R2TrajectoryLog` keys.
     """
 
@@ -503,8 +504,7 @@ class ConnectivityR2Log(pl.Callback):
                 obs = self.observations
                 self.range = NeuronRange.of(obs.activity[: obs.n_train_frames])
             readouts = corrected_weights(pl_module, self.observations, self.range, zero_drive=False)
-            W_star = readouts["line"]["W_star"]
-            W_star = W_star.double().cpu()
+            W_star = readouts["line"]["W_star"].double()
             r2 = r2_slope(self.true_W, W_star)[0]
         finally:
             pl_module.train(was_training)
