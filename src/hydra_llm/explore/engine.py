@@ -506,7 +506,7 @@ class ExplorationEngine:
         except FileNotFoundError:
             return None
         except OSError as err:  # a folder of that name, no permission: the sweep goes on without it
-            self._event(self.state, f"user_input.md cannot be read ({type(err).__name__}: {err}); skipped")
+            self._event(self.state, f"user_input.md cannot be read ({error_line(err, 300)}); skipped")
             return None
 
     def _pending_user_input(self) -> str:
