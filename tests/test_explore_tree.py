@@ -188,7 +188,7 @@ def _run(i, reward, overrides):
 
 
 def test_best_config_is_judged_on_its_replicates_not_one_lucky_run():
-    from hydra_llm.explore.reports import best_config, optimization_results, pooled_std
+    from hydra_llm.explore.reports import best_config, optimization_results, pooled_std, render_variance
 
     a, b, c = {"lr": 1}, {"lr": 2}, {"lr": 3}
     # A ran three times (0.80, 0.84, 0.82), B twice (0.70, 0.74); C once, at 0.85: the highest single run.
@@ -206,10 +206,20 @@ def test_best_config_is_judged_on_its_replicates_not_one_lucky_run():
     # With this tight spread C's single run still has the higher bound: 0.85 - sigma > 0.82 - sigma/sqrt(3).
     best = best_config(nodes)
     assert [n.id for n in best.runs] == [4] and best.score == pytest.approx(0.85 - sigma)
+    # what the console and sweep.log say of it: one run has no spread to give (unknown, not 0)
+    assert best.summary("score") == "0.85 (1 run: node 4)"
+    single = optimization_results(nodes, Objective(metric="score"), [], "t")["best_config_replicates"]
+    assert single["runs"] == 1 and single["std"] is None
     # With a larger run-to-run spread the single run loses its lead.
     noisy = [*nodes, _run(7, 0.90, b), _run(8, 0.60, b)]
     best = best_config(noisy)
     assert [n.id for n in best.runs] == [1, 2, 5] and best.node.id == 2
+    assert best.summary("score") == "0.82 +- 0.02 (3 runs: nodes 1, 2, 5)"
+    variance = render_variance(noisy, Objective(metric="score"))
+    assert "| 0.8200 ± 0.0200 | 2.4% |" in variance and "| 0.8500 (one run) | - |" in variance
+    failed = node(9, None, -1.0, overrides=a, status="failed")
+    one_done = best_config([_run(1, 0.8, a), failed])
+    assert one_done.summary("score") == "0.8 (1 of 2 runs completed: nodes 1, 9)"
     results = optimization_results(noisy, Objective(metric="score"), [], "t")
     assert results["best_value"] == pytest.approx(0.82) and results["best_run_value"] == pytest.approx(0.84)
     assert results["best_config_replicates"]["nodes"] == [1, 2, 5]

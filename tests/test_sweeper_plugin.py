@@ -17,6 +17,8 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 
 from hydra_llm.explore.engine_config import SweepConfigError
+from hydra_llm.explore.reports import best_config
+from hydra_llm.explore.tree import Node
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "tests" / "apps" / "toy" / "toy_app.py"
@@ -469,6 +471,10 @@ def test_console_shows_the_exploration_not_the_children(tmp_path, launcher):
     assert len(node_lines) == 8 and len(batch_lines) == 2, out[-3000:]
     assert all(" -> score=" in line and "| best " in line and "(parent " in line for line in node_lines)
     assert all("runs in" in line and "0 failed" in line for line in batch_lines)
+    # the last line names the best config with its spread over replicates (none for a single run)
+    best = best_config([Node.from_dict(n) for n in load(tmp_path)["nodes"]])
+    done = [line for line in lines if "[llm_ucb] done: best config " in line]
+    assert len(done) == 1 and f"score={best.summary('score')}; best run node {best.node.id} (" in done[0]
     assert len(lines) <= 8 + 2 + 6, "\n".join(lines)  # plus a few sweep-level lines (proposer, done)
     for job in range(8):
         log = (tmp_path / str(job) / "child.log").read_text()

@@ -57,7 +57,7 @@ from hydra_llm.explore.sweep_folder import (
     write_child_record,
 )
 from hydra_llm.explore.text import LIMITS, clean_reply
-from hydra_llm.explore.tree import Node, UCBScore, describe_mutation, stats, ucb_scores
+from hydra_llm.explore.tree import Node, UCBScore, describe_mutation, ucb_scores
 from hydra_llm.files import atomic_write, atomic_write_text, is_out_of_space
 from hydra_llm.printable import clip, error_line, one_line
 
@@ -348,11 +348,7 @@ class ExplorationEngine:
         metric = self.config.objective.metric
         for node in nodes:  # the best config up to this node (this batch's nodes only)
             best = reports.best_config([n for n in self.state.nodes if n.id <= node.id])
-            best_text = (
-                f"best {_value(best.mean(metric))} (node {best.node.id}, {len(best.runs)} run(s))"
-                if best is not None
-                else "best -"
-            )
+            best_text = f"best {best.summary(metric)}" if best is not None else "best -"
             parent = "root" if node.parent is None else node.parent
             change = node.mutation_text or ("replicate" if node.parent is not None else "root config")
             result = (
@@ -722,13 +718,11 @@ class ExplorationEngine:
         best = reports.best_config(self.state.nodes)
         if best is not None:
             metric = self.config.objective.metric
-            s = stats(n.metrics[metric] for n in best.runs if n.status == "completed" and metric in n.metrics)
-            runs = ",".join(str(n.id) for n in best.runs)
             self._event(
                 self.state,
-                f"done: best config {metric}={_value(s.mean)} +- {_value(s.std)} over nodes {runs} "
-                f"(best run node {best.node.id}, job {best.node.job_num}, "
-                f"{best.node.output_dir or 'no folder'}); report: {self.exploration / 'report.html'}",
+                f"done: best config {metric}={best.summary(metric)}; best run node {best.node.id} "
+                f"(job {best.node.job_num}, {best.node.output_dir or 'no folder'}); "
+                f"report: {self.exploration / 'report.html'}",
             )
         self.persist()
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra_llm.explore.space import format_value
-from hydra_llm.explore.tree import Node, Objective, UCBScore, group_rewards, stats
+from hydra_llm.explore.tree import GroupStats, Node, Objective, UCBScore, group_rewards, stats
 
 VARIANCE_METRICS = ("tau_R2", "V_rest_R2", "cluster_accuracy", "test_R2")
 _EXTRA_UCB_METRICS = (
@@ -158,7 +158,7 @@ def render_variance(nodes: Sequence[Node], objective: Objective) -> str:
                 cells += ["-", "-"]
             else:
                 cv = "-" if s.runs < 2 or math.isnan(s.cv) else f"{100 * s.cv:.1f}%"
-                cells += [f"{s.mean:.4f} ± {s.std:.4f}", cv]
+                cells += [f"{s.mean:.4f}" + (f" ± {s.std:.4f}" if s.runs > 1 else " (one run)"), cv]
         ids = ",".join(str(n.id) for n in members)
         failed = len(members) - len(done)
         row = [key, ids, str(len(members)), str(failed), *cells, render_config(members[0])]
@@ -183,9 +183,25 @@ class BestConfig:
 
     def mean(self, metric: str) -> float:
         """The mean of ``metric`` over the group's completed runs."""
-        return stats(
-            n.metrics[metric] for n in self.runs if n.status == "completed" and metric in n.metrics
-        ).mean
+        return self.stats(metric).mean
+
+    def stats(self, metric: str) -> GroupStats:
+        """The count, mean and standard deviation of ``metric`` over the group's completed runs."""
+        return stats(n.metrics[metric] for n in self.runs if n.status == "completed" and metric in n.metrics)
+
+    def summary(self, metric: str) -> str:
+        """``metric`` as a reader should take it: mean +- standard deviation over replicates, and no
+        spread for a config run once (unknown, not 0): ``0.947 +- 0.0083 (2 runs: nodes 4, 8)``,
+        ``0.9587 (1 run: node 6)``, ``0.93 (1 of 2 runs completed: nodes 3, 9)``."""
+        s = self.stats(metric)
+        ids = [str(n.id) for n in self.runs]
+        listed = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        spread = f" +- {_num(s.std)}" if s.runs > 1 else ""
+        if s.runs < len(ids):
+            count = f"{s.runs} of {len(ids)} runs completed"
+        else:
+            count = "1 run" if s.runs == 1 else f"{s.runs} runs"
+        return f"{_num(s.mean)}{spread} ({count}: node{'s' if len(ids) > 1 else ''} {listed})"
 
 
 def pooled_std(nodes: Sequence[Node]) -> float:
@@ -265,7 +281,7 @@ def optimization_results(
                 "runs": len(best.runs),
                 "failed": len(best.runs) - s.runs,
                 "mean": float(s.mean),
-                "std": float(s.std),
+                "std": float(s.std) if s.runs > 1 else None,  # one run: unknown, not 0
                 "lower_bound_reward": float(best.score),
                 "pooled_run_std": float(best.pooled_std),
                 "nodes": [n.id for n in best.runs],
