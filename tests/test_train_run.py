@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from hydra_llm.schemas.evaluation import SignalEvaluation, is_metric, metric_names
+from hydra_llm.schemas.evaluation import (
+    FlyvisEvaluation,
+    MetabolismEvaluation,
+    SignalEvaluation,
+    headline_names,
+    is_metric,
+    metric_names,
+)
 from hydra_llm.train import run
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -88,10 +95,37 @@ def check_job_folder(metrics: dict[str, float], out: Path) -> None:
     assert metrics["smoothing_window"] >= 1  # the frames the record was smoothed over (1: raw)
 
 
-def test_run_without_logger(tmp_path):
-    metrics, out = tiny_run(tmp_path, "logger=none")
+def test_run_without_logger(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="hydra_llm.train"):
+        metrics, out = tiny_run(tmp_path, "logger=none")
     check_job_folder(metrics, out)
     assert len(list((tmp_path / "cache").glob("SignalDataModule-*.pt"))) == 1
+    # the terminal's table: the headline first, in its order, then the other read-outs, the oracle
+    # ones and the run's own figures, every metric once
+    table = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("metrics:"))
+    rows = [line.split() for line in table.splitlines() if line.startswith("    ")]
+    assert sorted(name for name, _ in rows) == sorted(metrics)
+    titles = [line.strip() for line in table.splitlines() if line.startswith("  ") and line[2] != " "]
+    assert [t for t in titles if not t.startswith(("metric", "-", "saved"))] == [
+        "headline (read from what the model learned)",
+        "other read-outs",
+        "oracle (borrow from the ground truth)",
+        "run",
+    ]
+    names = [name for name, _ in rows]
+    assert names[:5] == list(SignalEvaluation.HEADLINE)
+    oracle = [n for n in names if n.endswith("_oracle")]
+    assert len(oracle) == 3 and names[-3 - len(oracle) : -3] == oracle
+    assert names[-3:] == ["final_loss", "training_time_min", "smoothing_window"]
+    assert all(float(value) == pytest.approx(metrics[name], rel=1e-3, abs=1e-12) for name, value in rows)
+
+
+def test_each_regime_heads_its_table_with_metrics_it_returns():
+    for schema in (SignalEvaluation, FlyvisEvaluation, MetabolismEvaluation):
+        assert schema.HEADLINE and set(schema.HEADLINE) <= set(schema.METRICS), schema.__name__
+        assert headline_names(schema._target_) == schema.HEADLINE
+        assert not any(name.endswith("_oracle") for name in schema.HEADLINE)
+    assert headline_names("my_lab.evaluate") == ()  # a user's own evaluation: no headline group
 
 
 def test_run_with_csv_logger_and_known_sparse_graph(tmp_path):

@@ -12,14 +12,14 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_llm import preflight
-from hydra_llm.schemas.evaluation import unknown_metric
+from hydra_llm.schemas.evaluation import RUN_METRICS, headline_names, unknown_metric
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +212,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics = finite_metrics(metrics)
 
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        log.info("metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
-        if not in_sweep():
-            print(metrics_table(metrics, out / "metrics.json"), flush=True)
+        headline = headline_names(str(cfg.evaluation.get("_target_")))
+        log.info("metrics:%s", metrics_table(metrics, out / "metrics.json", headline))
         if logger is not None:
             log_results(logger, metrics, out / "plots")
         return metrics
@@ -256,12 +255,26 @@ def fit(cfg: DictConfig, datamodule, out: Path, *, callbacks=(), logger=None, **
     return model, (time.perf_counter() - start) / 60.0
 
 
-def metrics_table(metrics: Mapping[str, float], path: Path) -> str:
-    """The run's metrics as an aligned two-column table, for the terminal at the end of a run."""
-    width = max((len(k) for k in metrics), default=6)
-    rows = [f"  {key:<{width}}  {value:>10.4g}" for key, value in sorted(metrics.items())]
+def metrics_table(metrics: Mapping[str, float], path: Path, headline: Sequence[str] = ()) -> str:
+    """The run's metrics as an aligned table for the terminal, in groups under their titles: the
+    ``headline`` metrics in their order, the other read-outs, those that borrow from the ground truth
+    (``_oracle``) and the run's own figures (``RUN_METRICS``)."""
+    first = [k for k in headline if k in metrics]
+    run_info = [k for k in RUN_METRICS if k in metrics]
+    rest = sorted(k for k in metrics if k not in first and k not in run_info)
+    groups = (
+        ("headline (read from what the model learned)", first),
+        ("other read-outs", [k for k in rest if not k.endswith("_oracle")]),
+        ("oracle (borrow from the ground truth)", [k for k in rest if k.endswith("_oracle")]),
+        ("run", run_info),
+    )
+    width = max((len(k) + 2 for k in metrics), default=6)
     rule = "  " + "-" * (width + 12)
-    return "\n".join(["", f"  {'metric':<{width}}  {'value':>10}", rule, *rows, rule, f"  saved: {path}", ""])
+    lines = ["", f"  {'metric':<{width}}  {'value':>10}", rule]
+    for title, keys in groups:
+        if keys:
+            lines += [f"  {title}", *(f"    {key:<{width - 2}}  {metrics[key]:>10.4g}" for key in keys)]
+    return "\n".join([*lines, rule, f"  saved: {path}", ""])
 
 
 def quiet_duplicate_loggers() -> None:

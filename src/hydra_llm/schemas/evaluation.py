@@ -36,6 +36,13 @@ class SignalEvaluation:
         "test_R2", "test_pearson", "test_one_step_R2",
         "connectivity_R2_oracle", "connectivity_R2_identity_oracle", "tau_R2_oracle",
     )  # fmt: skip
+    HEADLINE: ClassVar[tuple[str, ...]] = (
+        "connectivity_R2",
+        "tau_R2",
+        "cluster_accuracy",
+        "test_R2",
+        "test_pearson",
+    )
     _target_: str = "hydra_llm.evaluation.signal.evaluate"
     rollout_frames: int = 200  # rollout length from the first held-out frame (2 time units at dt 0.01)
     make_plots: bool = True
@@ -101,6 +108,9 @@ class FlyvisEvaluation:
         "V_rest_zero_drive_slope_local", "cluster_accuracy_local",
         "test_R2", "test_pearson", "test_R2_ood", "test_pearson_ood", "degeneracy_gap",
     )  # fmt: skip
+    HEADLINE: ClassVar[tuple[str, ...]] = (
+        "connectivity_R2", "tau_R2", "V_rest_R2", "cluster_accuracy", "test_R2", "test_pearson",
+    )  # fmt: skip
     _target_: str = "hydra_llm.evaluation.flyvis.evaluate"
     rollout_frames: int = 500  # rollout length on held-out and out-of-distribution stimuli
     # |W* - w| above it: dropped from connectivity_R2_trimmed_oracle (as the original)
@@ -131,6 +141,12 @@ class MetabolismEvaluation:
         "embedding_cluster_acc", "embedding_n_clusters", "embedding_silhouette",
         "embedding_cluster_acc_kmeans", "embedding_n_clusters_kmeans",
     )  # fmt: skip
+    HEADLINE: ClassVar[tuple[str, ...]] = (
+        "rate_constants_R2",
+        "avg_slope_ratio",
+        "embedding_cluster_acc",
+        "test_R2",
+    )
     _target_: str = "hydra_llm.evaluation.metabolism.evaluate"
     slope_c_min: float = 0.0  # MLP_node line fits over this concentration grid
     slope_c_max: float = 10.0
@@ -164,6 +180,13 @@ def metric_names(target: str) -> tuple[str, ...] | None:
     without a schema here (a user's own), whose metrics are known only once it ran."""
     schema = EVALUATIONS.get(target)
     return None if schema is None else (*schema.METRICS, *RUN_METRICS)
+
+
+def headline_names(target: str) -> tuple[str, ...]:
+    """The metrics a run with the evaluation ``target`` is judged by (its schema's ``HEADLINE``, read
+    from what the model learned), in the order a reader looks for them; none for a user's own."""
+    schema = EVALUATIONS.get(target)
+    return () if schema is None else schema.HEADLINE
 
 
 def is_metric(name: str, names: Iterable[str]) -> bool:
