@@ -307,6 +307,7 @@ def test_table_sorts_by_metric_and_best_so_far_is_drawn(page, report):
     assert page.input_value("#block-select") == "1" and "Node 2" in page.inner_text("#panel h2")
     assert page.locator('#tree g.node.selected[data-id="2"]').count() == 1
 
+    assert page.inner_text("#best-title").startswith("Best single run so far: r2 (")
     path = page.get_attribute("#best-chart path.best-line", "d")
     assert path and path.startswith("M") and path.count("L") > 10
     assert page.locator("#best-chart circle.point").count() == sum(

@@ -11,7 +11,7 @@ the CSS, the script and the data are inline; plots are linked by their path rela
 2. a side panel for a clicked node: identity, status, strategy, hypothesis, observation, error,
    mutation, its overrides against its parent's, simulation, metrics, seeds and plots;
 3. a sortable table of all nodes (objective and a few other metrics);
-4. the best-so-far objective against node id;
+4. the best single run's objective so far against node id;
 5. the replicate table: configs with two or more completed runs (runs, mean, std, CV);
 6. per block: the block summary and the protocol rules diff.
 
@@ -743,7 +743,8 @@ function renderTable() {
 function bestChart() {
   const pts = DATA.best;
   const o = DATA.objective;
-  document.getElementById("best-title").textContent = "Best " + METRIC + " so far (" +
+  // one run each: the sweep names its best config by the mean over replicates (the table below)
+  document.getElementById("best-title").textContent = "Best single run so far: " + METRIC + " (" +
     (o.direction === "target" ? "closest to " + fmt(o.target) : o.direction) + ")";
   const chart = d3.select("#best-chart");
   if (!pts.length) { chart.append("text").attr("x", 20).attr("y", 30).text("no completed node yet"); return; }
