@@ -217,6 +217,18 @@ def test_best_config_is_judged_on_its_replicates_not_one_lucky_run():
     assert best.summary("score") == "0.82 +- 0.02 (3 runs: nodes 1, 2, 5)"
     variance = render_variance(noisy, Objective(metric="score"))
     assert "| 0.8200 ± 0.0200 | 2.4% |" in variance and "| 0.8500 (one run) | - |" in variance
+    # besides the objective, the spread of the headline metrics of the regime the runs belong to
+    for k, n in enumerate(noisy):
+        n.metrics.update(rate_constants_R2=k / 10, avg_slope_ratio=1.0, embedding_cluster_acc=0.5)
+        n.metrics.update(test_R2=0.9, tau_R2=0.3)  # tau_R2: returned, but not in the metabolism headline
+    head = render_variance(noisy, Objective(metric="score")).splitlines()[0]
+    assert [c.split(" (")[0] for c in head.split(" | ")[4:-1:2]] == [
+        "score",
+        "rate_constants_R2",
+        "avg_slope_ratio",
+        "embedding_cluster_acc",
+        "test_R2",
+    ]
     failed = node(9, None, -1.0, overrides=a, status="failed")
     one_done = best_config([_run(1, 0.8, a), failed])
     assert one_done.summary("score") == "0.8 (1 of 2 runs completed: nodes 1, 9)"

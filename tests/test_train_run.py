@@ -10,10 +10,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from hydra_llm.schemas.evaluation import (
+    RUN_METRICS,
     FlyvisEvaluation,
     MetabolismEvaluation,
     SignalEvaluation,
     headline_names,
+    headline_of,
     is_metric,
     metric_names,
 )
@@ -126,6 +128,18 @@ def test_each_regime_heads_its_table_with_metrics_it_returns():
         assert headline_names(schema._target_) == schema.HEADLINE
         assert not any(name.endswith("_oracle") for name in schema.HEADLINE)
     assert headline_names("my_lab.evaluate") == ()  # a user's own evaluation: no headline group
+
+
+def test_the_metrics_a_run_returns_name_its_regimes_headline():
+    # what variance.md shows of a sweep's runs, read from their metrics alone (the sweeper does not
+    # know the evaluation): a flyvis run also returns the whole signal headline, and must still be read
+    # as flyvis
+    for schema in (SignalEvaluation, FlyvisEvaluation, MetabolismEvaluation):
+        returned = {m.replace("<i>", "0") for m in (*schema.METRICS, *RUN_METRICS)}
+        assert headline_of(returned) == schema.HEADLINE, schema.__name__
+    # a user's own evaluation: the headline metrics of any regime that it returns, nothing else
+    assert headline_of({"my_score", "test_R2", "tau_R2"}) == ("tau_R2", "test_R2")
+    assert headline_of({"my_score"}) == ()
 
 
 def test_run_with_csv_logger_and_known_sparse_graph(tmp_path):

@@ -17,8 +17,8 @@ from typing import Any
 
 from hydra_llm.explore.space import format_value
 from hydra_llm.explore.tree import GroupStats, Node, Objective, UCBScore, group_rewards, stats
+from hydra_llm.schemas.evaluation import headline_of
 
-VARIANCE_METRICS = ("tau_R2", "V_rest_R2", "cluster_accuracy", "test_R2")
 _EXTRA_UCB_METRICS = (
     ("Pearson", "test_pearson"),
     ("Cluster", "cluster_accuracy"),
@@ -137,9 +137,10 @@ def variance_groups(nodes: Sequence[Node]) -> dict[str, list[Node]]:
 
 
 def render_variance(nodes: Sequence[Node], objective: Objective) -> str:
-    """variance.md: one row per config group (runs, failures, mean ± std and CV per metric)."""
-    metrics = [objective.metric] + [m for m in VARIANCE_METRICS if m != objective.metric]
-    present = [m for m in metrics if any(m in n.metrics for n in nodes)] or [objective.metric]
+    """variance.md: one row per config group (runs, failures, mean ± std and CV per metric), for the
+    objective and the headline metrics of the regime the runs returned (:func:`headline_of`)."""
+    returned = {m for n in nodes for m in n.metrics}
+    present = [objective.metric] + [m for m in headline_of(returned) if m != objective.metric]
     head = (
         "| Config ID | Nodes | Runs | Failed | "
         + " | ".join(f"{m} (mean ± std) | CV" for m in present)

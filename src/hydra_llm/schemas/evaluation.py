@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -187,6 +187,17 @@ def headline_names(target: str) -> tuple[str, ...]:
     from what the model learned), in the order a reader looks for them; none for a user's own."""
     schema = EVALUATIONS.get(target)
     return () if schema is None else schema.HEADLINE
+
+
+def headline_of(returned: Collection[str]) -> tuple[str, ...]:
+    """The headline metrics of the regime that returned the metrics ``returned``: the longest schema
+    ``HEADLINE`` that ``returned`` holds in full (a flyvis run also returns the signal headline), in its
+    order; for a user's own evaluation, which matches none, every schema's headline metric it returns."""
+    held = [s.HEADLINE for s in EVALUATIONS.values() if all(m in returned for m in s.HEADLINE)]
+    if held:
+        return max(held, key=len)
+    every = dict.fromkeys(m for s in EVALUATIONS.values() for m in s.HEADLINE)
+    return tuple(m for m in every if m in returned)
 
 
 def is_metric(name: str, names: Iterable[str]) -> bool:
