@@ -157,6 +157,28 @@ def test_target_direction_scores_closeness(tmp_path):
     assert [p["best"] for p in data["best"]] == [3.0, 1.2, 1.2, 0.9, 1.05]
 
 
+def test_best_config_so_far_is_the_one_the_sweep_names(tmp_path):
+    # the chart's second line follows the config the console, sweep.log and W&B name best (judged on its
+    # replicates), read back from state.json as the engine wrote it
+    from hydra_llm.explore.reports import best_so_far
+    from hydra_llm.explore.tree import Node
+
+    sweep = build_sweep(tmp_path, n_nodes=48)
+    data = page_data(write_report(sweep, OBJECTIVE, "t").read_text(encoding="utf-8"))
+    state = json.loads((sweep / "exploration" / "state.json").read_text(encoding="utf-8"))
+    runs = [Node.from_dict(n) for n in state["nodes"]]
+    expected = {run.id: best.stats("r2") for run, best in zip(runs, best_so_far(runs), strict=True)}
+    points = data["best"]
+    assert len(points) == sum(1 for n in runs if n.status == "completed")
+    for point in points:
+        group = expected[point["id"]]
+        assert point["config"] == pytest.approx(group.mean) and point["config_runs"] == group.runs
+    # replicates were run, and a config's mean is not its best run's value
+    assert max(p["config_runs"] for p in points) >= 2
+    assert any(p["config"] != pytest.approx(p["best"]) for p in points)
+    assert "_run" not in data["nodes"][0] and "_hash" not in data["nodes"][0]
+
+
 def test_hostile_text_cannot_leave_the_data_script(tmp_path):
     sweep = build_sweep(tmp_path, n_nodes=24)
     html = write_report(sweep, OBJECTIVE, "</title><script>alert(1)</script>").read_text(encoding="utf-8")
@@ -307,9 +329,13 @@ def test_table_sorts_by_metric_and_best_so_far_is_drawn(page, report):
     assert page.input_value("#block-select") == "1" and "Node 2" in page.inner_text("#panel h2")
     assert page.locator('#tree g.node.selected[data-id="2"]').count() == 1
 
-    assert page.inner_text("#best-title").startswith("Best single run so far: r2 (")
-    path = page.get_attribute("#best-chart path.best-line", "d")
-    assert path and path.startswith("M") and path.count("L") > 10
+    assert page.inner_text("#best-title").startswith("Best so far: r2 (")
+    for line in ("best-line", "config-line"):
+        path = page.get_attribute(f"#best-chart path.{line}", "d")
+        assert path and path.startswith("M") and path.count("L") > 10, line
+    legend = page.locator("#best-chart .legend text").all_text_contents()
+    assert legend[0] == "best single run"
+    assert re.fullmatch(r"best config: mean over its (1 run|\d+ runs)", legend[1])
     assert page.locator("#best-chart circle.point").count() == sum(
         1 for n in nodes if n["status"] == "completed"
     )

@@ -11,7 +11,9 @@ the CSS, the script and the data are inline; plots are linked by their path rela
 2. a side panel for a clicked node: identity, status, strategy, hypothesis, observation, error,
    mutation, its overrides against its parent's, simulation, metrics, seeds and plots;
 3. a sortable table of all nodes (objective and a few other metrics);
-4. the best single run's objective so far against node id;
+4. the objective so far against node id: of the best single run, and the mean over its replicates of
+   the config the sweep names best (:func:`hydra_llm.explore.reports.best_so_far`, as its console and
+   W&B's ``best_so_far``);
 5. the replicate table: configs with two or more completed runs (runs, mean, std, CV);
 6. per block: the block summary and the protocol rules diff.
 
@@ -37,7 +39,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from hydra_llm.explore.tree import config_hash, stats
+from hydra_llm.explore.reports import best_so_far
+from hydra_llm.explore.tree import Node, config_hash, stats
 from hydra_llm.files import atomic_write_text
 
 REPORT_NAME = "report.html"
@@ -72,8 +75,9 @@ def build_data(sweep_dir: Path, objective: Mapping[str, Any], title: str) -> dic
     obj = _objective(objective, warnings)
     nodes = _nodes(state.get("nodes"), obj, Path(sweep_dir), warnings)
     replicates = _replicates(nodes)
+    best = _best_so_far(nodes, obj["metric"])
     for node in nodes:
-        del node["_hash"]
+        del node["_hash"], node["_run"]
     return {
         "title": _text(title, 500),
         "sweep_id": _text(state.get("sweep_id"), 500),
@@ -86,7 +90,7 @@ def build_data(sweep_dir: Path, objective: Mapping[str, Any], title: str) -> dic
         "blocks": _blocks(nodes, state.get("block_summaries"), exploration / "protocol"),
         "code": _code_versions(state.get("code"), exploration / "code"),
         "replicates": replicates,
-        "best": _best_so_far(nodes),
+        "best": best,
         "warnings": warnings,
     }
 
@@ -137,6 +141,9 @@ def _nodes(raw: Any, obj: Mapping[str, Any], sweep_dir: Path, warnings: list[str
         metrics = _dict(item.get("metrics"))
         status = "completed" if item.get("status") == "completed" else "failed"
         value = _finite(metrics.get(obj["metric"])) if status == "completed" else None
+        score = _score(value, obj)
+        overrides, simulation = _dict(item.get("overrides")), _dict(item.get("simulation"))
+        code_version = _int(item.get("code_version")) or 0
         mutation_text = _text(item.get("mutation_text"), TEXT_LIMIT) or "; ".join(
             f"{k}={_value(v)}" for k, v in _dict(item.get("mutation")).items()
         )
@@ -153,22 +160,20 @@ def _nodes(raw: Any, obj: Mapping[str, Any], sweep_dir: Path, warnings: list[str
             "observation": _text(item.get("observation"), TEXT_LIMIT),
             "error": _text(item.get("error"), TEXT_LIMIT),
             "mutation_text": mutation_text,
-            "overrides": {k: _value(v) for k, v in _dict(item.get("overrides")).items()},
-            "simulation": {k: _value(v) for k, v in _dict(item.get("simulation")).items()},
+            "overrides": {k: _value(v) for k, v in overrides.items()},
+            "simulation": {k: _value(v) for k, v in simulation.items()},
             "seeds": {k: _value(v) for k, v in _dict(item.get("seeds")).items()},
-            "code_version": _int(item.get("code_version")) or 0,
+            "code_version": code_version,
             "metrics": {k: _metric(v) for k, v in metrics.items()},
             "output_dir": _text(item.get("output_dir"), 1000),
             "plots": _plots(item.get("plots"), sweep_dir),
             "value": value,
-            "score": _score(value, obj),
-            # for the replicate groups only (removed before the data goes to the page)
-            "_hash": config_hash(
-                _dict(item.get("overrides")),
-                _dict(item.get("simulation")),
-                int(item.get("code_version") or 0),
-            ),
+            "score": score,
+            # for the replicate groups and the best config only (removed before the data goes to the page)
+            "_hash": config_hash(overrides, simulation, code_version),
         }
+        run = _as_run(nodes[node_id], overrides, simulation, item.get("reward"), obj["metric"])
+        nodes[node_id]["_run"] = run
     for node in nodes.values():
         # The tree parent: an earlier node of the same block, else the block's root. Parents always
         # have smaller ids, which also rules out cycles in odd data.
@@ -280,8 +285,28 @@ def _replicates(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _best_so_far(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One point per completed node (id order): its value and the best value up to it."""
+def _as_run(
+    node: Mapping[str, Any], overrides: dict[str, Any], simulation: dict[str, Any], reward: Any, metric: str
+) -> Node | None:
+    """A page node as the sweep judges it (its config, status, objective value and reward: the state's
+    own, else the page's score), for :func:`best_so_far`; None for a failed run without a reward."""
+    reward = _finite(reward)
+    reward = node["score"] if reward is None else reward
+    if reward is None:
+        return None
+    return Node(
+        id=node["id"], parent=None, block=0, slot=0, strategy="", overrides=overrides, mutation={},
+        simulation=simulation, seeds={}, job_num=0, status=node["status"], reward=reward,
+        metrics={} if node["value"] is None else {metric: node["value"]}, code_version=node["code_version"],
+    )  # fmt: skip
+
+
+def _best_so_far(nodes: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """One point per completed node (id order): its value, the best single value up to it, and the
+    mean ``metric`` of the best config up to it (judged on its replicates, as the sweep judges it) with
+    its number of completed runs."""
+    runs = [n["_run"] for n in nodes if n["_run"] is not None]
+    configs = {run.id: best for run, best in zip(runs, best_so_far(runs), strict=True)}
     points: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for node in nodes:
@@ -290,6 +315,10 @@ def _best_so_far(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if best is None or node["score"] > best["score"]:
             best = node
         point = {"id": node["id"], "value": node["value"], "best": best["value"], "best_id": best["id"]}
+        config = configs.get(node["id"])
+        group = config.stats(metric) if config is not None else None
+        point["config"] = _finite(group.mean) if group is not None and group.runs else None
+        point["config_runs"] = group.runs if group is not None else 0
         points.append(point)
     return points
 
@@ -415,6 +444,8 @@ pre .add { color: #080; } pre .del { color: #c00; } pre .hunk { color: #66a; }
 #panel table { font-size: 12px; margin: 4px 0; } #panel tr.changed td { background: #fff4d0; }
 #panel img { max-width: 100%; border: 1px solid #ddd; margin: 4px 0; }
 #best-chart .best-line { fill: none; stroke: #06c; stroke-width: 2px; }
+#best-chart .config-line { fill: none; stroke: #393; stroke-width: 2px; stroke-dasharray: 6 3; }
+#best-chart .legend { font-size: 11px; }
 #best-chart .point { fill: #999; } #best-chart .target { stroke: #c60; stroke-dasharray: 4 3; }
 #best-chart .block-line { stroke: #aaa; stroke-dasharray: 2 3; }
 #best-chart .block-label { font-size: 10px; fill: #888; }
@@ -743,14 +774,14 @@ function renderTable() {
 function bestChart() {
   const pts = DATA.best;
   const o = DATA.objective;
-  // one run each: the sweep names its best config by the mean over replicates (the table below)
-  document.getElementById("best-title").textContent = "Best single run so far: " + METRIC + " (" +
+  document.getElementById("best-title").textContent = "Best so far: " + METRIC + " (" +
     (o.direction === "target" ? "closest to " + fmt(o.target) : o.direction) + ")";
   const chart = d3.select("#best-chart");
   if (!pts.length) { chart.append("text").attr("x", 20).attr("y", 30).text("no completed node yet"); return; }
   const W = +chart.attr("width"), H = +chart.attr("height"), m = {l: 56, r: 16, t: 10, b: 34};
   const ids = d3.extent(pts, p => p.id);
-  const vals = pts.map(p => p.value).concat(o.target === null ? [] : [o.target]);
+  const configs = pts.filter(p => p.config !== null);
+  const vals = pts.map(p => p.value).concat(configs.map(p => p.config), o.target === null ? [] : [o.target]);
   const x = d3.scaleLinear().domain(ids[0] === ids[1] ? [ids[0] - 1, ids[1] + 1] : ids).range([m.l, W - m.r]);
   const y = d3.scaleLinear().domain(d3.extent(vals)).nice().range([H - m.b, m.t]);
   chart.append("g").attr("transform", "translate(0," + (H - m.b) + ")").call(d3.axisBottom(x).ticks(10));
@@ -773,6 +804,20 @@ function bestChart() {
     .attr("cx", p => x(p.id)).attr("cy", p => y(p.value));
   chart.append("path").attr("class", "best-line").datum(pts)
     .attr("d", d3.line().x(p => x(p.id)).y(p => y(p.best)).curve(d3.curveStepAfter));
+  // what the sweep names its best: a config judged on its replicates (the console's and W&B's line)
+  chart.append("path").attr("class", "config-line").datum(configs)
+    .attr("d", d3.line().x(p => x(p.id)).y(p => y(p.config)).curve(d3.curveStepAfter));
+  const last = configs.length ? configs[configs.length - 1] : null;
+  const legend = chart.append("g").attr("class", "legend")
+    .attr("transform", "translate(" + (W - m.r - 300) + "," + (H - m.b - 30) + ")");
+  [["best-line", "best single run"],
+   ["config-line", "best config: mean over its " + (last ? last.config_runs + " " : "") +
+     (last && last.config_runs === 1 ? "run" : "runs")]]
+    .forEach(([cls, text], i) => {
+      legend.append("line").attr("class", cls).attr("x1", 0).attr("x2", 24)
+        .attr("y1", 14 * i).attr("y2", 14 * i);
+      legend.append("text").attr("x", 30).attr("y", 14 * i + 4).text(text);
+    });
 }
 
 // ------------------------------------------------------------------------------ replicates, blocks
