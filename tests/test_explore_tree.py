@@ -232,6 +232,7 @@ def test_best_config_is_judged_on_its_replicates_not_one_lucky_run():
     failed = node(9, None, -1.0, overrides=a, status="failed")
     one_done = best_config([_run(1, 0.8, a), failed])
     assert one_done.summary("score") == "0.8 (1 of 2 runs completed: nodes 1, 9)"
+    assert one_done.summary("loss") == "nan (0 of 2 runs with loss: nodes 1, 9)"  # a metric no run gave
     results = optimization_results(noisy, Objective(metric="score"), [], "t")
     assert results["best_value"] == pytest.approx(0.82) and results["best_run_value"] == pytest.approx(0.84)
     assert results["best_config_replicates"]["nodes"] == [1, 2, 5]

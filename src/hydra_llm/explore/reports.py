@@ -193,12 +193,16 @@ class BestConfig:
     def summary(self, metric: str) -> str:
         """``metric`` as a reader should take it: mean +- standard deviation over replicates, and no
         spread for a config run once (unknown, not 0): ``0.947 +- 0.0083 (2 runs: nodes 4, 8)``,
-        ``0.9587 (1 run: node 6)``, ``0.93 (1 of 2 runs completed: nodes 3, 9)``."""
+        ``0.9587 (1 run: node 6)``, ``0.93 (1 of 2 runs completed: nodes 3, 9)``, and for completed runs
+        without ``metric`` ``nan (0 of 1 runs with loss: node 2)``."""
         s = self.stats(metric)
         ids = [str(n.id) for n in self.runs]
         listed = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
         spread = f" +- {_num(s.std)}" if s.runs > 1 else ""
-        if s.runs < len(ids):
+        completed = sum(1 for n in self.runs if n.status == "completed")
+        if s.runs < completed:
+            count = f"{s.runs} of {len(ids)} runs with {metric}"
+        elif s.runs < len(ids):
             count = f"{s.runs} of {len(ids)} runs completed"
         else:
             count = "1 run" if s.runs == 1 else f"{s.runs} runs"
