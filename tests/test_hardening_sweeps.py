@@ -251,7 +251,11 @@ def test_ctrl_c_in_the_preflight_is_one_line_and_writes_nothing(tmp_path):
     try:
         wait_for(marker.exists, 90, "the preflight to start")
         os.killpg(proc.pid, signal.SIGINT)
-        rc = proc.wait(timeout=15)
+        # the preflight sleeps 60 s: a sweeper that ignored the signal would outlast this wait
+        try:
+            rc = proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 45 s after SIGINT: {stderr_of(sweep)[-2000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
