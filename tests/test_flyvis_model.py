@@ -131,6 +131,31 @@ def test_training_lowers_the_loss_and_sets_final_loss(data):
     assert abs(model.final_loss - after) < 0.5 * before
 
 
+def test_a_step_cap_that_the_batch_leaves_unreached_is_named_when_the_fit_starts(data, caplog):
+    """A larger batch divides the steps that the frames allow (frames x loop // batch x 0.2): where
+    that falls below ``max_steps_per_epoch`` the run is shorter than asked, and the fit says so once,
+    naming the key that lifts it; a cap that binds says nothing."""
+    n = data.observations.n_train_frames
+    runs = {}
+    for batch in (4, 16):
+        caplog.clear()
+        model = FlyvisGNN(
+            data.observations,
+            training(max_steps_per_epoch=40, batch_size=batch, data_augmentation_loop=1600 / n),
+            hidden_dim=8,
+            hidden_dim_update=8,
+        )
+        with caplog.at_level("WARNING", logger="hydra_llm.models.flyvis_gnn"):
+            trainer = fit(data, model)
+        runs[batch] = (trainer.global_step, [r.getMessage() for r in caplog.records])
+    assert runs[4] == (40, [])
+    steps, messages = runs[16]
+    assert steps == model.steps_per_epoch < 40 and len(messages) == 1
+    assert messages[0].startswith(f"training.max_steps_per_epoch=40 is not reached: {n} training frames")
+    hint = f"batch_size 16 x 0.2 give {steps} steps an epoch; raise training.data_augmentation_loop"
+    assert hint in messages[0]
+
+
 def test_final_loss_is_the_mean_prediction_loss_of_the_last_tenth_of_the_epoch(data):
     """The epoch's losses go into one buffer (a scalar tensor kept per step grew an extent-8 run by about
     3 MB a step); it starts afresh each epoch and is let go at the epoch's end."""

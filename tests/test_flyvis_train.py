@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from hydra_llm.schemas.evaluation import FlyvisEvaluation
+from hydra_llm.simulation.frames import iterations_per_epoch
 from hydra_llm.train import run
 from tests.test_train_run import check_declared
 
@@ -106,6 +107,8 @@ def test_the_recovery_experiment_bundles_the_measured_settings_and_runs_end_to_e
     assert training.alternate_training and training.n_alternations == 1
     assert (training.alternate_vrest_ratio, training.alternate_lr_ratio) == (0.6, 0.1)
     assert training.alternate_lr_ratio_W_phase == 1.0  # f_theta and a keep their rates in stage one
+    n_train = sim.n_frames - round(sim.test_fraction * sim.n_frames)  # the cap binds at batch 32 too
+    assert iterations_per_epoch(n_train, training.data_augmentation_loop, 32) >= 48_000
 
     tiny = [o for o in FLYVIS_TINY if not o.startswith("simulation=")]
     log_every_6 = "evaluation.callbacks.0.every_n_steps=6"

@@ -54,6 +54,7 @@ v(k + time_step).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -71,6 +72,8 @@ from hydra_llm.schemas.models import FlyvisModel
 from hydra_llm.schemas.training import FlyvisTraining
 from hydra_llm.simulation.base import IndexedInput, Observations
 from hydra_llm.simulation.frames import FrameSampling, iterations_per_epoch
+
+log = logging.getLogger(__name__)
 
 
 def validate_training(training: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -303,6 +306,24 @@ class FlyvisGNN(FrameGNN):
         )
         cap = cfg.get("max_steps_per_epoch")
         return min(steps, int(cap)) if cap else steps
+
+    def unreached_step_cap(self) -> str | None:
+        """Why ``max_steps_per_epoch`` does not set the epoch's length, or None where it does (or is
+        unset): a larger batch divides the steps that the frames allow, and the cap then never binds."""
+        cfg = self.training_cfg
+        cap = cfg.get("max_steps_per_epoch")
+        if not cap or self.steps_per_epoch >= int(cap):
+            return None
+        return (
+            f"training.max_steps_per_epoch={int(cap)} is not reached: {self.n_train_frames} training frames "
+            f"x data_augmentation_loop {float(cfg['data_augmentation_loop']):g} // batch_size "
+            f"{int(cfg['batch_size'])} x 0.2 give {self.steps_per_epoch} steps an epoch; raise "
+            f"training.data_augmentation_loop to train {int(cap)}"
+        )
+
+    def on_fit_start(self) -> None:
+        if (reason := self.unreached_step_cap()) is not None:
+            log.warning(reason)
 
     @property
     def total_steps(self) -> int:
