@@ -3,6 +3,8 @@
     python bench/bench_flyvis.py sim        # frames/s of the Euler simulator at extent 8
     python bench/bench_flyvis.py step       # node-wise g_phi + index_add vs torch-geometric propagate
                                             # with a CSR product vs per-edge MessagePassing
+    python bench/bench_flyvis.py batch      # the node-wise step against batch size (--step-batches),
+                                            # deterministic algorithms off and on (trainer=gpu)
     python bench/bench_flyvis.py record     # one record of the R2 log (--step-form affine: the
                                             # experiment=flyvis_recovery model)
     python bench/bench_flyvis.py recovery   # simulate + train + evaluate on a CPU-sized budget
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,32 +112,38 @@ def random_observations(extent: int, n_frames: int, gen: torch.Generator):
     )
 
 
+def step_time(
+    obs, batch: int, repeats: int, steps: int, device: str, form: str, aggregation: str = "node"
+) -> float:
+    """Median seconds of one training step (``train_step``: forward, backward, Adam) of a fresh FlyvisGNN
+    on ``batch`` frames of ``obs``, over ``repeats`` timings of ``steps`` steps after one untimed step."""
+    from hydra_llm.models.flyvis_gnn import FlyvisGNN
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    torch.manual_seed(0)
+    model = FlyvisGNN(obs, asdict(FlyvisTraining()), aggregation=aggregation, update_form=form).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    idx = torch.randint(0, obs.activity.shape[0], (batch,), generator=torch.Generator().manual_seed(batch))
+    v, dv, inp = (x[idx].to(device) for x in (obs.activity, obs.derivative, obs.external_input))
+    train_step(model, opt, v, inp, dv)  # the first step allocates (and warms up a GPU): not timed
+    samples = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step(model, opt, v, inp, dv)
+        sync()
+        samples.append((time.perf_counter() - t0) / steps)
+    return statistics.median(samples)
+
+
 def bench_step(
     extent: int, batch: int, repeats: int, steps: int, device: str = "cpu", form: str = "joint"
 ) -> None:
-    from hydra_llm.models.flyvis_gnn import FlyvisGNN
-
-    T, gen = 64, torch.Generator().manual_seed(0)
-    obs = random_observations(extent, T, gen)
-    training = asdict(FlyvisTraining())
-    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    obs = random_observations(extent, 64, torch.Generator().manual_seed(0))
     times = {}
     for aggregation in ("node", "sparse", "edge"):
-        torch.manual_seed(0)
-        model = FlyvisGNN(obs, training, aggregation=aggregation, update_form=form).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        idx = torch.randint(0, T, (batch,), generator=gen)
-        v, dv, inp = (x[idx].to(device) for x in (obs.activity, obs.derivative, obs.external_input))
-        train_step(model, opt, v, inp, dv)  # the first step allocates (and warms up a GPU): not timed
-        samples = []
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                train_step(model, opt, v, inp, dv)
-            sync()
-            samples.append((time.perf_counter() - t0) / steps)
-        times[aggregation] = statistics.median(samples)
+        times[aggregation] = step_time(obs, batch, repeats, steps, device, form, aggregation)
         print(
             f"[step] extent {extent}, batch {batch}, aggregation={aggregation}, update_form={form}, "
             f"{device}: {1e3 * times[aggregation]:.2f} ms/step"
@@ -144,6 +153,31 @@ def bench_step(
         f"x{times['sparse'] / times['node']:.2f}; vs per-edge: x{times['edge'] / times['node']:.1f} "
         f"(same run); {load()}"
     )
+
+
+def bench_batch(
+    extent: int, batches: list[int], repeats: int, steps: int, device: str = "cpu", form: str = "joint"
+) -> None:
+    """The node-wise training step against batch size, with torch's deterministic algorithms off and on
+    (``trainer=gpu`` turns them on: ``index_add`` then runs its deterministic CUDA kernel)."""
+    obs = random_observations(extent, 64, torch.Generator().manual_seed(0))
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        for deterministic in (False, True):
+            torch.use_deterministic_algorithms(deterministic, warn_only=True)
+            base = None
+            for batch in batches:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "index_add has no deterministic ..." on some builds
+                    seconds = step_time(obs, batch, repeats, steps, device, form)
+                base = base or seconds
+                print(
+                    f"[batch] extent {extent}, update_form={form}, {device}, deterministic={deterministic}: "
+                    f"batch {batch} {1e3 * seconds:.2f} ms/step (x{seconds / base:.2f} batch {batches[0]}'s)"
+                )
+    finally:
+        torch.use_deterministic_algorithms(before)
+    print(f"[batch] {load()}")
 
 
 def bench_record(extent: int, repeats: int, form: str) -> None:
@@ -820,6 +854,7 @@ def main() -> None:
         choices=[
             "sim",
             "step",
+            "batch",
             "record",
             "recovery",
             "readout",
@@ -836,6 +871,7 @@ def main() -> None:
     parser.add_argument("--sim-frames", type=int, default=4000)
     parser.add_argument("--step-extent", type=int, default=8)
     parser.add_argument("--step-batch", type=int, default=4)
+    parser.add_argument("--step-batches", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     parser.add_argument("--step-iters", type=int, default=3)
     parser.add_argument("--step-device", default="cpu", help="cpu, or cuda for a GPU's step time")
     parser.add_argument("--step-form", choices=["joint", "separable", "affine"], default="joint")
@@ -893,6 +929,15 @@ def main() -> None:
     if args.what in ("step", "all"):
         bench_step(
             args.step_extent, args.step_batch, args.repeats, args.step_iters, args.step_device, args.step_form
+        )
+    if args.what == "batch":
+        bench_batch(
+            args.step_extent,
+            args.step_batches,
+            args.repeats,
+            args.step_iters,
+            args.step_device,
+            args.step_form,
         )
     if args.what == "record":
         bench_record(args.step_extent, args.repeats, args.step_form)
