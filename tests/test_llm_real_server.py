@@ -149,8 +149,10 @@ def test_two_batch_sweep_against_llama_cpp_server(server, tmp_path):
     capabilities = json.loads(cache.read_text())
     assert capabilities["mode"] in ("json_object", "tool", "text") and capabilities["model"] == "smollm2"
     first_modes = [c["mode"] for c in http[0]]
-    assert first_modes[0] == "json_schema" and capabilities["mode"] in first_modes
-    assert all(c["mode"] == capabilities["mode"] for calls in http[1:] for c in calls)
+    assert first_modes[0] == "json_schema" and capabilities["mode"] in first_modes, modes
+    # (a first call whose lower-mode request runs past its deadline leaves the step-down unconfirmed,
+    # and the next call probes json_schema again: on a machine too loaded for this server, it fails here)
+    assert all(c["mode"] == capabilities["mode"] for calls in http[1:] for c in calls), modes
 
     # Every proposal call, retries and re-asks included, ended inside its deadline.
     per_call = [sum(c.get("latency_s") or 0 for c in calls) for calls in http]
