@@ -340,3 +340,16 @@ def test_table_sorts_by_metric_and_best_so_far_is_drawn(page, report):
         1 for n in nodes if n["status"] == "completed"
     )
     assert page.locator("#replicates tbody tr").count() >= 1
+
+
+def test_a_short_sweep_counts_its_nodes_in_whole_numbers(browser, tmp_path):
+    """On 8 nodes the best-so-far chart's axis marks node ids, not fractions of one."""
+    report = write_report(build_sweep(tmp_path, n_nodes=8), OBJECTIVE, "Toy sweep: 8 nodes")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(report.as_uri())
+    page.wait_for_selector("body[data-ready='1']")
+    labels = page.locator("#best-chart > g:first-of-type .tick text").all_text_contents()
+    page.close()
+    assert len(labels) >= 4 and all(label.isdigit() for label in labels), labels
+    assert [int(label) for label in labels] == sorted({int(label) for label in labels})
+    assert int(labels[0]) >= 1 and int(labels[-1]) <= 8

@@ -784,7 +784,9 @@ function bestChart() {
   const vals = pts.map(p => p.value).concat(configs.map(p => p.config), o.target === null ? [] : [o.target]);
   const x = d3.scaleLinear().domain(ids[0] === ids[1] ? [ids[0] - 1, ids[1] + 1] : ids).range([m.l, W - m.r]);
   const y = d3.scaleLinear().domain(d3.extent(vals)).nice().range([H - m.b, m.t]);
-  chart.append("g").attr("transform", "translate(0," + (H - m.b) + ")").call(d3.axisBottom(x).ticks(10));
+  const idTicks = x.ticks(Math.min(10, ids[1] - ids[0] + 1)).filter(Number.isInteger);  // node ids only
+  chart.append("g").attr("transform", "translate(0," + (H - m.b) + ")")
+    .call(d3.axisBottom(x).tickValues(idTicks).tickFormat(d3.format("d")));
   chart.append("g").attr("transform", "translate(" + m.l + ",0)").call(d3.axisLeft(y).ticks(6));
   chart.append("text").attr("x", (W + m.l) / 2).attr("y", H - 2).attr("text-anchor", "middle")
     .text("node id");
