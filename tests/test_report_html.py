@@ -20,7 +20,6 @@ from hydra_llm.explore.protocol import RULES_BEGIN, RULES_END, protocol_diff
 from hydra_llm.explore.report_html import write_report
 from tests.test_explore_engine import ToyLauncher, make
 
-ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVE = {"metric": "r2", "direction": "maximize", "target": None}
 HOSTILE_STRATEGY = '<img src=x onerror="window.__pwned=1">'
 HOSTILE_HYPOTHESIS = "</script><script>window.__pwned=2</script>"
@@ -287,9 +286,6 @@ def test_node_panel_shows_details_plots_and_inert_hostile_text(page, report):
     assert images.count() == 2
     assert images.first.get_attribute("src") == f"../{node['job_num']}/plots/activity.png"
     page.wait_for_function("[...document.querySelectorAll('#panel img')].every(i => i.naturalWidth > 0)")
-    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
-        (ROOT / "docs").mkdir(exist_ok=True)
-        page.screenshot(path=str(ROOT / "docs" / "report.png"))
 
     hostile = next(n for n in nodes if n["strategy"] == HOSTILE_STRATEGY)
     page.select_option("#block-select", str(hostile["block"]))
@@ -342,14 +338,46 @@ def test_table_sorts_by_metric_and_best_so_far_is_drawn(page, report):
     assert page.locator("#replicates tbody tr").count() >= 1
 
 
-def test_a_short_sweep_counts_its_nodes_in_whole_numbers(browser, tmp_path):
-    """On 8 nodes the best-so-far chart's axis marks node ids, not fractions of one."""
-    report = write_report(build_sweep(tmp_path, n_nodes=8), OBJECTIVE, "Toy sweep: 8 nodes")
+def test_a_short_signal_sweep_counts_whole_nodes_and_shows_the_headline_first(browser, tmp_path):
+    """On 8 nodes the best-so-far chart's axis marks node ids, not fractions of one; with a regime's
+    metrics the node table shows the objective and the regime's headline, and the panel groups the
+    metrics as a run's own table does (headline, other read-outs, oracle, run)."""
+    from hydra_llm.schemas.evaluation import RUN_METRICS, SignalEvaluation
+
+    sweep = build_sweep(tmp_path, n_nodes=8)
+    path = sweep / "exploration" / "state.json"
+    state = json.loads(path.read_text(encoding="utf-8"))
+    names = (*SignalEvaluation.METRICS, *RUN_METRICS)
+    for node in state["nodes"]:
+        if node["status"] == "completed":
+            score = node["metrics"]["r2"]
+            node["metrics"] = {name: score - i / 1000 for i, name in enumerate(names)}
+    path.write_text(json.dumps(state), encoding="utf-8")
+    objective = {"metric": "tau_R2", "direction": "maximize", "target": None}
+    report = write_report(sweep, objective, "Toy sweep: 8 nodes, the signal regime's metrics")
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(report.as_uri())
     page.wait_for_selector("body[data-ready='1']")
     labels = page.locator("#best-chart > g:first-of-type .tick text").all_text_contents()
-    page.close()
     assert len(labels) >= 4 and all(label.isdigit() for label in labels), labels
     assert [int(label) for label in labels] == sorted({int(label) for label in labels})
     assert int(labels[0]) >= 1 and int(labels[-1]) <= 8
+
+    headers = [h.split(" ")[0] for h in page.locator("#nodes-table th").all_inner_texts()]
+    assert headers[5:] == ["tau_R2", "connectivity_R2", "cluster_accuracy", "test_R2", "test_pearson"]
+    done = next(n for n in state["nodes"] if n["status"] == "completed")
+    page.click(f'#nodes-table tr[data-id="{done["id"]}"]')
+    rows = page.locator("#panel h3:text-is('Metrics') + table tr").all_inner_texts()
+    titles = [r for r in rows if "\t" not in r]
+    keys = [r.split("\t")[0] for r in rows if "\t" in r]
+    page.close()
+    assert titles == [
+        "headline (read from what the model learned)",
+        "other read-outs",
+        "oracle (borrow from the ground truth)",
+        "run",
+    ]
+    assert rows[0] == titles[0] and keys[:5] == list(SignalEvaluation.HEADLINE)
+    oracle = [k for k in keys if k.endswith("_oracle")]
+    assert oracle == sorted(oracle) and keys[-len(RUN_METRICS) - len(oracle) : -len(RUN_METRICS)] == oracle
+    assert keys[-len(RUN_METRICS) :] == list(RUN_METRICS) and len(keys) == len(names)

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_llm import preflight
-from hydra_llm.schemas.evaluation import RUN_METRICS, headline_names, unknown_metric
+from hydra_llm.schemas.evaluation import headline_names, metric_groups, unknown_metric
 
 log = logging.getLogger(__name__)
 
@@ -256,24 +256,13 @@ def fit(cfg: DictConfig, datamodule, out: Path, *, callbacks=(), logger=None, **
 
 
 def metrics_table(metrics: Mapping[str, float], path: Path, headline: Sequence[str] = ()) -> str:
-    """The run's metrics as an aligned table for the terminal, in groups under their titles: the
-    ``headline`` metrics in their order, the other read-outs, those that borrow from the ground truth
-    (``_oracle``) and the run's own figures (``RUN_METRICS``)."""
-    first = [k for k in headline if k in metrics]
-    run_info = [k for k in RUN_METRICS if k in metrics]
-    rest = sorted(k for k in metrics if k not in first and k not in run_info)
-    groups = (
-        ("headline (read from what the model learned)", first),
-        ("other read-outs", [k for k in rest if not k.endswith("_oracle")]),
-        ("oracle (borrow from the ground truth)", [k for k in rest if k.endswith("_oracle")]),
-        ("run", run_info),
-    )
+    """The run's metrics as an aligned table for the terminal, in :func:`metric_groups` under their
+    titles (the ``headline`` metrics first)."""
     width = max((len(k) + 2 for k in metrics), default=6)
     rule = "  " + "-" * (width + 12)
     lines = ["", f"  {'metric':<{width}}  {'value':>10}", rule]
-    for title, keys in groups:
-        if keys:
-            lines += [f"  {title}", *(f"    {key:<{width - 2}}  {metrics[key]:>10.4g}" for key in keys)]
+    for title, keys in metric_groups(metrics, headline):
+        lines += [f"  {title}", *(f"    {key:<{width - 2}}  {metrics[key]:>10.4g}" for key in keys)]
     return "\n".join([*lines, rule, f"  saved: {path}", ""])
 
 

@@ -9,8 +9,9 @@ the CSS, the script and the data are inline; plots are linked by their path rela
    subtrees): nodes coloured by the objective (higher is better whatever the direction: for a target,
    closeness to it), failed nodes outlined in red with a cross, and the list of failed nodes;
 2. a side panel for a clicked node: identity, status, strategy, hypothesis, observation, error,
-   mutation, its overrides against its parent's, simulation, metrics, seeds and plots;
-3. a sortable table of all nodes (objective and a few other metrics);
+   mutation, its overrides against its parent's, simulation, metrics (in the groups of a run's own
+   table: headline, other read-outs, oracle, run), seeds and plots;
+3. a sortable table of all nodes (the objective and the regime's headline metrics);
 4. the objective so far against node id: of the best single run, and the mean over its replicates of
    the config the sweep names best (:func:`hydra_llm.explore.reports.best_so_far`, as its console and
    W&B's ``best_so_far``);
@@ -42,11 +43,12 @@ from urllib.parse import quote
 from hydra_llm.explore.reports import best_so_far
 from hydra_llm.explore.tree import Node, config_hash, stats
 from hydra_llm.files import atomic_write_text
+from hydra_llm.schemas.evaluation import headline_of, metric_groups
 
 REPORT_NAME = "report.html"
 TEXT_LIMIT = 5000  # characters kept of one LLM text field of a node
 BLOCK_TEXT_LIMIT = 50_000  # of a block summary or protocol diff
-TABLE_METRICS = 3  # metrics shown in the node table besides the objective
+TABLE_METRICS = 3  # metrics shown in the node table besides the objective, where no headline is known
 _DIRECTIONS = ("maximize", "minimize", "target")
 # What must never appear raw inside <script>: it could end the element (or start an HTML comment);
 # U+2028/2029 are escaped for older JS parsers.
@@ -87,6 +89,7 @@ def build_data(sweep_dir: Path, objective: Mapping[str, Any], title: str) -> dic
         "objective": obj,
         "nodes": nodes,
         "table_metrics": _table_metrics(nodes, obj["metric"]),
+        "metric_groups": _metric_groups(nodes),
         "blocks": _blocks(nodes, state.get("block_summaries"), exploration / "protocol"),
         "code": _code_versions(state.get("code"), exploration / "code"),
         "replicates": replicates,
@@ -201,10 +204,18 @@ def _plots(raw: Any, sweep_dir: Path) -> list[str]:
 
 
 def _table_metrics(nodes: list[dict[str, Any]], metric: str) -> list[str]:
-    """The objective metric, then the most common other metrics."""
+    """The objective metric, then the headline metrics of the regime the runs returned
+    (:func:`headline_of`); for a user's own evaluation, which has none, its most common metrics."""
     counts = Counter(k for n in nodes for k in n["metrics"] if k != metric)
-    others = sorted(counts, key=lambda k: (-counts[k], k))[:TABLE_METRICS]
+    headline = [k for k in headline_of(counts) if k != metric]
+    others = headline or sorted(counts, key=lambda k: (-counts[k], k))[:TABLE_METRICS]
     return [metric, *others]
+
+
+def _metric_groups(nodes: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """Every metric the nodes hold in :func:`metric_groups` (the panel's order)."""
+    names = {k for n in nodes for k in n["metrics"]}
+    return metric_groups(names, headline_of(names))
 
 
 def _blocks(nodes: list[dict[str, Any]], summaries: Any, protocol_dir: Path) -> list[dict[str, Any]]:
@@ -442,6 +453,7 @@ pre .add { color: #080; } pre .del { color: #c00; } pre .hunk { color: #66a; }
 #panel dt { color: #666; }
 #panel dd, #panel .text { margin: 0; white-space: pre-wrap; word-break: break-word; }
 #panel table { font-size: 12px; margin: 4px 0; } #panel tr.changed td { background: #fff4d0; }
+#panel tr.group th { text-align: left; font-weight: normal; font-style: italic; color: #555; }
 #panel img { max-width: 100%; border: 1px solid #ddd; margin: 4px 0; }
 #best-chart .best-line { fill: none; stroke: #06c; stroke-width: 2px; }
 #best-chart .config-line { fill: none; stroke: #393; stroke-width: 2px; stroke-dasharray: 6 3; }
@@ -513,6 +525,10 @@ function kvTable(rows, head) {
   const body = t.createTBody();
   rows.forEach(r => {
     const tr = body.insertRow();
+    if (r.title) {  // a group's title across the row
+      const th = el("th", r.title); th.colSpan = 2; tr.appendChild(th); tr.className = "group";
+      return;
+    }
     r.cells.forEach(c => tr.appendChild(el("td", fmt(c))));
     if (r.cls) tr.className = r.cls;
   });
@@ -707,7 +723,11 @@ function showPanel(n) {
       cls: before[k] === n.overrides[k] ? "" : "changed"})), ["key", "parent", "node"]) : "root config");
   const kv = o => Object.keys(o).sort().map(k => ({cells: [k, o[k]]}));
   if (Object.keys(n.simulation).length) panelSection(panel, "Simulation", kvTable(kv(n.simulation)));
-  panelSection(panel, "Metrics", Object.keys(n.metrics).length ? kvTable(kv(n.metrics)) : "none");
+  const metricRows = DATA.metric_groups.flatMap(([title, keys]) => {
+    const held = keys.filter(k => k in n.metrics);
+    return held.length ? [{title: title}, ...held.map(k => ({cells: [k, n.metrics[k]]}))] : [];
+  });
+  panelSection(panel, "Metrics", metricRows.length ? kvTable(metricRows) : "none");
   panelSection(panel, "Seeds", Object.keys(n.seeds).length ? kvTable(kv(n.seeds)) : "none");
   if (DATA.code.length) panelSection(panel, "Code version", versionName(n.code_version) +
     (n.code_version ? " (diff under Code versions)" : " (the installed code)"));

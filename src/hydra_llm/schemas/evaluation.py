@@ -200,6 +200,23 @@ def headline_of(returned: Collection[str]) -> tuple[str, ...]:
     return tuple(m for m in every if m in returned)
 
 
+def metric_groups(names: Iterable[str], headline: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """``names`` in the groups a reader looks for them in, each under its title, empty ones left out:
+    the ``headline`` metrics in their order, the other read-outs, those that borrow from the ground
+    truth (``_oracle``) and the run's own figures (``RUN_METRICS``), each of the last three sorted."""
+    names = set(names)
+    first = [k for k in headline if k in names]
+    run = [k for k in RUN_METRICS if k in names]
+    rest = sorted(names - set(first) - set(run))
+    groups = [
+        ("headline (read from what the model learned)", first),
+        ("other read-outs", [k for k in rest if not k.endswith("_oracle")]),
+        ("oracle (borrow from the ground truth)", [k for k in rest if k.endswith("_oracle")]),
+        ("run", run),
+    ]
+    return [(title, keys) for title, keys in groups if keys]
+
+
 def is_metric(name: str, names: Iterable[str]) -> bool:
     """Whether ``name`` is one of ``names`` (see :func:`metric_names` for ``<i>``)."""
     return any(re.fullmatch(re.escape(n).replace("<i>", r"\d+"), name) for n in names)
