@@ -644,8 +644,9 @@ def test_a_cluster_launcher_leaves_the_gpu_to_its_nodes():
 
 
 def test_a_top_level_key_that_nothing_reads_is_refused(monkeypatch):
-    """``+seed=3`` (Hydra's own advice for ``seed=3``) would otherwise train as if it were not there; a
-    key added under a group, or a group added with ``+``, is left to its own checks."""
+    """``+seed=3`` (Hydra's own advice for ``seed=3``) would otherwise train as if it were not there, and
+    so would ``++seed=3``; a key added under a group, a group added with ``+``, or a key that is there set
+    with ``++`` is left to its own checks."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
@@ -657,6 +658,15 @@ def test_a_top_level_key_that_nothing_reads_is_refused(monkeypatch):
         fine = compose(
             "train", ["+trainer.precision=bf16-mixed", "++num_threads=1"], return_hydra_config=True
         )
+        # ``++`` is told apart by composing without it, with Hydra's config loader (as in a run)
+        forced = compose("train", ["++seed=3", "++num_threads=1"], return_hydra_config=True)
+        with pytest.raises(ValueError, match=r"^\+\+seed=3: adds a top-level key 'seed' that nothing reads "):
+            check_added_keys(forced)
+        forced_fine = ["++num_threads=1", "++optimized_metric=tau_R2", "++resources.mem_gb=4"]
+        check_added_keys(
+            compose("train", ["experiment=flyvis_recovery", *forced_fine], return_hydra_config=True)
+        )
+    check_added_keys(forced)  # outside a Hydra app nothing composes: a ``++`` key is not refused
     with pytest.raises(ValueError) as err:
         check_added_keys(seed)  # the sweeper's config holds the hydra node
     assert str(err.value).startswith(

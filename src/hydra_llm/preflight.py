@@ -5,7 +5,7 @@ task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (
 missing DAVIS folder or a misspelt training key launches no child; the sweeper checks the configs
 that the search space's edge values compose too). Beyond importing the training stack (Lightning,
 seconds), it takes well under a second: the trainer's device (where the runs train on this machine),
-a top-level key that the command line adds and nothing reads (``+seed=3``), ``num_threads``, the
+a top-level key that the command line adds and nothing reads (``+seed=3``, ``++seed=3``), ``num_threads``, the
 model settings against their schema, the model class's ``check_training``, the trainer's settings
 (the Trainer is built, nothing else, and the values its loop would fail on or that train nothing are
 checked), the evaluation settings, ``optimized_metric`` against the evaluation's metric names, the
@@ -76,9 +76,9 @@ def _leaf_keys(value: Any, prefix: str) -> set[str]:
 
 def check_added_keys(cfg: DictConfig) -> None:
     """Raise ``ValueError`` for a top-level key that the command line adds (``+seed=3``,
-    ``+optimizer.lr=0.1``) and that names no config group: nothing reads it, so the run would go ahead as
-    if it were not there (Hydra itself suggests the ``+`` for a misspelt key). Names the group keys of
-    that name, where there are any."""
+    ``+optimizer.lr=0.1``, or ``++seed=3`` where the config has no ``seed``) and that names no config
+    group: nothing reads it, so the run would go ahead as if it were not there (Hydra itself suggests
+    the ``+`` for a misspelt key). Names the group keys of that name, where there are any."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     hydra_node = _hydra_node(cfg)
@@ -86,20 +86,48 @@ def check_added_keys(cfg: DictConfig) -> None:
         return
     groups = set(OmegaConf.select(hydra_node, "runtime.choices", default=None) or {})
     task = list(OmegaConf.select(hydra_node, "overrides.task", default=None) or [])
-    adds = [o for o in OverridesParser.create().parse_overrides(task) if o.is_add()]
+    adds = [o for o in OverridesParser.create().parse_overrides(task) if o.is_add() or o.is_force_add()]
     added = {o.key_or_group for o in adds}
     tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
     tree.pop("hydra", None)
-    for override in adds:
-        top = override.key_or_group.split(".")[0]
-        if top in groups or top not in tree or not _leaf_keys(tree[top], top) <= added:
-            continue  # a group, or a key that was there before (its own checks read it)
-        near = [f"{group}.{top}" for group, node in tree.items() if isinstance(node, dict) and top in node]
+
+    def top(override: Any) -> str:
+        return override.key_or_group.split(".")[0]
+
+    # not a group, and every key under it added here (a key that was there has its own checks)
+    new = [
+        o
+        for o in adds
+        if top(o) not in groups and top(o) in tree and _leaf_keys(tree[top(o)], top(o)) <= added
+    ]
+    forced = {o.input_line for o in new if o.is_force_add()}
+    if forced:  # ``++`` also sets a key that is there: tell by composing without them
+        before = _top_level_keys(hydra_node, [line for line in task if line not in forced])
+        new = [o for o in new if o.input_line not in forced or (before is not None and top(o) not in before)]
+    for override in new:
+        key = top(override)
+        near = [f"{group}.{key}" for group, node in tree.items() if isinstance(node, dict) and key in node]
         hint = f"; did you mean {' or '.join(near)}?" if near else ""
         raise ValueError(
-            f"{override.input_line}: adds a top-level key {top!r} that nothing reads (the top-level keys: "
-            f"{', '.join(sorted(k for k in tree if k != top))}){hint}"
+            f"{override.input_line}: adds a top-level key {key!r} that nothing reads (the top-level keys: "
+            f"{', '.join(sorted(k for k in tree if k != key))}){hint}"
         )
+
+
+def _top_level_keys(hydra_node: Any, overrides: list[str]) -> set[str] | None:
+    """The top-level keys of the task's config composed with ``overrides``; None where Hydra's config
+    loader is not at hand (outside a Hydra app) or the composition fails."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    name = OmegaConf.select(hydra_node, "job.config_name", default=None)
+    if name is None or not GlobalHydra.instance().is_initialized():
+        return None
+    try:
+        composed = GlobalHydra.instance().config_loader().load_configuration(name, overrides, RunMode.RUN)
+    except Exception:  # noqa: BLE001 (a config that does not compose here is left to Hydra)
+        return None
+    return set(composed) - {"hydra"}
 
 
 def check_num_threads(cfg: DictConfig) -> None:
