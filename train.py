@@ -1,5 +1,8 @@
 """Entry point: ``python train.py`` (one run) or ``python train.py -m hydra/sweeper=llm_ucb`` (a sweep)."""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -21,4 +24,8 @@ def main(cfg: DictConfig) -> dict[str, float] | float:
 
 
 if __name__ == "__main__":
+    from hydra_llm.choices import unknown_choice
+
+    if (problem := unknown_choice(sys.argv[1:], Path(__file__).parent / "conf")) is not None:
+        raise SystemExit(f"error: {problem}")  # one line, before Hydra's dozen
     main()

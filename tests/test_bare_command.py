@@ -249,6 +249,41 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing simulated, nothing cached
 
 
+def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
+    """A choice of a config group that is not one of its options (in a run or among a sweep's values)
+    stops with one line naming the closest option and all of them; a group's options from a search
+    path of the user's own are Hydra's to find."""
+    simulations = (
+        "flyvis_davis, flyvis_natural, flyvis_synthetic, metabolism_homeostasis, signal_chaotic, "
+        "signal_dale, signal_low_rank, signal_noisy, signal_sparse"
+    )
+    run = train(tmp_path, "simulation=flyvis_natrual", run_dir=tmp_path / "run")
+    hint = "(did you mean flyvis_natural?)"
+    assert run.returncode == 1 and run.stderr.strip().splitlines() == [
+        f"error: simulation=flyvis_natrual: no such option {hint}; allowed: {simulations}"
+    ], run.stderr[-2000:]
+    swept = sweep(tmp_path, "model=signal_gnn,flyvis")
+    models = "flyvis_gnn, metabolism_gnn, signal_gnn"
+    assert swept.returncode == 1 and swept.stderr.strip().splitlines() == [
+        f"error: model=flyvis: no such option (did you mean flyvis_gnn?); allowed: {models}"
+    ], swept.stderr[-2000:]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+    own = tmp_path / "own" / "simulation"
+    own.mkdir(parents=True)
+    shutil.copy(ROOT / "conf" / "simulation" / "signal_dale.yaml", own / "my_regime.yaml")
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--cfg",
+        "job",
+        f"hydra.searchpath=[file://{own.parent}]",
+        "simulation=my_regime",
+    ]
+    shown = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "Dale_law: true" in shown.stdout, shown.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
