@@ -249,6 +249,18 @@ def test_a_gpu_trainer_without_a_gpu_stops_a_run_before_it_simulates(tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing simulated, nothing cached
 
 
+def test_a_run_shows_its_own_lines_not_lightnings_tips(tmp_path):
+    """A plain run's terminal: the data, the device, the fit and the metrics table, without Lightning's
+    advertisements, its srun hint (SLURM is installed where the SLURM tests run) or its own
+    deprecations."""
+    proc = train(tmp_path, *TINY_SIGNAL, run_dir=tmp_path / "run")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    assert "GPU available: " in out and "metrics:" in out and "connectivity_R2" in out
+    for chatter in ("💡 Tip", "srun", "LeafSpec"):
+        assert chatter not in out, out[-3000:]
+
+
 def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
     """A choice of a config group that is not one of its options (in a run or among a sweep's values)
     stops with one line naming the closest option and all of them; a group's options from a search

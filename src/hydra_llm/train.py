@@ -266,14 +266,36 @@ def metrics_table(metrics: Mapping[str, float], path: Path, headline: Sequence[s
     return "\n".join([*lines, rule, f"  saved: {path}", ""])
 
 
+# Lines of Lightning's that say nothing about the run: advertisements for its cloud packages, the hint to
+# launch through srun wherever SLURM is installed (a sweep's SLURM children run under it already), and a
+# deprecation inside Lightning itself.
+_LIGHTNING_TIPS = ("💡 Tip: ",)
+_LIGHTNING_WARNINGS = (
+    r"The `srun` command is available on your system but is not used",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_LIGHTNING_TIPS)
+
+
 def quiet_duplicate_loggers() -> None:
     """Lightning's loggers print through their own handler and again through the root handler that
-    Hydra configures; keep the root one (console and the job's log file)."""
+    Hydra configures; keep the root one (console and the job's log file), without Lightning's tips and
+    the warnings of ``_LIGHTNING_WARNINGS``."""
+    import warnings
+
     import lightning  # noqa: F401 (its import adds the handler removed here)
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _not_a_tip not in rank_zero.filters:
+        rank_zero.addFilter(_not_a_tip)
+    for message in _LIGHTNING_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
 
 
 def evaluation_callbacks(cfg: DictConfig, observations, ground_truth, out: Path) -> list:
