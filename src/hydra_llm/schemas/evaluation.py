@@ -202,8 +202,8 @@ def headline_of(returned: Collection[str]) -> tuple[str, ...]:
 
 def metric_groups(names: Iterable[str], headline: Iterable[str]) -> list[tuple[str, list[str]]]:
     """``names`` in the groups a reader looks for them in, each under its title, empty ones left out:
-    the ``headline`` metrics in their order, the other read-outs, those that borrow from the ground
-    truth (``_oracle``) and the run's own figures (``RUN_METRICS``), each of the last three sorted."""
+    the ``headline`` metrics in their order, the other read-outs and those that borrow from the ground
+    truth (``_oracle``), each sorted, and the run's own figures (``RUN_METRICS``, in its order)."""
     names = set(names)
     first = [k for k in headline if k in names]
     run = [k for k in RUN_METRICS if k in names]
