@@ -343,13 +343,16 @@ def test_a_bad_model_or_evaluation_setting_stops_a_run_before_it_simulates(tmp_p
         (["+trainer.max_steps=0"], "trainer.max_steps=0: trains nothing; give at least 1"),
         (["+trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0.0: trains nothing"),
         (["trainer.max_epochs=-1"], "trainer.max_epochs=-1: never ends without trainer.max_steps or"),
+        (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': must be a whole number (or null)"),
+        (["+trainer.max_steps=2.5"], "trainer.max_steps=2.5: must be a whole number (or null)"),
         (["logger=wandb", "logger.mode=foo"], "logger.mode='foo': must be 'online', 'offline'"),
     ],
 )
 def test_values_that_fail_only_after_the_simulation_are_checked_in_the_preflight(overrides, message):
     """Lightning's Trainer takes the first two and its loop fails on them at the first step; it also
-    takes a loop that trains nothing (the run would evaluate an untrained model) or never ends; the
-    W&B logger refuses its mode when it starts its run, after the simulation."""
+    takes a loop that trains nothing (the run would evaluate an untrained model), never ends or has a
+    length that is not a whole number (an assertion in the loop); the W&B logger refuses its mode when
+    it starts its run, after the simulation."""
     from hydra_llm.preflight import check
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

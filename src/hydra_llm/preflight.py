@@ -294,7 +294,12 @@ def check_loop_values(options: dict[str, Any]) -> None:
     ``gradient_clip_val`` of NaN (refused at the first step; 0 or less turns clipping off); and for a
     loop that takes no step (``max_epochs``, ``max_steps`` or ``limit_train_batches`` 0: the run would
     evaluate the untrained model as if it were a result) or never ends (``max_epochs=-1`` with no
-    ``max_steps`` or ``max_time``)."""
+    ``max_steps`` or ``max_time``); and for a loop length that is not a whole number (``max_epochs=abc``
+    passes the constructor and fails an assertion in the loop)."""
+    for key in ("max_epochs", "min_epochs", "max_steps", "min_steps"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ValueError(f"trainer.{key}={value!r}: must be a whole number (or null)")
     for key in ("max_epochs", "max_steps", "limit_train_batches"):
         if options.get(key) == 0 and not isinstance(options[key], bool):
             raise ValueError(
