@@ -9,11 +9,13 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, float] | float:
+    from hydra_llm.cli import task_started
     from hydra_llm.files import is_out_of_space
     from hydra_llm.preflight import PreflightError
     from hydra_llm.simulation.base import DataError
     from hydra_llm.train import in_sweep, optimized, run
 
+    task_started()
     try:
         metrics = run(cfg)
     except (PreflightError, DataError, OSError) as err:
@@ -24,8 +26,6 @@ def main(cfg: DictConfig) -> dict[str, float] | float:
 
 
 if __name__ == "__main__":
-    from hydra_llm.choices import unknown_choice
+    from hydra_llm.cli import run_app
 
-    if (problem := unknown_choice(sys.argv[1:], Path(__file__).parent / "conf")) is not None:
-        raise SystemExit(f"error: {problem}")  # one line, before Hydra's dozen
-    main()
+    run_app(main, Path(__file__).parent / "conf", sys.argv[1:])

@@ -297,6 +297,62 @@ def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        (
+            "training.learning_rate_W_strat=1e-3",
+            "Could not override 'training.learning_rate_W_strat': Key 'learning_rate_W_strat' not in "
+            "'SignalTraining'; did you mean training.learning_rate_W_start or training.learning_rate_start?",
+        ),
+        (
+            "simulation.n_neurons=abc",
+            "Error merging override simulation.n_neurons=abc: Value 'abc' of type 'str' could not be "
+            "converted to Integer",
+        ),
+        ("trainingg.lr=3", "Could not override 'trainingg.lr': Key 'trainingg' is not in struct"),
+        ("simulation.n_neurons=[1", "simulation.n_neurons=[1: no viable alternative at input '[1' See "),
+    ],
+)
+def test_a_key_hydra_cannot_compose_is_one_line(tmp_path, override, line):
+    """Hydra's five lines (the first advising ``+``, which the preflight would refuse) become one, with
+    the typed group's closest keys for a misspelt one."""
+    proc = train(tmp_path, override, run_dir=tmp_path / "run")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {line}"), lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_error_of_the_run_itself_keeps_hydras_report(tmp_path):
+    """Past composition the task's own exception is Hydra's to report (its traceback, trimmed); a
+    HYDRA_FULL_ERROR the user set is left as it is."""
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import sys\nfrom pathlib import Path\nimport hydra\n"
+        "from hydra_llm.cli import run_app, task_started\n\n"
+        "@hydra.main(config_path=None, version_base='1.3')\n"
+        "def main(cfg):\n    task_started()\n    raise RuntimeError('boom')\n\n"
+        f"run_app(main, Path({str(ROOT / 'conf')!r}), sys.argv[1:])\n",
+        encoding="utf-8",
+    )
+    cmd = [sys.executable, str(app), f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "RuntimeError: boom" in proc.stderr, proc.stderr[-2000:]
+    assert "Set the environment variable HYDRA_FULL_ERROR=1" in proc.stderr
+    assert "site-packages/hydra/" not in proc.stderr  # trimmed to the task's own frames
+    full = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        env={**env(tmp_path), "HYDRA_FULL_ERROR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        full.returncode == 1 and "site-packages/hydra/" in full.stderr and "RuntimeError: boom" in full.stderr
+    )
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         ("evaluation.rollout_frames=1", "evaluation.rollout_frames=1: must be an integer >= 2"),

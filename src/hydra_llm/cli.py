@@ -1,0 +1,123 @@
+"""The command line's mistakes in one line: ``python train.py`` runs through :func:`run_app`.
+
+Hydra stops a misspelt choice (``simulation=flyvis_natrual``) with a message of a dozen lines (the
+options one per line, then its config search path), and a misspelt or mistyped key
+(``training.learning_rate_W_strat=1e-3``, ``simulation.n_neurons=abc``) with five, the first of
+which advises adding the key with ``+`` (which the preflight would then refuse). :func:`unknown_choice`
+checks the group choices before Hydra starts, asking Hydra's own config loader for each group's
+options (the files in ``conf/`` and the schemas in the ConfigStore), so it refuses only what Hydra
+would; where the command line moves the search path (``--config-dir``, ``--config-path``,
+``hydra.searchpath``), it leaves the check to Hydra. :func:`composition_error` turns the error
+Hydra raises while composing into one line with the closest keys of the typed group. Errors of the
+run itself keep Hydra's own report (:func:`task_started`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+_FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra re-raises what it would report when this is "1"
+_set_here = False
+
+
+def unknown_choice(argv: Sequence[str], config_dir: Path) -> str | None:
+    """The one-line error for the first command-line choice of a config group in ``argv`` (Hydra's
+    arguments, e.g. ``sys.argv[1:]``) that is not one of the group's options, or None. A sweep over
+    choices (``simulation=signal_dale,flyvis_natural``) has each value checked; globs, ranges and
+    deletions are left to Hydra."""
+    from hydra import initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    args, _ = get_args_parser().parse_known_args(list(argv))
+    if args.config_dir or args.config_path:
+        return None
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides or [])
+    except Exception:  # noqa: BLE001 (a malformed override is Hydra's to report)
+        return None
+    if any(o.key_or_group.startswith("hydra.searchpath") for o in overrides):
+        return None
+    if GlobalHydra.instance().is_initialized():
+        return None  # inside another Hydra app (tests): its own loader decides
+    with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        for override in overrides:
+            if override.is_delete() or "." in override.key_or_group:
+                continue
+            if override.is_sweep_override() and not isinstance(override.value(), ChoiceSweep):
+                continue
+            values = (
+                list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+            )
+            options = loader.get_group_options(override.key_or_group)
+            if not options:
+                continue  # not a group: a config key, Hydra's and the preflight's to check
+            for value in values:
+                if isinstance(value, str) and "/" not in value and value not in options:
+                    close = difflib.get_close_matches(value, options, n=1)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    allowed = ", ".join(options)
+                    return f"{override.key_or_group}={value}: no such option{hint}; allowed: {allowed}"
+    return None
+
+
+def composition_error(err: BaseException) -> str:
+    """One line for Hydra's error composing the config: its message without the advice to append the
+    key with ``+``, the first line of what OmegaConf raised under it, and for a key that a typed group
+    lacks, the closest of its keys."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = " ".join(line for line in lines if not line.startswith("To append to your config"))
+    if getattr(err, "override", None):  # an override Hydra's grammar cannot parse
+        text = f"{err.override}: {text}"
+    cause = err.__cause__
+    if cause is None or not str(cause).strip():
+        return text
+    first = str(cause).strip().splitlines()[0]
+    text = text if first in text else f"{text.rstrip('.')}: {first}"
+    if not isinstance(cause, ConfigAttributeError | ConfigKeyError):
+        return text
+    key, owner = getattr(cause, "full_key", None), getattr(cause, "object_type", None)
+    if key and isinstance(owner, type) and dataclasses.is_dataclass(owner):
+        parent, _, name = str(key).rpartition(".")
+        close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(owner)], n=2)
+        if close:
+            text += "; did you mean " + " or ".join(f"{parent}.{c}" if parent else c for c in close) + "?"
+    return text
+
+
+def run_app(main: Callable[[], Any], config_dir: Path, argv: Sequence[str]) -> None:
+    """Run the ``@hydra.main`` function ``main`` with the command line ``argv``: a group choice that is
+    not an option (:func:`unknown_choice`) or an error composing the config (:func:`composition_error`)
+    ends the process with one line and status 1. A ``HYDRA_FULL_ERROR`` the user set is left to Hydra."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    global _set_here
+    if (problem := unknown_choice(argv, config_dir)) is not None:
+        raise SystemExit(f"error: {problem}")
+    if _FULL_ERROR in os.environ:
+        main()
+        return
+    os.environ[_FULL_ERROR], _set_here = "1", True  # so that composition errors reach this frame
+    try:
+        main()
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
+        raise SystemExit(f"error: {composition_error(err)}") from None
+
+
+def task_started() -> None:
+    """Called first in the task function: from here on Hydra reports errors as it would without
+    :func:`run_app` (the run's own traceback, trimmed)."""
+    global _set_here
+    if _set_here:
+        os.environ.pop(_FULL_ERROR, None)
+        _set_here = False
