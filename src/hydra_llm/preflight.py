@@ -5,12 +5,12 @@ task config's ``preflight`` key, in the llm_ucb sweeper before its first batch (
 missing DAVIS folder or a misspelt training key launches no child; the sweeper checks the configs
 that the search space's edge values compose too). Beyond importing the training stack (Lightning,
 seconds), it takes well under a second: the trainer's device (where the runs train on this machine),
-a top-level key that the command line adds and nothing reads (``+seed=3``, ``++seed=3``), ``num_threads``, the
-model settings against their schema, the model class's ``check_training``, the trainer's settings
-(the Trainer is built, nothing else, and the values its loop would fail on or that train nothing are
-checked), the evaluation settings, ``optimized_metric`` against the evaluation's metric names, the
-W&B logger's mode, the simulation DataModule's constructor, which validates its arguments and finds
-its data but simulates nothing, and the cache folder.
+a top-level key that the command line adds and nothing reads (``+seed=3``, ``++seed=3``),
+``num_threads``, the model settings against their schema, the model class's ``check_training``, the
+trainer's settings (the Trainer is built, nothing else, and the values its loop would fail on or that
+train nothing are checked), the evaluation settings, ``optimized_metric`` against the evaluation's
+metric names, the W&B logger's mode, the simulation DataModule's constructor, which validates its
+arguments and finds its data but simulates nothing, and the cache folder.
 """
 
 from __future__ import annotations
