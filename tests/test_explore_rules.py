@@ -1,5 +1,6 @@
 """The offline rules proposer: deterministic, one parameter at a time on its scale, the strategy table."""
 
+import dataclasses
 import math
 import random
 
@@ -137,7 +138,6 @@ def test_block_end_picks_next_simulation_and_summary():
 
 
 def test_block_summary_covers_the_whole_finished_block():
-    import dataclasses
 
     finished = (row(3, 1.9, 0.6), row(1, 1.5, 0.93, overrides={"training.lr": 0.002}), row(2, 1.1, 0.4))
     block_end = dataclasses.replace(view((), first=13, block=2, is_block_end=True), finished_block=finished)
@@ -161,7 +161,6 @@ def test_exploit_never_reproposes_an_existing_config():
 
 
 def test_replicates_stay_in_the_slot_whose_fixed_values_they_ran_with():
-    import dataclasses
 
     h = "training.horizon"
     rows = [
@@ -241,3 +240,13 @@ def test_half_steps_once_every_full_step_from_the_best_config_lost():
 def test_bad_rules_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RulesProposer(**kwargs)
+
+
+def test_the_final_memory_names_the_last_block_that_ran():
+    """A sweep of 24 iterations in blocks of 12 ends in block 2; its final view counts block 3 (the one
+    its next batch would have started)."""
+    final = dataclasses.replace(view(first=25, block=3, is_block_end=True, roles=()), n_parallel=0)
+    memory = RulesProposer().propose(final).memory
+    assert "- Sweep finished after 24 iterations (last block 2)" in memory.splitlines()
+    partial = dataclasses.replace(view(first=9, block=1, roles=()), n_parallel=0)
+    assert "- Sweep finished after 8 iterations (last block 1)" in RulesProposer().propose(partial).memory
