@@ -287,6 +287,20 @@ def test_node_panel_shows_details_plots_and_inert_hostile_text(page, report):
     assert images.first.get_attribute("src") == f"../{node['job_num']}/plots/activity.png"
     page.wait_for_function("[...document.querySelectorAll('#panel img')].every(i => i.naturalWidth > 0)")
 
+    # a key the parent does not override shows the block root's value (the search space's default)
+    by_id = {n["id"]: n for n in nodes}
+    defaults = {"training.lr": "0.01", "training.width": "4"}  # tests.test_explore_engine.DEFAULTS
+
+    def fresh_keys(n: dict) -> list[str]:
+        before = by_id[n["parent"]]["overrides"] if n["parent"] in by_id else {}
+        return [k for k in n["overrides"] if k not in before]
+
+    fresh = next(n for n in nodes if n["block"] == N_BLOCKS and fresh_keys(n))
+    page.click(f'#tree g.node[data-id="{fresh["id"]}"] circle')
+    for key in fresh_keys(fresh):
+        row = panel.locator("tr", has_text=key).first.inner_text().split("\t")
+        assert row[1] == f"{defaults[key]} (root)", row
+
     hostile = next(n for n in nodes if n["strategy"] == HOSTILE_STRATEGY)
     page.select_option("#block-select", str(hostile["block"]))
     page.click(f'#tree g.node[data-id="{hostile["id"]}"] circle')

@@ -90,6 +90,7 @@ def build_data(sweep_dir: Path, objective: Mapping[str, Any], title: str) -> dic
         "nodes": nodes,
         "table_metrics": _table_metrics(nodes, obj["metric"]),
         "metric_groups": _metric_groups(nodes),
+        "root_values": _root_values(state.get("search_space")),
         "blocks": _blocks(nodes, state.get("block_summaries"), exploration / "protocol"),
         "code": _code_versions(state.get("code"), exploration / "code"),
         "replicates": replicates,
@@ -216,6 +217,14 @@ def _metric_groups(nodes: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     """Every metric the nodes hold in :func:`metric_groups` (the panel's order)."""
     names = {k for n in nodes for k in n["metrics"]}
     return metric_groups(names, headline_of(names))
+
+
+def _root_values(space: Any) -> dict[str, str]:
+    """The block root's value of each searched key (the search space's defaults), as the page shows
+    values: what a node runs with where it overrides nothing."""
+    params = _dict(space).get("params")
+    specs = [*params, *(_dict(space).get("block_params") or [])] if isinstance(params, list) else []
+    return {str(p["key"]): _value(p.get("default")) for p in specs if isinstance(p, dict) and "key" in p}
 
 
 def _blocks(nodes: list[dict[str, Any]], summaries: Any, protocol_dir: Path) -> list[dict[str, Any]]:
@@ -680,6 +689,9 @@ function panelSection(panel, title, content) {
   panel.appendChild(typeof content === "string" ? el("div", content || "–", "text") : content);
 }
 
+// a key a node does not override runs at the block root's value (the search space's default)
+const rootValue = k => k in DATA.root_values ? DATA.root_values[k] + " (root)" : "(root)";
+
 function showPanel(n) {
   if (!n) return;
   const select = document.getElementById("block-select");
@@ -718,9 +730,10 @@ function showPanel(n) {
   const parent = BY_ID.get(n.parent);
   const before = parent ? parent.overrides : {};
   const keys = [...new Set([...Object.keys(before), ...Object.keys(n.overrides)])].sort();
+  const rows = keys.map(k => ({cells: [k, before[k] ?? rootValue(k), n.overrides[k] ?? rootValue(k)],
+    cls: before[k] === n.overrides[k] ? "" : "changed"}));
   panelSection(panel, "Overrides vs parent" + (parent ? " (node " + parent.id + ")" : " (block root)"),
-    keys.length ? kvTable(keys.map(k => ({cells: [k, before[k] ?? "(default)", n.overrides[k] ?? "(default)"],
-      cls: before[k] === n.overrides[k] ? "" : "changed"})), ["key", "parent", "node"]) : "root config");
+    keys.length ? kvTable(rows, ["key", "parent", "node"]) : "root config");
   const kv = o => Object.keys(o).sort().map(k => ({cells: [k, o[k]]}));
   if (Object.keys(n.simulation).length) panelSection(panel, "Simulation", kvTable(kv(n.simulation)));
   const metricRows = DATA.metric_groups.flatMap(([title, keys]) => {
