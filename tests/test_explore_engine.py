@@ -159,8 +159,12 @@ def test_without_block_params_the_tree_carries_over_block_ends(tmp_path):
     engine = ExplorationEngine(config, space, RulesProposer(), ToyLauncher(), tmp_path, protocol=PROTOCOL)
     state = engine.run()
     assert [n.block for n in state.nodes] == [1] * 4 + [2] * 4 + [3] * 4
-    # block ends still happen (summaries, memory), but later blocks branch from earlier blocks' nodes
-    assert set(state.block_summaries) == {"1", "2"}
+    # block ends still happen (summaries, memory), but later blocks branch from earlier blocks' nodes;
+    # the last block, which ends with the sweep, gets its summary from the final call
+    assert (
+        set(state.block_summaries) == {"1", "2", "3"} and "Best r2 in block 3" in state.block_summaries["3"]
+    )
+    assert (tmp_path / "exploration" / "memory" / "block_003.md").is_file()
     crossing = [n for n in state.nodes if n.parent is not None and state.node(n.parent).block < n.block]
     assert crossing and all(n.block > 1 for n in crossing)
     assert not any(

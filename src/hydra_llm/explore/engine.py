@@ -549,11 +549,15 @@ class ExplorationEngine:
             lines = lines[: cap - 1] + [f"[memory truncated to {cap} lines by the sweeper]"]
         self.state.memory = "\n".join(lines) + ("\n" if lines else "")
 
-    def _block_end(self, reply: ProposerReply, view: ExplorationView) -> None:
-        finished = view.block - 1
+    def _close_block(self, reply: ProposerReply, finished: int) -> None:
+        """Keep the finished block's memory and the reply's summary of it."""
         if self.state.memory:
             atomic_write_text(self.exploration / "memory" / f"block_{finished:03d}.md", self.state.memory)
         self.state.block_summaries[str(finished)] = reply.block_summary or "(no block summary given)"
+
+    def _block_end(self, reply: ProposerReply, view: ExplorationView) -> None:
+        finished = view.block - 1
+        self._close_block(reply, finished)
         if reply.protocol_rules:
             self._edit_protocol(reply.protocol_rules, finished)
         if reply.next_simulation is not None:
@@ -712,6 +716,8 @@ class ExplorationEngine:
                     node.observation = str(obs.observation)
             if reply.memory:
                 self._set_memory(reply.memory)
+            if view.is_block_end:  # the sweep ends with a block: its summary, as a block end keeps it
+                self._close_block(reply, view.block - 1)
             self.state.replies.append(
                 {"iteration": view.first_iteration, "final": True, "extra": dict(reply.extra)}
             )
