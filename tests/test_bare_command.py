@@ -309,7 +309,11 @@ def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
             "Error merging override simulation.n_neurons=abc: Value 'abc' of type 'str' could not be "
             "converted to Integer",
         ),
-        ("trainingg.lr=3", "Could not override 'trainingg.lr': Key 'trainingg' is not in struct"),
+        (
+            "trainingg.lr=3",
+            "Could not override 'trainingg.lr': Key 'trainingg' is not in struct; did you mean training or "
+            "trainer?",
+        ),
         ("simulation.n_neurons=[1", "simulation.n_neurons=[1: no viable alternative at input '[1' See "),
     ],
 )

@@ -69,10 +69,11 @@ def unknown_choice(argv: Sequence[str], config_dir: Path) -> str | None:
     return None
 
 
-def composition_error(err: BaseException) -> str:
+def composition_error(err: BaseException, config_dir: Path | None = None) -> str:
     """One line for Hydra's error composing the config: its message without the advice to append the
     key with ``+``, the first line of what OmegaConf raised under it, and for a key that a typed group
-    lacks, the closest of its keys."""
+    lacks, the closest of its keys (for a top-level key, the closest of ``config_dir``'s groups and
+    primary config keys)."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -87,12 +88,29 @@ def composition_error(err: BaseException) -> str:
     if not isinstance(cause, ConfigAttributeError | ConfigKeyError):
         return text
     key, owner = getattr(cause, "full_key", None), getattr(cause, "object_type", None)
-    if key and isinstance(owner, type) and dataclasses.is_dataclass(owner):
-        parent, _, name = str(key).rpartition(".")
-        close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(owner)], n=2)
-        if close:
-            text += "; did you mean " + " or ".join(f"{parent}.{c}" if parent else c for c in close) + "?"
+    parent, _, name = str(key or "").rpartition(".")
+    if isinstance(owner, type) and dataclasses.is_dataclass(owner):
+        names = [f.name for f in dataclasses.fields(owner)]
+    elif name and not parent and config_dir is not None:
+        names = _top_level_names(Path(config_dir))
+    else:
+        return text
+    close = difflib.get_close_matches(name, names, n=2)
+    if close:
+        text += "; did you mean " + " or ".join(f"{parent}.{c}" if parent else c for c in close) + "?"
     return text
+
+
+def _top_level_names(config_dir: Path) -> list[str]:
+    """The config groups (folders) of ``config_dir`` and the keys of its primary config ``train.yaml``."""
+    import yaml
+
+    groups = [p.name for p in config_dir.iterdir() if p.is_dir() and p.name != "hydra"]
+    try:
+        primary = yaml.safe_load((config_dir / "train.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        primary = {}
+    return sorted({*groups, *(str(k) for k in primary if k != "defaults")})
 
 
 def run_app(main: Callable[[], Any], config_dir: Path, argv: Sequence[str]) -> None:
@@ -111,7 +129,7 @@ def run_app(main: Callable[[], Any], config_dir: Path, argv: Sequence[str]) -> N
     try:
         main()
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
-        raise SystemExit(f"error: {composition_error(err)}") from None
+        raise SystemExit(f"error: {composition_error(err, config_dir)}") from None
 
 
 def task_started() -> None:
