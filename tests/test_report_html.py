@@ -178,6 +178,26 @@ def test_best_config_so_far_is_the_one_the_sweep_names(tmp_path):
     assert "_run" not in data["nodes"][0] and "_hash" not in data["nodes"][0]
 
 
+def test_the_node_table_follows_the_regimes_headline_whatever_the_objective(tmp_path):
+    """A flyvis sweep (which also returns the signal headline) judged on connectivity_R2: the table
+    shows the objective, then the rest of the flyvis headline in its order."""
+    from hydra_llm.schemas.evaluation import FlyvisEvaluation
+
+    sweep = build_sweep(tmp_path, n_nodes=8)
+    path = sweep / "exploration" / "state.json"
+    state = json.loads(path.read_text(encoding="utf-8"))
+    for node in state["nodes"]:
+        node["metrics"] = {name: 0.5 for name in FlyvisEvaluation.METRICS}
+    path.write_text(json.dumps(state), encoding="utf-8")
+    objective = {"metric": "connectivity_R2", "direction": "maximize", "target": None}
+    data = page_data(write_report(sweep, objective, "t").read_text(encoding="utf-8"))
+    assert data["table_metrics"] == list(FlyvisEvaluation.HEADLINE)
+    assert data["metric_groups"][0] == [
+        "headline (read from what the model learned)",
+        list(FlyvisEvaluation.HEADLINE),
+    ]
+
+
 def test_hostile_text_cannot_leave_the_data_script(tmp_path):
     sweep = build_sweep(tmp_path, n_nodes=24)
     html = write_report(sweep, OBJECTIVE, "</title><script>alert(1)</script>").read_text(encoding="utf-8")

@@ -33,7 +33,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -78,6 +78,8 @@ def build_data(sweep_dir: Path, objective: Mapping[str, Any], title: str) -> dic
     nodes = _nodes(state.get("nodes"), obj, Path(sweep_dir), warnings)
     replicates = _replicates(nodes)
     best = _best_so_far(nodes, obj["metric"])
+    metrics = {k for n in nodes for k in n["metrics"]}
+    headline = headline_of(metrics)  # the regime's, judged on every metric the runs returned
     for node in nodes:
         del node["_hash"], node["_run"]
     return {
@@ -88,8 +90,8 @@ def build_data(sweep_dir: Path, objective: Mapping[str, Any], title: str) -> dic
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "objective": obj,
         "nodes": nodes,
-        "table_metrics": _table_metrics(nodes, obj["metric"]),
-        "metric_groups": _metric_groups(nodes),
+        "table_metrics": _table_metrics(nodes, obj["metric"], headline),
+        "metric_groups": metric_groups(metrics, headline),
         "root_values": _root_values(state.get("search_space")),
         "blocks": _blocks(nodes, state.get("block_summaries"), exploration / "protocol"),
         "code": _code_versions(state.get("code"), exploration / "code"),
@@ -204,19 +206,14 @@ def _plots(raw: Any, sweep_dir: Path) -> list[str]:
     return out
 
 
-def _table_metrics(nodes: list[dict[str, Any]], metric: str) -> list[str]:
-    """The objective metric, then the headline metrics of the regime the runs returned
-    (:func:`headline_of`); for a user's own evaluation, which has none, its most common metrics."""
-    counts = Counter(k for n in nodes for k in n["metrics"] if k != metric)
-    headline = [k for k in headline_of(counts) if k != metric]
-    others = headline or sorted(counts, key=lambda k: (-counts[k], k))[:TABLE_METRICS]
+def _table_metrics(nodes: list[dict[str, Any]], metric: str, headline: Sequence[str]) -> list[str]:
+    """The objective metric, then the other ``headline`` metrics in their order; for a user's own
+    evaluation, which has no headline, its most common metrics."""
+    others = [k for k in headline if k != metric]
+    if not others:
+        counts = Counter(k for n in nodes for k in n["metrics"] if k != metric)
+        others = sorted(counts, key=lambda k: (-counts[k], k))[:TABLE_METRICS]
     return [metric, *others]
-
-
-def _metric_groups(nodes: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
-    """Every metric the nodes hold in :func:`metric_groups` (the panel's order)."""
-    names = {k for n in nodes for k in n["metrics"]}
-    return metric_groups(names, headline_of(names))
 
 
 def _root_values(space: Any) -> dict[str, str]:
