@@ -315,12 +315,28 @@ def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
             "trainer?",
         ),
         ("simulation.n_neurons=[1", "simulation.n_neurons=[1: no viable alternative at input '[1' See "),
+        (
+            "simulation=flyvis_natural simulation.extent=1",
+            "Could not override 'simulation.extent': Key 'extent' not in 'FlyvisSimulation'; did you mean "
+            "simulation.connectome.extent?",
+        ),
+        (
+            "simulation=flyvis_natural simulation.connectome.n_frames=100",
+            "Could not override 'simulation.connectome.n_frames': Key 'n_frames' not in 'ConnectomeOptions'; "
+            "did you mean simulation.n_frames?",
+        ),
+        (
+            "simulation=flyvis_natural extent=1",
+            "Could not override 'extent': Key 'extent' is not in struct; did you mean "
+            "simulation.connectome.extent?",
+        ),
     ],
 )
 def test_a_key_hydra_cannot_compose_is_one_line(tmp_path, override, line):
     """Hydra's five lines (the first advising ``+``, which the preflight would refuse) become one, with
-    the typed group's closest keys for a misspelt one."""
-    proc = train(tmp_path, override, run_dir=tmp_path / "run")
+    the closest keys of the key's group for a misspelt one: the same name at another depth of the
+    group first, then the closest names."""
+    proc = train(tmp_path, *override.split(), run_dir=tmp_path / "run")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {line}"), lines
     assert not (tmp_path / "run").exists()

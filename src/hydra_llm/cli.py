@@ -8,13 +8,12 @@ checks the group choices before Hydra starts, asking Hydra's own config loader f
 options (the files in ``conf/`` and the schemas in the ConfigStore), so it refuses only what Hydra
 would; where the command line moves the search path (``--config-dir``, ``--config-path``,
 ``hydra.searchpath``), it leaves the check to Hydra. :func:`composition_error` turns the error
-Hydra raises while composing into one line with the closest keys of the typed group. Errors of the
+Hydra raises while composing into one line with the closest keys of the key's group. Errors of the
 run itself keep Hydra's own report (:func:`task_started`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 from collections.abc import Callable, Sequence
@@ -87,18 +86,52 @@ def composition_error(err: BaseException, config_dir: Path | None = None) -> str
     text = text if first in text else f"{text.rstrip('.')}: {first}"
     if not isinstance(cause, ConfigAttributeError | ConfigKeyError):
         return text
-    key, owner = getattr(cause, "full_key", None), getattr(cause, "object_type", None)
-    parent, _, name = str(key or "").rpartition(".")
-    if isinstance(owner, type) and dataclasses.is_dataclass(owner):
-        names = [f.name for f in dataclasses.fields(owner)]
-    elif name and not parent and config_dir is not None:
-        names = _top_level_names(Path(config_dir))
-    else:
-        return text
-    close = difflib.get_close_matches(name, names, n=2)
+    close = _closest_keys(cause, config_dir)
     if close:
-        text += "; did you mean " + " or ".join(f"{parent}.{c}" if parent else c for c in close) + "?"
+        text += "; did you mean " + " or ".join(close) + "?"
     return text
+
+
+def _closest_keys(cause: Any, config_dir: Path | None) -> list[str]:
+    """The existing keys closest to the one OmegaConf's error ``cause`` names, in its config group
+    (``simulation``, ``training``, ...): the same name deeper or shallower in the group
+    (``simulation.extent`` -> ``simulation.connectome.extent``), else the closest names at its own
+    level, else the closest names anywhere in the group. A misspelt top-level key is matched against
+    the composed config's keys and ``config_dir``'s groups and primary config keys."""
+    from omegaconf import DictConfig, OmegaConf
+
+    node, key = getattr(cause, "parent_node", None), str(getattr(cause, "full_key", None) or "")
+    if not isinstance(node, DictConfig) or not key:
+        return []
+    parent, _, name = key.rpartition(".")
+    level = [str(k) for k in node]
+    while node._get_parent() is not None and node._get_parent()._get_parent() is not None:
+        node = node._get_parent()  # up to the group, the root's child
+    if node._get_parent() is None:  # a top-level key: the root and the config folder's names
+        level += _top_level_names(Path(config_dir)) if config_dir is not None else []
+        group, prefix = OmegaConf.to_container(node, resolve=False), ""
+    else:
+        group, prefix = OmegaConf.to_container(node, resolve=False), f"{node._key()}."
+    paths = [prefix + p for p in _key_paths(group)] if isinstance(group, dict) else []
+    same = [p for p in paths if p.rpartition(".")[2] == name and p != key]
+    if same:
+        return same[:3]
+    here = difflib.get_close_matches(name, sorted(set(level)), n=2)
+    if here:
+        return [f"{parent}.{c}" if parent else c for c in here]
+    leaves = {p.rpartition(".")[2]: p for p in paths}
+    return [leaves[c] for c in difflib.get_close_matches(name, list(leaves), n=2)]
+
+
+def _key_paths(tree: dict[Any, Any], prefix: str = "") -> list[str]:
+    """Every key of the nested mapping ``tree`` as a dotted path (a mapping's own key included)."""
+    paths = []
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        paths.append(path)
+        if isinstance(v, dict):
+            paths += _key_paths(v, f"{path}.")
+    return paths
 
 
 def _top_level_names(config_dir: Path) -> list[str]:
