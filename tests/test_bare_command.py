@@ -326,6 +326,11 @@ def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
             "did you mean simulation.n_frames?",
         ),
         (
+            "trainer.max_steps=40",
+            "Could not override 'trainer.max_steps': Key 'max_steps' is not in struct; "
+            "lightning.pytorch.Trainer takes it: add it with +trainer.max_steps=<value>",
+        ),
+        (
             "simulation=flyvis_natural extent=1",
             "Could not override 'extent': Key 'extent' is not in struct; did you mean "
             "simulation.connectome.extent?",
@@ -334,8 +339,9 @@ def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
 )
 def test_a_key_hydra_cannot_compose_is_one_line(tmp_path, override, line):
     """Hydra's five lines (the first advising ``+``, which the preflight would refuse) become one, with
-    the closest keys of the key's group for a misspelt one: the same name at another depth of the
-    group first, then the closest names."""
+    the closest keys of the key's group for a misspelt one (the same name at another depth of the
+    group first, then the closest names), and for an argument of the node's ``_target_`` the ``+`` that
+    adds it."""
     proc = train(tmp_path, *override.split(), run_dir=tmp_path / "run")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {line}"), lines

@@ -86,6 +86,9 @@ def composition_error(err: BaseException, config_dir: Path | None = None) -> str
     text = text if first in text else f"{text.rstrip('.')}: {first}"
     if not isinstance(cause, ConfigAttributeError | ConfigKeyError):
         return text
+    if (target := _target_taking(cause)) is not None:
+        key = getattr(cause, "full_key", "")
+        return f"{text}; {target} takes it: add it with +{key}=<value>"
     close = _closest_keys(cause, config_dir)
     if close:
         text += "; did you mean " + " or ".join(close) + "?"
@@ -121,6 +124,26 @@ def _closest_keys(cause: Any, config_dir: Path | None) -> list[str]:
         return [f"{parent}.{c}" if parent else c for c in here]
     leaves = {p.rpartition(".")[2]: p for p in paths}
     return [leaves[c] for c in difflib.get_close_matches(name, list(leaves), n=2)]
+
+
+def _target_taking(cause: Any) -> str | None:
+    """The ``_target_`` of the config node that lacks the key OmegaConf's error ``cause`` names, when
+    that target (``lightning.pytorch.Trainer`` for ``trainer.max_steps``) takes the key as an
+    argument; else None."""
+    import inspect
+
+    from hydra.utils import get_object
+    from omegaconf import DictConfig
+
+    node, name = getattr(cause, "parent_node", None), getattr(cause, "key", None)
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not isinstance(target, str) or not isinstance(name, str):
+        return None
+    try:
+        parameters = inspect.signature(get_object(target)).parameters
+    except Exception:  # noqa: BLE001 (a target that cannot be imported here is the run's to report)
+        return None
+    return target if name in parameters else None
 
 
 def _key_paths(tree: dict[Any, Any], prefix: str = "") -> list[str]:
