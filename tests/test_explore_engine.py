@@ -98,12 +98,17 @@ def test_blocks_reset_tree_and_change_simulation(tmp_path):
         assert n.parent is None or state.node(n.parent).block == n.block
     assert all(n.parent is None for n in state.nodes if n.id in (5, 9))
     assert {n.simulation.get("simulation.regime", "smooth") for n in state.nodes if n.block == 2} == {"rough"}
-    assert set(state.block_summaries) == {"1", "2"}
+    # block 3 ends with the sweep after 2 of its 4 iterations: the final call summarises it too
+    assert set(state.block_summaries) == {"1", "2", "3"}
+    assert "Best r2 in block 3: " in state.block_summaries["3"]
     ex = tmp_path / "exploration"
     assert (ex / "protocol" / "block_001.md").exists() and (ex / "protocol" / "block_003.md").exists()
-    assert (ex / "memory" / "block_001.md").exists() and (ex / "memory" / "block_002.md").exists()
+    assert not (ex / "protocol" / "block_004.md").exists()  # no block starts after the sweep
+    assert all((ex / "memory" / f"block_00{b}.md").exists() for b in (1, 2, 3))
     analysis = (ex / "analysis.md").read_text()
-    assert analysis.count("## Iter ") == 10 and analysis.count("## Simulation Block") == 2
+    assert "## Simulation Block 3 Summary (iters 9-10)\nSimulation: simulation.regime=" in analysis
+    assert analysis.count("## Iter ") == 10 and analysis.count("## Simulation Block") == 3
+    assert analysis.count("--- NEW SIMULATION BLOCK ---") == 2  # none after the sweep's last block
     assert "Node: id=5, parent=root" in analysis and "Next: parent=" in analysis
     ucb = (ex / "ucb_scores.txt").read_text()
     assert "block 3" in ucb and ucb.count("Node ") == 2

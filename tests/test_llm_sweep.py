@@ -322,6 +322,33 @@ def test_block_end_rules_cite_the_finished_block_within_the_configured_limits(tm
     assert "lr near 1e-3 -> keep it" in stable[3]
 
 
+def test_a_sweep_that_ends_inside_a_block_has_the_llm_summarise_it(tmp_path):
+    """6 iterations in blocks of 4: block 2 ends with the sweep after 2 of its iterations. The final
+    call is a block end for block 2 (its table, no proposals); the summary is kept with the block, the
+    rules and the next simulation it gives are not applied."""
+    sweep_dir = tmp_path / "sweep"
+    with FakeOpenAIServer(default=SweepResponder()) as server:
+        run_sweep(server, sweep_dir, "hydra.sweeper.n_iterations=6")
+    assert len(server.requests) == 4  # iterations 1, 3, 5 (block 2 starts), the final call
+    final = server.requests[3]
+    position = prompt_section(final.text(), "Position")
+    assert position.startswith("Iterations 1-6 / 6 are done; block 2 ends with the sweep\n>>> SWEEP END <<<")
+    assert ">>> BLOCK END <<< Block 2 is complete" in position and "No block follows" in position
+    assert "### Finished block 2" in position
+    listed = [line.split(":")[0] for line in position.splitlines() if line.startswith("Node ")]
+    assert sorted(listed) == ["Node 5", "Node 6"]
+    state = json.loads((sweep_dir / "exploration" / "state.json").read_text())
+    assert state["block_summaries"]["2"].startswith("scripted block summary 3")
+    analysis = (sweep_dir / "exploration" / "analysis.md").read_text()
+    assert "## Simulation Block 2 Summary (iters 5-6)\nscripted block summary 3" in analysis
+    assert (
+        sweep_dir / "exploration" / "memory" / "block_002.md"
+    ).read_text() == "# Working memory\n- scripted reply 3\n"
+    rules = split_protocol((sweep_dir / "exploration" / "protocol.md").read_text())[1]
+    assert rules == "- scripted rule -> keep lr near 1e-3 [evidence: 2, 3, 4]\n"  # block 1's, not the final's
+    assert not (sweep_dir / "exploration" / "protocol" / "block_003.md").exists()
+
+
 def test_a_list_valued_block_choice_reaches_the_next_block_from_the_llms_reply(tmp_path):
     """The prompt lists a list choice as its override value ``[3,4,5]``; the fake model sends that text
     back as the next simulation, and the children of block 2 compose with the declared list."""

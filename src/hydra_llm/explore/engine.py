@@ -436,9 +436,13 @@ class ExplorationEngine:
 
     # ------------------------------------------------------------------ view
     def view(self, size: int) -> ExplorationView:
+        """What the proposer reads before a batch of ``size``; ``size`` 0 is the final call, after the
+        last batch, which closes the sweep's last block wherever in the block the budget ran out."""
         first = self.state.iteration + 1
         block = (first - 1) // self.config.n_iter_block + 1
         in_block = (first - 1) % self.config.n_iter_block + 1
+        if size == 0 and first > 1 and in_block != 1:  # the end of the sweep ends its last block
+            block, in_block = block + 1, 1
         is_block_end = in_block == 1 and first > 1
         last_ids = self.state.batches[-1] if self.state.batches else []
         last = tuple(n for n in self.state.nodes if n.id in set(last_ids))
@@ -716,7 +720,7 @@ class ExplorationEngine:
                     node.observation = str(obs.observation)
             if reply.memory:
                 self._set_memory(reply.memory)
-            if view.is_block_end:  # the sweep ends with a block: its summary, as a block end keeps it
+            if view.is_block_end:  # the last block's summary and memory, as a block end keeps them
                 self._close_block(reply, view.block - 1)
             self.state.replies.append(
                 {"iteration": view.first_iteration, "final": True, "extra": dict(reply.extra)}

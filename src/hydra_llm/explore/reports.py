@@ -92,7 +92,8 @@ def render_analysis(
             out.append(
                 f"## Simulation Block {node.block} Summary (iters {first}-{node.id})\n{summary.strip()}\n"
             )
-            out.append("--- NEW SIMULATION BLOCK ---\n")
+            if index + 1 < len(ordered):
+                out.append("--- NEW SIMULATION BLOCK ---\n")
     return "\n".join(out)
 
 

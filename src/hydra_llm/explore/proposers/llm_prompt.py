@@ -253,32 +253,42 @@ class PromptBuilder:
 
     def _position(self, view: ExplorationView) -> str:
         last = view.first_iteration + view.n_parallel - 1
-        lines = [
-            f"Batch iterations {view.first_iteration}-{last} / {view.n_iterations}",
-            f"Block info: block {view.block}, iteration {view.iter_in_block}/{view.n_iter_block} "
-            "within block",
-            f"PARALLEL MODE: analyze {len(view.last_batch)} results, propose the next {view.n_parallel} runs",
-            "Slot roles: " + ", ".join(f"slot {i}={r}" for i, r in enumerate(view.slot_roles)),
-        ]
-        if view.n_parallel == 0:
-            lines.append(
-                FINAL_MARKER + " The budget is spent: give observations and the final memory; proposals: []"
-            )
+        if view.n_parallel == 0:  # the final call closes the last block (its view is a block end)
+            lines = [
+                f"Iterations 1-{view.first_iteration - 1} / {view.n_iterations} are done; block "
+                f"{view.block - 1} ends with the sweep",
+                FINAL_MARKER + " The budget is spent: give observations and the final memory; proposals: []",
+            ]
+        else:
+            lines = [
+                f"Batch iterations {view.first_iteration}-{last} / {view.n_iterations}",
+                f"Block info: block {view.block}, iteration {view.iter_in_block}/{view.n_iter_block} "
+                "within block",
+                f"PARALLEL MODE: analyze {len(view.last_batch)} results, propose the next {view.n_parallel} "
+                "runs",
+                "Slot roles: " + ", ".join(f"slot {i}={r}" for i, r in enumerate(view.slot_roles)),
+            ]
         if not view.last_batch:
             lines.append(START_MARKER + " (no results yet: propose the first batch)")
-        if view.is_block_end:
+        if view.is_block_end and view.n_parallel == 0:
+            lines.append(
+                f"{BLOCK_END_MARKER} Block {view.block - 1} is complete: fill block_end (summary, rules, "
+                "rules_change, next_simulation). No block follows: the summary is kept with the block, "
+                "the rules and next_simulation are not applied."
+            )
+        elif view.is_block_end:
             lines.append(
                 f"{BLOCK_END_MARKER} The previous block is complete: fill block_end (summary, rules, "
                 "rules_change, next_simulation). The new block restarts the tree at the root "
                 "(parent=null)."
             )
-            if view.finished_block:
-                lines += [
-                    "",
-                    f"### Finished block {view.block - 1} (final UCB table; rule evidence may cite any "
-                    "completed node listed here or in earlier blocks)",
-                    self._rows(view.finished_block, view),
-                ]
+        if view.is_block_end and view.finished_block:
+            lines += [
+                "",
+                f"### Finished block {view.block - 1} (final UCB table; rule evidence may cite any "
+                "completed node listed here or in earlier blocks)",
+                self._rows(view.finished_block, view),
+            ]
         return "## Position\n" + "\n".join(lines)
 
     def _ucb(self, view: ExplorationView) -> str:
