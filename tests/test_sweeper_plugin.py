@@ -159,6 +159,26 @@ def test_cli_between_batches_resume_extends(tmp_path):
     assert [n["job_num"] for n in load(tmp_path)["nodes"]] == list(range(8))
 
 
+def test_a_sweep_folder_moved_before_its_resume_reads_its_jobs_in_the_new_place(tmp_path):
+    """A sweep moved (or copied) elsewhere, as from a cluster's scratch to project space, and resumed
+    there reads its earlier nodes' job folders and plots in the new place: the report shows every
+    node's plot, where it dropped those of the nodes run before the move."""
+    first, moved = tmp_path / "scratch" / "sweep", tmp_path / "project" / "sweep"
+    cli(first, "hydra.sweeper.n_iterations=4")
+    moved.parent.mkdir()
+    first.rename(moved)
+    cli(moved, "hydra.sweeper.n_iterations=8", "hydra.sweeper.resume=true")
+    state = load(moved)
+    assert state["sweep_dir"] == str(moved) and [n["job_num"] for n in state["nodes"]] == list(range(8))
+    for n in state["nodes"]:
+        folder = moved / str(n["job_num"])
+        assert n["output_dir"] == str(folder) and n["plots"] == [str(folder / "plots" / "activity.png")]
+    log = (moved / "exploration" / "sweep.log").read_text()
+    assert f"resume: the sweep folder was {first}; the job folders and plots of 4 nodes are read from" in log
+    report = (moved / "exploration" / "report.html").read_text()
+    assert all(f"../{job}/plots/activity.png" in report for job in range(8))
+
+
 def test_cli_sweep_keys_start_from_their_config_values(tmp_path):
     # The space as command-line sweeps (as Optuna users write it): each key's default is its config value.
     space = "training.lr=tag(log,interval(1e-5,1e-1))"

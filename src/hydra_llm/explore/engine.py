@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -219,6 +220,13 @@ class ExplorationEngine:
                 )
             state = self._load_for_resume()
             self._check_resume_settings(state)
+            old_folder = state.sweep_dir
+            if moved := state.move_folder(self.sweep_dir):
+                self._event(
+                    state,
+                    f"resume: the sweep folder was {old_folder}; the job folders and plots of "
+                    f"{len(moved)} nodes are read from {state.sweep_dir}",
+                )
             free = first_free_job(self.sweep_dir)
             if free > state.next_job_idx:
                 self._event(
@@ -249,6 +257,7 @@ class ExplorationEngine:
             sweep_id=sweep_id, seed=self.config.seed, proposer=self.proposer_note, protocol=protocol
         )
         state.search_space = self._space_record()
+        state.sweep_dir = os.path.abspath(self.sweep_dir)
         state.next_job_idx = first_free_job(self.sweep_dir)
         self._event(state, f"proposer: {self.proposer_note}")
         if state.next_job_idx:

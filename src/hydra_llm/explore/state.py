@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,9 @@ class SweepState:
     search_space: dict[str, Any] = field(default_factory=dict)
     # Code versions when hydra.sweeper.code_edits is on: versions, active, reviewed_blocks, attempts.
     code: dict[str, Any] = field(default_factory=dict)
+    # The sweep folder's absolute path when the state was written: a resume from another place (the
+    # folder moved or copied) moves the nodes' job folders and plots with it (:meth:`move_folder`).
+    sweep_dir: str = ""
     version: int = STATE_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +94,28 @@ class SweepState:
                 raise ValueError(
                     f"node {n.id}: job {n.job_num} is not below next_job_idx {self.next_job_idx}"
                 )
+
+    def move_folder(self, sweep_dir: Path) -> list[int]:
+        """Point the nodes' job folders and plots that lay inside the recorded ``self.sweep_dir`` at
+        the same places inside ``sweep_dir`` (where this state now is); returns the ids of the nodes
+        moved. Paths outside the old folder are kept; a state that recorded no folder moves nothing."""
+        new = Path(os.path.abspath(sweep_dir))  # as Hydra makes the job folders absolute
+        old, self.sweep_dir = self.sweep_dir, str(new)
+        if not old or Path(old) == new:
+            return []
+
+        def moved(path: str) -> str:
+            if not path or not Path(path).is_absolute() or not Path(path).is_relative_to(old):
+                return path
+            return str(new / Path(path).relative_to(old))
+
+        ids = []
+        for node in self.nodes:
+            folder, plots = moved(node.output_dir), [moved(p) for p in node.plots]
+            if (folder, plots) != (node.output_dir, node.plots):
+                node.output_dir, node.plots = folder, plots
+                ids.append(node.id)
+        return ids
 
     def node(self, node_id: int) -> Node | None:
         for node in self.nodes:
