@@ -90,6 +90,8 @@ def test_start_of_sweep_exploits_root_and_replicates_baseline():
     assert all(p.parent is None for p in reply.proposals)
     assert all(len(p.overrides) == 1 for p in reply.proposals[:2])
     assert reply.proposals[2].overrides == {} and reply.memory.startswith("# Working memory")
+    # an empty tree has no gains to cite: the reason says so, not "mean gain +0 over 0 move(s)"
+    assert all(p.hypothesis.endswith("from the block root: not tried yet") for p in reply.proposals[:2])
 
 
 def test_exploit_parents_follow_ucb_rank_and_mutate_one_key():

@@ -239,9 +239,8 @@ class RulesProposer(Proposer):
             for d in directions:
                 evidence = gains.get((key, d), [])
                 score = sum(evidence) / len(evidence) if evidence else 0.0
-                candidates.append(
-                    (score, key, d, 1.0, f"mean gain {score:+.3g} over {len(evidence)} move(s)")
-                )
+                why = f"mean gain {score:+.3g} over {len(evidence)} move(s)" if evidence else "not tried yet"
+                candidates.append((score, key, d, 1.0, why))
                 if full_tried and spec.kind != "choice":
                     candidates.append((score, key, d, 0.5, "half step: both full steps were tried here"))
         # deterministic tie-breaking through the sweep's rng
