@@ -301,6 +301,32 @@ def test_the_zero_penalty_pins_psi_at_zero_voltage(data):
     assert at_zero[10.0] < 0.2 * at_zero[0.0]
 
 
+def test_the_straightness_penalty_takes_the_bend_out_of_psi(data):
+    """``coeff_g_phi_straight`` pulls psi towards a straight line on [0, 2 xnorm] (the simulator's relu
+    is straight there), on points drawn from the step number; off by default."""
+    obs = data.observations
+    assert TRAINING["coeff_g_phi_straight"] == 0
+    bend = {}
+    for coeff in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = FlyvisGNN(
+            obs,
+            training(coeff_g_phi_straight=coeff, max_steps_per_epoch=100),
+            hidden_dim=16,
+            hidden_dim_update=16,
+        )
+        terms = model.one_step_losses(obs.activity[:4], obs.derivative[:4], obs.external_input[:4])
+        assert ("g_phi_straight" in terms) == (coeff > 0)
+        torch.testing.assert_close(model.psi_bend(torch.device("cpu")), model.psi_bend(torch.device("cpu")))
+        fit(data, model)
+        with torch.no_grad():  # the change of slope over h at 21 points of [h, 2 xnorm - h], every neuron
+            h = 0.25 * model.xnorm
+            u = torch.linspace(h, 2.0 * model.xnorm - h, 21)[:, None].expand(21, obs.n_neurons)
+            psi = [model.psi((u + shift).contiguous()) for shift in (-h, 0.0, h)]
+            bend[coeff] = float((((psi[2] - 2 * psi[1] + psi[0]) / h) ** 2).mean())
+    assert bend[10.0] < 0.2 * bend[0.0], bend
+
+
 def test_without_learn_autapses_self_loops_stay_at_zero_and_send_nothing(data):
     """While relu(v_j) is linear over the record, a self-loop's weight trades with the neuron's leak; with
     learn_autapses=False it is held at exactly 0 through training, every other weight learns, and the

@@ -110,11 +110,10 @@ def _closest_keys(cause: Any, config_dir: Path | None) -> list[str]:
     level = [str(k) for k in node]
     while node._get_parent() is not None and node._get_parent()._get_parent() is not None:
         node = node._get_parent()  # up to the group, the root's child
-    if node._get_parent() is None:  # a top-level key: the root and the config folder's names
-        level += _top_level_names(Path(config_dir)) if config_dir is not None else []
-        group, prefix = OmegaConf.to_container(node, resolve=False), ""
-    else:
-        group, prefix = OmegaConf.to_container(node, resolve=False), f"{node._key()}."
+    top = node._get_parent() is None
+    if top and config_dir is not None:  # a top-level key: the root's and the config folder's names
+        level += _top_level_names(Path(config_dir))
+    group, prefix = OmegaConf.to_container(node, resolve=False), "" if top else f"{node._key()}."
     paths = [prefix + p for p in _key_paths(group)] if isinstance(group, dict) else []
     same = [p for p in paths if p.rpartition(".")[2] == name and p != key]
     if same:

@@ -27,6 +27,8 @@ Loss per step on a batch of training frames (B frames x N neurons)::
     + coeff_g_phi_diff    * mean relu(psi(v) - psi(v + d))   psi non-decreasing, d = 0.05 xnorm
     + coeff_g_phi_norm    * mean_j (psi(v*, a_j) - v*)^2      v* = 2 xnorm: fixes the W <-> psi gauge
     + coeff_g_phi_zero    * mean_j psi(0, a_j)^2              fixes psi's offset <-> f's offset gauge
+    + coeff_g_phi_straight * mean_j ((psi(u+h) - 2 psi(u) + psi(u-h)) / h)^2
+                                 psi straight on [0, 2 xnorm]: h = 0.25 xnorm, u_j drawn per step
     + coeff_f_theta_msg_diff * mean relu(f(m) - f(m + d_m))  f non-decreasing in the message
     + coeff_f_theta_additivity * mean((D f(m, I) - D f(0, 0)) / (0.05 yscale))^2
                                  D f(m, I) = f(v + d, m, I) - f(v, m, I): f's leak is the same at the
@@ -422,6 +424,8 @@ class FlyvisGNN(FrameGNN):
         if cfg["coeff_g_phi_zero"] > 0:
             at_zero = self.psi(torch.zeros((1, self.n_neurons), device=v.device))
             terms["g_phi_zero"] = cfg["coeff_g_phi_zero"] * (at_zero**2).mean()
+        if cfg["coeff_g_phi_straight"] > 0:
+            terms["g_phi_straight"] = cfg["coeff_g_phi_straight"] * self.psi_bend(v.device)
         if cfg["coeff_f_theta_msg_diff"] > 0:
             shift = 0.05 * (msg.detach().std() + 1e-6)
             diff = self.f(v, msg, inp) - self.f(v, msg + shift, inp)
@@ -434,6 +438,17 @@ class FlyvisGNN(FrameGNN):
                 v[:1], msg[:1], inp[:1]
             )
         return terms
+
+    def psi_bend(self, device: torch.device) -> torch.Tensor:
+        """Mean over neurons of psi's change of slope, ``((psi(u+h) - 2 psi(u) + psi(u-h)) / h)^2``,
+        dimensionless, at one point u_j per neuron in [h, 2 xnorm - h] (h = 0.25 xnorm), drawn from
+        the step number (the same points on a rerun): 0 where psi is straight on [0, 2 xnorm], as the
+        simulator's relu is, including between 0 and the range a tonic neuron's record covers."""
+        h = 0.25 * self.xnorm
+        draw = torch.Generator().manual_seed(int(self.global_step))
+        u = h + (2.0 * self.xnorm - 2.0 * h) * torch.rand(self.n_neurons, generator=draw).to(device)
+        psi = self.psi(torch.stack([u - h, u, u + h]))
+        return (((psi[2] - 2.0 * psi[1] + psi[0]) / h) ** 2).mean()
 
     def leak_mismatch(self, v: torch.Tensor, msg: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """Mean squared difference between f's rise over a voltage step d = 0.05 xnorm at the given

@@ -107,6 +107,9 @@ class FlyvisTraining:
     # psi(0) = 0, where the simulator's relu starts: msg = 0, where f_theta is read out, is then the
     # point of zero synaptic drive (psi's offset is otherwise free and moves into f's); 0 = off
     coeff_g_phi_zero: float = 0.0
+    # psi straight on v in [0, 2 xnorm], the simulator's relu: between 0 and a tonic neuron's recorded
+    # range nothing else fixes psi's shape, and f is read out through it at msg = 0; 0 = off
+    coeff_g_phi_straight: float = 0.0
     coeff_g_phi_weight_L1: float = 0.0
     coeff_g_phi_weight_L2: float = 0.0
     coeff_f_theta_weight_L1: float = 0.0
