@@ -277,51 +277,48 @@ def test_every_update_form_reads_each_neuron_row_by_row_and_the_affine_gains_onc
         assert rows[0] == (obs.n_neurons, model.a.shape[1])
 
 
+def fit_with_penalty(data, key: str, coeff: float, psi_at_zero: float | None = None) -> FlyvisGNN:
+    """A small model trained 100 steps with the psi penalty ``key`` at ``coeff`` (its term is in the
+    loss exactly when ``coeff`` > 0); ``psi_at_zero``: psi's last bias to start from."""
+    obs = data.observations
+    torch.manual_seed(0)
+    model = FlyvisGNN(
+        obs, training(**{f"coeff_{key}": coeff}, max_steps_per_epoch=100), hidden_dim=16, hidden_dim_update=16
+    )
+    if psi_at_zero is not None:
+        with torch.no_grad():
+            model.g_phi.net[-1].bias.fill_(psi_at_zero)
+    terms = model.one_step_losses(obs.activity[:4], obs.derivative[:4], obs.external_input[:4])
+    assert (key in terms) == (coeff > 0)
+    fit(data, model)
+    return model
+
+
 def test_the_zero_penalty_pins_psi_at_zero_voltage(data):
     """``coeff_g_phi_zero`` pulls psi(0, a_j) to 0 (msg = 0 is then zero synaptic drive); off by
     default."""
-    obs = data.observations
+    n = data.observations.n_neurons
     assert TRAINING["coeff_g_phi_zero"] == 0
     at_zero = {}
-    for coeff in (0.0, 10.0):
-        torch.manual_seed(0)
-        model = FlyvisGNN(
-            obs,
-            training(coeff_g_phi_zero=coeff, max_steps_per_epoch=100),
-            hidden_dim=16,
-            hidden_dim_update=16,
-        )
-        with torch.no_grad():  # psi well above 0 at v = 0 to start from
-            model.g_phi.net[-1].bias.fill_(0.5)
-        terms = model.one_step_losses(obs.activity[:4], obs.derivative[:4], obs.external_input[:4])
-        assert ("g_phi_zero" in terms) == (coeff > 0)
-        fit(data, model)
+    for coeff in (0.0, 10.0):  # psi well above 0 at v = 0 to start from
+        model = fit_with_penalty(data, "g_phi_zero", coeff, psi_at_zero=0.5)
         with torch.no_grad():
-            at_zero[coeff] = float(model.psi(torch.zeros(1, obs.n_neurons)).abs().mean())
+            at_zero[coeff] = float(model.psi(torch.zeros(1, n)).abs().mean())
     assert at_zero[10.0] < 0.2 * at_zero[0.0]
 
 
 def test_the_straightness_penalty_takes_the_bend_out_of_psi(data):
     """``coeff_g_phi_straight`` pulls psi towards a straight line on [0, 2 xnorm] (the simulator's relu
-    is straight there), on points drawn from the step number; off by default."""
-    obs = data.observations
+    is straight there), on points drawn from the step number (the same on a rerun); off by default."""
+    n = data.observations.n_neurons
     assert TRAINING["coeff_g_phi_straight"] == 0
     bend = {}
     for coeff in (0.0, 10.0):
-        torch.manual_seed(0)
-        model = FlyvisGNN(
-            obs,
-            training(coeff_g_phi_straight=coeff, max_steps_per_epoch=100),
-            hidden_dim=16,
-            hidden_dim_update=16,
-        )
-        terms = model.one_step_losses(obs.activity[:4], obs.derivative[:4], obs.external_input[:4])
-        assert ("g_phi_straight" in terms) == (coeff > 0)
+        model = fit_with_penalty(data, "g_phi_straight", coeff)
         torch.testing.assert_close(model.psi_bend(torch.device("cpu")), model.psi_bend(torch.device("cpu")))
-        fit(data, model)
         with torch.no_grad():  # the change of slope over h at 21 points of [h, 2 xnorm - h], every neuron
             h = 0.25 * model.xnorm
-            u = torch.linspace(h, 2.0 * model.xnorm - h, 21)[:, None].expand(21, obs.n_neurons)
+            u = torch.linspace(h, 2.0 * model.xnorm - h, 21)[:, None].expand(21, n)
             psi = [model.psi((u + shift).contiguous()) for shift in (-h, 0.0, h)]
             bend[coeff] = float((((psi[2] - 2 * psi[1] + psi[0]) / h) ** 2).mean())
     assert bend[10.0] < 0.2 * bend[0.0], bend
