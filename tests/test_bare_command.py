@@ -348,6 +348,32 @@ def test_a_key_hydra_cannot_compose_is_one_line(tmp_path, override, line):
     assert not (tmp_path / "run").exists()
 
 
+def test_help_names_the_commands_and_shows_the_config_the_arguments_compose(tmp_path):
+    """``--help`` opens with what the project does and its three commands, lists the config groups, and
+    shows the config the other arguments compose; asking Hydra for two commands at once (``-m`` with
+    ``--cfg``) is one line, where Hydra raised a ValueError with its traceback."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", *args]
+        return subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
+
+    shown = run("simulation=flyvis_natural", "--help")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    head = shown.stdout.split("== Config groups", 1)[0]
+    assert head.startswith("hydra-llm: simulate a network")
+    assert "a sweep:   python train.py -m hydra/sweeper=llm_ucb simulation=flyvis_natural" in head
+    assert "\nsimulation: flyvis_davis, flyvis_natural, flyvis_synthetic, " in shown.stdout
+    assert "\n    source: natural\n" in shown.stdout.split("== Config (override any key: key=value) ==")[1]
+    assert shown.stdout.rstrip().endswith("Hydra's own flags: --hydra-help")
+    both = run("-m", "--cfg", "job")
+    lines = both.stderr.strip().splitlines()
+    assert both.returncode == 1 and len(lines) == 1, both.stderr[-2000:]
+    assert lines[0] == (
+        "error: --multirun and --cfg: Hydra runs one of --run, --multirun, --cfg, --info, "
+        "--shell-completion at a time"
+    )
+
+
 def test_an_error_of_the_run_itself_keeps_hydras_report(tmp_path):
     """Past composition the task's own exception is Hydra's to report (its traceback, trimmed); a
     HYDRA_FULL_ERROR the user set is left as it is."""

@@ -24,6 +24,25 @@ _FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra re-raises what it would report when th
 _set_here = False
 
 
+def conflicting_commands(argv: Sequence[str]) -> str | None:
+    """The one-line error for a command line that asks Hydra for more than one command (``-m`` with
+    ``--cfg job``: Hydra raises a ValueError with a traceback), or None."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(list(argv))
+    given = {
+        "--run": args.run,
+        "--multirun": args.multirun,
+        "--cfg": args.cfg is not None,
+        "--info": args.info is not None,
+        "--shell-completion": args.shell_completion,
+    }
+    asked = [flag for flag, on in given.items() if on]
+    if len(asked) < 2:
+        return None
+    return f"{' and '.join(asked)}: Hydra runs one of {', '.join(given)} at a time"
+
+
 def unknown_choice(argv: Sequence[str], config_dir: Path) -> str | None:
     """The one-line error for the first command-line choice of a config group in ``argv`` (Hydra's
     arguments, e.g. ``sys.argv[1:]``) that is not one of the group's options, or None. A sweep over
@@ -175,7 +194,7 @@ def run_app(main: Callable[[], Any], config_dir: Path, argv: Sequence[str]) -> N
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     global _set_here
-    if (problem := unknown_choice(argv, config_dir)) is not None:
+    if (problem := conflicting_commands(argv) or unknown_choice(argv, config_dir)) is not None:
         raise SystemExit(f"error: {problem}")
     if _FULL_ERROR in os.environ:
         main()
