@@ -331,6 +331,11 @@ def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
             "lightning.pytorch.Trainer takes it: add it with +trainer.max_steps=<value>",
         ),
         (
+            "-m experiment=quick_sweep n_iterations=3",
+            "Could not override 'n_iterations': Key 'n_iterations' is not in struct; did you mean "
+            "hydra.sweeper.n_iterations?",
+        ),
+        (
             "simulation=flyvis_natural extent=1",
             "Could not override 'extent': Key 'extent' is not in struct; did you mean "
             "simulation.connectome.extent?",

@@ -391,6 +391,33 @@ def test_bad_configuration_is_refused_before_any_call(monkeypatch):
     )
 
 
+def test_a_slots_metrics_are_listed_headline_first_and_oracle_after_the_other_read_outs(tmp_path):
+    view = make_view(tmp_path)
+    node = view.last_batch[0]
+    node.metrics = {  # alphabetical, as they may come back
+        "connectivity_R2": 0.88,
+        "connectivity_R2_oracle": 0.87,
+        "connectivity_slope": 0.9,
+        "final_loss": 0.1,
+        "tau_R2": 0.7,
+        "test_R2": 0.5,
+        "test_pearson": 0.95,
+        "cluster_accuracy": 0.8,
+    }
+    text = PromptBuilder().user_text(view)
+    line = text.split("Metrics: ", 1)[1].splitlines()[0]
+    assert [item.split("=")[0] for item in line.split(", ")] == [
+        "connectivity_R2",
+        "tau_R2",
+        "cluster_accuracy",
+        "test_R2",
+        "test_pearson",
+        "connectivity_slope",
+        "connectivity_R2_oracle",
+        "final_loss",
+    ]
+
+
 def test_final_call_without_slots_accepts_observations_only(server, proposer, tmp_path):
     view = make_view(tmp_path)
     view = type(view)(**{**view.__dict__, "n_parallel": 0, "slot_roles": ()})

@@ -17,7 +17,7 @@ from typing import Any
 
 from hydra_llm.explore.space import format_value
 from hydra_llm.explore.tree import GroupStats, Node, Objective, UCBScore, group_rewards, stats
-from hydra_llm.schemas.evaluation import headline_of
+from hydra_llm.schemas.evaluation import headline_of, reading_order
 
 _EXTRA_UCB_METRICS = (
     ("Pearson", "test_pearson"),
@@ -50,7 +50,7 @@ def render_entry(node: Node, next_parent: int | None | str) -> str:
     if node.status == "failed":
         metrics = f"FAILED: {node.error or 'no error summary'}"
     else:
-        metrics = ", ".join(f"{k}={_num(v)}" for k, v in sorted(node.metrics.items())) or "(none)"
+        metrics = ", ".join(f"{k}={_num(node.metrics[k])}" for k in reading_order(node.metrics)) or "(none)"
     if node.mutation:
         mutation = node.mutation_text
     elif node.parent is None:

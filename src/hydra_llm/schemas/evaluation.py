@@ -217,6 +217,12 @@ def metric_groups(names: Iterable[str], headline: Iterable[str]) -> list[tuple[s
     return [(title, keys) for title, keys in groups if keys]
 
 
+def reading_order(names: Collection[str]) -> list[str]:
+    """``names`` as :func:`metric_groups` orders them under the headline of the regime that returned
+    them (:func:`headline_of`): its headline first, ``_oracle`` ones after the other read-outs."""
+    return [k for _, keys in metric_groups(names, headline_of(names)) for k in keys]
+
+
 def is_metric(name: str, names: Iterable[str]) -> bool:
     """Whether ``name`` is one of ``names`` (see :func:`metric_names` for ``<i>``)."""
     return any(re.fullmatch(re.escape(n).replace("<i>", r"\d+"), name) for n in names)

@@ -28,6 +28,7 @@ from hydra_llm.explore.protocol import RulesPolicy
 from hydra_llm.explore.space import format_value
 from hydra_llm.explore.text import LIMITS
 from hydra_llm.explore.tree import Node, UCBScore
+from hydra_llm.schemas.evaluation import reading_order
 
 BLOCK_END_MARKER = ">>> BLOCK END <<<"
 START_MARKER = ">>> SWEEP START <<<"
@@ -338,7 +339,8 @@ class PromptBuilder:
             "Config diff vs parent: "
             + config_diff(result.config, self._parent_overrides(result, view), _roots(view)),
             "Config vs block root: " + format_overrides(result.config),
-            "Metrics: " + (", ".join(f"{k}={fmt(v)}" for k, v in result.metrics.items()) or "none"),
+            "Metrics: "
+            + (", ".join(f"{k}={fmt(result.metrics[k])}" for k in reading_order(result.metrics)) or "none"),
             f"Reward: {fmt(result.reward)}",
         ]
         metric = str(view.objective.get("metric", ""))
