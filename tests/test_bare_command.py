@@ -336,6 +336,17 @@ def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
             "hydra.sweeper.n_iterations?",
         ),
         (
+            "-m hydra.sweeper.n_iterations=3",
+            "Could not override 'hydra.sweeper.n_iterations': Key 'n_iterations' not in 'BasicSweeperConf'; "
+            "hydra/sweeper=llm_ucb has it: add hydra/sweeper=llm_ucb to the command line",
+        ),
+        (
+            "-m hydra.launcher.partition=gpu",
+            "Could not override 'hydra.launcher.partition': Key 'partition' not in 'BasicLauncherConf'; "
+            "hydra/launcher=slurm or hydra/launcher=submitit_slurm have it: add hydra/launcher=slurm to the "
+            "command line",
+        ),
+        (
             "simulation=flyvis_natural extent=1",
             "Could not override 'extent': Key 'extent' is not in struct; did you mean "
             "simulation.connectome.extent?",
@@ -345,8 +356,8 @@ def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
 def test_a_key_hydra_cannot_compose_is_one_line(tmp_path, override, line):
     """Hydra's five lines (the first advising ``+``, which the preflight would refuse) become one, with
     the closest keys of the key's group for a misspelt one (the same name at another depth of the
-    group first, then the closest names), and for an argument of the node's ``_target_`` the ``+`` that
-    adds it."""
+    group first, then the closest names), for an argument of the node's ``_target_`` the ``+`` that
+    adds it, and for a key of another sweeper or launcher the choice that has it."""
     proc = train(tmp_path, *override.split(), run_dir=tmp_path / "run")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {line}"), lines

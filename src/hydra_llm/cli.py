@@ -105,9 +105,12 @@ def composition_error(err: BaseException, config_dir: Path | None = None) -> str
     text = text if first in text else f"{text.rstrip('.')}: {first}"
     if not isinstance(cause, ConfigAttributeError | ConfigKeyError):
         return text
+    key = str(getattr(cause, "full_key", None) or "")
     if (target := _target_taking(cause)) is not None:
-        key = getattr(cause, "full_key", "")
         return f"{text}; {target} takes it: add it with +{key}=<value>"
+    if options := _hydra_options_with(key, config_dir):
+        have = "has" if len(options) == 1 else "have"
+        return f"{text}; {' or '.join(options)} {have} it: add {options[0]} to the command line"
     close = _closest_keys(cause, config_dir)
     if close:
         text += "; did you mean " + " or ".join(close) + "?"
@@ -142,6 +145,34 @@ def _closest_keys(cause: Any, config_dir: Path | None) -> list[str]:
         return [f"{parent}.{c}" if parent else c for c in here]
     leaves = {p.rpartition(".")[2]: p for p in paths}
     return [leaves[c] for c in difflib.get_close_matches(name, list(leaves), n=2)]
+
+
+def _hydra_options_with(key: str, config_dir: Path | None) -> list[str]:
+    """For a key of one of Hydra's own groups that the chosen option lacks
+    (``hydra.sweeper.n_iterations`` under the basic sweeper), the options of that group that have it
+    (``hydra/sweeper=llm_ucb``): the plugins' configs in the ConfigStore and ``config_dir``'s own
+    (``conf/hydra/launcher/slurm.yaml``)."""
+    import yaml
+    from hydra.core.config_store import ConfigNode, ConfigStore
+
+    parts = key.split(".")
+    if len(parts) < 3 or parts[0] != "hydra":
+        return []
+    group, name = parts[1], parts[2]
+    repo = ConfigStore.instance().repo.get("hydra", {}).get(group, {})
+    found = {
+        option.removesuffix(".yaml")
+        for option, entry in repo.items()
+        if isinstance(entry, ConfigNode) and hasattr(entry.node, "keys") and name in entry.node
+    }
+    for path in sorted((Path(config_dir) / "hydra" / group).glob("*.yaml")) if config_dir else []:
+        try:
+            own = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(own, dict) and name in own:
+            found.add(path.stem)
+    return [f"hydra/{group}={option}" for option in sorted(found)]
 
 
 def _target_taking(cause: Any) -> str | None:
