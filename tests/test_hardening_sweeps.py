@@ -26,8 +26,14 @@ def _foreground() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(sweep_dir: Path, *overrides: str) -> subprocess.Popen:
-    """The sweeper in its own session, as a shell starts a foreground job (signals go to its group)."""
+def _background() -> None:
+    # How a script's shell (no job control) starts `cmd &`: SIGINT ignored, so Ctrl-C is not for it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start(sweep_dir: Path, *overrides: str, background: bool = False) -> subprocess.Popen:
+    """The sweeper in its own session, as a shell starts a foreground job (signals go to its group), or
+    with ``background`` as a script starts a background job."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
     cmd = [sys.executable, str(TOY), "-m", *BASE, SPACE, f"hydra.sweep.dir={sweep_dir}", *overrides]
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -39,7 +45,7 @@ def start(sweep_dir: Path, *overrides: str) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=err,
         start_new_session=True,
-        preexec_fn=_foreground,  # in the child between fork and exec: it only resets one signal
+        preexec_fn=_background if background else _foreground,  # between fork and exec: one signal
     )
 
 
@@ -252,6 +258,34 @@ def test_resume_refuses_changed_settings(tmp_path):
     assert len(load(tmp_path)["nodes"]) == 4  # nothing ran, nothing lost
     cli(tmp_path, "hydra.sweeper.n_iterations=8", "hydra.sweeper.resume=true")  # n_iterations may change
     assert [n["job_num"] for n in load(tmp_path)["nodes"]] == list(range(8))
+
+
+def test_a_scripts_background_sweep_keeps_ignoring_ctrl_c_and_stops_on_sigterm(tmp_path):
+    """A script's shell starts `cmd &` with SIGINT ignored, so that Ctrl-C in its terminal stops the
+    script and not the job; the sweep keeps it ignored in its batch loop too (whose guard took SIGINT
+    over), and SIGTERM still stops it with the state saved."""
+    sweep, pid_dir = tmp_path / "sweep", tmp_path / "pids"
+    proc = start(
+        sweep,
+        "hydra.sweeper.n_iterations=8",
+        "behaviour.sleep=20",
+        f"behaviour.pid_dir={pid_dir}",
+        background=True,
+    )
+    try:
+        wait_for(lambda: len(pids(pid_dir)) >= 1, 90, "the first batch running")
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(2.0)
+        assert proc.poll() is None, stderr_of(sweep)[-2000:]
+        os.killpg(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 128 + signal.SIGTERM, (rc, stderr_of(sweep)[-2000:])
+    log = (sweep / "exploration" / "sweep.log").read_text()
+    assert "stopped by SIGTERM" in log and "SIGINT" not in log
+    assert [c["job_num"] for c in load(sweep)["in_flight"]] == [0, 1, 2, 3]
 
 
 def test_ctrl_c_in_the_preflight_is_one_line_and_writes_nothing(tmp_path):

@@ -1,6 +1,7 @@
 """Stopping a sweep on Ctrl-C / SIGTERM within seconds, and children that never outlive it.
 
-In the sweeper process, :class:`InterruptGuard` turns the first SIGINT or SIGTERM into
+In the sweeper process, :class:`InterruptGuard` turns the first SIGINT or SIGTERM (unless the process
+started with it ignored, as a script's background job starts with SIGINT) into
 :class:`SweepInterrupted` raised in the main thread (so a launcher unwinds and kills its workers) and
 starts a short grace timer that ends the process even if that exception gets swallowed on the way;
 a second signal ends it at once. The sweep state on disk is always consistent (it is written before
@@ -72,7 +73,10 @@ class InterruptGuard:
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+                # A signal the process started with ignored stays ignored, as Python leaves it: a script's
+                # shell starts `cmd &` with SIGINT ignored, so that Ctrl-C in its terminal is not for it.
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         self._previous_env = os.environ.get(SWEEPER_PID_ENV)
         os.environ[SWEEPER_PID_ENV] = str(os.getpid())
         return self
