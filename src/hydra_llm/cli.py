@@ -89,9 +89,10 @@ def unknown_choice(argv: Sequence[str], config_dir: Path) -> str | None:
 
 def composition_error(err: BaseException, config_dir: Path | None = None) -> str:
     """One line for Hydra's error composing the config: its message without the advice to append the
-    key with ``+``, the first line of what OmegaConf raised under it, and for a key that a typed group
-    lacks, the closest of its keys (for a top-level key, the closest of ``config_dir``'s groups and
-    primary config keys)."""
+    key with ``+``, the first line of what OmegaConf raised under it, and for a key the config lacks
+    where to find it: the ``+`` that adds an argument of the node's ``_target_``
+    (:func:`_target_taking`), the sweeper or launcher that has a ``hydra.<group>`` key
+    (:func:`_hydra_options_with`), else the closest keys of its group (:func:`_closest_keys`)."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
