@@ -13,6 +13,7 @@ from hydra_llm.explore.proposers.base import ExplorationView, ParamSpec
 from hydra_llm.explore.proposers.llm import LLMProposer, endpoint_configured
 from hydra_llm.explore.proposers.llm_prompt import BLOCK_END_MARKER, PromptBuilder, cap_lines, read_trajectory
 from hydra_llm.explore.proposers.rules import RulesProposer
+from hydra_llm.explore.reports import render_entry
 from hydra_llm.explore.tree import Node, UCBScore
 from tests.fake_openai import FakeError, FakeOpenAIServer, FakeReply, prompt_section
 
@@ -392,6 +393,7 @@ def test_bad_configuration_is_refused_before_any_call(monkeypatch):
 
 
 def test_a_slots_metrics_are_listed_headline_first_and_oracle_after_the_other_read_outs(tmp_path):
+    """The LLM's prompt and analysis.md list a run's metrics in :func:`reading_order`."""
     view = make_view(tmp_path)
     node = view.last_batch[0]
     node.metrics = {  # alphabetical, as they may come back
@@ -404,18 +406,19 @@ def test_a_slots_metrics_are_listed_headline_first_and_oracle_after_the_other_re
         "test_pearson": 0.95,
         "cluster_accuracy": 0.8,
     }
-    text = PromptBuilder().user_text(view)
-    line = text.split("Metrics: ", 1)[1].splitlines()[0]
-    assert [item.split("=")[0] for item in line.split(", ")] == [
-        "connectivity_R2",
-        "tau_R2",
-        "cluster_accuracy",
-        "test_R2",
-        "test_pearson",
-        "connectivity_slope",
-        "connectivity_R2_oracle",
-        "final_loss",
-    ]
+    prompt = PromptBuilder().user_text(view).split("Metrics: ", 1)[1].splitlines()[0]
+    analysis = render_entry(node, None).split("Metrics: ", 1)[1].splitlines()[0]
+    for line in (prompt, analysis):
+        assert [item.split("=")[0] for item in line.split(", ")] == [
+            "connectivity_R2",
+            "tau_R2",
+            "cluster_accuracy",
+            "test_R2",
+            "test_pearson",
+            "connectivity_slope",
+            "connectivity_R2_oracle",
+            "final_loss",
+        ]
 
 
 def test_final_call_without_slots_accepts_observations_only(server, proposer, tmp_path):

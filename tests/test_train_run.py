@@ -143,13 +143,10 @@ def test_the_metrics_a_run_returns_name_its_regimes_headline():
     assert headline_of({"my_score"}) == ()
 
 
-def test_a_runs_metrics_are_read_headline_first_and_oracle_after_the_other_read_outs():
-    """One order for a run's metrics wherever a sweep lists them (analysis.md here, the LLM's prompt in
+def test_reading_order_puts_the_headline_first_and_the_oracle_metrics_after_the_other_read_outs():
+    """The one order of a run's metrics wherever a sweep lists them (analysis.md and the LLM's prompt:
     test_llm_proposer): the regime's headline in its order, the other read-outs, the ``_oracle`` ones,
     the run's own figures."""
-    from hydra_llm.explore.reports import render_entry
-    from hydra_llm.explore.tree import Node
-
     returned = {m.replace("<i>", "0"): 0.5 for m in (*FlyvisEvaluation.METRICS, *RUN_METRICS)}
     order = reading_order(returned)
     assert order[: len(FlyvisEvaluation.HEADLINE)] == list(FlyvisEvaluation.HEADLINE)
@@ -158,24 +155,6 @@ def test_a_runs_metrics_are_read_headline_first_and_oracle_after_the_other_read_
     assert oracle and max(i for i in others if order[i] not in RUN_METRICS) < min(oracle)
     assert order[-len(RUN_METRICS) :] == [m for m in RUN_METRICS if m in returned]
     assert reading_order({"my_score": 1, "b": 2, "a_oracle": 3}) == ["b", "my_score", "a_oracle"]
-
-    shuffled = dict(sorted(returned.items()))  # alphabetical, as a dict may come back
-    node = Node(
-        id=1,
-        parent=None,
-        block=1,
-        slot=0,
-        strategy="exploit",
-        overrides={},
-        mutation={},
-        simulation={},
-        seeds={},
-        job_num=0,
-        metrics=shuffled,
-        status="completed",
-    )
-    listed = render_entry(node, None).split("Metrics: ")[1].splitlines()[0]
-    assert [item.split("=")[0] for item in listed.split(", ")] == order
 
 
 def test_run_with_csv_logger_and_known_sparse_graph(tmp_path):
