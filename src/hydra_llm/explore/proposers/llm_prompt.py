@@ -253,7 +253,6 @@ class PromptBuilder:
         return f"## {title}\n{body.rstrip()}"
 
     def _position(self, view: ExplorationView) -> str:
-        last = view.first_iteration + view.n_parallel - 1
         if view.n_parallel == 0:  # the final call closes the last block (its view is a block end)
             lines = [
                 f"Iterations 1-{view.first_iteration - 1} / {view.n_iterations} are done; block "
@@ -262,7 +261,8 @@ class PromptBuilder:
             ]
         else:
             lines = [
-                f"Batch iterations {view.first_iteration}-{last} / {view.n_iterations}",
+                f"Batch iterations {view.first_iteration}-{view.first_iteration + view.n_parallel - 1} / "
+                f"{view.n_iterations}",
                 f"Block info: block {view.block}, iteration {view.iter_in_block}/{view.n_iter_block} "
                 "within block",
                 f"PARALLEL MODE: analyze {len(view.last_batch)} results, propose the next {view.n_parallel} "
