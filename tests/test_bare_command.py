@@ -385,7 +385,19 @@ def test_help_names_the_commands_and_shows_the_config_the_arguments_compose(tmp_
     head = shown.stdout.split("== Config groups", 1)[0]
     assert head.startswith("hydra-llm: simulate a network")
     assert "a sweep:   python train.py -m hydra/sweeper=llm_ucb simulation=flyvis_natural" in head
-    assert "\nsimulation: flyvis_davis, flyvis_natural, flyvis_synthetic, " in shown.stdout
+    groups = shown.stdout.split("== Config groups (group=option) ==\n", 1)[1].split("\n\n", 1)[0]
+    assert "\nsimulation: flyvis_davis, flyvis_natural, flyvis_synthetic, " in groups
+    # the groups a user picks from, not the typed schemas under the regimes
+    assert [line.split(":")[0] for line in groups.splitlines()] == [
+        "evaluation",
+        "experiment",
+        "exploration",
+        "logger",
+        "model",
+        "simulation",
+        "trainer",
+        "training",
+    ]
     assert "\n    source: natural\n" in shown.stdout.split("== Config (override any key: key=value) ==")[1]
     assert shown.stdout.rstrip().endswith("Hydra's own flags: --hydra-help")
     both = run("-m", "--cfg", "job")

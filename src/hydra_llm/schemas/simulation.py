@@ -1,7 +1,7 @@
 """Typed simulation options of the regimes: the one place their defaults live.
 
 A regime's YAML (``conf/simulation/*.yaml``) puts its values over one of these (its defaults list names
-``/schema/simulation/<regime>``), so a misspelt key or a value of the wrong type fails when Hydra
+``/schema_simulation_<regime>``), so a misspelt key or a value of the wrong type fails when Hydra
 composes; the datamodule validates its keyword arguments against the same dataclass.
 """
 

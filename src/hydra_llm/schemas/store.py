@@ -16,14 +16,15 @@ from hydra_llm.schemas.training import (
 
 
 def register() -> None:
-    """``schema/simulation/signal|metabolism|flyvis``, ``model=signal_gnn|flyvis_gnn|metabolism_gnn``,
+    """``schema_simulation_signal|metabolism|flyvis``, ``model=signal_gnn|flyvis_gnn|metabolism_gnn``,
     ``training=default|flyvis|metabolism_phase1|metabolism_phase2`` and
     ``evaluation=signal|flyvis|metabolism`` as typed configs."""
     cs = ConfigStore.instance()
-    # the schemas under the regimes' YAML (their defaults lists name them)
-    cs.store(group="schema/simulation", name="signal", node=SignalSimulation)
-    cs.store(group="schema/simulation", name="metabolism", node=MetabolismSimulation)
-    cs.store(group="schema/simulation", name="flyvis", node=FlyvisSimulation)
+    # the schemas under the regimes' YAML (their defaults lists name them); no group, so `--help` lists
+    # only the groups a user picks from
+    cs.store(name="schema_simulation_signal", node=SignalSimulation)
+    cs.store(name="schema_simulation_metabolism", node=MetabolismSimulation)
+    cs.store(name="schema_simulation_flyvis", node=FlyvisSimulation)
     cs.store(group="model", name="signal_gnn", node=SignalModel)
     cs.store(group="model", name="flyvis_gnn", node=FlyvisModel)
     cs.store(group="model", name="metabolism_gnn", node=MetabolismModel)
