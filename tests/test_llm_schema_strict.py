@@ -10,7 +10,7 @@ import pytest
 from openai.lib._pydantic import to_strict_json_schema
 
 from hydra_llm.code_edits.review import CodeReply
-from hydra_llm.explore.proposers.llm_schema import LLMReply
+from hydra_llm.explore.proposers.llm_schema import FinalReply, LLMReply
 from hydra_llm.llm.structured import request_kwargs
 
 # Keywords strict structured outputs refuse (or that a strict schema must not carry).
@@ -42,7 +42,7 @@ def keywords(node: Any) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("model", [LLMReply, CodeReply])
+@pytest.mark.parametrize("model", [LLMReply, FinalReply, CodeReply])
 def test_sent_schema_is_openai_strict(model):
     sent = request_kwargs("json_schema", model)["response_format"]["json_schema"]
     assert sent["strict"] is True and sent["name"] == model.__name__

@@ -324,8 +324,8 @@ def test_block_end_rules_cite_the_finished_block_within_the_configured_limits(tm
 
 def test_a_sweep_that_ends_inside_a_block_has_the_llm_summarise_it(tmp_path):
     """6 iterations in blocks of 4: block 2 ends with the sweep after 2 of its iterations. The final
-    call is a block end for block 2 (its table, no proposals); the summary is kept with the block, the
-    rules and the next simulation it gives are not applied."""
+    call is a block end for block 2 (its table, no proposals) whose reply schema holds the summary only:
+    no block follows to take rules or a next simulation; the summary is kept with the block."""
     sweep_dir = tmp_path / "sweep"
     with FakeOpenAIServer(default=SweepResponder()) as server:
         run_sweep(server, sweep_dir, "hydra.sweeper.n_iterations=6")
@@ -333,12 +333,19 @@ def test_a_sweep_that_ends_inside_a_block_has_the_llm_summarise_it(tmp_path):
     final = server.requests[3]
     position = prompt_section(final.text(), "Position")
     assert position.startswith("Iterations 1-6 / 6 are done; block 2 ends with the sweep\n>>> SWEEP END <<<")
-    assert ">>> BLOCK END <<< Block 2 is complete" in position and "No block follows" in position
+    assert (
+        ">>> BLOCK END <<< Block 2 is complete: fill block_end with its summary (no block follows" in position
+    )
+    schema = final.body["response_format"]["json_schema"]
+    assert schema["name"] == "FinalReply"
+    assert list(schema["schema"]["$defs"]["BlockSummary"]["properties"]) == ["summary"]
+    assert "BlockEnd" not in schema["schema"]["$defs"]
+    assert server.requests[2].body["response_format"]["json_schema"]["name"] == "LLMReply"
     assert "### Finished block 2" in position
     listed = [line.split(":")[0] for line in position.splitlines() if line.startswith("Node ")]
     assert sorted(listed) == ["Node 5", "Node 6"]
     state = json.loads((sweep_dir / "exploration" / "state.json").read_text())
-    assert state["block_summaries"]["2"].startswith("scripted block summary 3")
+    assert state["block_summaries"]["2"] == "scripted block summary 3"  # no rules change: no rules
     analysis = (sweep_dir / "exploration" / "analysis.md").read_text()
     assert "## Simulation Block 2 Summary (iters 5-6)\nscripted block summary 3" in analysis
     assert (

@@ -30,7 +30,7 @@ from typing import Any
 
 from hydra_llm.explore.proposers.base import ExplorationView, Proposer, ProposerReply
 from hydra_llm.explore.proposers.llm_prompt import PromptBuilder, PromptLimits, cap_lines
-from hydra_llm.explore.proposers.llm_schema import LLMReply, check_reply, to_proposer_reply
+from hydra_llm.explore.proposers.llm_schema import LLMReply, check_reply, reply_model, to_proposer_reply
 from hydra_llm.explore.protocol import RulesPolicy
 from hydra_llm.llm.client import Completion, LLMClient, LLMError, LLMSettings, reask_messages
 from hydra_llm.schemas.sweeper import LLMProposerConf
@@ -169,7 +169,7 @@ class LLMProposer(Proposer):
         try:
             completion = self.client.complete(
                 messages,
-                LLMReply,
+                reply_model(view),
                 check=lambda r: check_reply(r, view),
                 tag=tag,
                 max_tokens=reply_token_budget(
@@ -195,7 +195,7 @@ class LLMProposer(Proposer):
 
     def _convert(self, completion: Completion[LLMReply], view: ExplorationView) -> ProposerReply:
         redact = self.client.redactor
-        value = LLMReply.model_validate(redact.obj(completion.value.model_dump()))
+        value = type(completion.value).model_validate(redact.obj(completion.value.model_dump()))
         memory = cap_lines(value.memory, self.builder.limits.memory_lines)
         reply = to_proposer_reply(value, view, memory)
         extra: dict[str, Any] = {"proposer": "llm", "mode": completion.mode, **_usage(completion.calls)}
@@ -229,9 +229,11 @@ MEMORY_GROWTH_LINES = 40
 
 def reply_token_budget(n_parallel: int, n_observed: int, memory_lines: int, block_end: bool) -> int:
     """A default ``max_tokens`` sized from the reply schema: a fixed part, ~450 tokens per proposal,
-    ~200 per observation, ~20 per memory line, and the block-end fields (summary, rules) when due.
-    Bounds every call against a model that never stops; ``max_tokens`` in the settings wins."""
-    return 600 + 450 * n_parallel + 200 * n_observed + 20 * memory_lines + (2500 if block_end else 0)
+    ~200 per observation, ~20 per memory line, and the block-end fields when due (summary and rules;
+    the final call, with no slots, gives the summary only). Bounds every call against a model that
+    never stops; ``max_tokens`` in the settings wins."""
+    end = (2500 if n_parallel else 800) if block_end else 0
+    return 600 + 450 * n_parallel + 200 * n_observed + 20 * memory_lines + end
 
 
 def _feedback_text(feedback: list[str]) -> str:

@@ -273,9 +273,8 @@ class PromptBuilder:
             lines.append(START_MARKER + " (no results yet: propose the first batch)")
         if view.is_block_end and view.n_parallel == 0:
             lines.append(
-                f"{BLOCK_END_MARKER} Block {view.block - 1} is complete: fill block_end (summary, rules, "
-                "rules_change, next_simulation). No block follows: the summary is kept with the block, "
-                "the rules and next_simulation are not applied."
+                f"{BLOCK_END_MARKER} Block {view.block - 1} is complete: fill block_end with its summary "
+                "(no block follows, so the reply has no rules or next_simulation)."
             )
         elif view.is_block_end:
             lines.append(

@@ -63,8 +63,11 @@ class RuleItem(_Strict):
     )
 
 
-class BlockEnd(_Strict):
+class BlockSummary(_Strict):
     summary: str = Field(description="Block summary in the protocol's block-summary format")
+
+
+class BlockEnd(BlockSummary):
     rules: list[RuleItem] = Field(description="The COMPLETE new learned-rules section (kept rules included)")
     rules_change: str = Field(
         description="What you changed in the rules and why, or 'No changes needed: <why>'"
@@ -88,6 +91,20 @@ class LLMReply(_Strict):
     )
 
 
+class FinalReply(LLMReply):
+    """The final call's reply: the last batch's readings, the final memory and, when the sweep ends a
+    block, that block's summary only (no block follows to take rules or a next simulation)."""
+
+    block_end: BlockSummary | None = Field(  # type: ignore[assignment]
+        default=None, description="The last block's summary when the prompt says BLOCK END; else null"
+    )
+
+
+def reply_model(view: ExplorationView) -> type[LLMReply]:
+    """The reply schema of a call: :class:`FinalReply` for the final call (no slots), else LLMReply."""
+    return FinalReply if view.n_parallel == 0 else LLMReply
+
+
 def check_reply(reply: LLMReply, view: ExplorationView) -> list[str]:
     """Whole-reply consistency errors (slots, observed nodes, block end); per-key checks are the engine's."""
     errors: list[str] = []
@@ -108,7 +125,10 @@ def check_reply(reply: LLMReply, view: ExplorationView) -> list[str]:
         if dupes:
             errors.append(f"proposals[slot={proposal.slot}].overrides: key(s) {dupes} given more than once")
     if view.is_block_end and reply.block_end is None:
-        errors.append("block_end: required at a BLOCK END (summary, rules, rules_change, next_simulation)")
+        fields = (
+            "summary" if isinstance(reply, FinalReply) else "summary, rules, rules_change, next_simulation"
+        )
+        errors.append(f"block_end: required at a BLOCK END ({fields})")
     return errors
 
 
@@ -147,7 +167,9 @@ def to_proposer_reply(reply: LLMReply, view: ExplorationView, memory: str) -> Pr
     out = ProposerReply(observations, proposals, memory, user_input_ack=reply.user_input_ack)
     if view.is_block_end and reply.block_end is not None:
         end = reply.block_end
-        out.block_summary = f"{end.summary.strip()}\n\nRules change: {end.rules_change.strip()}"
-        out.protocol_rules = render_rules(Rule(r.rule.strip(), tuple(r.evidence)) for r in end.rules)
-        out.next_simulation = {item.key: item.value for item in end.next_simulation}
+        out.block_summary = end.summary.strip()
+        if isinstance(end, BlockEnd):
+            out.block_summary += f"\n\nRules change: {end.rules_change.strip()}"
+            out.protocol_rules = render_rules(Rule(r.rule.strip(), tuple(r.evidence)) for r in end.rules)
+            out.next_simulation = {item.key: item.value for item in end.next_simulation}
     return out
