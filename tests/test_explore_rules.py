@@ -246,9 +246,10 @@ def test_bad_rules_settings_are_refused(kwargs, message):
 
 def test_the_final_memory_names_the_last_block_that_ran():
     """A sweep of 24 iterations in blocks of 12 ends in block 2; its final view counts block 3 (the one
-    its next batch would have started)."""
+    its next batch would have started). One of 8 iterations ends inside block 1, and its final view is
+    a block end too (block 2), as the engine's final call closes the block the sweep ends in."""
     final = dataclasses.replace(view(first=25, block=3, is_block_end=True, roles=()), n_parallel=0)
     memory = RulesProposer().propose(final).memory
     assert "- Sweep finished after 24 iterations (last block 2)" in memory.splitlines()
-    partial = dataclasses.replace(view(first=9, block=1, roles=()), n_parallel=0)
+    partial = dataclasses.replace(view(first=9, block=2, is_block_end=True, roles=()), n_parallel=0)
     assert "- Sweep finished after 8 iterations (last block 1)" in RulesProposer().propose(partial).memory

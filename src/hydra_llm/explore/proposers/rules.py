@@ -462,8 +462,8 @@ class RulesProposer(Proposer):
             f"- Block {view.block}, next iteration {view.first_iteration}/{view.n_iterations}, "
             f"position {view.iter_in_block}/{view.n_iter_block} in block"
             if view.n_parallel
-            else f"- Sweep finished after {view.first_iteration - 1} iterations (last block "
-            f"{(view.first_iteration - 2) // view.n_iter_block + 1})",
+            else f"- Sweep finished after {view.first_iteration - 1} iterations "
+            f"(last block {view.block - 1})",
             f"- Simulation: {sim}",
         ]
         if best is not None:
