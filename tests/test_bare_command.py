@@ -354,6 +354,17 @@ def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
             "command line",
         ),
         (
+            "-m hydra.sweeper.n_iteration=3",
+            "Could not override 'hydra.sweeper.n_iteration': Key 'n_iteration' not in 'BasicSweeperConf'; "
+            "did you mean hydra.sweeper.n_iterations? hydra/sweeper=llm_ucb has it: add "
+            "hydra/sweeper=llm_ucb to the command line",
+        ),
+        (
+            "-m hydra/sweeper=llm_ucb hydra.sweeper.objective.metrc=x",
+            "Could not override 'hydra.sweeper.objective.metrc': Key 'metrc' not in 'ObjectiveConf'; did you "
+            "mean hydra.sweeper.objective.metric?",
+        ),
+        (
             "simulation=flyvis_natural extent=1",
             "Could not override 'extent': Key 'extent' is not in struct; did you mean "
             "simulation.connectome.extent?",
@@ -364,7 +375,7 @@ def test_a_key_hydra_cannot_compose_is_one_line(tmp_path, override, line):
     """Hydra's five lines (the first advising ``+``, which the preflight would refuse) become one, with
     the closest keys of the key's group for a misspelt one (the same name at another depth of the
     group first, then the closest names), for an argument of the node's ``_target_`` the ``+`` that
-    adds it, and for a key of another sweeper or launcher the choice that has it."""
+    adds it, and for a key (or a misspelt key) of another sweeper or launcher the choice that has it."""
     proc = train(tmp_path, *override.split(), run_dir=tmp_path / "run")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {line}"), lines

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra_llm.printable import did_you_mean
+
 _FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra re-raises what it would report when this is "1"
 _set_here = False
 
@@ -80,8 +82,7 @@ def unknown_choice(argv: Sequence[str], config_dir: Path) -> str | None:
                 continue  # not a group: a config key, Hydra's and the preflight's to check
             for value in values:
                 if isinstance(value, str) and "/" not in value and value not in options:
-                    close = difflib.get_close_matches(value, options, n=1)
-                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    hint = did_you_mean(difflib.get_close_matches(value, options, n=1), brackets=True)
                     allowed = ", ".join(options)
                     return f"{override.key_or_group}={value}: no such option{hint}; allowed: {allowed}"
     return None
@@ -92,7 +93,7 @@ def composition_error(err: BaseException, config_dir: Path | None = None) -> str
     key with ``+``, the first line of what OmegaConf raised under it, and for a key the config lacks
     where to find it: the ``+`` that adds an argument of the node's ``_target_``
     (:func:`_target_taking`), the sweeper or launcher that has a ``hydra.<group>`` key
-    (:func:`_hydra_options_with`), else the closest keys of its group (:func:`_closest_keys`)."""
+    (:func:`_hydra_group_options`), else the closest keys of its group (:func:`_closest_keys`)."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -109,13 +110,24 @@ def composition_error(err: BaseException, config_dir: Path | None = None) -> str
     key = str(getattr(cause, "full_key", None) or "")
     if (target := _target_taking(cause)) is not None:
         return f"{text}; {target} takes it: add it with +{key}=<value>"
-    if options := _hydra_options_with(key, config_dir):
-        have = "has" if len(options) == 1 else "have"
-        return f"{text}; {' or '.join(options)} {have} it: add {options[0]} to the command line"
-    close = _closest_keys(cause, config_dir)
-    if close:
-        text += "; did you mean " + " or ".join(close) + "?"
+    others = _hydra_group_options(key, config_dir)
+    name = key.rpartition(".")[2]
+    if options := [option for option, keys in others.items() if name in keys]:
+        return f"{text}; {_options_having(options)}"
+    if close := _closest_keys(cause, config_dir):
+        return text + did_you_mean(close)
+    near = difflib.get_close_matches(name, sorted({k for keys in others.values() for k in keys}), n=1)
+    if near:  # a misspelt key of another sweeper or launcher
+        options = [option for option, keys in others.items() if near[0] in keys]
+        meant = key.rpartition(".")[0] + "." + near[0]
+        return f"{text}{did_you_mean([meant])} {_options_having(options)}"
     return text
+
+
+def _options_having(options: list[str]) -> str:
+    """'hydra/sweeper=llm_ucb has it: add hydra/sweeper=llm_ucb to the command line' for ``options``."""
+    have = "has" if len(options) == 1 else "have"
+    return f"{' or '.join(options)} {have} it: add {options[0]} to the command line"
 
 
 def _closest_keys(cause: Any, config_dir: Path | None) -> list[str]:
@@ -148,32 +160,32 @@ def _closest_keys(cause: Any, config_dir: Path | None) -> list[str]:
     return [leaves[c] for c in difflib.get_close_matches(name, list(leaves), n=2)]
 
 
-def _hydra_options_with(key: str, config_dir: Path | None) -> list[str]:
-    """For a key of one of Hydra's own groups that the chosen option lacks
-    (``hydra.sweeper.n_iterations`` under the basic sweeper), the options of that group that have it
-    (``hydra/sweeper=llm_ucb``): the plugins' configs in the ConfigStore and ``config_dir``'s own
-    (``conf/hydra/launcher/slurm.yaml``)."""
+def _hydra_group_options(key: str, config_dir: Path | None) -> dict[str, set[str]]:
+    """For a key directly under one of Hydra's own groups (``hydra.sweeper.n_iterations``, which the
+    chosen sweeper may lack), each option of that group with its keys: ``{"hydra/sweeper=llm_ucb":
+    {"n_iterations", ...}, ...}``, from the plugins' configs in the ConfigStore and ``config_dir``'s own
+    (``conf/hydra/launcher/slurm.yaml``); empty for any other key."""
     import yaml
     from hydra.core.config_store import ConfigNode, ConfigStore
 
     parts = key.split(".")
-    if len(parts) < 3 or parts[0] != "hydra":
-        return []
-    group, name = parts[1], parts[2]
+    if len(parts) != 3 or parts[0] != "hydra":
+        return {}
+    group = parts[1]
     repo = ConfigStore.instance().repo.get("hydra", {}).get(group, {})
     found = {
-        option.removesuffix(".yaml")
+        option.removesuffix(".yaml"): {str(k) for k in entry.node}
         for option, entry in repo.items()
-        if isinstance(entry, ConfigNode) and hasattr(entry.node, "keys") and name in entry.node
+        if isinstance(entry, ConfigNode) and hasattr(entry.node, "keys")
     }
     for path in sorted((Path(config_dir) / "hydra" / group).glob("*.yaml")) if config_dir else []:
         try:
             own = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError):
             continue
-        if isinstance(own, dict) and name in own:
-            found.add(path.stem)
-    return [f"hydra/{group}={option}" for option in sorted(found)]
+        if isinstance(own, dict):
+            found.setdefault(path.stem, set()).update(str(k) for k in own)
+    return {f"hydra/{group}={option}": found[option] for option in sorted(found)}
 
 
 def _target_taking(cause: Any) -> str | None:

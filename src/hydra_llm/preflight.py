@@ -20,6 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_llm.printable import did_you_mean
+
 
 class PreflightError(ValueError):
     """A setting that would fail the run: one line naming the key and the fix."""
@@ -107,10 +109,9 @@ def check_added_keys(cfg: DictConfig) -> None:
     for override in new:
         key = top(override)
         near = [f"{group}.{key}" for group, node in tree.items() if isinstance(node, dict) and key in node]
-        hint = f"; did you mean {' or '.join(near)}?" if near else ""
         raise ValueError(
             f"{override.input_line}: adds a top-level key {key!r} that nothing reads (the top-level keys: "
-            f"{', '.join(sorted(k for k in tree if k != key))}){hint}"
+            f"{', '.join(sorted(k for k in tree if k != key))}){did_you_mean(near)}"
         )
 
 
@@ -269,9 +270,8 @@ def check_trainer(cfg: DictConfig) -> None:
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in allowed.values()):
         for key in options:
             if key not in allowed:
-                close = difflib.get_close_matches(key, list(allowed), n=1)
-                hint = f"; did you mean trainer.{close[0]}?" if close else ""
-                raise ValueError(f"trainer.{key}: not an argument of {target.__name__}{hint}")
+                close = [f"trainer.{c}" for c in difflib.get_close_matches(key, list(allowed), n=1)]
+                raise ValueError(f"trainer.{key}: not an argument of {target.__name__}{did_you_mean(close)}")
     check_loop_values(options)
     if on_cluster_nodes(cfg):
         return

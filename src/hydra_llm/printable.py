@@ -7,6 +7,7 @@ them (the exploration's text rules build on it: ``hydra_llm/explore/text.py``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 # C0 and C1 controls, line and paragraph separators, zero-width and bidirectional marks
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
@@ -29,3 +30,12 @@ def one_line(text: object, limit: int) -> str:
 def error_line(err: BaseException, limit: int) -> str:
     """``<type>: <message>`` of an exception as :func:`one_line`."""
     return one_line(f"{type(err).__name__}: {err}", limit)
+
+
+def did_you_mean(close: Sequence[str], brackets: bool = False) -> str:
+    """The hint that names ``close``, the names nearest a misspelt one: ``"; did you mean a or b?"`` to
+    end a message, ``" (did you mean a?)"`` with ``brackets`` for one that goes on; ``""`` for none."""
+    if not close:
+        return ""
+    hint = f"did you mean {' or '.join(close)}?"
+    return f" ({hint})" if brackets else f"; {hint}"

@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from hydra_llm.printable import did_you_mean
 from hydra_llm.schemas.ranges import at_least_one, fail, positive
 
 
@@ -231,6 +232,5 @@ def is_metric(name: str, names: Iterable[str]) -> bool:
 def unknown_metric(key: str, name: str, names: Iterable[str]) -> str:
     """The one-line error for ``key=name`` that is not one of ``names``, with the closest name."""
     names = list(names)
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
+    hint = did_you_mean(difflib.get_close_matches(name, names, n=1), brackets=True)
     return f"{key}={name}: not a metric of this run{hint}; allowed: {', '.join(names)}"
