@@ -26,12 +26,17 @@ _FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra re-raises what it would report when th
 _set_here = False
 
 
-def conflicting_commands(argv: Sequence[str]) -> str | None:
-    """The one-line error for a command line that asks Hydra for more than one command (``-m`` with
-    ``--cfg job``: Hydra raises a ValueError with a traceback), or None."""
+def hydra_arguments(argv: Sequence[str]) -> Any:
+    """``argv`` (e.g. ``sys.argv[1:]``) as Hydra's own argument parser reads it (flags and overrides)."""
     from hydra._internal.utils import get_args_parser
 
-    args, _ = get_args_parser().parse_known_args(list(argv))
+    return get_args_parser().parse_known_args(list(argv))[0]
+
+
+def conflicting_commands(args: Any) -> str | None:
+    """The one-line error for Hydra's arguments ``args`` (:func:`hydra_arguments`) when they ask for
+    more than one command (``-m`` with ``--cfg job``: Hydra raises a ValueError with a traceback), or
+    None."""
     given = {
         "--run": args.run,
         "--multirun": args.multirun,
@@ -45,18 +50,16 @@ def conflicting_commands(argv: Sequence[str]) -> str | None:
     return f"{' and '.join(asked)}: Hydra runs one of {', '.join(given)} at a time"
 
 
-def unknown_choice(argv: Sequence[str], config_dir: Path) -> str | None:
-    """The one-line error for the first command-line choice of a config group in ``argv`` (Hydra's
-    arguments, e.g. ``sys.argv[1:]``) that is not one of the group's options, or None. A sweep over
+def unknown_choice(args: Any, config_dir: Path) -> str | None:
+    """The one-line error for the first command-line choice of a config group in Hydra's arguments
+    ``args`` (:func:`hydra_arguments`) that is not one of the group's options, or None. A sweep over
     choices (``simulation=signal_dale,flyvis_natural``) has each value checked; globs, ranges and
     deletions are left to Hydra."""
     from hydra import initialize_config_dir
-    from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
 
-    args, _ = get_args_parser().parse_known_args(list(argv))
     if args.config_dir or args.config_path:
         return None
     try:
@@ -238,7 +241,8 @@ def run_app(main: Callable[[], Any], config_dir: Path, argv: Sequence[str]) -> N
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     global _set_here
-    if (problem := conflicting_commands(argv) or unknown_choice(argv, config_dir)) is not None:
+    args = hydra_arguments(argv)
+    if (problem := conflicting_commands(args) or unknown_choice(args, config_dir)) is not None:
         raise SystemExit(f"error: {problem}")
     if _FULL_ERROR in os.environ:
         main()
