@@ -48,9 +48,10 @@ def llm_args(base_url: str, timeout: float = 5, max_retries: int = 2, model: str
 
 
 def run_sweep(
-    server: FakeOpenAIServer, sweep_dir: Path, *overrides: str, wait_s: float = 180, **llm: Any
+    server: FakeOpenAIServer, sweep_dir: Path, *overrides: str, wait_s: float = 180, rc: int = 0, **llm: Any
 ) -> subprocess.CompletedProcess:
-    """The LLM toy sweep against ``server`` (anything with a ``base_url``); ``llm``: :func:`llm_args`'s."""
+    """The LLM toy sweep against ``server`` (anything with a ``base_url``), which must exit with ``rc``;
+    ``llm``: :func:`llm_args`'s."""
     env = {
         **os.environ,
         "HYDRA_LLM_FAKE_KEY": SECRET,
@@ -69,7 +70,7 @@ def run_sweep(
     proc = subprocess.run(
         [*args, *overrides], env=env, cwd=ROOT, capture_output=True, text=True, timeout=wait_s
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == rc, proc.stderr[-4000:]
     return proc
 
 
@@ -241,6 +242,37 @@ def test_transport_failures_fall_back_and_vision_user_input_and_wandb(tmp_path):
     user_input = (sweep_dir / "user_input.md").read_text()
     assert "[ACK" in user_input and "acknowledged by the fake model" in user_input
     assert "Favour small widths." not in user_input.split("## Acknowledged")[0]
+
+
+def test_a_refused_key_stops_the_sweep_before_any_child_and_later_falls_back(tmp_path):
+    """A 401 before the endpoint ever answered is a setting to fix, not a batch for the rules: the
+    sweep stops before any child with one line (the key itself redacted) and its state saved. Resumed
+    against an endpoint that takes the key, a 401 after the first answer falls back to the rules for
+    that batch, as any other endpoint failure does."""
+    sweep_dir = tmp_path / "sweep"
+    refused = FakeError(401, f"Incorrect API key provided: {SECRET}")
+    with FakeOpenAIServer(default=refused) as server:
+        proc = run_sweep(server, sweep_dir, rc=1)
+        base_url = server.base_url
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(
+        f"[llm_ucb] hydra.sweeper.proposer: {base_url} refused the key in $HYDRA_LLM_FAKE_KEY ("
+    ), proc.stderr[-2000:]
+    assert "Error code: 401" in lines[-1] and lines[-1].endswith(
+        "or run with hydra/sweeper/proposer=rules, then continue with hydra.sweeper.resume=true"
+    )
+    assert SECRET not in proc.stderr and len(server.requests) == 1  # no retry: another call cannot help
+    assert not [p for p in sweep_dir.iterdir() if p.name.isdigit()]
+    assert json.loads((sweep_dir / "exploration" / "state.json").read_text())["nodes"] == []
+    later = {1: lambda reply, facts: FakeError(401, "key revoked")}
+    with FakeOpenAIServer(default=SweepResponder(later)) as server:
+        run_sweep(server, sweep_dir, "hydra.sweeper.resume=true")
+    state = assert_sweep_sane(sweep_dir)
+    by_iteration = {r["iteration"]: r["extra"] for r in state["replies"] if r.get("extra")}
+    assert "fallback" not in by_iteration[1]
+    assert by_iteration[3]["fallback"] == "rules"
+    assert "refused the key" in by_iteration[3]["fallback_reason"]
+    assert_no_secret(sweep_dir)
 
 
 @pytest.mark.parametrize("rejects", [{"json_schema"}, {"json_schema", "json_object", "tool"}])

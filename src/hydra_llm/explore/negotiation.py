@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hydra_llm.explore.children import CheckBatchFn, CheckFn
+from hydra_llm.explore.engine_config import SweepConfigError
 from hydra_llm.explore.proposers.base import ExplorationView, Proposal, Proposer, ProposerReply
 from hydra_llm.explore.space import SearchSpace, parse_value
 from hydra_llm.explore.text import clean_reply
@@ -73,6 +74,8 @@ class Negotiator:
         for attempt in range(1 + self.max_reasks):
             try:
                 reply = clean_reply(self.proposer.propose(view, feedback=feedback))
+            except SweepConfigError:  # a setting the proposer cannot work with (a refused API key)
+                raise
             except Exception as err:  # a proposer failure must never stop the sweep
                 self.event(f"iter {view.first_iteration}: proposer raised {type(err).__name__}: {err}")
                 record["calls"].append({"attempt": attempt, "error": f"{type(err).__name__}: {err}"})

@@ -5,7 +5,9 @@ an :class:`~.llm_schema.LLMReply` through :class:`hydra_llm.llm.LLMClient` (stru
 retries, re-ask on invalid replies), and converts the reply into a :class:`ProposerReply`. When the
 engine calls again with ``feedback`` (validation errors of some proposals), the same conversation
 continues with the errors. When the endpoint gives no usable reply at all, the batch is proposed by
-the fallback proposer (the rules proposer), and the reason is logged and stored in ``extra``.
+the fallback proposer (the rules proposer), and the reason is logged and stored in ``extra``; an
+endpoint that refuses the key (HTTP 401 or 403) before it has answered once stops the sweep instead
+(:class:`SweepConfigError`): a sweep that asked for the LLM does not run on the rules unawares.
 
 Sweeper config::
 
@@ -28,11 +30,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hydra_llm.explore.engine_config import SweepConfigError
 from hydra_llm.explore.proposers.base import ExplorationView, Proposer, ProposerReply
 from hydra_llm.explore.proposers.llm_prompt import PromptBuilder, PromptLimits, cap_lines
 from hydra_llm.explore.proposers.llm_schema import LLMReply, check_reply, reply_model, to_proposer_reply
 from hydra_llm.explore.protocol import RulesPolicy
-from hydra_llm.llm.client import Completion, LLMClient, LLMError, LLMSettings, reask_messages
+from hydra_llm.llm.client import (
+    KEY_REFUSED,
+    Completion,
+    LLMClient,
+    LLMError,
+    LLMKeyRefused,
+    LLMSettings,
+    reask_messages,
+)
+from hydra_llm.printable import clip
 from hydra_llm.schemas.sweeper import LLMProposerConf
 
 log = logging.getLogger(__name__)
@@ -182,6 +194,8 @@ class LLMProposer(Proposer):
                 ),
             )
         except LLMError as err:
+            if isinstance(err, LLMKeyRefused) and self._last is None:
+                raise SweepConfigError(self._key_refused(err)) from None
             if feedback and previous is not None:
                 # Keep the first reply's readings and memory; the engine replaces the invalid slots.
                 log.warning("LLM re-ask with validation feedback failed (%s); keeping the first reply", err)
@@ -205,6 +219,17 @@ class LLMProposer(Proposer):
             extra["ignored_block_end"] = "block_end given outside a block end; ignored"
         reply.extra = extra
         return reply
+
+    def _key_refused(self, err: LLMKeyRefused) -> str:
+        """The one line that stops a sweep whose endpoint refused the key before any reply."""
+        env, server = self.settings.api_key_env, self.settings.base_url or "the OpenAI API"
+        key = f"the key in ${env}" if os.environ.get(env) else f"the call without a key (${env} is unset)"
+        said = self.client.redactor.text(str(err)).removeprefix(KEY_REFUSED)
+        return (
+            f"hydra.sweeper.proposer: {server} refused {key} ({clip(said, 300)}); set a valid key in ${env} "
+            "(hydra.sweeper.proposer.api_key_env names the variable) or run with "
+            "hydra/sweeper/proposer=rules, then continue with hydra.sweeper.resume=true"
+        )
 
     def _fall_back(self, view: ExplorationView, err: LLMError) -> ProposerReply:
         reason = self.client.redactor.text(str(err))[:500]
