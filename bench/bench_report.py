@@ -10,7 +10,11 @@ some failures, PNG plots). Measured:
    page), for the default view (the latest block) and then for drawing all blocks; median of runs,
    each in a fresh browser context.
 
-Usage: python bench/bench_report.py [--nodes 200] [--repeat 5]
+4. ``best_so_far`` (the report's and W&B's curve of the config the sweep names best after each node)
+   on 200 to 3,000 nodes over configs run one to a few times, against the per-prefix form it replaced
+   (``best_config`` of every prefix, each pooling the spread anew), measured in the same run.
+
+Usage: python bench/bench_report.py [--nodes 200] [--repeat 5] [--best-so-far-only]
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hydra_llm.explore.report_html import write_report  # noqa: E402
+from hydra_llm.explore.reports import BestConfig, best_so_far, pooled_std  # noqa: E402
+from hydra_llm.explore.tree import Node, stats  # noqa: E402
+from tests.test_explore_tree import node  # noqa: E402
 from tests.test_report_html import OBJECTIVE, build_sweep, chromium_path  # noqa: E402
 
 # Records when the page script marks itself done (it sets data-ready after drawing everything).
@@ -90,12 +97,67 @@ def bench_load(report: Path, repeat: int, n_nodes: int) -> tuple[float, float, f
     return median(ready), median(outside), median([ms for ms, _ in all_blocks])
 
 
+def per_prefix_best(nodes: list[Node]) -> list[BestConfig | None]:
+    """The baseline: the best config of every prefix computed from scratch (the form before the
+    one-pass ``best_so_far``), quadratic in the nodes."""
+
+    def best_config(prefix: list[Node]) -> BestConfig | None:
+        if not any(n.status == "completed" for n in prefix):
+            return None
+        sigma, groups, best = pooled_std(prefix), {}, None
+        for run in prefix:
+            groups.setdefault(run.config_hash, []).append(run)
+        for members in groups.values():
+            completed = [n for n in members if n.status == "completed"]
+            if completed:
+                s = stats(n.reward for n in members)
+                score = s.mean - sigma / s.runs**0.5
+                if best is None or score > best.score:
+                    top = max(completed, key=lambda n: (n.reward, -n.id))
+                    best = BestConfig(top, tuple(members), score, sigma)
+        return best
+
+    return [best_config(nodes[: i + 1]) for i in range(len(nodes))]
+
+
+def bench_best_so_far(sizes: list[int], repeat: int) -> None:
+    """Median ms of ``best_so_far`` and of :func:`per_prefix_best` on ``sizes`` nodes, a config per
+    ~1.5 nodes (most run once, some replicated), 10% failed; both must name the same configs."""
+    import random
+
+    for n in sizes:
+        rng = random.Random(n)
+        nodes = []
+        for i in range(1, n + 1):
+            failed = rng.random() < 0.1
+            status, reward = ("failed", -1.0) if failed else ("completed", rng.gauss(0.8, 0.05))
+            nodes.append(node(i, None, reward, {"lr": rng.randrange(max(1, 2 * n // 3))}, status=status))
+        timed = {}
+        for name, fn in (("best_so_far", best_so_far), ("per-prefix best_config", per_prefix_best)):
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                result = fn(nodes)
+                times.append(time.perf_counter() - t0)
+            timed[name] = (statistics.median(times), [b.node.id if b else None for b in result])
+        (new, ids), (old, old_ids) = timed["best_so_far"], timed["per-prefix best_config"]
+        assert ids == old_ids
+        print(
+            f"{f'best_so_far, {n} nodes':<40} {1000 * new:8.1f} ms; per-prefix {1000 * old:8.1f} ms "
+            f"(x{old / new:.0f}; median of {repeat})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--best-so-far-only", action="store_true", help="only part 4")
     args = parser.parse_args()
     print(f"load: {os.getloadavg()}")
+    bench_best_so_far([200, 1000, 3000], args.repeat)
+    if args.best_so_far_only:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         sweep = build_sweep(Path(tmp), args.nodes)

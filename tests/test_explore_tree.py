@@ -2,6 +2,7 @@
 
 import copy
 import math
+import random
 
 import pytest
 
@@ -240,3 +241,29 @@ def test_best_config_is_judged_on_its_replicates_not_one_lucky_run():
     # No replicates at all: the plain highest run.
     assert best_config([_run(1, 0.5, a), _run(2, 0.6, b)]).node.id == 2
     assert best_config([]) is None
+
+
+def test_the_best_config_so_far_is_the_best_config_of_every_prefix():
+    """``best_so_far`` (one pass, as the report and W&B draw it) names, after each node, the config
+    that ``best_config`` names among that node and those before it: 300 nodes over 40 configs, some
+    failed, handed over out of id order."""
+    from hydra_llm.explore.reports import best_config, best_so_far
+
+    rng = random.Random(3)
+    nodes = []
+    for i in range(1, 301):
+        overrides = {"lr": rng.randrange(40)}
+        if rng.random() < 0.1:
+            nodes.append(node(i, None, -1.0, overrides=overrides, status="failed"))
+        else:
+            nodes.append(_run(i, round(rng.gauss(0.8, 0.05), 3), overrides))
+    rng.shuffle(nodes)
+    ordered = sorted(nodes, key=lambda n: n.id)
+    got = best_so_far(nodes)
+    assert len(got) == 300 and len({b.node.id for b in got if b is not None}) > 5
+    for i, best in enumerate(got):
+        expected = best_config(ordered[: i + 1])
+        assert (best is None) == (expected is None)
+        if best is not None:
+            assert [n.id for n in best.runs] == [n.id for n in expected.runs] and best.node is expected.node
+            assert best.score == expected.score and best.pooled_std == expected.pooled_std

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,42 +213,66 @@ class BestConfig:
 def pooled_std(nodes: Sequence[Node]) -> float:
     """Run-to-run standard deviation of the reward, pooled over the replicate groups of ``nodes``
     (0 when no group has two runs)."""
+    return _pooled(stats(rewards) for rewards in group_rewards(nodes).values())
+
+
+def _pooled(groups: Iterable[GroupStats]) -> float:
+    """The standard deviation pooled over ``groups`` with two or more runs (0 when none has)."""
     sum_sq, dof = 0.0, 0
-    for rewards in group_rewards(nodes).values():
-        s = stats(rewards)
+    for s in groups:
         if s.runs > 1 and math.isfinite(s.std):
             sum_sq += (s.runs - 1) * s.std**2
             dof += s.runs - 1
     return math.sqrt(sum_sq / dof) if dof else 0.0
 
 
+class _ReplicateGroups:
+    """Nodes added in id order, grouped by config: :meth:`best` is :func:`best_config` of the nodes
+    added so far, in one pass over the groups (the group a node joins is the only one recomputed)."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, list[Node]] = {}
+        self.rewards: dict[str, GroupStats] = {}
+        self.completed: dict[str, int] = {}
+
+    def add(self, node: Node) -> None:
+        key = node.config_hash
+        members = self.members.setdefault(key, [])
+        members.append(node)
+        self.rewards[key] = stats(n.reward for n in members)
+        self.completed[key] = self.completed.get(key, 0) + (node.status == "completed")
+
+    def best(self) -> BestConfig | None:
+        sigma = _pooled(self.rewards.values())
+        chosen, best_score = None, -math.inf
+        for key, s in self.rewards.items():
+            score = s.mean - sigma / math.sqrt(s.runs)
+            if self.completed[key] and (chosen is None or score > best_score):
+                chosen, best_score = key, score
+        if chosen is None:
+            return None
+        members = self.members[chosen]
+        top = max((n for n in members if n.status == "completed"), key=lambda n: (n.reward, -n.id))
+        return BestConfig(top, tuple(members), best_score, sigma)
+
+
 def best_config(nodes: Sequence[Node]) -> BestConfig | None:
     """The config group with the highest lower confidence bound of its mean reward (see
     :class:`BestConfig`); ties go to the group whose first run has the lower id."""
-    done = [n for n in nodes if n.status == "completed"]
-    if not done:
-        return None
-    sigma = pooled_std(nodes)
-    groups: dict[str, list[Node]] = {}
+    groups = _ReplicateGroups()
     for node in sorted(nodes, key=lambda n: n.id):
-        groups.setdefault(node.config_hash, []).append(node)
-    best: BestConfig | None = None
-    for members in groups.values():
-        completed = [n for n in members if n.status == "completed"]
-        if not completed:
-            continue
-        s = stats(n.reward for n in members)
-        score = s.mean - sigma / math.sqrt(s.runs)
-        if best is None or score > best.score:
-            top = max(completed, key=lambda n: (n.reward, -n.id))
-            best = BestConfig(top, tuple(members), score, sigma)
-    return best
+        groups.add(node)
+    return groups.best()
 
 
 def best_so_far(nodes: Sequence[Node]) -> list[BestConfig | None]:
     """For each node in id order, :func:`best_config` among it and the nodes before it."""
-    ordered = sorted(nodes, key=lambda n: n.id)
-    return [best_config(ordered[: i + 1]) for i in range(len(ordered))]
+    groups = _ReplicateGroups()
+    best = []
+    for node in sorted(nodes, key=lambda n: n.id):
+        groups.add(node)
+        best.append(groups.best())
+    return best
 
 
 def optimization_results(
