@@ -11,7 +11,8 @@ import dataclasses
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from copy import deepcopy
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,13 @@ class SweepState:
     version: int = STATE_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["nodes"] = [n.to_dict() for n in self.nodes]
-        return data
+        # asdict(self) less its second pass over the nodes: each field deep-copied, each node once
+        return {
+            f.name: [n.to_dict() for n in self.nodes]
+            if f.name == "nodes"
+            else deepcopy(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepState:
