@@ -369,13 +369,21 @@ def test_a_misspelt_choice_is_one_line_before_hydra_composes(tmp_path):
             "Could not override 'extent': Key 'extent' is not in struct; did you mean "
             "simulation.connectome.extent?",
         ),
+        (  # Hydra: "Error merging override ...: Unexpected type annotation: Set[str]"
+            "-m hydra/sweeper=llm_ucb +hydra.sweeper.params={training.lr:tag(log,interval(1e-4,1e-2))}",
+            "+hydra.sweeper.params={training.lr:tag(log,interval(1e-4,1e-2))}: "
+            "tag(log,interval(0.0001,0.01)) is a sweep inside a value, which Hydra cannot merge; quote it "
+            '(training.lr:"tag(log,interval(0.0001,0.01))"), or sweep the key itself '
+            "(training.lr=tag(log,interval(0.0001,0.01)))",
+        ),
     ],
 )
 def test_a_key_hydra_cannot_compose_is_one_line(tmp_path, override, line):
     """Hydra's five lines (the first advising ``+``, which the preflight would refuse) become one, with
     the closest keys of the key's group for a misspelt one (the same name at another depth of the
     group first, then the closest names), for an argument of the node's ``_target_`` the ``+`` that
-    adds it, and for a key (or a misspelt key) of another sweeper or launcher the choice that has it."""
+    adds it, for a key (or a misspelt key) of another sweeper or launcher the choice that has it, and
+    for a sweep inside a value the quotes it needs."""
     proc = train(tmp_path, *override.split(), run_dir=tmp_path / "run")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {line}"), lines

@@ -50,21 +50,74 @@ def conflicting_commands(args: Any) -> str | None:
     return f"{' and '.join(asked)}: Hydra runs one of {', '.join(given)} at a time"
 
 
-def unknown_choice(args: Any, config_dir: Path) -> str | None:
-    """The one-line error for the first command-line choice of a config group in Hydra's arguments
-    ``args`` (:func:`hydra_arguments`) that is not one of the group's options, or None. A sweep over
-    choices (``simulation=signal_dale,flyvis_natural``) has each value checked; globs, ranges and
-    deletions are left to Hydra."""
+def parsed_overrides(args: Any) -> list[Any] | None:
+    """The overrides in Hydra's arguments ``args`` (:func:`hydra_arguments`) as Hydra's parser reads
+    them, or None when one is malformed (Hydra's to report)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides(args.overrides or [])
+    except Exception:  # noqa: BLE001 (Hydra reports a malformed override with its position)
+        return None
+
+
+def nested_sweep(overrides: Sequence[Any]) -> str | None:
+    """The one-line error for an override whose ``{...}`` or ``[...]`` value holds a sweep
+    (``+hydra.sweeper.params={training.lr:interval(1e-4,1e-2)}``), which Hydra fails to merge with
+    "Unexpected type annotation: Set[str]"; or None."""
+    from hydra.core.override_parser.types import Sweep
+
+    def find(value: Any) -> tuple[str | None, Sweep] | None:
+        """The first sweep in ``value`` and its dict key (None in a list)."""
+        items = (
+            value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        )
+        for k, v in items:
+            if isinstance(v, Sweep):
+                return (str(k) if isinstance(value, dict) else None), v
+            if (found := find(v)) is not None:
+                return found
+        return None
+
+    for override in overrides:
+        if override.is_sweep_override() or (found := find(override.value())) is None:
+            continue
+        key, sweep = found
+        text = _sweep_text(sweep)
+        fix = (
+            f'quote it ({key}:"{text}"), or sweep the key itself ({key}={text})'
+            if key
+            else f'quote it ("{text}")'
+        )
+        return f"{override.input_line}: {text} is a sweep inside a value, which Hydra cannot merge; {fix}"
+    return None
+
+
+def _sweep_text(sweep: Any) -> str:
+    """A sweep as the override grammar writes it: ``choice(0,8)``, ``tag(log,interval(0.0001,0.01))``."""
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    if isinstance(sweep, ChoiceSweep):
+        text = f"choice({','.join(str(v) for v in sweep.list)})"
+    elif isinstance(sweep, IntervalSweep):
+        text = f"interval({sweep.start},{sweep.end})"
+    elif isinstance(sweep, RangeSweep):
+        text = f"range({sweep.start},{sweep.stop},{sweep.step})"
+    else:
+        text = type(sweep).__name__
+    return f"tag({','.join(sorted(sweep.tags))},{text})" if sweep.tags else text
+
+
+def unknown_choice(args: Any, overrides: Sequence[Any], config_dir: Path) -> str | None:
+    """The one-line error for the first choice of a config group among the command line's
+    ``overrides`` (:func:`parsed_overrides` of Hydra's arguments ``args``) that is not one of the
+    group's options, or None. A sweep over choices (``simulation=signal_dale,flyvis_natural``) has
+    each value checked; globs, ranges and deletions are left to Hydra."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
 
     if args.config_dir or args.config_path:
-        return None
-    try:
-        overrides = OverridesParser.create().parse_overrides(args.overrides or [])
-    except Exception:  # noqa: BLE001 (a malformed override is Hydra's to report)
         return None
     if any(o.key_or_group.startswith("hydra.searchpath") for o in overrides):
         return None
@@ -242,7 +295,11 @@ def run_app(main: Callable[[], Any], config_dir: Path, argv: Sequence[str]) -> N
 
     global _set_here
     args = hydra_arguments(argv)
-    if (problem := conflicting_commands(args) or unknown_choice(args, config_dir)) is not None:
+    overrides = parsed_overrides(args)
+    problem = conflicting_commands(args)
+    if problem is None and overrides is not None:
+        problem = nested_sweep(overrides) or unknown_choice(args, overrides, config_dir)
+    if problem is not None:
         raise SystemExit(f"error: {problem}")
     if _FULL_ERROR in os.environ:
         main()
