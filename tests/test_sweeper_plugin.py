@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -531,6 +532,39 @@ def test_a_child_killed_at_a_launcher_limit_says_which_limit_and_setting():
     # a launcher without the key (joblib): the limit without a setting
     assert limit_reached(handler, {}).startswith("time limit reached: UncompletedJobError")
     assert limit_reached("ValueError: bad lr", settings) == "ValueError: bad lr"
+
+
+def test_a_sweep_to_slurm_from_where_no_cluster_answers_stops_before_the_first_batch(tmp_path, monkeypatch):
+    """Without sbatch on the PATH, or with a controller that does not answer ``scontrol ping`` (here a
+    SLURM_CONF naming no file: scontrol retries for 60 s), the sweep stops with one line instead of
+    sending every child of its first batch to a failing sbatch. The other launchers are not asked;
+    tests/test_slurm.py runs the sweeps against a controller that answers."""
+    from hydra import compose, initialize_config_dir
+
+    from hydra_plugins.llm_ucb_sweeper._impl import check_slurm
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        slurm = compose("train", ["hydra/launcher=slurm"], return_hydra_config=True)
+        joblib = compose("train", ["hydra/launcher=joblib"], return_hydra_config=True)
+    check_slurm(joblib, timeout_s=2)
+    with monkeypatch.context() as bare:
+        bare.setenv("PATH", str(tmp_path))
+        with pytest.raises(
+            SweepConfigError, match=r"^hydra/launcher=slurm: sbatch is not on this machine's PATH; "
+        ):
+            check_slurm(slurm)
+    if shutil.which("scontrol") is None:
+        pytest.skip("needs SLURM's client commands (tests/slurm/cluster.sh install)")
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "missing" / "slurm.conf"))
+    started = time.monotonic()
+    with pytest.raises(SweepConfigError) as refused:
+        check_slurm(slurm, timeout_s=2)
+    assert time.monotonic() - started < 10
+    assert str(refused.value).startswith(
+        "hydra/launcher=slurm: the SLURM controller does not answer (scontrol ping: no answer in 2 s; "
+    )
+    assert f"{tmp_path / 'missing' / 'slurm.conf'}" in str(refused.value)
+    assert str(refused.value).endswith("or choose hydra/launcher=joblib")
 
 
 @pytest.mark.parametrize(

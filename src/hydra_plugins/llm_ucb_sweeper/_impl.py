@@ -193,6 +193,7 @@ class LLMUCBSweeperImpl:
         # imports the training stack (seconds); nothing is written before both have passed.
         self.space, space_record = self._space(regime, arguments)
         check_launcher(config)
+        check_slurm(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if problem := unwritable(sweep_dir):
             raise SweepConfigError(f"hydra.sweep.dir={sweep_dir}: {problem}; choose a folder you can write")
@@ -802,6 +803,43 @@ def check_launcher(config: DictConfig) -> None:
             raise SweepConfigError(f"{setting_name(launcher, key)}={raw!r}: {rule}") from None
         if value is not None and value < low:
             raise SweepConfigError(f"{setting_name(launcher, key)}={value}: {rule}")
+
+
+def check_slurm(config: DictConfig, timeout_s: float = 15.0) -> None:
+    """Raise :class:`SweepConfigError` when ``config.hydra.launcher`` submits to SLURM from a machine
+    where that cannot work: no ``sbatch`` on the PATH, or a controller that does not answer
+    ``scontrol ping`` within ``timeout_s`` (no cluster configured here, or it is down). Unchecked,
+    every child of the first batch fails at ``sbatch`` and the sweep stops on its failure rate."""
+    if "SlurmLauncher" not in str(config.hydra.launcher.get("_target_", "")):
+        return
+    choice = (
+        OmegaConf.select(config, "hydra.runtime.choices.hydra/launcher", default=None) or "submitit_slurm"
+    )
+    fix = (
+        "run the sweep where sbatch reaches the cluster (its login node; SLURM_CONF names its slurm.conf "
+        "where it needs one), or choose hydra/launcher=joblib"
+    )
+    if shutil.which("sbatch") is None:
+        raise SweepConfigError(f"hydra/launcher={choice}: sbatch is not on this machine's PATH; {fix}")
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        return
+    try:
+        proc = subprocess.run([scontrol, "ping"], capture_output=True, text=True, timeout=timeout_s)
+        said, why = f"{proc.stderr}\n{proc.stdout}", ""
+        if proc.returncode == 0:
+            return
+    except subprocess.TimeoutExpired as err:  # e.g. no slurm.conf where SLURM_CONF says: it retries 60 s
+        output = [
+            o.decode(errors="replace") if isinstance(o, bytes) else o or "" for o in (err.stderr, err.stdout)
+        ]
+        said, why = "\n".join(output), f"no answer in {timeout_s:g} s"
+    lines = [line.strip() for line in said.splitlines() if line.strip() and not line.strip().startswith("*")]
+    line = next((x for x in lines if "fatal" in x), lines[0] if lines else "")
+    told = "; ".join(one_line(x, 200) for x in (why, line) if x)
+    raise SweepConfigError(
+        f"hydra/launcher={choice}: the SLURM controller does not answer (scontrol ping: {told}); {fix}"
+    )
 
 
 def limit_reached(error: str, settings: Mapping[str, str]) -> str:
