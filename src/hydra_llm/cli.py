@@ -7,7 +7,9 @@ which advises adding the key with ``+`` (which the preflight would then refuse).
 checks the group choices before Hydra starts, asking Hydra's own config loader for each group's
 options (the files in ``conf/`` and the schemas in the ConfigStore), so it refuses only what Hydra
 would; where the command line moves the search path (``--config-dir``, ``--config-path``,
-``hydra.searchpath``), it leaves the check to Hydra. :func:`composition_error` turns the error
+``hydra.searchpath``), it leaves the check to Hydra. :func:`nested_sweep` names the quotes that a
+sweep inside a ``{...}`` value needs (Hydra: "Unexpected type annotation: Set[str]"), and
+:func:`conflicting_commands` two commands at once. :func:`composition_error` turns the error
 Hydra raises while composing into one line with the closest keys of the key's group. Errors of the
 run itself keep Hydra's own report (:func:`task_started`).
 """
