@@ -213,7 +213,7 @@ def test_transport_failures_fall_back_and_vision_user_input_and_wandb(tmp_path):
     wandb_dir = tmp_path / "wandb_runs"
     wandb_dir.mkdir()
     with FakeOpenAIServer(default=SweepResponder(tamper)) as server:
-        run_sweep(
+        proc = run_sweep(
             server,
             sweep_dir,
             "hydra.sweeper.proposer.vision=true",
@@ -225,6 +225,10 @@ def test_transport_failures_fall_back_and_vision_user_input_and_wandb(tmp_path):
     state = assert_sweep_sane(sweep_dir)
     assert_no_secret(wandb_dir)
     assert list(wandb_dir.rglob("*.wandb")), "no offline W&B run was written"
+    # The terminal shows the exploration, not the client's requests and retries (exploration/llm has them)
+    terminal = proc.stdout + proc.stderr
+    assert "HTTP Request" not in terminal and "Retrying request" not in terminal, terminal[-3000:]
+    assert terminal.count("[llm_ucb] node ") == 8 and terminal.count("[llm_ucb] batch iters ") == 4
     # 429 and 500 were retried by the client; the timeout and the empty/refusal pair fell back to rules.
     extras = [r["extra"] for r in state["replies"] if r.get("extra")]
     by_iteration = {r["iteration"]: r["extra"] for r in state["replies"] if r.get("extra")}
@@ -264,6 +268,9 @@ def test_a_refused_key_stops_the_sweep_before_any_child_and_later_falls_back(tmp
     assert SECRET not in proc.stderr and len(server.requests) == 1  # no retry: another call cannot help
     assert not [p for p in sweep_dir.iterdir() if p.name.isdigit()]
     assert json.loads((sweep_dir / "exploration" / "state.json").read_text())["nodes"] == []
+    log = (sweep_dir / "exploration" / "sweep.log").read_text()
+    assert f"stopped: {lines[-1].removeprefix('[llm_ucb] ')}" in log
+    assert "HTTP Request" not in proc.stdout + proc.stderr
     later = {1: lambda reply, facts: FakeError(401, "key revoked")}
     with FakeOpenAIServer(default=SweepResponder(later)) as server:
         run_sweep(server, sweep_dir, "hydra.sweeper.resume=true")

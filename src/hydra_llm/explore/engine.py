@@ -289,6 +289,9 @@ class ExplorationEngine:
             while (size := self._batch_size()) > 0:
                 self.run_batch(size)
             self._finish()
+        except SweepConfigError as err:  # a setting a batch found wrong (the LLM endpoint refused the key)
+            self._event(self.state, f"stopped: {err}", console=False)  # the error raised is the terminal's
+            raise
         finally:
             self.close()
         return self.state

@@ -70,11 +70,17 @@ _LAUNCHER_MINIMA = {
     "nodes": 1,
     "array_parallelism": 1,
 }
-_LAUNCHER_LOGGERS = (
+# The launchers' line per job (its overrides) and the LLM client's per request ("HTTP Request: POST
+# ... 200 OK", "Retrying request ..."): the sweep prints one line per node and per batch, and keeps
+# every call in exploration/llm.
+_QUIET_LOGGERS = (
     "hydra._internal.core_plugins.basic_launcher",
     "hydra_plugins.hydra_joblib_launcher._core",
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+    "httpx",
+    "httpx2",  # the HTTP client of openai 3.x
+    "openai",
 )
 
 
@@ -180,7 +186,7 @@ class LLMUCBSweeperImpl:
             logging.raiseExceptions = raise_exceptions
 
     def _sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
-        for name in _LAUNCHER_LOGGERS:  # the sweep prints one line per node instead of each job's overrides
+        for name in _QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
         # joblib's resource tracker (a process that shares the terminal) cleans up after a stopped sweep
         # and warns of "leaked semlock objects" after the sweep's own last line; it inherits this.
