@@ -11,6 +11,7 @@ block end's ``next_simulation`` is checked the same way, and so is the block's f
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -59,6 +60,9 @@ class Negotiator:
         self.current_simulation = current_simulation
         self.event = event
         self.proposer_note = proposer_note
+        # check_batch's answers within one ask: a re-ask that keeps the next simulation (for its
+        # proposals' sake) is not checked again (it composes and checks every slot's config)
+        self._refusals: dict[str, str | None] = {}
 
     def ask(self, view: ExplorationView) -> tuple[ProposerReply, list[Proposal], dict[str, Any]]:
         """The proposer's reply and one valid proposal per slot (re-ask, then rules fallback per slot)."""
@@ -68,6 +72,7 @@ class Negotiator:
             "calls": [],
         }
         reply: ProposerReply | None = None
+        self._refusals = {}
         feedback: list[str] | None = None
         slot_errors: dict[int, list[str]] = {}
         reply_errors: list[str] = []
@@ -184,7 +189,11 @@ class Negotiator:
         (``check_batch``), as ``next_simulation: <reason>``; None when it can or nothing changes."""
         if self.check_batch is None or not (view.is_block_end and reply.next_simulation):
             return None
-        problem = self.check_batch(self.next_simulation_of(reply, view), view.first_iteration)
+        simulation = self.next_simulation_of(reply, view)
+        key = json.dumps(simulation, sort_keys=True, default=str)
+        if key not in self._refusals:
+            self._refusals[key] = self.check_batch(simulation, view.first_iteration)
+        problem = self._refusals[key]
         return f"next_simulation: {one_line(problem, 500)}" if problem else None
 
     def next_simulation_of(self, reply: ProposerReply, view: ExplorationView) -> dict[str, Any]:
