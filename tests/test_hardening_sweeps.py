@@ -255,6 +255,17 @@ def test_resume_refuses_changed_settings(tmp_path):
         tmp_path, "hydra.sweeper.n_iterations=8", "hydra.sweeper.resume=true", check=False, space=wider
     )
     assert proc.returncode != 0 and "params: " in proc.stderr and "1e-06" in proc.stderr
+    # the blocks the nodes fall in, the seeds their children drew from and their rewards stay too
+    for changed, said in (
+        ("hydra.sweeper.n_iter_block=2", "n_iter_block: 12 -> 2"),
+        ("hydra.sweeper.seed=7", "seed: 0 -> 7"),
+        ("hydra.sweeper.simulation_seed=fixed", 'simulation_seed: "slot" -> "fixed"'),
+        ("hydra.sweeper.objective.direction=minimize", 'objective.direction: "maximize" -> "minimize"'),
+    ):
+        proc = cli(
+            tmp_path, "hydra.sweeper.n_iterations=8", "hydra.sweeper.resume=true", changed, check=False
+        )
+        assert proc.returncode != 0 and f"({said})" in proc.stderr, proc.stderr[-2000:]
     assert len(load(tmp_path)["nodes"]) == 4  # nothing ran, nothing lost
     cli(tmp_path, "hydra.sweeper.n_iterations=8", "hydra.sweeper.resume=true")  # n_iterations may change
     assert [n["job_num"] for n in load(tmp_path)["nodes"]] == list(range(8))

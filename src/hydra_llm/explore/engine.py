@@ -67,6 +67,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# What a resume must keep (n_iterations may change): the space and slot layout, the block length (the
+# blocks the nodes fall in), the seeds the children draw from, and the objective (the nodes' rewards).
+RESUME_KEEPS = (
+    "params",
+    "block_params",
+    "fixed",
+    "slot_params",
+    "n_parallel",
+    "n_iter_block",
+    "seed",
+    "simulation_seed",
+    "objective",
+)
+
 
 def _value(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
@@ -169,13 +183,22 @@ class ExplorationEngine:
                 raise SweepConfigError(f"hydra.sweeper.slot_params (slot {slot}): {problem}")
 
     def _space_record(self) -> dict[str, Any]:
-        """The search space and slot layout as plain JSON data (stored, and compared on resume)."""
+        """The search space, the slot layout and the settings that give the nodes their meaning (the
+        blocks they fall in, their seeds, their rewards) as plain JSON data: stored, and compared on
+        resume (:data:`RESUME_KEEPS`)."""
+        objective = self.config.objective
         record = {
             "params": [asdict(s) for s in self.space.params],
             "block_params": [asdict(s) for s in self.space.block_params],
             "fixed": list(self.space.fixed),
             "slot_params": {k: list(v) for k, v in self.config.slot_params.items()},
             "n_parallel": self.config.n_parallel,
+            "n_iter_block": self.config.n_iter_block,
+            "seed": self.config.seed,
+            "simulation_seed": str(self.config.simulation_seed),
+            "objective": {
+                k: getattr(objective, k) for k in ("metric", "direction", "target", "failure_reward")
+            },
         }
         return json.loads(json.dumps(record, default=str))
 
@@ -194,14 +217,19 @@ class ExplorationEngine:
             ) from None
 
     def _check_resume_settings(self, state: SweepState) -> None:
-        """Refuse to resume with another search space, slot values or n_parallel (names each change)."""
+        """Refuse to resume with another search space, slot layout, block length, seed or objective
+        (names each change)."""
         old, new = state.search_space, self._space_record()
         changes = []
-        for key in ("params", "block_params", "fixed", "slot_params", "n_parallel"):
+        for key in RESUME_KEEPS:
             if key not in old:  # not recorded by older versions
                 continue
-            if old[key] != new[key]:
-                changes.append(f"{key}: {json.dumps(old[key])} -> {json.dumps(new[key])}")
+            pairs = (
+                [(f"{key}.{k}", old[key].get(k), v) for k, v in new[key].items()]
+                if key == "objective"  # its fields one by one
+                else [(key, old[key], new[key])]
+            )
+            changes += [f"{name}: {json.dumps(a)} -> {json.dumps(b)}" for name, a, b in pairs if a != b]
         if changes:
             raise SweepConfigError(
                 "hydra.sweeper.resume: the settings differ from the sweep being resumed ("
