@@ -268,6 +268,7 @@ def test_tree_draws_every_node_and_folds(page, report):
     assert failed and page.locator("#tree g.node.failed").count() == len(failed)
     assert page.locator("#tree g.node.failed path.cross").count() == len(failed)
     assert page.locator("#failed-list button").count() == len(failed)
+    assert page.locator("#failed-list").inner_text().startswith(f"Failed nodes ({len(failed)}): ")
 
     page.select_option("#block-select", "1")
     counts = {n["id"]: sum(1 for m in nodes if m["parent"] == n["id"]) for n in nodes if n["block"] == 1}
@@ -375,7 +376,8 @@ def test_table_sorts_by_metric_and_best_so_far_is_drawn(page, report):
 def test_a_short_signal_sweep_counts_whole_nodes_and_shows_the_headline_first(browser, tmp_path):
     """On 8 nodes the best-so-far chart's axis marks node ids, not fractions of one; with a regime's
     metrics the node table shows the objective and the regime's headline, and the panel groups the
-    metrics as a run's own table does (headline, other read-outs, oracle, run)."""
+    metrics as a run's own table does (headline, other read-outs, oracle, run); a sweep without a
+    failed node says so."""
     from hydra_llm.schemas.evaluation import RUN_METRICS, SignalEvaluation
 
     sweep = build_sweep(tmp_path, n_nodes=8)
@@ -383,9 +385,11 @@ def test_a_short_signal_sweep_counts_whole_nodes_and_shows_the_headline_first(br
     state = json.loads(path.read_text(encoding="utf-8"))
     names = (*SignalEvaluation.METRICS, *RUN_METRICS)
     for node in state["nodes"]:
-        if node["status"] == "completed":
-            score = node["metrics"]["r2"]
-            node["metrics"] = {name: score - i / 1000 for i, name in enumerate(names)}
+        score = node["metrics"].get("r2", 0.5)  # the failed node (5) completes too
+        node["status"], node["metrics"] = (
+            "completed",
+            {name: score - i / 1000 for i, name in enumerate(names)},
+        )
     path.write_text(json.dumps(state), encoding="utf-8")
     objective = {"metric": "tau_R2", "direction": "maximize", "target": None}
     report = write_report(sweep, objective, "Toy sweep: 8 nodes, the signal regime's metrics")
@@ -396,6 +400,7 @@ def test_a_short_signal_sweep_counts_whole_nodes_and_shows_the_headline_first(br
     assert len(labels) >= 4 and all(label.isdigit() for label in labels), labels
     assert [int(label) for label in labels] == sorted({int(label) for label in labels})
     assert int(labels[0]) >= 1 and int(labels[-1]) <= 8
+    assert page.locator("#failed-list").inner_text() == "Failed nodes: none"
 
     headers = [h.split(" ")[0] for h in page.locator("#nodes-table th").all_inner_texts()]
     assert headers[5:] == ["tau_R2", "connectivity_R2", "cluster_accuracy", "test_R2", "test_pearson"]

@@ -676,7 +676,8 @@ function treeControls() {
     (o.direction === "target" ? " from the target" : "") + "); grey: no value; red ring and cross: failed"));
   const failedBox = document.getElementById("failed-list");
   const failed = NODES.filter(n => n.status === "failed");
-  failedBox.appendChild(el("span", "Failed nodes (" + failed.length + "): "));
+  const failedTitle = failed.length ? "Failed nodes (" + failed.length + "): " : "Failed nodes: none";
+  failedBox.appendChild(el("span", failedTitle));
   failed.forEach(n => failedBox.appendChild(idButton(n.id, "failed-node")));
 }
 
