@@ -260,7 +260,7 @@ def test_a_refused_key_stops_the_sweep_before_any_child_and_later_falls_back(tmp
         base_url = server.base_url
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith(
-        f"[llm_ucb] hydra.sweeper.proposer: {base_url} refused the key in $HYDRA_LLM_FAKE_KEY ("
+        f"[llm_ucb] hydra.sweeper.proposer: {base_url} refused the call with the key in $HYDRA_LLM_FAKE_KEY ("
     ), proc.stderr[-2000:]
     assert "Error code: 401" in lines[-1] and lines[-1].endswith(
         "or run with hydra/sweeper/proposer=rules, then continue with hydra.sweeper.resume=true"

@@ -221,9 +221,14 @@ class LLMProposer(Proposer):
         return reply
 
     def _key_refused(self, err: LLMKeyRefused) -> str:
-        """The one line that stops a sweep whose endpoint refused the key before any reply."""
+        """The one line that stops a sweep whose endpoint refused its credentials (a wrong key, or one
+        without access to the model) before any reply."""
         env, server = self.settings.api_key_env, self.settings.base_url or "the OpenAI API"
-        key = f"the key in ${env}" if os.environ.get(env) else f"the call without a key (${env} is unset)"
+        key = (
+            f"the call with the key in ${env}"
+            if os.environ.get(env)
+            else f"the call without a key (${env} is unset)"
+        )
         said = self.client.redactor.text(str(err)).removeprefix(KEY_REFUSED)
         return (
             f"hydra.sweeper.proposer: {server} refused {key} ({clip(said, 300)}); set a valid key in ${env} "
