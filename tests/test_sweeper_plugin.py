@@ -537,8 +537,9 @@ def test_a_child_killed_at_a_launcher_limit_says_which_limit_and_setting():
 def test_a_sweep_to_slurm_from_where_no_cluster_answers_stops_before_the_first_batch(tmp_path, monkeypatch):
     """Without sbatch on the PATH, or with a controller that does not answer ``scontrol ping`` (here a
     SLURM_CONF naming no file: scontrol retries for 60 s), the sweep stops with one line instead of
-    sending every child of its first batch to a failing sbatch. The other launchers are not asked;
-    tests/test_slurm.py runs the sweeps against a controller that answers."""
+    sending every child of its first batch to a failing sbatch; a primary controller that answers is
+    enough (a stand-in scontrol reports a backup down). The other launchers are not asked;
+    tests/test_slurm.py runs the sweeps against a real controller that answers."""
     from hydra import compose, initialize_config_dir
 
     from hydra_plugins.llm_ucb_sweeper._impl import check_slurm
@@ -553,6 +554,26 @@ def test_a_sweep_to_slurm_from_where_no_cluster_answers_stops_before_the_first_b
             SweepConfigError, match=r"^hydra/launcher=slurm: sbatch is not on this machine's PATH; "
         ):
             check_slurm(slurm)
+    # A primary that answers is enough (scontrol ping exits 1 while a backup controller is down)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text("#!/bin/sh\nexit 0\n")
+    for primary in ("UP", "DOWN"):
+        (fake / "scontrol").write_text(
+            f"#!/bin/sh\necho 'Slurmctld(primary) at head is {primary}'\n"
+            "echo 'Slurmctld(backup) at spare is DOWN'\nexit 1\n"
+        )
+        for tool in ("sbatch", "scontrol"):
+            (fake / tool).chmod(0o755)
+        with monkeypatch.context() as faked:
+            faked.setenv("PATH", str(fake))
+            if primary == "UP":
+                check_slurm(slurm)
+            else:
+                with pytest.raises(
+                    SweepConfigError, match=r"scontrol ping: Slurmctld\(primary\) at head is DOWN\)"
+                ):
+                    check_slurm(slurm)
     if shutil.which("scontrol") is None:
         pytest.skip("needs SLURM's client commands (tests/slurm/cluster.sh install)")
     monkeypatch.setenv("SLURM_CONF", str(tmp_path / "missing" / "slurm.conf"))
