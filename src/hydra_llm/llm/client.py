@@ -68,7 +68,6 @@ _REJECTION_STATUSES = {400, 404, 415, 422, 500, 501}
 # is kept only once the lower mode has produced a valid reply.
 _PROVISIONAL_STATUSES = {500}
 _KEY_REFUSED_STATUSES = {401, 403}
-KEY_REFUSED = "endpoint refused the key: "  # how an LLMKeyRefused message starts
 MAX_REPLY_CHARS = 200_000  # a longer reply is rejected unread (a sane reply is a few thousand)
 # Key used when the endpoint needs none (a local server); the openai client insists on one.
 _NO_KEY = "no-key-needed"
@@ -319,7 +318,7 @@ class LLMClient:
                 ):
                     continue
                 if err.status_code in _KEY_REFUSED_STATUSES:
-                    raise LLMKeyRefused(KEY_REFUSED + record["error"], calls) from None
+                    raise LLMKeyRefused(f"endpoint refused the key: {record['error']}", calls) from None
                 raise LLMUnavailable(f"endpoint error: {record['error']}", calls) from None
             except (openai.APIConnectionError, openai.APIResponseValidationError) as err:
                 record.update(self._error_record(err, start))

@@ -36,7 +36,6 @@ from hydra_llm.explore.proposers.llm_prompt import PromptBuilder, PromptLimits, 
 from hydra_llm.explore.proposers.llm_schema import LLMReply, check_reply, reply_model, to_proposer_reply
 from hydra_llm.explore.protocol import RulesPolicy
 from hydra_llm.llm.client import (
-    KEY_REFUSED,
     Completion,
     LLMClient,
     LLMError,
@@ -229,7 +228,7 @@ class LLMProposer(Proposer):
             if os.environ.get(env)
             else f"the call without a key (${env} is unset)"
         )
-        said = self.client.redactor.text(str(err)).removeprefix(KEY_REFUSED)
+        said = err.calls[-1]["error"] if err.calls else str(err)  # the server's words, redacted
         return (
             f"hydra.sweeper.proposer: {server} refused {key} ({clip(said, 300)}); set a valid key in ${env} "
             "(hydra.sweeper.proposer.api_key_env names the variable) or run with "
