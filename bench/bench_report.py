@@ -13,13 +13,17 @@ some failures, PNG plots). Measured:
 4. ``best_so_far`` (the report's and W&B's curve of the config the sweep names best after each node)
    on 200 to 3,000 nodes over configs run one to a few times, against the per-prefix form it replaced
    (``best_config`` of every prefix, each pooling the spread anew), measured in the same run.
+5. ``SweepState.to_dict`` (twice a batch: the snapshot before a batch and every save) on the same
+   nodes, against ``asdict`` of the state followed by each node again (its form before 2026-11-30).
 
-Usage: python bench/bench_report.py [--nodes 200] [--repeat 5] [--best-so-far-only]
+Usage: python bench/bench_report.py [--nodes 200] [--repeat 5] [--no-browser]
+(``--no-browser``: parts 4 and 5 only.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -27,12 +31,14 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hydra_llm.explore.report_html import write_report  # noqa: E402
 from hydra_llm.explore.reports import BestConfig, best_so_far, pooled_std  # noqa: E402
+from hydra_llm.explore.state import SweepState  # noqa: E402
 from hydra_llm.explore.tree import Node, stats  # noqa: E402
 from tests.test_explore_tree import node  # noqa: E402
 from tests.test_report_html import OBJECTIVE, build_sweep, chromium_path  # noqa: E402
@@ -120,43 +126,73 @@ def per_prefix_best(nodes: list[Node]) -> list[BestConfig | None]:
     return [best_config(nodes[: i + 1]) for i in range(len(nodes))]
 
 
-def bench_best_so_far(sizes: list[int], repeat: int) -> None:
-    """Median ms of ``best_so_far`` and of :func:`per_prefix_best` on ``sizes`` nodes, a config per
-    ~1.5 nodes (most run once, some replicated), 10% failed; both must name the same configs."""
+def synthetic_nodes(n: int) -> list[Node]:
+    """``n`` nodes, a config per ~1.5 nodes (most run once, some replicated), 10% failed."""
     import random
 
+    rng = random.Random(n)
+    nodes = []
+    for i in range(1, n + 1):
+        failed = rng.random() < 0.1
+        status, reward = ("failed", -1.0) if failed else ("completed", rng.gauss(0.8, 0.05))
+        nodes.append(node(i, None, reward, {"lr": rng.randrange(max(1, 2 * n // 3))}, status=status))
+    return nodes
+
+
+def timed(fn: Any, arg: Any, repeat: int) -> tuple[float, Any]:
+    """(median s of ``repeat`` calls of ``fn(arg)``, its last result)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn(arg)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def compare(label: str, new: float, old: float, baseline: str, repeat: int) -> None:
+    ratio = f"x{old / new:.0f}; median of {repeat}"
+    print(f"{label:<40} {1000 * new:8.1f} ms; {baseline} {1000 * old:8.1f} ms ({ratio})")
+
+
+def bench_best_so_far(sizes: list[int], repeat: int) -> None:
+    """Median ms of ``best_so_far`` and of :func:`per_prefix_best` on :func:`synthetic_nodes`; both
+    must name the same configs."""
     for n in sizes:
-        rng = random.Random(n)
-        nodes = []
-        for i in range(1, n + 1):
-            failed = rng.random() < 0.1
-            status, reward = ("failed", -1.0) if failed else ("completed", rng.gauss(0.8, 0.05))
-            nodes.append(node(i, None, reward, {"lr": rng.randrange(max(1, 2 * n // 3))}, status=status))
-        timed = {}
-        for name, fn in (("best_so_far", best_so_far), ("per-prefix best_config", per_prefix_best)):
-            times = []
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                result = fn(nodes)
-                times.append(time.perf_counter() - t0)
-            timed[name] = (statistics.median(times), [b.node.id if b else None for b in result])
-        (new, ids), (old, old_ids) = timed["best_so_far"], timed["per-prefix best_config"]
-        assert ids == old_ids
-        print(
-            f"{f'best_so_far, {n} nodes':<40} {1000 * new:8.1f} ms; per-prefix {1000 * old:8.1f} ms "
-            f"(x{old / new:.0f}; median of {repeat})"
-        )
+        nodes = synthetic_nodes(n)
+        new, result = timed(best_so_far, nodes, repeat)
+        old, before = timed(per_prefix_best, nodes, repeat)
+        assert [b.node.id if b else None for b in result] == [b.node.id if b else None for b in before]
+        compare(f"best_so_far, {n} nodes", new, old, "per-prefix", repeat)
+
+
+def bench_state_to_dict(sizes: list[int], repeat: int) -> None:
+    """Median ms of ``SweepState.to_dict`` and of ``asdict`` then each node again on a state of
+    :func:`synthetic_nodes`; both must give the same JSON."""
+    from dataclasses import asdict
+
+    def asdict_then_nodes(state: SweepState) -> dict[str, Any]:
+        data = asdict(state)
+        data["nodes"] = [n.to_dict() for n in state.nodes]
+        return data
+
+    for n in sizes:
+        state = SweepState(sweep_id="bench", seed=0, proposer="rules", nodes=synthetic_nodes(n))
+        new, result = timed(SweepState.to_dict, state, repeat)
+        old, before = timed(asdict_then_nodes, state, repeat)
+        assert json.dumps(result) == json.dumps(before)
+        compare(f"SweepState.to_dict, {n} nodes", new, old, "asdict + nodes", repeat)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--best-so-far-only", action="store_true", help="only part 4")
+    parser.add_argument("--no-browser", action="store_true", help="parts 4 and 5 only")
     args = parser.parse_args()
     print(f"load: {os.getloadavg()}")
     bench_best_so_far([200, 1000, 3000], args.repeat)
-    if args.best_so_far_only:
+    bench_state_to_dict([200, 800, 3000], args.repeat)
+    if args.no_browser:
         return
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
